@@ -1,0 +1,88 @@
+"""Data sets, all behind one small protocol.
+
+A *spec* string names a data set: ``digits`` (the embedded default),
+``toy2d:NAME``, ``folder:PATH``, ``npz:PATH``, ``cifar10:PATH``.
+
+Every data set returns samples in slimstep's data space: images NCHW float32
+in [-1, 1], 2-D toys ``(N, 2)`` float32; labels int64 or ``None``.
+
+Training batches are drawn by :meth:`Dataset.draw` from a ``torch.Generator``
+the training loop seeds from (run seed, rank, step). Drawing is therefore a
+pure function of that generator: a resumed run sees exactly the batches of an
+uninterrupted one, with no sampler state to save. Finite data sets draw
+indices uniformly with replacement (a stateless stand-in for epoch shuffling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import torch
+
+
+class DataError(ValueError):
+    """A data spec or file a user handed in is unusable (one clear line)."""
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a checkpoint records about the data its model was trained on."""
+
+    spec: str  # e.g. "digits", "toy2d:moons", "folder:/data/afhq"
+    kind: str  # "image" or "points"
+    shape: tuple[int, ...]  # one sample: (C, H, W) or (2,)
+    num_classes: int = 0  # 0 = unconditional
+    scaling: str = ""  # how raw values map to data space, e.g. "uint8/127.5-1"
+    options: dict = field(default_factory=dict)  # resolution, center_crop, flip...
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DataInfo:
+        d = dict(d)
+        d["shape"] = tuple(d["shape"])
+        return cls(**d)
+
+
+class Dataset(Protocol):
+    info: DataInfo
+
+    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A random training batch of ``n`` samples (and labels, or None)."""
+
+    def reference(
+        self, n: int | None = None, *, split: str = "test", seed: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A fixed evaluation set: the ``split`` of a finite data set (first ``n``
+        of it, all if ``n`` is None), or ``n`` fresh samples drawn with ``seed``
+        for an infinite one."""
+
+
+def load_data(spec: str, **options) -> Dataset:
+    """Open the data set named by ``spec``. ``options`` are loader options
+    (``resolution``, ``center_crop``, ``flip``) passed to image loaders."""
+    kind, _, arg = spec.partition(":")
+    if kind == "digits" and not arg:
+        from slimstep.data.digits import Digits
+
+        return Digits(**options)
+    if kind == "toy2d":
+        from slimstep.data.toy2d import Toy2D
+
+        return Toy2D(arg, **options)
+    if kind in ("folder", "npz", "cifar10"):
+        if not arg:
+            raise DataError(f"data spec '{spec}' needs a path: {kind}:PATH")
+        from slimstep.data import images
+
+        return images.open_image_data(kind, arg, **options)
+    raise DataError(
+        f"unknown data spec '{spec}' (expected digits, toy2d:NAME, folder:PATH, npz:PATH, cifar10:PATH)"
+    )
+
+
+__all__ = ["DataError", "DataInfo", "Dataset", "load_data"]
