@@ -1,0 +1,42 @@
+"""Networks. Every network is built by name from JSON-serialisable kwargs, so a
+checkpoint's ``config.json`` can rebuild it: ``build_net(cfg["net"])``.
+
+Contract shared by all of them::
+
+    net = build_net({"name": "unet", "in_shape": [1, 8, 8], "num_classes": 10, ...})
+    out = net(x, t, y=None)                       # shaped like x
+    out, feats = net(x, t, y, return_features=True)  # feats: list of hidden states
+
+``t`` is float ``[B]`` in [0, 1] (0 = noise, 1 = data). ``y`` is int64 ``[B]``;
+index ``num_classes`` is the null class (classifier-free guidance); ``y=None``
+on a conditional net means the null class for the whole batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch.nn as nn
+
+_REGISTRY = {
+    "mlp": "slimstep.nets.mlp:MLP",
+    "unet": "slimstep.nets.unet:UNet",
+    "dit": "slimstep.nets.dit:DiT",
+}
+
+
+def build_net(spec: dict) -> nn.Module:
+    """Build a network from ``{"name": ..., **kwargs}``."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown network '{name}' (expected one of {', '.join(_REGISTRY)})")
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)(**spec)
+
+
+def count_params(net: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in net.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = ["build_net", "count_params"]

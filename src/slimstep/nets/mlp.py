@@ -1,0 +1,66 @@
+"""Time-conditioned MLP for low-dimensional data (the 2-D toys, shape [N, 2]).
+
+    emb = time_embed(sincos(1000 t, time_dim)) (+ class_embed[y])     [B, hidden]
+    h_0 = x
+    h_k = SiLU(layer_k(h_{k-1}) + emb)      k = 1..depth              (every layer sees t, y)
+    out = out(h_depth)
+
+``t`` in [0, 1] is scaled by ``time_scale`` (1000) so the sinusoid frequencies (periods from
+2*pi to 2*pi*10^4) resolve it. The class table has num_classes + 1 rows, the last being the
+null class used for ``y=None`` and classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimstep.nets.unet import sinusoidal
+
+
+class MLP(nn.Module):
+    """``forward(x [B, *in_shape], t [B], y=None) -> [B, *in_shape]``."""
+
+    def __init__(
+        self,
+        in_shape: list[int] | tuple[int, ...] = (2,),
+        num_classes: int = 0,
+        hidden: int = 256,
+        depth: int = 3,
+        time_dim: int = 64,
+        time_scale: float = 1000.0,
+    ) -> None:
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        self.in_dim = math.prod(in_shape)
+        self.num_classes = num_classes
+        self.time_dim = time_dim
+        self.time_scale = time_scale
+        self.time_embed = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(),
+                                        nn.Linear(hidden, hidden))
+        self.class_embed = nn.Embedding(num_classes + 1, hidden) if num_classes > 0 else None
+        self.layers = nn.ModuleList(
+            nn.Linear(self.in_dim if i == 0 else hidden, hidden) for i in range(depth))
+        self.out = nn.Linear(hidden, self.in_dim)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                return_features: bool = False, **cond: torch.Tensor):
+        """``y`` is ignored by an unconditional net. Features: h_1 .. h_depth."""
+        if cond:
+            raise TypeError(f"MLP got unexpected conditioning {sorted(cond)}")
+        b = x.shape[0]
+        t = t.expand(b) if t.ndim == 0 else t
+        emb = self.time_embed(sinusoidal(t * self.time_scale, self.time_dim).to(x.dtype))
+        if self.class_embed is not None:
+            if y is None:
+                y = torch.full((b,), self.num_classes, dtype=torch.long, device=x.device)
+            emb = emb + self.class_embed(y)
+        h, feats = x.reshape(b, self.in_dim), []
+        for layer in self.layers:
+            h = F.silu(layer(h) + emb)
+            feats.append(h)
+        out = self.out(h).reshape(x.shape)
+        return (out, feats) if return_features else out
