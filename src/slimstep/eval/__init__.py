@@ -1,0 +1,276 @@
+"""slimstep's evaluation protocol: the same numbers for every method.
+
+:func:`evaluate` scores N samples against real data and reports, beside every
+number, the *floor*: the same metric for real data against real data at the
+same sizes, i.e. the best a perfect generator could expect to score.
+
+- ``digits`` (samples ``[N, 1, 8, 8]`` in [-1, 1]): features of slimstep's shipped
+  digits classifier (:mod:`slimstep.eval.features`); reference = the *train* split.
+  ``fd`` Fréchet distance; ``precision``/``recall``/``density``/``coverage`` (k-NN,
+  k = 3); ``class_hist`` (classifier argmax, fractions over 10 classes),
+  ``class_coverage`` (fraction of classes holding ≥ 50 % of their uniform share),
+  ``class_tv`` (total variation to uniform); ``accuracy_vs_labels`` when conditioning
+  labels are given. Floor = the real *test* split (597 images) scored the same way
+  (its ``accuracy_vs_labels`` is the classifier's own test accuracy).
+- ``toy2d:NAME`` (``[N, 2]``): ``w2`` (exact W2) and ``mmd`` (unbiased RBF-MMD²) against
+  N fresh test draws; floor = N fresh train draws against the same test draws.
+- images (``folder:``, ``npz:``, ``cifar10:``): ``fid`` in Inception-v3 features (local
+  weights file); floor only where a disjoint real split exists (CIFAR-10 test vs train).
+
+Sample size matters: FD/FID are biased upwards at small N and the k-NN metrics move
+with N, so results are comparable only at equal N. Use **N = 597 on digits** (the
+floor's size); any other N is flagged in ``notes``. Samples are clamped to [-1, 1]
+first, as they would be when saved as images.
+
+The floor is what *fresh* real data scores. The reference is the train split the
+generator learnt from, so a generator that copies training images scores below the
+floor (597 train images, being part of the reference, score FD ≈ 2.4 against a floor
+of ≈ 8.3): beating the floor by far signals memorisation, not quality. (The digits
+classifier itself shows no train/test gap: 597 train images against the other 603
+score FD 9.2, the 597 test images 8.9.)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class EvalError(ValueError):
+    """An evaluation input (samples, spec, weights or stats file) is unusable (one clear line)."""
+
+
+DIGITS_FLOOR_N = 597  # size of the digits test split (slimstep.data.digits.N_TEST)
+HEADLINE = ("fd", "fid", "w2", "mmd", "precision", "recall")  # shown with their floor
+
+
+def _as_samples(samples: Any, shape: tuple[int, ...] | None, what: str) -> torch.Tensor:
+    x = torch.as_tensor(samples).detach().cpu().float()
+    if shape is not None and (x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != shape):
+        raise EvalError(f"{what} samples must be [N, {', '.join(map(str, shape))}], got {tuple(x.shape)}")
+    if len(x) < 5:
+        raise EvalError(f"evaluate needs at least 5 samples, got {len(x)}")
+    if not torch.isfinite(x).all():
+        raise EvalError(f"{int((~torch.isfinite(x)).sum())} sample values are NaN or inf")
+    return x
+
+
+def _clamp(x: torch.Tensor, notes: list[str]) -> torch.Tensor:
+    out = (x.abs() > 1).float().mean().item()
+    if out > 0:
+        notes.append(f"{100 * out:.2f}% of sample values were outside [-1, 1] and were clamped")
+    return x.clamp(-1, 1)
+
+
+def _digits_block(
+    clf: Any, x: torch.Tensor, y: torch.Tensor | None, ref_feats: torch.Tensor,
+    ref_stats: tuple, k: int, seed: int,
+) -> dict[str, Any]:
+    from slimstep.eval.fd import feature_stats, frechet_distance
+    from slimstep.eval.prdc import prdc
+
+    f, logits = clf.features_and_logits(x)
+    m: dict[str, Any] = {"fd": frechet_distance(*feature_stats(f), *ref_stats)}
+    # k-NN metrics at equal sizes: min(N, N_ref) points on each side, chosen by seed.
+    n = min(len(f), len(ref_feats))
+    g = torch.Generator().manual_seed(seed)
+    real = ref_feats[torch.randperm(len(ref_feats), generator=g)[:n]]
+    fake = f if len(f) == n else f[torch.randperm(len(f), generator=g)[:n]]
+    m.update(prdc(real, fake, k))
+    pred = logits.argmax(1)
+    nc = logits.shape[1]
+    hist = torch.bincount(pred, minlength=nc).double() / len(pred)
+    m["class_hist"] = [float(h) for h in hist]
+    m["class_coverage"] = float((hist >= 0.5 / nc).double().mean())
+    m["class_tv"] = float(0.5 * (hist - 1.0 / nc).abs().sum())
+    if y is not None:
+        m["accuracy_vs_labels"] = float((pred == y).double().mean())
+    return m
+
+
+def _evaluate_digits(
+    x: torch.Tensor, labels: Any, n_ref: int | None, seed: int, k: int, notes: list[str]
+) -> dict[str, Any]:
+    from slimstep.data.digits import load_digits_split
+    from slimstep.eval.fd import feature_stats
+    from slimstep.eval.features import DigitsClassifier
+
+    x = _clamp(_as_samples(x, (1, 8, 8), "digits"), notes)
+    y = None
+    if labels is not None:
+        y = torch.as_tensor(labels).long().cpu()
+        if y.shape != (len(x),):
+            raise EvalError(f"labels must be [N] = [{len(x)}], got {tuple(y.shape)}")
+    clf = DigitsClassifier.load()
+    xr, _ = load_digits_split("train")
+    if n_ref is not None:
+        xr = xr[:n_ref]
+        notes.append(f"reference = first {len(xr)} train images, not the full train split")
+    ref_feats = clf.features(xr)
+    ref_stats = feature_stats(ref_feats)
+    xt, yt = load_digits_split("test")
+    metrics = _digits_block(clf, x, y, ref_feats, ref_stats, k, seed)
+    floor = _digits_block(clf, xt, yt if y is not None else None, ref_feats, ref_stats, k, seed)
+    if len(x) != len(xt):
+        notes.append(
+            f"N = {len(x)} differs from the floor's N = {len(xt)}: FD is biased by sample count "
+            f"and k-NN metrics use min(N, {len(xr)}) points, so compare with the floor at "
+            f"N = {len(xt)}"
+        )
+    sha = clf.info.get("weights_sha256", "")[:12]
+    return {"metrics": metrics, "floor": floor, "floor_n": len(xt),
+            "features": f"slimstep digits classifier (sha256 {sha}), {clf.feature_dim}-d", "k": k}
+
+
+def _evaluate_toy(
+    spec: str, x: torch.Tensor, n_ref: int | None, seed: int, notes: list[str]
+) -> dict[str, Any]:
+    from slimstep.data import load_data
+    from slimstep.eval.toy import mmd, w2
+
+    x = _as_samples(x, (2,), "toy2d")
+    ds = load_data(spec)
+    n = len(x)
+    if n < 2000:
+        notes.append(f"N = {n} < 2,000: W2 and MMD are noisy; the protocol uses N >= 2,000")
+    ref, _ = ds.reference(n_ref or n, split="test", seed=seed)
+    real, _ = ds.reference(n, split="train", seed=seed)  # a second, independent real draw
+    return {
+        "metrics": {"w2": w2(x, ref), "mmd": mmd(x, ref)},
+        "floor": {"w2": w2(real, ref), "mmd": mmd(real, ref)},
+        "floor_n": n,
+    }
+
+
+def _evaluate_images(
+    spec: str, x: Any, n_ref: int | None, inception_weights: Any, ref_stats: Any,
+    notes: list[str],
+) -> dict[str, Any]:
+    from slimstep.eval.fd import feature_stats, frechet_distance, load_stats, save_stats
+    from slimstep.eval.features import InceptionFeatures
+
+    net = InceptionFeatures(inception_weights)  # checks the weights before any data work
+    x = _clamp(_as_samples(x, None, "image"), notes)
+    kind = spec.partition(":")[0]
+    ds = None
+    if ref_stats is not None and Path(ref_stats).is_file():
+        mu_r, s_r = load_stats(ref_stats)
+    else:
+        from slimstep.data import load_data
+
+        ds = load_data(spec)
+        xr, _ = ds.reference(n_ref, split="train")
+        mu_r, s_r = feature_stats(net.features(xr))
+        if ref_stats is not None:
+            save_stats(ref_stats, mu_r, s_r)
+            notes.append(f"reference stats of {len(xr)} images saved to {ref_stats}")
+    if mu_r.shape[0] != net.dim:
+        raise EvalError(f"reference stats have {mu_r.shape[0]} dims, Inception gives {net.dim}")
+    metrics = {"fid": frechet_distance(*feature_stats(net.features(x)), mu_r, s_r)}
+    floor: dict[str, float] = {}
+    floor_n = None
+    if kind == "cifar10":  # the only image set with a disjoint real split
+        from slimstep.data import load_data
+
+        ds = ds or load_data(spec)
+        xt, _ = ds.reference(None, split="test")
+        floor = {"fid": frechet_distance(*feature_stats(net.features(xt)), mu_r, s_r)}
+        floor_n = len(xt)
+        if len(x) != floor_n:
+            notes.append(f"N = {len(x)} differs from the floor's N = {floor_n}: FID is biased by sample count")
+    else:
+        notes.append("no disjoint real split for this data set: no floor")
+    return {"metrics": metrics, "floor": floor, "floor_n": floor_n, "features": net.name}
+
+
+def evaluate(
+    samples: torch.Tensor,
+    data_spec: str,
+    *,
+    labels: torch.Tensor | None = None,
+    n_ref: int | None = None,
+    seed: int = 0,
+    inception_weights: str | Path | None = None,
+    ref_stats: str | Path | None = None,
+    k: int = 3,
+) -> dict[str, Any]:
+    """Score ``samples`` on the protocol of ``data_spec`` (see the module docstring).
+
+    Args:
+        samples: generated samples in slimstep's data space. **digits: use N = 597**,
+            the floor's size, so that FD (biased by N) and k-NN metrics compare
+            like-for-like; toy2d: N ≥ 2,000.
+        labels: the class each sample was conditioned on (digits): adds
+            ``accuracy_vs_labels`` (classifier argmax agrees with the label).
+        n_ref: reference size: digits, the first ``n_ref`` train images (default all
+            1,200); toy2d, fresh test draws (default N); images, reference images
+            (default all of the train split).
+        seed: seed of the toy reference draws and of the k-NN subsets.
+        inception_weights: local Inception-v3 weights file (images only).
+        ref_stats: images: ``.npz`` (``mu``, ``sigma``) of the reference; read if it
+            exists, else computed from the data set's train split and written there.
+        k: neighbours of the k-NN metrics.
+
+    Returns:
+        ``{"data", "n", "metrics", "floor", "floor_n", "notes", ...}``, JSON-serialisable.
+    """
+    notes: list[str] = []
+    kind = data_spec.partition(":")[0]
+    if data_spec == "digits":
+        out = _evaluate_digits(samples, labels, n_ref, seed, k, notes)
+    elif kind == "toy2d":
+        out = _evaluate_toy(data_spec, samples, n_ref, seed, notes)
+    elif kind in ("folder", "npz", "cifar10"):
+        out = _evaluate_images(data_spec, samples, n_ref, inception_weights, ref_stats, notes)
+    else:
+        raise EvalError(f"no evaluation protocol for data spec '{data_spec}'")
+    return {"data": data_spec, "n": len(samples), **out, "seed": seed, "notes": notes}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def format_table(rows: list[dict[str, Any]], name_key: str = "name") -> str:
+    """A plain-text table, one line per :func:`evaluate` result.
+
+    Columns: ``name`` (``row[name_key]``, else the data spec), ``n``, every scalar
+    metric (first-seen order), then extra scalar top-level keys a caller added (e.g.
+    ``nfe``, ``params``). Headline metrics (fd, fid, w2, mmd, precision, recall) carry
+    their floor beside them: ``1.23 (floor 0.19)``.
+    """
+    reserved = {name_key, "data", "n", "metrics", "floor", "floor_n", "notes", "features", "seed", "k"}
+    metric_cols: list[str] = []
+    extra_cols: list[str] = []
+    for r in rows:
+        for key, v in r.get("metrics", {}).items():
+            if isinstance(v, (int, float)) and key not in metric_cols:
+                metric_cols.append(key)
+        for key, v in r.items():
+            if key not in reserved and isinstance(v, (int, float, str)) and key not in extra_cols:
+                extra_cols.append(key)
+    header = ["name", "n", *extra_cols, *metric_cols]
+    lines = [header]
+    for r in rows:
+        cells = [str(r.get(name_key, r.get("data", ""))), str(r.get("n", ""))]
+        cells += [_fmt(r[c]) if c in r else "" for c in extra_cols]
+        floor = r.get("floor") or {}
+        for c in metric_cols:
+            v = r.get("metrics", {}).get(c)
+            cell = "" if v is None else _fmt(v)
+            if v is not None and c in HEADLINE and c in floor:
+                cell += f" (floor {_fmt(floor[c])})"
+            cells.append(cell)
+        lines.append(cells)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(s.ljust(w) for s, w in zip(line, widths, strict=True)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+__all__ = ["DIGITS_FLOOR_N", "EvalError", "evaluate", "format_table"]

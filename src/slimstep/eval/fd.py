@@ -1,0 +1,130 @@
+"""Fréchet distance between Gaussians fitted to features, and reference stats on disk.
+
+``FD = |mu1 - mu2|² + tr(S1 + S2 - 2 (S1 S2)^{1/2})`` — the Fréchet (Wasserstein-2)
+distance between ``N(mu1, S1)`` and ``N(mu2, S2)``. With Inception pool features it
+is FID (Heusel et al. 2017); with slimstep's digits classifier it is "FD".
+
+Reference statistics are stored as ``.npz`` with keys ``mu`` [D] and ``sigma`` [D, D]
+(the format of EDM and pytorch-fid), read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from slimstep.eval import EvalError
+
+
+def feature_stats(feats: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mu, sigma)`` of features ``[N, D]`` in float64; ``sigma`` is the unbiased
+    (``N - 1``) covariance, as in pytorch-fid and EDM."""
+    f = feats.detach().cpu().double().numpy() if isinstance(feats, torch.Tensor) else feats
+    f = np.asarray(f, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise EvalError(f"feature_stats needs features [N >= 2, D], got shape {f.shape}")
+    if not np.isfinite(f).all():
+        raise EvalError("feature_stats: features contain NaN or inf")
+    return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
+
+
+def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, float]:
+    """Matrix square root and its relative error ``|X X - A|_F / |A|_F``."""
+    # scipy warns on singular input (dead feature units make S1 S2 singular); the
+    # error measured here decides instead whether the eps fallback is needed.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        x = scipy.linalg.sqrtm(a)
+    if not np.isfinite(x).all():
+        return x, float("inf")
+    err = np.linalg.norm(x @ x - a) / max(np.linalg.norm(a), 1e-300)
+    return x, float(err)
+
+
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
+    """``|mu1 - mu2|² + tr(S1 + S2 - 2 sqrtm(S1 S2))`` in float64.
+
+    A singular product ``S1 S2`` (fewer samples than dimensions, dead units) can make
+    ``sqrtm`` fail; then, like pytorch-fid, ``eps·I`` is added to both covariances.
+    ``sqrtm`` of a product of two PSD matrices is real in exact arithmetic: imaginary
+    parts from round-off are dropped, large ones (a broken covariance) raise.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    d = mu1.shape[0]
+    if mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
+        raise EvalError(
+            f"frechet_distance: shapes disagree (mu {mu1.shape} / {mu2.shape}, "
+            f"sigma {s1.shape} / {s2.shape})"
+        )
+    covmean, err = _sqrtm(s1 @ s2)
+    if err > 1e-3:  # singular product: regularise both covariances, as pytorch-fid does
+        off = np.eye(d) * eps
+        covmean, err = _sqrtm((s1 + off) @ (s2 + off))
+        if not np.isfinite(covmean).all():
+            raise EvalError("frechet_distance: sqrtm(S1 S2) is not finite even with an eps offset")
+    if np.iscomplexobj(covmean):
+        imag = np.abs(covmean.imag).max()
+        if imag > 1e-3 * max(1.0, np.abs(covmean.real).max()):
+            raise EvalError(
+                f"frechet_distance: sqrtm(S1 S2) has a large imaginary part ({imag:.3g}); "
+                "are the covariances symmetric PSD?"
+            )
+        covmean = covmean.real
+    diff = mu1 - mu2
+    fd = diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean)
+    return max(float(fd), 0.0)  # round-off can push FD(x, x) a hair below 0
+
+
+def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:
+    """Write ``mu``, ``sigma`` to an ``.npz`` at ``path`` atomically (temp file, fsync,
+    ``os.replace``), so a killed run never leaves a half-written reference."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``(mu, sigma)`` from an ``.npz`` written by :func:`save_stats`, EDM or
+    pytorch-fid. Never un-pickles; a missing file or key is an :class:`EvalError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(f"reference stats file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("mu", "sigma") if k not in z.files]
+            if missing:
+                raise EvalError(
+                    f"reference stats {path} lacks key(s) {missing} (has {z.files}); "
+                    "expected an .npz with 'mu' [D] and 'sigma' [D, D]"
+                )
+            mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
+    except EvalError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not npz, pickled, truncated
+        raise EvalError(f"cannot read reference stats {path}: {e}") from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise EvalError(f"reference stats {path}: mu {mu.shape} and sigma {sigma.shape} disagree")
+    return mu, sigma
+
+
+__all__ = ["feature_stats", "frechet_distance", "load_stats", "save_stats"]
