@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-import torch.nn as nn
+from torch import nn
 
 _REGISTRY = {
     "mlp": "slimstep.nets.mlp:MLP",

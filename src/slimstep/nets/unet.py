@@ -232,7 +232,7 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         hs, feats = [h], []
         for level in self.down:
-            for block, attn in zip(level.blocks, level.attns):
+            for block, attn in zip(level.blocks, level.attns, strict=True):
                 h = attn(block(h, emb))
                 hs.append(h)
             feats.append(h)

@@ -1,0 +1,285 @@
+"""``slimstep`` — the command line.
+
+Every subcommand has ``--help``. A user mistake (bad path, bad config key,
+unusable file) ends with one ``slimstep: error: ...`` line and exit code 2;
+a diverged training run with exit code 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from slimstep.config import ConfigError
+    from slimstep.data import DataError
+    from slimstep.eval import EvalError
+    from slimstep.files import FileFormatError
+    from slimstep.methods import MethodError
+    from slimstep.train.checkpoint import CheckpointError
+    from slimstep.train.loop import ResumeError
+
+    return (ConfigError, DataError, EvalError, FileFormatError, MethodError, CheckpointError,
+            ResumeError)
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_teacher(a) -> None:
+    from slimstep.config import load_config
+    from slimstep.train.loop import train
+
+    cfg = load_config(a.config, a.overrides)
+    if cfg["method"]["name"] != "flow_matching":
+        from slimstep.config import ConfigError
+
+        raise ConfigError(f"slimstep teacher trains flow_matching, the config names "
+                          f"'{cfg['method']['name']}'")
+    out = train(cfg, a.out, resume=a.resume, progress=not a.quiet)
+    print(f"teacher checkpoint: {out}")
+
+
+def _generator(a):
+    from slimstep.generator import load
+
+    gen = load(a.ckpt, _device(a.device))
+    return gen.with_sampling(steps=getattr(a, "steps", None), solver=getattr(a, "solver", None),
+                             cfg_scale=getattr(a, "cfg_scale", None))
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _labels(gen, spec: str | None, n: int):
+    import torch
+
+    if spec in (None, "random", "null") or not gen.num_classes:
+        return None, (spec or "random")
+    try:
+        k = int(spec)
+    except ValueError:
+        from slimstep.config import ConfigError
+
+        raise ConfigError(f"--labels takes random, null or a class index, not '{spec}'") from None
+    if not 0 <= k < gen.num_classes:
+        from slimstep.config import ConfigError
+
+        raise ConfigError(f"--labels {k}: the model has classes 0..{gen.num_classes - 1}")
+    return torch.full((n,), k, dtype=torch.long), "given"
+
+
+def cmd_sample(a) -> None:
+    from slimstep.files import write_npz
+    from slimstep.viz import save_picture
+
+    gen = _generator(a)
+    y, mode = _labels(gen, a.labels, a.n)
+    tic = time.perf_counter()
+    x, ys = gen.generate(a.n, seed=a.seed, y=y, batch_size=a.batch_size, labels=mode)
+    secs = time.perf_counter() - tic
+    arrays = {"samples": x.numpy(), "seeds": list(range(a.seed, a.seed + a.n)),
+              "nfe": gen.nfe, "data": gen.info.spec}
+    if ys is not None:
+        arrays["labels"] = ys.numpy()
+    write_npz(a.out, **arrays)
+    png = Path(a.out).with_suffix(".png")
+    save_picture(x, png, title=f"{Path(a.ckpt).name}, NFE {gen.nfe}")
+    print(f"{a.n} samples, NFE {gen.nfe}, {secs:.2f} s -> {a.out} and {png}")
+
+
+def _default_n(spec: str) -> int:
+    return 597 if spec == "digits" else 2000
+
+
+def cmd_eval(a) -> None:
+    import torch
+
+    from slimstep.eval import evaluate, format_table
+    from slimstep.files import read_samples, write_json
+
+    if (a.ckpt is None) == (a.samples is None):
+        from slimstep.config import ConfigError
+
+        raise ConfigError("give exactly one of --ckpt DIR or --samples FILE")
+    labels = None
+    if a.samples:
+        d = read_samples(a.samples)
+        x = torch.from_numpy(d["samples"]).float()
+        labels = torch.from_numpy(d["labels"]) if "labels" in d else None
+        spec = a.data or (str(d["data"]) if "data" in d else None)
+        name, nfe = Path(a.samples).name, int(d["nfe"]) if "nfe" in d else None
+        if a.n:
+            x, labels = x[:a.n], labels[:a.n] if labels is not None else None
+    else:
+        gen = _generator(a)
+        spec = a.data or gen.info.spec
+        n = a.n or _default_n(spec)
+        x, labels = gen.generate(n, seed=a.seed, batch_size=a.batch_size)
+        name, nfe = Path(a.ckpt).name, gen.nfe
+    if not spec:
+        from slimstep.config import ConfigError
+
+        raise ConfigError("the samples file names no data set: pass --data")
+    res = evaluate(x, spec, labels=labels, seed=a.seed, inception_weights=a.inception_weights,
+                   ref_stats=a.ref_stats)
+    res = {"name": name, "nfe": nfe, **res}
+    print(format_table([res]))
+    for note in res.get("notes", []):
+        print(f"note: {note}")
+    if a.out:
+        write_json(a.out, res)
+        print(f"-> {a.out}")
+
+
+def cmd_bench(a) -> None:
+    from slimstep.eval.speed import bench_generator
+
+    gen = _generator(a)
+    r = bench_generator(gen, batch_size=a.batch_size, iters=a.iters)
+    for k, v in r.items():
+        print(f"{k:>18}: {v}")
+
+
+def cmd_data(a) -> None:
+    from slimstep.data import load_data
+    from slimstep.files import write_npz
+
+    data = load_data(a.name)
+    x, y = data.reference(a.n, split=a.split, seed=a.seed)
+    arrays = {"samples": x.numpy(), "data": a.name}
+    if y is not None:
+        arrays["labels"] = y.numpy()
+    write_npz(a.out, **arrays)
+    print(f"{len(x)} real samples of {a.name} ({a.split}) -> {a.out}")
+
+
+def cmd_info(a) -> None:
+    from slimstep.generator import load
+
+    gen = load(a.ckpt)
+    total = sum(p.numel() for p in gen.net.parameters())
+    cfg = gen.config
+    print(f"checkpoint: {a.ckpt}")
+    print(f"network:    {cfg['net'].get('name')} ({total:,} parameters)")
+    print(f"method:     {cfg['method'].get('name')}, step {cfg.get('step')}, "
+          f"{cfg.get('images_seen')} images seen")
+    print(f"data:       {cfg['data']['spec']} {tuple(cfg['data']['shape'])}, "
+          f"{cfg['data']['num_classes']} classes")
+    print(f"sampling:   {json.dumps(cfg['generator'])}")
+
+
+def cmd_demo(a) -> None:
+    from slimstep.recipes import demo
+
+    demo(a.out, quick=a.quick)
+
+
+# ---------------------------------------------------------------- parser
+
+def _sampling_args(p, steps=True) -> None:
+    if steps:
+        p.add_argument("--steps", type=int, help="ODE steps (default: the checkpoint's)")
+        p.add_argument("--solver", choices=["euler", "heun", "dopri5"],
+                       help="ODE solver (default: the checkpoint's)")
+        p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="slimstep", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=_version())
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("teacher", help="train a flow-matching teacher")
+    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/digits/teacher.yaml")
+    p.add_argument("--out", required=True, help="checkpoint directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.steps=100")
+    p.set_defaults(fn=cmd_teacher)
+
+    p = sub.add_parser("sample", help="draw samples from a checkpoint (per-seed noise)")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    p.add_argument("--labels", help="random (default), null, or a class index")
+    p.add_argument("--out", required=True, help="samples.npz (a PNG is written beside it)")
+    _sampling_args(p)
+    p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("eval", help="score samples with the evaluation protocol")
+    p.add_argument("--ckpt", help="checkpoint to sample from")
+    p.add_argument("--samples", help="a samples .npz (from slimstep sample)")
+    p.add_argument("--data", help="digits | toy2d:NAME | folder:PATH | npz:PATH | cifar10:PATH")
+    p.add_argument("--n", type=int, help="samples to score (digits: 597, toy2d: 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inception-weights", help="local Inception weights file (image FID)")
+    p.add_argument("--ref-stats", help="reference statistics .npz (mu, sigma)")
+    p.add_argument("--out", help="write the results as JSON")
+    _sampling_args(p)
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("bench", help="speed: samples/s, latency, parameters, NFE, MACs")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--iters", type=int, default=10)
+    _sampling_args(p)
+    p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("data", help="dump real samples of a built-in data set")
+    p.add_argument("name", help="digits | toy2d:NAME | ...")
+    p.add_argument("--n", type=int, help="how many (default: the whole split / 2000)")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_data)
+
+    p = sub.add_parser("info", help="what a checkpoint holds")
+    p.add_argument("--ckpt", required=True)
+    p.set_defaults(fn=cmd_info)
+
+    p = sub.add_parser("demo", help="train small teachers on digits and toy2d, write a report")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a tiny budget (a smoke run, ~1 min)")
+    p.set_defaults(fn=cmd_demo)
+    return ap
+
+
+def _version() -> str:
+    from slimstep import __version__
+
+    return f"slimstep {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "data" and args.n is None and args.name.startswith("toy2d"):
+        args.n = 2000
+    from slimstep.train.loop import TrainingDiverged
+
+    user_errors = _user_errors()
+    try:
+        args.fn(args)
+    except TrainingDiverged as e:
+        print(f"slimstep: error: training diverged: {e}", file=sys.stderr)
+        return 1
+    except user_errors as e:
+        print(f"slimstep: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slimstep: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Atomic file writes and the samples format.
+
+Every output is written to a temporary file in the same folder, flushed,
+fsync'ed and renamed over the target, so a kill never leaves half a file.
+
+``samples.npz`` (written by ``slimstep sample``, read by ``slimstep eval``):
+``samples`` float32 in data space (NCHW in [-1, 1] or (N, 2)), ``seeds`` int64,
+``labels`` int64 (conditional models only), ``nfe`` and ``data`` (the data
+spec the model was trained on). Read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class FileFormatError(ValueError):
+    """A file a user handed in is not in the expected format."""
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
+    """Call ``write(tmp_path)`` then move the finished file onto ``path``.
+    The file gets the permissions a plain ``open`` would give it (mkstemp's are 0600)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2) + "\n"
+    atomic_write(path, lambda p: Path(p).write_text(text))
+
+
+def write_npz(path: str | Path, **arrays) -> None:
+    def write(p):
+        with open(p, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+
+    atomic_write(path, write)
+
+
+def read_samples(path: str | Path) -> dict[str, np.ndarray]:
+    """Load a samples file; ``samples`` is required, the rest optional."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileFormatError(f"samples file not found: {p}")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            d = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise FileFormatError(f"{p}: not a readable .npz ({e})") from None
+    if "samples" not in d:
+        raise FileFormatError(f"{p}: no 'samples' array (keys: {', '.join(d) or 'none'})")
+    x = d["samples"]
+    if x.dtype.kind != "f" or x.ndim not in (2, 4):
+        raise FileFormatError(f"{p}: 'samples' must be float (N,2) or NCHW, got {x.dtype} {x.shape}")
+    return d

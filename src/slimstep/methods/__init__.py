@@ -1,0 +1,26 @@
+"""Methods: each owns only its math. See :class:`slimstep.methods.base.Method`."""
+
+from __future__ import annotations
+
+import importlib
+
+from slimstep.methods.base import Method, MethodError
+
+_REGISTRY = {
+    "flow_matching": "slimstep.methods.flow_matching:FlowMatching",
+}
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in _REGISTRY:
+        raise MethodError(f"unknown method '{name}' (expected one of {', '.join(sorted(_REGISTRY))})")
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_method(cfg: dict, info, device, teacher=None) -> Method:
+    """Instantiate the method named by ``cfg["method"]["name"]``."""
+    return method_class(cfg["method"]["name"])(cfg, info, device=device, teacher=teacher)
+
+
+__all__ = ["Method", "MethodError", "build_method", "method_class"]

@@ -1,0 +1,66 @@
+"""The contract between a method and the one training loop.
+
+A method is a small object that owns its math and nothing else::
+
+    m = SomeMethod(cfg, data_info, device=..., teacher=None)
+    m.phases                 # ("main",) — one optimizer per phase (GDD: ("disc", "gen"))
+    m.parameters(phase)      # what that phase's optimizer steps
+    m.loss(batch, step, phase) -> {"loss": scalar tensor, **scalars to log}
+    m.net                    # the exported network: it gets the EMA and goes to model.safetensors
+    m.modules()              # every trained module, saved raw in training_state.pt
+    m.export()               # the "generator" section of config.json: how to sample m.net
+
+The loop owns optimizers, schedules, EMA, clipping, precision, data
+parallelism, logging, checkpoints, resume and the NaN guard. Randomness
+inside ``loss`` comes from torch's global RNG, which the loop reseeds from
+(seed, rank, step) before every step, so a method needs no RNG state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+class MethodError(ValueError):
+    """A method's configuration is unusable (one clear line for the user)."""
+
+
+class Method:
+    name: ClassVar[str] = ""
+    phases: ClassVar[tuple[str, ...]] = ("main",)
+    #: method-section keys and their defaults; others are rejected
+    defaults: ClassVar[dict] = {}
+    net: nn.Module
+
+    def __init__(self, cfg: dict, info, *, device: torch.device, teacher=None):
+        self.cfg, self.info, self.device, self.teacher = cfg, info, device, teacher
+        opts = {k: v for k, v in cfg["method"].items() if k != "name"}
+        unknown = sorted(set(opts) - set(self.defaults))
+        if unknown:
+            raise MethodError(f"method '{self.name}' has no option(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(self.defaults)) or 'none'}")
+        self.opts = {**self.defaults, **opts}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"net": self.net}
+
+    def parameters(self, phase: str) -> Iterable[nn.Parameter]:
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+    def optimizer_options(self, phase: str) -> dict:
+        """Per-phase overrides of ``train`` optimizer settings (e.g. GAN betas)."""
+        return {}
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor | None], step: int,
+             phase: str) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def export(self) -> dict:
+        raise NotImplementedError
+
+    def method_config(self) -> dict:
+        return {"name": self.name, **self.opts}

@@ -1,0 +1,2 @@
+"""Training: one loop for every method (:mod:`slimstep.train.loop`), EMA,
+checkpoints and data-parallel helpers."""

@@ -1,0 +1,125 @@
+"""Checkpoints: a directory a user can read without running our code.
+
+::
+
+    DIR/config.json          network class + kwargs, method, data info, step, versions
+    DIR/model.safetensors    EMA weights of the exported network (what inference uses)
+    DIR/training_state.pt    (snapshots only) raw weights, optimizers, schedulers, step, RNG
+
+A training run writes snapshots ``OUT/checkpoints/step-NNNNNNNN/`` (the last
+``keep``) and mirrors the newest ``config.json`` + ``model.safetensors`` at
+``OUT/`` so ``--ckpt OUT`` always names the latest model.
+
+Every file is written atomically (temp file in the same folder, flush,
+fsync, ``os.replace``), and a snapshot directory is assembled under a
+temporary name and renamed into place, so a kill at any moment leaves either
+the old snapshot or the new one, never half of one. ``training_state.pt``
+holds only tensors and plain containers and is read with
+``torch.load(weights_only=True)``; nothing is ever un-pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from slimstep.files import atomic_write, fsync_dir, write_json
+
+CONFIG, WEIGHTS, STATE = "config.json", "model.safetensors", "training_state.pt"
+_SNAP = re.compile(r"^step-(\d{8,})$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint a user pointed at is missing or unusable."""
+
+
+def versions() -> dict:
+    import slimstep
+
+    return {"slimstep": slimstep.__version__, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def _contiguous_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared / non-contiguous storage; clone makes each tensor its own.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def save_model(directory: str | Path, module: nn.Module, config: dict) -> None:
+    """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    tensors = _contiguous_state(module)
+    atomic_write(d / WEIGHTS, lambda p: save_file(tensors, p))
+    write_json(d / CONFIG, {**config, "versions": versions()})
+
+
+def read_config(directory: str | Path) -> dict:
+    d = Path(directory)
+    if not (d / CONFIG).is_file():
+        raise CheckpointError(f"{d} is not a slimstep checkpoint (no {CONFIG})")
+    try:
+        return json.loads((d / CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{d / CONFIG}: not valid JSON ({e.msg})") from None
+
+
+def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    p = Path(directory) / WEIGHTS
+    if not p.is_file():
+        raise CheckpointError(f"{Path(directory)} has no {WEIGHTS}")
+    try:
+        return load_file(str(p))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{p}: unreadable safetensors file ({e})") from None
+
+
+def save_snapshot(out: str | Path, step: int, module: nn.Module, config: dict,
+                  state: dict, keep: int) -> Path:
+    """Write ``OUT/checkpoints/step-N`` (model + training state), mirror the
+    model at ``OUT/`` and prune to the newest ``keep`` snapshots."""
+    out = Path(out)
+    root = out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+    try:
+        save_model(tmp, module, config)
+        atomic_write(tmp / STATE, lambda p: torch.save(state, p))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(root)
+    save_model(out, module, config)
+    for old in list_snapshots(out)[:-max(keep, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_snapshots(out: str | Path) -> list[Path]:
+    """Complete snapshots, oldest first (partial ones never carry the name)."""
+    root = Path(out) / "checkpoints"
+    if not root.is_dir():
+        return []
+    snaps = [p for p in root.iterdir() if _SNAP.match(p.name) and (p / STATE).is_file()]
+    return sorted(snaps, key=lambda p: int(_SNAP.match(p.name).group(1)))
+
+
+def load_training_state(snapshot: str | Path) -> dict:
+    p = Path(snapshot) / STATE
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{p}: cannot be read as a training state ({e})") from None

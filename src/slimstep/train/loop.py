@@ -1,0 +1,238 @@
+"""The one training loop. Every method trains here; a method owns only its loss.
+
+One optimizer step (:func:`_train_step`) reads in one screen: reseed from
+(seed, rank, step), draw the batch, then for each of the method's phases
+accumulate micro-batch gradients, average them over ranks, clip, step; then
+update the EMA. Around it: warm-up schedule, NaN/inf guard, logging to
+``metrics.jsonl`` (and TensorBoard when installed), atomic snapshots every
+``ckpt_every`` steps keeping the last ``keep``, and exact resume.
+
+**Exact resume.** Randomness is a pure function of (seed, rank, step): the
+global RNG is reseeded before every step and the data generator is derived
+from the same numbers. A resumed run therefore needs only weights, EMA,
+optimizer and scheduler state and the step, and continues with exactly the
+loss sequence of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from slimstep.data import load_data
+from slimstep.files import atomic_write
+from slimstep.methods import build_method
+from slimstep.train import checkpoint as ckpt
+from slimstep.train import dist
+from slimstep.train.ema import EMA
+
+FORMAT = "slimstep-checkpoint/1"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+class ResumeError(ValueError):
+    """``--resume`` cannot continue the run in the output directory."""
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    # A large odd multiplier keeps (seed, rank, step) triples from colliding.
+    return (seed * 1_000_003 + rank * 7_919 + step * 104_729 + 1) % (2**63 - 1)
+
+
+def _optimizer(params, train: dict, over: dict) -> torch.optim.Optimizer:
+    o = {**train, **over}
+    kind = o["optimizer"]
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(kind)
+    if cls is None:
+        raise ValueError(f"train.optimizer must be adam or adamw, not '{kind}'")
+    return cls(params, lr=float(o["lr"]), betas=tuple(o["betas"]),
+               weight_decay=float(o["weight_decay"]))
+
+
+def _schedule(opt, warmup: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
+
+
+class Logger:
+    """metrics.jsonl on rank 0, plus TensorBoard when it is installed."""
+
+    def __init__(self, out: Path, main: bool, start_step: int):
+        self.main, self.path, self.tb = main, out / "metrics.jsonl", None
+        if not main:
+            return
+        if self.path.exists():  # drop lines a resumed run will write again
+            keep = [ln for ln in self.path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) < start_step]
+            atomic_write(self.path, lambda p: Path(p).write_text(
+                "".join(ln + "\n" for ln in keep)))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step)
+        except Exception:  # tensorboard is optional
+            self.tb = None
+
+    def log(self, step: int, row: dict) -> None:
+        if not self.main:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **row}) + "\n")
+        if self.tb:
+            for k, v in row.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+
+
+def _train_step(method, data, phases, ema, ctx, cfg, step):
+    """One optimizer step of every phase; returns the scalars to log."""
+    t = cfg["train"]
+    torch.manual_seed(step_seed(t["seed"], ctx.rank, step))
+    gen = torch.Generator().manual_seed(step_seed(t["seed"], ctx.rank, step) ^ 0x5EED)
+    x, y = data.draw(t["batch_size"] // ctx.world, gen)
+    x = x.to(ctx.device)
+    y = y.to(ctx.device) if y is not None else None
+    mb = len(x) // t["accum"]  # train() checked that the batch divides evenly
+    micro = [(x[i:i + mb], y[i:i + mb] if y is not None else None) for i in range(0, len(x), mb)]
+    amp = torch.autocast(ctx.device.type, dtype=torch.bfloat16,
+                         enabled=t["precision"] == "bf16")
+    logs: dict[str, float] = {}
+    for name, (params, opt, sched) in phases.items():
+        opt.zero_grad(set_to_none=True)
+        for mb in micro:
+            with amp:
+                out = method.loss(mb, step, name)
+            loss = out["loss"]
+            if not torch.isfinite(loss.detach()).all():
+                raise TrainingDiverged(f"loss of phase '{name}' is {loss.item()} at step {step}")
+            (loss / len(micro)).backward()
+            for k, v in out.items():
+                key = k if len(phases) == 1 else f"{name}/{k}"
+                logs[key] = logs.get(key, 0.0) + float(v.detach()) / len(micro)
+        dist.allreduce_grads(params, ctx.world)
+        clip = t["grad_clip"] if t["grad_clip"] > 0 else math.inf
+        gnorm = float(nn.utils.clip_grad_norm_(params, clip))
+        if not math.isfinite(gnorm):
+            raise TrainingDiverged(f"gradient norm of phase '{name}' is {gnorm} at step {step}")
+        logs["grad_norm" if len(phases) == 1 else f"{name}/grad_norm"] = gnorm
+        logs["lr" if len(phases) == 1 else f"{name}/lr"] = sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+    ema.update(method.net, step, t["batch_size"])
+    return logs
+
+
+def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
+          progress: bool = True) -> Path:
+    """Train ``cfg["method"]`` and write checkpoints to ``out``; returns ``out``."""
+    out = Path(out)
+    t = cfg["train"]
+    ctx = dist.setup(t["device"])
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+    if t["batch_size"] % (ctx.world * t["accum"]):
+        raise ValueError(f"train.batch_size {t['batch_size']} must divide by "
+                         f"world size x accum = {ctx.world * t['accum']}")
+    torch.manual_seed(t["seed"])  # same initial weights on every rank
+    data = load_data(cfg["data"]["spec"], **cfg["data"].get("options", {}))
+    method = build_method(cfg, data.info, ctx.device, teacher=teacher)
+    for m in method.modules().values():
+        dist.broadcast_module(m)
+    phases = {}
+    for name in method.phases:
+        params = [p for p in method.parameters(name) if p.requires_grad]
+        opt = _optimizer(params, t, method.optimizer_options(name))
+        phases[name] = (params, opt, _schedule(opt, t["warmup"]))
+    ema = EMA(method.net, **t["ema"])
+
+    start = 0
+    if resume:
+        start = _resume(out, cfg, method, phases, ema)
+    elif ckpt.list_snapshots(out):  # every rank checks, so none waits in a collective
+        raise ResumeError(f"{out} already holds a training run: pass --resume or choose another --out")
+    if t["compile"]:
+        for m in method.modules().values():
+            m.compile()
+
+    def config(step):
+        return {"format": FORMAT, "net": getattr(method, "spec", None),
+                "generator": method.export(), "method": method.method_config(),
+                "data": data.info.to_dict(), "train": t, "sample": cfg["sample"],
+                "step": step, "images_seen": step * t["batch_size"]}
+
+    def save(step):
+        if ctx.main:
+            state = {"step": step, "ema": ema.state_dict(),
+                     "modules": {k: m.state_dict() for k, m in method.modules().items()},
+                     "optimizers": {k: v[1].state_dict() for k, v in phases.items()},
+                     "schedulers": {k: v[2].state_dict() for k, v in phases.items()}}
+            ckpt.save_snapshot(out, step, ema.net, config(step), state, t["keep"])
+
+    logger = Logger(out, ctx.main, start)
+    bar = None
+    if ctx.main and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=t["steps"], initial=start, desc=method.name, mininterval=1.0,
+                   dynamic_ncols=True)
+    tic, last = time.perf_counter(), start
+    try:
+        for step in range(start, t["steps"]):
+            for m in method.modules().values():
+                m.train()
+            logs = _train_step(method, data, phases, ema, ctx, cfg, step)
+            done = step + 1
+            if done % t["log_every"] == 0 or done == t["steps"]:
+                now = time.perf_counter()
+                logs = {k: float(dist.allreduce_mean(torch.tensor(v), ctx.world))
+                        for k, v in logs.items()}
+                logs["images_per_s"] = (done - last) * t["batch_size"] / max(now - tic, 1e-9)
+                tic, last = now, done
+                logger.log(step, logs)
+                if bar:
+                    bar.set_postfix(loss=f"{logs.get('loss', next(iter(logs.values()))):.4g}")
+            if done % t["ckpt_every"] == 0 or done == t["steps"]:
+                save(done)
+            if bar:
+                bar.update(1)
+    except TrainingDiverged as e:
+        snaps = ckpt.list_snapshots(out)
+        keep = f"last good checkpoint: {snaps[-1]}" if snaps else "no checkpoint was written yet"
+        raise TrainingDiverged(f"{e}; stopped, {keep}") from None
+    finally:
+        if bar:
+            bar.close()
+        logger.close()
+        dist.teardown()
+    return out
+
+
+def _resume(out: Path, cfg: dict, method, phases, ema) -> int:
+    snaps = ckpt.list_snapshots(out)
+    if not snaps:
+        raise ResumeError(f"--resume: no checkpoint in {out}/checkpoints")
+    saved = ckpt.read_config(snaps[-1])
+    for key in ("net", "method"):
+        mine = getattr(method, "spec", None) if key == "net" else method.method_config()
+        if saved.get(key) != mine:
+            raise ResumeError(f"--resume: the {key} section differs from the run in {out}")
+    state = ckpt.load_training_state(snaps[-1])
+    for k, m in method.modules().items():
+        m.load_state_dict(state["modules"][k])
+    ema.load_state_dict(state["ema"])
+    for k, (_, opt, sched) in phases.items():
+        opt.load_state_dict(state["optimizers"][k])
+        sched.load_state_dict(state["schedulers"][k])
+    return int(state["step"])
