@@ -76,7 +76,7 @@ def test_user_mistakes_are_one_line_and_exit_2(argv, msg, tmp_path, capsys):
 
 
 def test_every_subcommand_has_help(capsys):
-    for cmd in ("teacher", "sample", "eval", "bench", "data", "info", "demo"):
+    for cmd in ("teacher", "pairs", "distill", "sample", "eval", "bench", "data", "info", "demo"):
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
         assert e.value.code == 0

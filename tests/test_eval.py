@@ -136,6 +136,21 @@ def test_digits_evaluate_floor_and_noise():
     assert "(floor " in table and "noise" in table.splitlines()[-1]
 
 
+def test_copying_the_training_set_is_flagged():
+    """A generator that returns its training images beats the FD floor; the protocol
+    must say that this is copying, not quality."""
+    from slimstep.data.digits import load_digits_split
+
+    xt, _ = load_digits_split("test")
+    xr, _ = load_digits_split("train")
+    real = evaluate(xt, "digits")
+    assert abs(real["floor"]["copy_rate"] - 0.05) < 0.01  # the radius is the floor's 5th percentile
+    copied = evaluate(xr[:597], "digits")
+    assert copied["metrics"]["fd"] < copied["floor"]["fd"]
+    assert copied["metrics"]["copy_rate"] == 1.0
+    assert any("below the real/real floor" in n for n in copied["notes"])
+
+
 # ----------------------------------------------------------------------------- toy2d
 
 def test_toy_evaluate_real_data_near_floor():

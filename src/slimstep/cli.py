@@ -20,11 +20,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from slimstep.eval import EvalError
     from slimstep.files import FileFormatError
     from slimstep.methods import MethodError
+    from slimstep.pairs import PairsError
     from slimstep.train.checkpoint import CheckpointError
     from slimstep.train.loop import ResumeError
 
     return (ConfigError, DataError, EvalError, FileFormatError, MethodError, CheckpointError,
-            ResumeError)
+            ResumeError, PairsError)
 
 
 # ---------------------------------------------------------------- commands
@@ -41,6 +42,40 @@ def cmd_teacher(a) -> None:
                           f"'{cfg['method']['name']}'")
     out = train(cfg, a.out, resume=a.resume, progress=not a.quiet)
     print(f"teacher checkpoint: {out}")
+
+
+def cmd_pairs(a) -> None:
+    from slimstep.pairs import generate_pairs
+
+    out = generate_pairs(a.teacher, a.out, a.n, solver=a.solver, steps=a.steps, rtol=a.rtol,
+                         atol=a.atol, cfg_scale=a.cfg_scale, seed=a.seed, shard_size=a.shard_size,
+                         batch_size=a.batch_size, device=a.device, progress=not a.quiet)
+    print(f"{a.n} pairs -> {out}")
+
+
+def cmd_distill(a) -> None:
+    from slimstep.config import DEFAULTS, ConfigError, load_config
+    from slimstep.generator import load
+    from slimstep.train.loop import train
+
+    cfg = load_config(a.config, a.overrides)
+    named = cfg["method"]["name"]
+    if named not in (a.method, DEFAULTS["method"]["name"]):
+        raise ConfigError(f"{a.config} is a recipe for method '{named}', not '{a.method}'")
+    cfg["method"]["name"] = a.method
+    teacher = None
+    if a.teacher:
+        teacher = load(a.teacher, _device(cfg["train"]["device"]))
+        spec = cfg["data"]["spec"]
+        if spec not in (teacher.info.spec, DEFAULTS["data"]["spec"]):
+            raise ConfigError(f"the config trains on '{spec}' but the teacher on '{teacher.info.spec}'")
+        cfg["data"]["spec"] = teacher.info.spec
+        cfg["teacher"] = str(Path(a.teacher).resolve())
+    for key in ("pairs", "init"):
+        if getattr(a, key):
+            cfg[key] = str(Path(getattr(a, key)).resolve())
+    out = train(cfg, a.out, resume=a.resume, teacher=teacher, progress=not a.quiet)
+    print(f"{a.method} checkpoint: {out}")
 
 
 def _generator(a):
@@ -170,6 +205,10 @@ def cmd_info(a) -> None:
     cfg = gen.config
     print(f"checkpoint: {a.ckpt}")
     print(f"network:    {cfg['net'].get('name')} ({total:,} parameters)")
+    if "params" in cfg:
+        pr = cfg["params"]
+        print(f"training:   {pr['trainable']:,} trainable, {pr['frozen']:,} frozen "
+              f"({100 * pr['frozen'] / max(pr['total'], 1):.1f}% frozen)")
     print(f"method:     {cfg['method'].get('name')}, step {cfg.get('step')}, "
           f"{cfg.get('images_seen')} images seen")
     print(f"data:       {cfg['data']['spec']} {tuple(cfg['data']['shape'])}, "
@@ -207,6 +246,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.steps=100")
     p.set_defaults(fn=cmd_teacher)
+
+    p = sub.add_parser("pairs", help="solve the teacher ODE from per-seed noise: reflow pairs")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint")
+    p.add_argument("--n", type=int, required=True, help="number of pairs")
+    p.add_argument("--out", required=True, help="pairs directory (shards + manifest)")
+    p.add_argument("--solver", default="dopri5", choices=["euler", "heun", "dopri5"])
+    p.add_argument("--steps", type=int, default=16, help="steps of euler / heun")
+    p.add_argument("--rtol", type=float, default=1e-5, help="dopri5 tolerance")
+    p.add_argument("--atol", type=float, default=1e-5, help="dopri5 tolerance")
+    p.add_argument("--cfg-scale", type=float, help="guidance scale (default: the teacher's)")
+    p.add_argument("--seed", type=int, default=0, help="pair i uses seed + i")
+    p.add_argument("--shard-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_pairs)
+
+    p = sub.add_parser("distill", help="train a student with a distillation method")
+    p.add_argument("--method", required=True, help="e.g. reflow, annealing-reflow, slimflow, distill, gdd")
+    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/digits/slimflow.yaml")
+    p.add_argument("--teacher", help="teacher checkpoint")
+    p.add_argument("--pairs", help="pairs directory (from slimstep pairs)")
+    p.add_argument("--init", help="checkpoint to initialise the student from")
+    p.add_argument("--out", required=True, help="checkpoint directory")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(fn=cmd_distill)
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint (per-seed noise)")
     p.add_argument("--ckpt", required=True)

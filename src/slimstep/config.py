@@ -1,7 +1,8 @@
 """Recipe configs: YAML files under ``configs/`` plus ``key=value`` overrides.
 
 A config is a nested dict with five sections — ``data``, ``net``, ``method``,
-``train``, ``sample`` — merged over :data:`DEFAULTS`. Overrides use dotted
+``train``, ``sample`` — and the input paths ``teacher``, ``pairs``, ``init``,
+merged over :data:`DEFAULTS`. Overrides use dotted
 keys (``train.steps=100``, ``net.nf=32``) and YAML values (``1e-4``,
 ``[1,2]``, ``true``). A key that neither the defaults nor the file define is
 an error, so a typo never silently does nothing; ``net`` and ``method`` are
@@ -41,6 +42,10 @@ class ConfigError(ValueError):
 
 
 DEFAULTS: dict = {
+    # Inputs of distillation methods (checkpoint / pairs directories), set by the CLI.
+    "teacher": None,
+    "pairs": None,
+    "init": None,
     "data": {"spec": "digits", "options": {}},
     "net": {"name": "unet"},
     "method": {"name": "flow_matching"},

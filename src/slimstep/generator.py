@@ -90,7 +90,6 @@ class Generator(nn.Module):
         For a conditional model without ``y``: ``labels="random"`` draws each
         sample's class from its seed; ``"null"`` samples unconditionally.
         """
-        device = next(self.net.parameters()).device
         seeds = list(range(seed, seed + n))
         z, ys = seeded_noise(tuple(self.info.shape), seeds,
                              self.num_classes if labels == "random" else 0)
@@ -98,23 +97,49 @@ class Generator(nn.Module):
             ys = y.to(torch.long).reshape(-1)
             if len(ys) != n:
                 raise ValueError(f"y has {len(ys)} labels for {n} samples")
+        return self.sample_from(z, ys, batch_size), ys
+
+    @torch.no_grad()
+    def sample_from(self, z: torch.Tensor, y: torch.Tensor | None = None,
+                    batch_size: int = 256) -> torch.Tensor:
+        """Map given noise (any device) to samples on the CPU, in batches."""
+        device = next(self.net.parameters()).device
         out = []
-        for i in range(0, n, batch_size):
-            yb = ys[i:i + batch_size].to(device) if ys is not None else None
+        for i in range(0, len(z), batch_size):
+            yb = y[i:i + batch_size].to(device) if y is not None else None
             out.append(self(z[i:i + batch_size].to(device), yb).float().cpu())
-        return torch.cat(out) if out else z[:0], ys
+        return torch.cat(out) if out else z[:0].cpu()
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """Load a checkpoint directory (``config.json`` + ``model.safetensors``)."""
+def load_net(path: str | Path, weights: str = "ema") -> tuple[nn.Module, dict]:
+    """A checkpoint's network and config. ``weights="ema"`` reads
+    ``model.safetensors``; ``"raw"`` reads the optimised (non-averaged) weights
+    from the newest training snapshot (SlimFlow's student starts from those)."""
     cfg = ckpt.read_config(path)
-    for key in ("net", "generator", "data"):
-        if key not in cfg:
-            raise ckpt.CheckpointError(f"{path}/config.json has no '{key}' section")
+    if "net" not in cfg or not cfg["net"]:
+        raise ckpt.CheckpointError(f"{path}/config.json has no 'net' section")
     net = build_net(cfg["net"])
-    missing, unexpected = net.load_state_dict(ckpt.load_weights(path), strict=False)
+    if weights == "ema":
+        sd = ckpt.load_weights(path)
+    elif weights == "raw":
+        snaps = ckpt.list_snapshots(path)
+        if not snaps:
+            raise ckpt.CheckpointError(f"{path}: no training snapshot holds raw weights")
+        sd = ckpt.load_training_state(snaps[-1])["modules"]["net"]
+    else:
+        raise ValueError(f"weights must be ema or raw, not '{weights}'")
+    missing, unexpected = net.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ckpt.CheckpointError(
             f"{path}: weights do not fit the network in config.json "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return net, cfg
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Generator:
+    """Load a checkpoint directory (``config.json`` + ``model.safetensors``)."""
+    net, cfg = load_net(path)
+    for key in ("generator", "data"):
+        if key not in cfg:
+            raise ckpt.CheckpointError(f"{path}/config.json has no '{key}' section")
     return Generator(net.to(device), DataInfo.from_dict(cfg["data"]), cfg["generator"], cfg)

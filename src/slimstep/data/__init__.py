@@ -1,7 +1,8 @@
 """Data sets, all behind one small protocol.
 
 A *spec* string names a data set: ``digits`` (the embedded default),
-``toy2d:NAME``, ``folder:PATH``, ``npz:PATH``, ``cifar10:PATH``.
+``toy2d:NAME``, ``folder:PATH``, ``npz:PATH``, ``cifar10:PATH``, and
+``pairs:DIR`` (teacher pairs, see :mod:`slimstep.pairs`).
 
 Every data set returns samples in slimstep's data space: images NCHW float32
 in [-1, 1], 2-D toys ``(N, 2)`` float32; labels int64 or ``None``.
@@ -74,6 +75,12 @@ def load_data(spec: str, **options) -> Dataset:
         from slimstep.data.toy2d import Toy2D
 
         return Toy2D(arg, **options)
+    if kind == "pairs":
+        if not arg:
+            raise DataError("data spec 'pairs' needs a directory: pairs:DIR")
+        from slimstep.data.pairs import PairsData
+
+        return PairsData(arg, **options)
     if kind in ("folder", "npz", "cifar10"):
         if not arg:
             raise DataError(f"data spec '{spec}' needs a path: {kind}:PATH")

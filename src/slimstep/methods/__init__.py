@@ -8,6 +8,12 @@ from slimstep.methods.base import Method, MethodError
 
 _REGISTRY = {
     "flow_matching": "slimstep.methods.flow_matching:FlowMatching",
+    "reflow": "slimstep.methods.reflow:Reflow",
+    "annealing-reflow": "slimstep.methods.reflow:AnnealingReflow",
+    "slimflow": "slimstep.methods.slimflow:SlimFlow",
+    "distill": "slimstep.methods.distill:Distill",
+    "gdd": "slimstep.methods.gdd:GDD",
+    "gdd-i": "slimstep.methods.gdd:GDDI",
 }
 
 

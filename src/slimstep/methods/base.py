@@ -6,6 +6,8 @@ A method is a small object that owns its math and nothing else::
     m.phases                 # ("main",) — one optimizer per phase (GDD: ("disc", "gen"))
     m.parameters(phase)      # what that phase's optimizer steps
     m.loss(batch, step, phase) -> {"loss": scalar tensor, **scalars to log}
+                             # batch = the data set's draw(): (x, y) or (x, y, z) for pairs
+    type(m).data_spec(cfg)   # which data set the loop draws from (default cfg["data"]["spec"])
     m.net                    # the exported network: it gets the EMA and goes to model.safetensors
     m.modules()              # every trained module, saved raw in training_state.pt
     m.export()               # the "generator" section of config.json: how to sample m.net
@@ -45,6 +47,11 @@ class Method:
                               f"known: {', '.join(sorted(self.defaults)) or 'none'}")
         self.opts = {**self.defaults, **opts}
 
+    @classmethod
+    def data_spec(cls, cfg: dict) -> str:
+        """The data set the loop draws batches from (pairs methods override)."""
+        return cfg["data"]["spec"]
+
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net}
 
@@ -55,7 +62,7 @@ class Method:
         """Per-phase overrides of ``train`` optimizer settings (e.g. GAN betas)."""
         return {}
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor | None], step: int,
+    def loss(self, batch: tuple[torch.Tensor | None, ...], step: int,
              phase: str) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

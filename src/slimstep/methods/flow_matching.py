@@ -56,7 +56,7 @@ class FlowMatching(Method):
         self.net = build_net(self.spec).to(device)
 
     def loss(self, batch, step, phase):
-        x1, y = batch
+        x1, y = batch[:2]
         x0 = torch.randn_like(x1)
         t = sample_time(len(x1), self.opts["time_sampling"], self.opts["logit_mean"],
                         self.opts["logit_std"], x1.device)

@@ -26,7 +26,7 @@ from torch import nn
 
 from slimstep.data import load_data
 from slimstep.files import atomic_write
-from slimstep.methods import build_method
+from slimstep.methods import build_method, method_class
 from slimstep.train import checkpoint as ckpt
 from slimstep.train import dist
 from slimstep.train.ema import EMA
@@ -101,11 +101,11 @@ def _train_step(method, data, phases, ema, ctx, cfg, step):
     t = cfg["train"]
     torch.manual_seed(step_seed(t["seed"], ctx.rank, step))
     gen = torch.Generator().manual_seed(step_seed(t["seed"], ctx.rank, step) ^ 0x5EED)
-    x, y = data.draw(t["batch_size"] // ctx.world, gen)
-    x = x.to(ctx.device)
-    y = y.to(ctx.device) if y is not None else None
-    mb = len(x) // t["accum"]  # train() checked that the batch divides evenly
-    micro = [(x[i:i + mb], y[i:i + mb] if y is not None else None) for i in range(0, len(x), mb)]
+    batch = tuple(b.to(ctx.device) if b is not None else None
+                  for b in data.draw(t["batch_size"] // ctx.world, gen))
+    size = len(batch[0]) // t["accum"]  # train() checked that the batch divides evenly
+    micro = [tuple(b[i:i + size] if b is not None else None for b in batch)
+             for i in range(0, len(batch[0]), size)]
     amp = torch.autocast(ctx.device.type, dtype=torch.bfloat16,
                          enabled=t["precision"] == "bf16")
     logs: dict[str, float] = {}
@@ -146,7 +146,8 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
         raise ValueError(f"train.batch_size {t['batch_size']} must divide by "
                          f"world size x accum = {ctx.world * t['accum']}")
     torch.manual_seed(t["seed"])  # same initial weights on every rank
-    data = load_data(cfg["data"]["spec"], **cfg["data"].get("options", {}))
+    spec = method_class(cfg["method"]["name"]).data_spec(cfg)
+    data = load_data(spec, **cfg["data"].get("options", {}))
     method = build_method(cfg, data.info, ctx.device, teacher=teacher)
     for m in method.modules().values():
         dist.broadcast_module(m)
@@ -166,11 +167,17 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
         for m in method.modules().values():
             m.compile()
 
+    net_params = list(method.net.parameters())
+    params = {"total": sum(p.numel() for p in net_params),
+              "trainable": sum(p.numel() for p in net_params if p.requires_grad)}
+    params["frozen"] = params["total"] - params["trainable"]
+
     def config(step):
         return {"format": FORMAT, "net": getattr(method, "spec", None),
+                "teacher": cfg.get("teacher"), "pairs": cfg.get("pairs"), "init": cfg.get("init"),
                 "generator": method.export(), "method": method.method_config(),
                 "data": data.info.to_dict(), "train": t, "sample": cfg["sample"],
-                "step": step, "images_seen": step * t["batch_size"]}
+                "step": step, "images_seen": step * t["batch_size"], "params": params}
 
     def save(step):
         if ctx.main:
