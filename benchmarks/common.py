@@ -1,0 +1,106 @@
+"""Shared by the benchmark scripts: run slimstep commands, time them, score checkpoints.
+
+Every command is a real `slimstep ...` invocation (recorded verbatim in the
+results), run in a subprocess with a fixed thread count, and skipped when its
+output already holds a finished run, so a benchmark killed halfway resumes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SLIMSTEP = [sys.executable, "-m", "slimstep.cli"]
+
+
+class Runner:
+    def __init__(self, out: Path, threads: int = 1):
+        self.out, self.threads = Path(out), threads
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log = self.out / "commands.jsonl"
+        self.times = {}
+        if self.log.exists():
+            for line in self.log.read_text().splitlines():
+                r = json.loads(line)
+                self.times[r["cmd"]] = r["seconds"]
+
+    def run(self, args: list[str], done: Path | None = None) -> float:
+        """Run ``slimstep ARGS`` unless ``done`` exists; returns its wall seconds
+        (from the log when it was skipped)."""
+        cmd = "slimstep " + " ".join(shlex.quote(a) for a in args)
+        if done is not None and done.exists():
+            print(f"[reuse] {cmd}", flush=True)
+            return self.times.get(cmd, float("nan"))  # nan: made outside this benchmark
+        print(f"[run] {cmd}", flush=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        tic = time.perf_counter()
+        subprocess.run(SLIMSTEP + args, cwd=ROOT, env=env, check=True)
+        secs = time.perf_counter() - tic
+        self.times[cmd] = secs
+        with open(self.log, "a") as f:
+            f.write(json.dumps({"cmd": cmd, "seconds": secs}) + "\n")
+        return secs
+
+    def commands(self) -> list[str]:
+        return list(self.times)
+
+
+def finished(ckpt: Path) -> Path:
+    """The marker of a finished training run: its final snapshot's config."""
+    cfg = ckpt / "config.json"
+    if cfg.exists():
+        c = json.loads(cfg.read_text())
+        if c.get("step") == c.get("train", {}).get("steps"):
+            return cfg
+    return ckpt / "config.json.unfinished"  # never exists
+
+
+def pairs_done(directory: Path) -> Path:
+    """The marker of finished pair generation: a manifest that says complete."""
+    m = directory / "manifest.json"
+    if m.exists() and json.loads(m.read_text()).get("complete"):
+        return m
+    return directory / "manifest.json.unfinished"
+
+
+def score(ckpt: Path, name: str, spec: str, threads: int = 1, **sampling) -> dict:
+    """Evaluate a checkpoint with the protocol (same seeds and N for every row)."""
+    from slimstep.generator import load
+    from slimstep.recipes import default_n
+    from slimstep.recipes import score as _score
+
+    torch.set_num_threads(threads)
+    gen = load(ckpt).with_sampling(**sampling)
+    res = _score(gen, spec, name, default_n(spec), seed=0)
+    res["ckpt"] = str(ckpt)
+    return res
+
+
+def machine() -> dict:
+    return {"date": dt.date.today().isoformat(), "python": platform.python_version(),
+            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count()}
+
+
+def md_table(rows: list[dict], cols: list[tuple[str, str]]) -> str:
+    """rows of dicts; cols = (header, key) with dotted keys into the dict."""
+    def get(r, key):
+        for part in key.split("."):
+            r = r.get(part) if isinstance(r, dict) else None
+        if isinstance(r, float):
+            return f"{r:.3g}"
+        return "" if r is None else f"{r:,}" if isinstance(r, int) else str(r)
+
+    lines = ["| " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(get(r, k) for _, k in cols) + " |" for r in rows]
+    return "\n".join(lines)
