@@ -5,7 +5,9 @@ its noise — and, for a class-conditional model without given labels, its
 class — from a CPU generator seeded with ``seed + i``. A sample therefore never
 depends on batch size, device or the number of processes.
 
-Generator kinds (``config.json["generator"]["kind"]``):
+Generator kinds (``config.json["generator"]["kind"]``) live in :data:`KINDS`:
+a function ``(generator, z, y) -> (x, nfe)``. A method that needs its own
+sampling rule registers one with :func:`register_kind`.
 
 * ``velocity`` — a velocity field ``v(x, t, y)`` integrated from ``t = 0`` to
   ``1`` (:mod:`slimstep.solvers`); with ``solver=euler, steps=1`` this is the
@@ -38,6 +40,21 @@ def seeded_noise(shape: tuple[int, ...], seeds: list[int], num_classes: int = 0
     return torch.stack(zs), (torch.tensor(ys, dtype=torch.long) if num_classes else None)
 
 
+def _velocity(gen: Generator, z: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    s = gen.sampling
+    v = guided(gen.net, y, float(s.get("cfg_scale", 1.0)), gen.num_classes)
+    return integrate(v, z, solver=s["solver"], steps=int(s["steps"]),
+                     rtol=float(s.get("rtol", 1e-5)), atol=float(s.get("atol", 1e-5)))
+
+
+KINDS: dict = {"velocity": _velocity}
+
+
+def register_kind(name: str, fn) -> None:
+    """Add a sampling rule ``fn(generator, z, y) -> (x, nfe)`` under ``name``."""
+    KINDS[name] = fn
+
+
 class Generator(nn.Module):
     """A trained model with the sampling rule its checkpoint prescribes.
 
@@ -59,9 +76,10 @@ class Generator(nn.Module):
 
     @property
     def nfe(self) -> int:
+        """Network evaluations per sample (the latest call's, for adaptive rules)."""
         s = self.sampling
         if s["kind"] != "velocity" or s["solver"] == "dopri5":
-            return self.last_nfe
+            return self.last_nfe or int(s.get("nfe", 0))
         return s["steps"] * (2 if s["solver"] == "heun" else 1)
 
     def with_sampling(self, **over) -> Generator:
@@ -71,14 +89,14 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        s = self.sampling
-        if s["kind"] != "velocity":
-            raise ValueError(f"unknown generator kind '{s['kind']}'")
+        kind = self.sampling["kind"]
+        if kind not in KINDS:
+            _import_kind_modules()  # methods register their kinds on import
+        if kind not in KINDS:
+            raise ValueError(f"unknown generator kind '{kind}' (known: {', '.join(KINDS)})")
         if self.num_classes and y is None:
             y = torch.full((len(z),), self.num_classes, dtype=torch.long, device=z.device)
-        v = guided(self.net, y, float(s.get("cfg_scale", 1.0)), self.num_classes)
-        x, self.last_nfe = integrate(v, z, solver=s["solver"], steps=int(s["steps"]),
-                                     rtol=float(s.get("rtol", 1e-5)), atol=float(s.get("atol", 1e-5)))
+        x, self.last_nfe = KINDS[kind](self, z, y)
         return x
 
     @torch.no_grad()
@@ -109,6 +127,19 @@ class Generator(nn.Module):
             yb = y[i:i + batch_size].to(device) if y is not None else None
             out.append(self(z[i:i + batch_size].to(device), yb).float().cpu())
         return torch.cat(out) if out else z[:0].cpu()
+
+
+def _import_kind_modules() -> None:
+    """Import every method module so that their ``register_kind`` calls run."""
+    import importlib
+
+    from slimstep.methods import _REGISTRY
+
+    for target in _REGISTRY.values():
+        try:
+            importlib.import_module(target.split(":")[0])
+        except ImportError:
+            pass
 
 
 def load_net(path: str | Path, weights: str = "ema") -> tuple[nn.Module, dict]:
