@@ -64,6 +64,10 @@ def test_data_bench_info(teacher, tmp_path, capsys):
     (["teacher", "--config", "configs/toy2d/teacher.yaml", "--out", "{tmp}/r", "data.spec=toy2d:nope"],
      "unknown toy2d"),
     (["eval", "--samples", "{tmp}/missing.npz"], "samples file not found"),
+    (["teacher", "--config", "configs/toy2d/teacher.yaml", "--out", "{tmp}/r", "train.accum=3"],
+     "must divide by"),
+    (["teacher", "--config", "configs/toy2d/teacher.yaml", "--out", "{tmp}/r", "train.optimizer=sgd"],
+     "adam or adamw"),
     (["teacher", "--config", "configs/toy2d/teacher.yaml", "--out", "{tmp}/r", "method.flavour=1"],
      "has no option"),
 ])

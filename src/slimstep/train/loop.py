@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slimstep.config import ConfigError
 from slimstep.data import load_data
 from slimstep.files import atomic_write
 from slimstep.methods import build_method, method_class
@@ -52,7 +53,7 @@ def _optimizer(params, train: dict, over: dict) -> torch.optim.Optimizer:
     kind = o["optimizer"]
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(kind)
     if cls is None:
-        raise ValueError(f"train.optimizer must be adam or adamw, not '{kind}'")
+        raise ConfigError(f"train.optimizer must be adam or adamw, not '{kind}'")
     return cls(params, lr=float(o["lr"]), betas=tuple(o["betas"]),
                weight_decay=float(o["weight_decay"]))
 
@@ -143,8 +144,8 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
     if t["batch_size"] % (ctx.world * t["accum"]):
-        raise ValueError(f"train.batch_size {t['batch_size']} must divide by "
-                         f"world size x accum = {ctx.world * t['accum']}")
+        raise ConfigError(f"train.batch_size {t['batch_size']} must divide by "
+                          f"world size x accum = {ctx.world * t['accum']}")
     torch.manual_seed(t["seed"])  # same initial weights on every rank
     spec = method_class(cfg["method"]["name"]).data_spec(cfg)
     data = load_data(spec, **cfg["data"].get("options", {}))
