@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from slimstep.files import atomic_write, fsync_dir, write_json
+from slimstep.files import atomic_write, current_umask, fsync_dir, write_json
 
 CONFIG, WEIGHTS, STATE = "config.json", "model.safetensors", "training_state.pt"
 _SNAP = re.compile(r"^step-(\d{8,})$")
@@ -93,6 +93,7 @@ def save_snapshot(out: str | Path, step: int, module: nn.Module, config: dict,
     final = root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a snapshot is a normal folder
         save_model(tmp, module, config)
         atomic_write(tmp / STATE, lambda p: torch.save(state, p))
         if final.exists():
