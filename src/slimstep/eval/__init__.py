@@ -131,7 +131,8 @@ def _evaluate_digits(
         notes.append(
             f"FD {metrics['fd']:.3g} is below the real/real floor {floor['fd']:.3g}: the samples are "
             f"closer to the training split than held-out data is; copy_rate "
-            f"{metrics['copy_rate']:.2f} (held-out data: {floor['copy_rate']:.2f}) tells how much is copying"
+            f"{metrics['copy_rate']:.2f} (held-out data: {floor['copy_rate']:.2f}) tells whether that is "
+            f"copying (docs/evaluation.md)"
         )
     if len(x) != len(xt):
         notes.append(
