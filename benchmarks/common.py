@@ -73,7 +73,7 @@ def pairs_done(directory: Path) -> Path:
     return directory / "manifest.json.unfinished"
 
 
-def score(ckpt: Path, name: str, spec: str, threads: int = 1, **sampling) -> dict:
+def score(ckpt: Path, name: str, spec: str, threads: int = 1, seed: int = 0, **sampling) -> dict:
     """Evaluate a checkpoint with the protocol (same seeds and N for every row)."""
     from slimstep.generator import load
     from slimstep.recipes import default_n
@@ -81,9 +81,25 @@ def score(ckpt: Path, name: str, spec: str, threads: int = 1, **sampling) -> dic
 
     torch.set_num_threads(threads)
     gen = load(ckpt).with_sampling(**sampling)
-    res = _score(gen, spec, name, default_n(spec), seed=0)
+    res = _score(gen, spec, name, default_n(spec), seed=seed)
     res["ckpt"] = str(ckpt)
     return res
+
+
+SPREAD_SEEDS = (0, 1000, 2000)
+
+
+def seed_spread(runs: list[tuple[str, Path, dict]], spec: str, key: str = "fd") -> list[dict]:
+    """The headline metric of each run at several sample seeds (the same seeds for
+    every run, so rows are paired) and its mean: at N = 597 a single FD moves by
+    about 1 between seeds, so only differences beyond that spread mean anything."""
+    rows = []
+    for name, ckpt, sampling in runs:
+        vals = [score(ckpt, name, spec, seed=s, **sampling)["metrics"][key] for s in SPREAD_SEEDS]
+        row = {"name": name, **{f"seed {s}": v for s, v in zip(SPREAD_SEEDS, vals, strict=True)}}
+        row["mean"] = sum(vals) / len(vals)
+        rows.append(row)
+    return rows
 
 
 def machine() -> dict:

@@ -60,7 +60,7 @@ def main() -> None:
                f"real/real floor: {floor}. One network evaluation of a batch of 256: "
                f"{run['speed_1nfe']['samples_per_s']:.0f} samples/s, "
                f"{run['speed_1nfe']['macs']:,} MACs per sample.", "", md_table(run["rows"], COLS[spec]), ""]
-    md += ["## Commands", "", "```", *res["commands"], "python benchmarks/core.py", "```", ""]
+    md += ["## Commands", "", "```", *res["commands"], "python benchmarks/core.py " + " ".join(sys.argv[1:]), "```", ""]
     (dest / "core.md").write_text("\n".join(md))
     print("\n".join(md))
 

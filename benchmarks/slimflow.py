@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Runner, finished, machine, md_table, pairs_done, score  # noqa: E402
+from common import SPREAD_SEEDS, Runner, finished, machine, md_table, pairs_done, score, seed_spread  # noqa: E402
 
 
 def digits(r: Runner, out: Path, quick: bool, teacher: Path | None = None) -> dict:
@@ -64,7 +64,13 @@ def digits(r: Runner, out: Path, quick: bool, teacher: Path | None = None) -> di
         row = score(d, f"{method} (1 step, from annealing)", "digits")
         row["train_s"] = secs
         rows.append(row)
-    return {"rows": rows, "pairs": {"n": n_pairs, "seconds": p_secs,
+    one = {"solver": "euler", "steps": 1}
+    spread = seed_spread([("teacher heun-16 (reference)", teacher, {}), ("teacher euler-1", teacher, one),
+                          ("reflow (1 step)", ablation["reflow"], one),
+                          ("annealing (1 step)", ablation["annealing"], one),
+                          ("slimflow (1 step)", out / "slimflow" / "digits-slimflow", {}),
+                          ("distill (1 step)", out / "slimflow" / "digits-distill", {})], "digits")
+    return {"rows": rows, "spread": spread, "pairs": {"n": n_pairs, "seconds": p_secs,
                                     "manifest": json.loads((pairs / "manifest.json").read_text())}}
 
 
@@ -134,10 +140,15 @@ def main() -> None:
                f"Pairs: {res['digits']['pairs']['n']} (Heun, 16 steps) in "
                f"{res['digits']['pairs']['seconds']:.0f} s. Teacher: `{res['digits']['teacher']}`.", "",
                md_table(d, COLS_DIGITS), ""]
+        if "spread" in res["digits"]:
+            md += ["FD at three sample seeds (paired: every run maps the same noises):", "",
+                   md_table(res["digits"]["spread"], [("run", "name"), *[(f"seed {s}", f"seed {s}")
+                                                      for s in SPREAD_SEEDS], ("mean", "mean")]), ""]
     for name in ("moons", "8gaussians"):
         if f"toy2d:{name}" in res:
             md += [f"## toy2d:{name}", "", md_table(res[f"toy2d:{name}"]["rows"], COLS_TOY), ""]
-    md += ["## Commands", "", "```", *res["commands"], "```", ""]
+    md += ["## Commands", "", "```", *res["commands"],
+           "python benchmarks/slimflow.py " + " ".join(sys.argv[1:]), "```", ""]
     (dest / ("slimflow-quick.md" if a.quick else "slimflow.md")).write_text("\n".join(md))
     print("\n".join(md))
 
