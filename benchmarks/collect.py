@@ -23,7 +23,8 @@ INTRO = """# Benchmarks
 Measured on this project's CPU machine (2 cores, no GPU) at CPU scale: 8×8
 digits and 2-D toys. Every table below is copied verbatim from
 `benchmarks/results/`, written by the script named in its section; each
-section lists the exact commands. The evaluation protocol is in
+section lists the exact commands. (The SLT section also carries short notes
+on a few runs made by hand, each with its command.) The evaluation protocol is in
 [docs/evaluation.md](docs/evaluation.md): digits FD is in the features of
 slimstep's shipped classifier, against the train split, with the real/real
 floor (held-out test split, N = 597) beside it.

@@ -21,11 +21,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from slimstep.files import FileFormatError
     from slimstep.methods import MethodError
     from slimstep.pairs import PairsError
+    from slimstep.screen import ScreenError
     from slimstep.train.checkpoint import CheckpointError
     from slimstep.train.loop import ResumeError
 
     return (ConfigError, DataError, EvalError, FileFormatError, MethodError, CheckpointError,
-            ResumeError, PairsError)
+            ResumeError, PairsError, ScreenError)
 
 
 # ---------------------------------------------------------------- commands
@@ -118,11 +119,31 @@ def cmd_sample(a) -> None:
 
     gen = _generator(a)
     y, mode = _labels(gen, a.labels, a.n)
+    if a.screen is None and (a.scorer or a.final != "student" or a.teacher or a.discriminator):
+        from slimstep.config import ConfigError
+
+        raise ConfigError("--scorer, --final, --teacher and --discriminator go with --screen N")
     tic = time.perf_counter()
-    x, ys = gen.generate(a.n, seed=a.seed, y=y, batch_size=a.batch_size, labels=mode)
+    extra = {}
+    if a.screen is not None:
+        from slimstep.generator import load
+        from slimstep.screen import make_scorer, screen
+
+        teacher = load(a.teacher, _device(a.device)) if a.teacher else None
+        scorer = make_scorer(a.scorer or "classifier", gen, teacher, a.discriminator)
+        if mode == "null" and gen.num_classes:
+            import torch
+
+            y = torch.full((a.n,), gen.num_classes, dtype=torch.long)
+        x, ys, info = screen(gen, a.n, a.screen, scorer, seed=a.seed, final=a.final,
+                             teacher=teacher, y=y, batch_size=a.batch_size)
+        extra = {"candidate": info["candidate"].numpy(), "score": info["score"].numpy(),
+                 "screen": a.screen, "scorer": a.scorer or "classifier", "final": a.final}
+    else:
+        x, ys = gen.generate(a.n, seed=a.seed, y=y, batch_size=a.batch_size, labels=mode)
     secs = time.perf_counter() - tic
     arrays = {"samples": x.numpy(), "seeds": list(range(a.seed, a.seed + a.n)),
-              "nfe": gen.nfe, "data": gen.info.spec}
+              "nfe": gen.nfe, "data": gen.info.spec, **extra}
     if ys is not None:
         arrays["labels"] = ys.numpy()
     write_npz(a.out, **arrays)
@@ -281,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--labels", help="random (default), null, or a class index")
     p.add_argument("--out", required=True, help="samples.npz (a PNG is written beside it)")
+    p.add_argument("--screen", type=int, metavar="N",
+                   help="noise screening: N candidate noises per output through this (cheap) "
+                        "one-step checkpoint, keep the best-scoring one")
+    p.add_argument("--scorer", choices=["classifier", "density", "teacher", "discriminator"],
+                   help="screening score (default classifier)")
+    p.add_argument("--final", choices=["student", "teacher"], default="student",
+                   help="map the chosen noise with this checkpoint or with --teacher")
+    p.add_argument("--teacher", help="one-step teacher checkpoint (--final teacher, --scorer teacher)")
+    p.add_argument("--discriminator", help="GDD checkpoint whose discriminator scores (--scorer discriminator)")
     _sampling_args(p)
     p.set_defaults(fn=cmd_sample)
 

@@ -14,6 +14,9 @@ _REGISTRY = {
     "distill": "slimstep.methods.distill:Distill",
     "gdd": "slimstep.methods.gdd:GDD",
     "gdd-i": "slimstep.methods.gdd:GDDI",
+    "flowmap": "slimstep.methods.flowmap:FlowMap",
+    "meanflow": "slimstep.methods.meanflow:MeanFlow",
+    "slt": "slimstep.methods.slt:SLT",
 }
 
 

@@ -22,6 +22,7 @@ _REGISTRY = {
     "mlp": "slimstep.nets.mlp:MLP",
     "unet": "slimstep.nets.unet:UNet",
     "dit": "slimstep.nets.dit:DiT",
+    "shared_block": "slimstep.nets.shared_block:SharedBlockDiT",
 }
 
 

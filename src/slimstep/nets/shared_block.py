@@ -1,0 +1,169 @@
+r"""SLT's student: one DiT block applied K times (weight tying in depth).
+
+A deep one-step DiT computes :math:`h_{l+1} = h_l + B_l(h_l, c)` — Euler steps of
+an ODE in depth. The student replaces the L different blocks by *one* block
+``B`` applied ``K`` times, told where it is by a learned depth embedding added
+to the conditioning:
+
+.. math:: h_{k+1} = h_k + B(h_k,\ c + e_k),\qquad k = 0, \dots, K - 1,
+
+with ``h_0`` = patch embedding + position embedding, ``c`` = time embedding(s)
++ class embedding (the DiT's adaLN conditioning). Parameters do not depend on K
+(only the K rows of the depth table, ``K·width`` numbers).
+
+**Patches.** P depth patches: patch ``j = 1..P`` reads student step
+:math:`k_j = \mathrm{round}(jK/P)` (the state after :math:`k_j` applications);
+:meth:`patch_steps` lists them, the last is always K. Each patch state goes
+through its own linear projection ``proj.{j}`` to ``teacher_hidden`` (identity
+when the widths agree) — those projected states are what ``return_features``
+returns and what SLT matches against the teacher's layers.
+
+**Fusion** of the patch states (student width) into the output head:
+
+* ``sum`` — softmax-weighted sum, :math:`\sum_j \mathrm{softmax}(\alpha)_j h_{k_j}`
+  (α learned, initialised to favour the last patch);
+* ``concat`` — ``Linear(P·width → width)`` on the concatenated states, initialised
+  to pass the last patch through;
+* ``last`` — no fusion, the head reads :math:`h_K` (the ablation baseline).
+
+The head is the DiT's adaLN final layer + unpatchify. The call signature is the
+DiT's: ``forward(x, t, y=None, s=None, return_features=False)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slimstep.nets.dit import (
+    DiTBlock,
+    FinalLayer,
+    LabelEmbedder,
+    PatchEmbed,
+    TimestepEmbedder,
+    set_attention,
+    sincos_pos_embed_2d,
+)
+
+FUSIONS = ("sum", "concat", "last")
+
+
+def patch_steps(steps: int, patches: int) -> list[int]:
+    """Student steps :math:`k_j = \\mathrm{round}(jK/P)`, j = 1..P (1-based: after k_j applications)."""
+    if not 1 <= patches <= steps:
+        raise ValueError(f"need 1 <= patches <= steps, got patches={patches}, steps={steps}")
+    return [round(j * steps / patches) for j in range(1, patches + 1)]
+
+
+class SharedBlockDiT(nn.Module):
+    def __init__(
+        self,
+        in_shape: list[int] | tuple[int, ...] = (1, 8, 8),
+        num_classes: int = 0,
+        patch_size: int = 2,
+        hidden_size: int = 96,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        steps: int = 8,
+        patches: int = 4,
+        fusion: str = "sum",
+        teacher_hidden: int | None = None,
+        extra_time_embeds: int = 1,
+        time_scale: float = 1000.0,
+        frequency_embedding_size: int = 256,
+    ) -> None:
+        super().__init__()
+        c, h, w = in_shape
+        if h != w or h % patch_size:
+            raise ValueError(f"needs square images divisible by patch_size, got {in_shape}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, not '{fusion}'")
+        self.in_shape, self.in_channels = (c, h, w), c
+        self.patch_size, self.grid = patch_size, h // patch_size
+        self.num_classes, self.time_scale = num_classes, time_scale
+        self.extra_time_embeds, self.fusion = extra_time_embeds, fusion
+        self.steps, self.patch_at = steps, patch_steps(steps, patches)
+        teacher_hidden = teacher_hidden or hidden_size
+
+        self.x_embedder = PatchEmbed(c, hidden_size, patch_size)
+        self.t_embedder = TimestepEmbedder(hidden_size, frequency_embedding_size)
+        self.s_embedder = (TimestepEmbedder(hidden_size, frequency_embedding_size)
+                           if extra_time_embeds else None)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size) if num_classes > 0 else None
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(hidden_size, self.grid)[None])
+        self.depth_embed = nn.Embedding(steps, hidden_size)
+        self.block = DiTBlock(hidden_size, num_heads, mlp_ratio)  # the one shared block
+        self.proj = nn.ModuleList(
+            nn.Identity() if teacher_hidden == hidden_size else nn.Linear(hidden_size, teacher_hidden)
+            for _ in self.patch_at)
+        self.fuse_logits = nn.Parameter(torch.zeros(patches)) if fusion == "sum" else None
+        self.fuse_linear = nn.Linear(patches * hidden_size, hidden_size) if fusion == "concat" else None
+        self.final_layer = FinalLayer(hidden_size, patch_size, c)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.block.reset_parameters()
+        self.final_layer.reset_parameters()
+        for emb in (self.t_embedder, self.s_embedder):
+            if emb is not None:
+                nn.init.normal_(emb.mlp[0].weight, std=0.02)
+                nn.init.normal_(emb.mlp[2].weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.depth_embed.weight, std=0.02)
+        if self.fuse_logits is not None:  # start close to "read the last patch"
+            with torch.no_grad():
+                self.fuse_logits.zero_()
+                self.fuse_logits[-1] = 2.0
+        if self.fuse_linear is not None:  # start as "pass the last patch through"
+            d = self.fuse_linear.out_features
+            with torch.no_grad():
+                self.fuse_linear.weight.zero_()
+                self.fuse_linear.weight[:, -d:] = torch.eye(d)
+
+    def set_attention(self, mode: str) -> SharedBlockDiT:
+        return set_attention(self, mode)
+
+    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, p, g = tokens.shape[0], self.patch_size, self.grid
+        x = tokens.reshape(b, g, g, p, p, -1)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(b, -1, g * p, g * p)
+
+    def embed(self, x, t, y=None, s=None) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.x_embedder(x) + self.pos_embed.to(x.dtype)
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        c = self.t_embedder(t * self.time_scale)
+        if self.s_embedder is not None:
+            if s is None:
+                raise TypeError("this network was built with extra_time_embeds=1: pass s=")
+            s = s.expand(x.shape[0]) if s.ndim == 0 else s
+            c = c + self.s_embedder(s * self.time_scale)
+        if self.y_embedder is not None:
+            if y is None:
+                y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+            c = c + self.y_embedder(y)
+        return tokens, c.to(tokens.dtype)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                return_features: bool = False, s: torch.Tensor | None = None):
+        h, c = self.embed(x, t, y, s)
+        states = []
+        for k in range(self.steps):
+            h = self.block(h, c + self.depth_embed.weight[k])
+            if k + 1 in self.patch_at:
+                states.append(h)
+        if self.fusion == "sum":
+            a = torch.softmax(self.fuse_logits, 0).to(h.dtype)
+            fused = sum(a[j] * st for j, st in enumerate(states))
+        elif self.fusion == "concat":
+            fused = self.fuse_linear(torch.cat(states, dim=-1))
+        else:
+            fused = states[-1]
+        out = self.unpatchify(self.final_layer(fused, c))
+        if return_features:
+            return out, [p(st) for p, st in zip(self.proj, states, strict=True)]
+        return out

@@ -1,0 +1,183 @@
+"""MeanFlow and FreeFlow (flowmap): JVP targets, time conventions, DDP gradient sync."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from slimstep.data import DataInfo
+from slimstep.generator import Generator
+from slimstep.methods.flowmap import FlowMap
+from slimstep.methods.meanflow import meanflow_loss, meanflow_target, u_meanflow
+from slimstep.nets import build_net
+from slimstep.train.dist import allreduce_grads
+
+INFO = DataInfo("digits", "image", (1, 8, 8), 10)
+SPEC = {"name": "dit", "in_shape": [1, 8, 8], "num_classes": 10, "patch_size": 2,
+        "hidden_size": 32, "depth": 2, "num_heads": 2}
+
+
+def tiny_teacher(seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    net = build_net(SPEC)
+    for p in net.parameters():  # adaLN-Zero starts at exactly 0: perturb it
+        p.data.add_(0.05 * torch.randn_like(p))
+    return Generator(net, INFO, {"kind": "velocity", "solver": "euler", "steps": 1},
+                     {"net": SPEC})
+
+
+def two_time_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    net = build_net({**SPEC, "extra_time_embeds": 1})
+    for p in net.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+class Gaussian(nn.Module):
+    """Exact fields of the linear path with data N(mu, s^2 I), noise N(0, I), our time.
+
+    sigma_t = sqrt(t^2 s^2 + (1-t)^2); the flow maps x_a to
+    x_b = b mu + (sigma_b / sigma_a)(x_a - a mu). ``forward(x, t=a, s=h)`` is the
+    average velocity (x_{a+h} - x_a) / h (h = 0: the velocity), in our direction.
+    """
+
+    def __init__(self, mu: float = 0.7, s: float = 0.5):
+        super().__init__()
+        self.mu, self.s = mu, s
+
+    def sigma(self, t):
+        return torch.sqrt(t**2 * self.s**2 + (1 - t) ** 2)
+
+    def velocity(self, x, t):
+        t = t.view(-1, 1, 1, 1)
+        dsig = (t * self.s**2 - (1 - t)) / self.sigma(t)
+        return self.mu + dsig / self.sigma(t) * (x - t * self.mu)
+
+    def forward(self, x, t, y=None, s=None):
+        if s is None:
+            return self.velocity(x, t)
+        a, h = t.view(-1, 1, 1, 1), s.view(-1, 1, 1, 1)
+        b = a + h
+        xb = b * self.mu + self.sigma(b) / self.sigma(a) * (x - a * self.mu)
+        safe = torch.where(h.abs() > 1e-9, h, torch.ones_like(h))
+        return torch.where(h.abs() > 1e-9, (xb - x) / safe, self.velocity(x, t))
+
+
+def test_meanflow_jvp_target_equals_finite_difference():
+    net = two_time_net().double()
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64)
+    v = torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.tensor([0.9, 0.6, 0.5, 0.3], dtype=torch.float64)
+    r = torch.tensor([0.2, 0.6, 0.1, 0.05], dtype=torch.float64)
+    y = torch.tensor([1, 2, 10, 4])
+    e = 1e-5
+    for k in (1.0, 1e-3):  # s_scale
+        u, target = meanflow_target(net, z, r, t, v, y, k)
+        dudt = (u_meanflow(net, z + e * v, r, t + e, y, k)
+                - u_meanflow(net, z - e * v, r, t - e, y, k)) / (2 * e)
+        fd = v - (t - r).view(-1, 1, 1, 1) * dudt
+        torch.testing.assert_close(u, u_meanflow(net, z, r, t, y, k))
+        torch.testing.assert_close(target, fd, atol=1e-4, rtol=1e-4)
+
+
+def test_meanflow_conventions_on_the_gaussian_path():
+    """The exact average velocity satisfies the MeanFlow identity after our conversion,
+    and the one-step sample z + net(z, 0, s=1) is the exact flow map."""
+    f = Gaussian().double()
+    z = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    t = torch.tensor([0.8, 0.5, 1.0], dtype=torch.float64)  # MeanFlow time, 1 = noise
+    r = torch.tensor([0.1, 0.5, 0.0], dtype=torch.float64)
+    v_mf = -f.velocity(z, 1 - t)  # MeanFlow velocity eps - x = minus ours
+    u, target = meanflow_target(f, z, r, t, v_mf, None)
+    torch.testing.assert_close(u, target, atol=1e-8, rtol=1e-6)
+    one = z + f(z, torch.zeros(3, dtype=torch.float64), s=torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(one, f.mu + f.s * z)  # N(0,1) noise -> N(mu, s^2) data
+
+
+def _flowmap(teacher, **opts) -> FlowMap:
+    cfg = {"method": {"name": "flowmap", **opts}, "net": {"name": "dit"}}
+    return FlowMap(cfg, INFO, device=torch.device("cpu"), teacher=teacher)
+
+
+def test_flowmap_at_small_delta_is_the_teacher_velocity():
+    teacher = tiny_teacher()
+    m = _flowmap(teacher)
+    m.net.double()
+    z = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    y = torch.tensor([0, 3, 7, 10])
+    v = teacher.net.double()(z, torch.zeros(4, dtype=torch.float64), y)
+    for d in (1e-4, 1e-2):
+        delta = torch.full((4,), d, dtype=torch.float64)
+        f = z + d * m.F(z, delta, y)  # f(z, δ) = z + δ F(z, δ)
+        torch.testing.assert_close((f - z) / d, v, atol=1e-4, rtol=1e-4)
+
+
+def test_flowmap_prediction_target_is_exact_for_the_true_flow_map():
+    """For the exact flow map of a Gaussian teacher the residual vanishes (JVP and FD)."""
+    for derivative in ("jvp", "fd"):
+        m = _flowmap(tiny_teacher(), derivative=derivative, fd_eps=1e-4)
+        m.net, m.teacher_net = Gaussian().double(), Gaussian().double()
+        z = torch.randn(6, 1, 8, 8, dtype=torch.float64)
+        delta = torch.tensor([0.05, 0.2, 0.5, 0.7, 0.9, 1.0], dtype=torch.float64)
+        _, mse = m.prediction_loss(z, delta, None)
+        assert float(mse) < 1e-8, (derivative, float(mse))
+
+
+def test_flowmap_loss_runs_with_correction():
+    m = _flowmap(tiny_teacher(), correction=True)
+    assert m.phases == ("fake", "main")
+    batch = (torch.randn(8, 1, 8, 8), torch.randint(10, (8,)))
+    for phase in m.phases:
+        out = m.loss(batch, 0, phase)
+        out["loss"].backward()
+        assert torch.isfinite(out["loss"])
+    assert m.export()["kind"] == "flowmap"
+
+
+# ------------------------------------------------------------------ data parallel
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(3)
+    x, eps = torch.randn(8, 1, 8, 8, generator=g), torch.randn(8, 1, 8, 8, generator=g)
+    t = torch.rand(8, generator=g) * 0.8 + 0.2
+    r = t * torch.tensor([1, 0.5, 1, 0.2, 1, 1, 0.7, 1.0])
+    return x, eps, t, r, torch.randint(11, (8,), generator=g)
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    net = two_time_net()
+    parts = [a.chunk(2)[rank] for a in _inputs()]
+    meanflow_loss(net, *parts)[0].backward()
+    allreduce_grads(list(net.parameters()), world=2)
+    if rank == 0:
+        torch.save({k: p.grad for k, p in net.named_parameters() if p.grad is not None}, out)
+    dist.destroy_process_group()
+
+
+def test_meanflow_two_gloo_processes_give_the_single_process_gradient(tmp_path):
+    out = str(tmp_path / "grads.pt")
+    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+    synced = torch.load(out, weights_only=True)
+    net = two_time_net()
+    meanflow_loss(net, *_inputs())[0].backward()
+    ref = {k: p.grad for k, p in net.named_parameters() if p.grad is not None}
+    assert synced.keys() == ref.keys() and len(ref) > 10
+    for k in ref:
+        torch.testing.assert_close(synced[k], ref[k], rtol=1e-4, atol=1e-6)
