@@ -31,7 +31,9 @@ floor (held-out test split, N = 597) beside it.
 
 The runs shared the 2 cores with each other (several single-thread jobs at
 once), so *training times* are wall-clock on a loaded machine and only
-roughly comparable; sample throughput figures come from the same machine.
+roughly comparable, and so are samples/s: rerunning `benchmarks/core.py`
+reproduced every quality number exactly while its samples/s moved by up to
+4× with the load. Compare speeds within one table only.
 Regenerate with the commands in `benchmarks/collect.py`.
 
 **The digits teacher** of every section is `runs/bench/digits-teacher-step2000`:
