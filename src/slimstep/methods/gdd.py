@@ -1,0 +1,327 @@
+r"""GDD and GDD-I: "Diffusion Models Are Innate One-Step Generators" (Zheng & Yang 2024).
+
+**Generator.** The teacher's own network, initialised from the teacher's EMA
+weights and called once at the noise end. In slimstep's convention (t = 0 is
+noise) the one-step map is the Euler step over the whole path,
+
+.. math:: G(z, y) = z + v_\theta(z, 0, y), \qquad z \sim \mathcal N(0, I),
+
+read as a direct data prediction, so at step 0 ``G`` *is* the teacher's 1-step
+Euler sampler; the checkpoint exports ``kind=velocity, solver=euler, steps=1``.
+(EDM's version, σ = 80 on 80·z, is the same map for an EDM teacher.)
+
+**Loss: GAN only** (distribution level, no distillation term), the
+non-saturating logistic loss with ``softplus``, against real data::
+
+    disc:  L_D = E softplus(D(G(z), y)) + E softplus(-D(x, y))  [+ lazy R1]
+    gen:   L_G = E softplus(-D(G(z), y))                          [+ λ_inst · d(G(z), x̂(z))]
+
+``D`` returns ``[B, K]`` logits (multi-scale / patch discriminators); the
+expectations run over samples and logits. Class-conditional runs generate with
+the real batch's labels ``y``, and ``D`` is a projection discriminator in ``y``.
+
+**Lazy R1** (StyleGAN2's form) on real data: on steps with
+``step % r1_every == 0`` the discriminator loss gains
+
+.. math:: r_{\rm every}\cdot\frac{\gamma}{2}\,
+          \mathbb E_x \big\lVert \nabla_x \textstyle\sum_k D_k(x, y) \big\rVert^2 ,
+
+i.e. the penalty ``γ/2·E‖∇D‖²`` applied every step, paid once every
+``r1_every`` steps at ``r1_every`` times the weight (same expected gradient,
+1/16 of the double-backward cost). With DiffAugment on, the gradient is taken
+with respect to the un-augmented real image.
+
+**Instance-level term** (default weight 0): ``d(G(z), x̂)`` with ``x̂`` the
+teacher's ODE solution from the same ``(z, y)`` (computed online, no gradient),
+``d`` = mean squared error or the pseudo-Huber distance
+``sqrt(|a − b|² + c²) − c`` with ``c = 0.00054·sqrt(dim)`` (Song & Dhariwal
+2023). With ``gan_weight=0`` this is plain one-step distillation: the paper's
+instance- vs distribution-level comparison.
+
+**Optimisation** (the loop): two phases, disc then gen, each with its own Adam,
+betas (0, 0.99); frozen generator parameters (GDD-I) are not handed to the
+optimizer and, having no gradient, never enter the gradient all-reduce. The
+EMA of the generator (``train.ema.half_life_images`` ≈ 5% of all images, with
+the loop's ramp-up capping it at 5% of the images seen so far) is what is
+exported.
+
+**GDD-I** freezes, before the optimizer is built, the parameters named by
+:func:`gdd_i_frozen`: in every residual block the 3x3 convolutions and the
+attention output projection of the UNet (~83% of the NCSN++ CIFAR UNet), and
+the attention and MLP matrices of every DiT block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimstep.methods.base import Method, MethodError
+from slimstep.nets import build_net
+from slimstep.nets.discriminators import KINDS, DiscriminatorError, build_discriminator
+
+# ----------------------------------------------------------------------------- GDD-I freeze rule
+
+
+def gdd_i_frozen(net: nn.Module) -> list[str]:
+    """Names of the parameters GDD-I freezes in ``net``.
+
+    * UNet: in every ``ResBlock`` (including the resampling ones) ``conv1`` and
+      ``conv2`` (the 3x3 convolutions), in every ``AttnBlock`` ``proj_out``.
+      Trainable: GroupNorms, ``emb_proj`` (time/class modulation), ``skip`` (1x1),
+      ``qkv``, ``time_embed``, ``class_embed``, ``conv_in``, ``norm_out``, ``conv_out``.
+    * DiT: in every block ``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``.
+      Trainable: ``adaLN_modulation``, embedders, ``final_layer`` (its LayerNorms have
+      no parameters).
+
+    Weights and biases of a frozen layer are both frozen.
+    """
+    from slimstep.nets.dit import DiT, DiTBlock
+    from slimstep.nets.unet import AttnBlock, ResBlock, UNet
+
+    if isinstance(net, UNet):
+        rule = {ResBlock: ("conv1", "conv2"), AttnBlock: ("proj_out",)}
+    elif isinstance(net, DiT):
+        rule = {DiTBlock: ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+    else:
+        raise MethodError(f"gdd-i has a freeze rule for the unet and the dit, not for "
+                          f"{type(net).__name__}")
+    names = []
+    for prefix, m in net.named_modules():
+        for cls, layers in rule.items():
+            if isinstance(m, cls):
+                for layer in layers:
+                    sub = m.get_submodule(layer)
+                    names += [f"{prefix}.{layer}.{n}" for n, _ in sub.named_parameters()]
+    return names
+
+
+def frozen_fraction(net: nn.Module) -> float:
+    """Fraction of ``net``'s parameters that GDD-I freezes."""
+    frozen = set(gdd_i_frozen(net))
+    total = sum(p.numel() for p in net.parameters())
+    return sum(p.numel() for n, p in net.named_parameters() if n in frozen) / total
+
+
+# ----------------------------------------------------------------------------- DiffAugment
+
+
+AUGMENTS = ("color", "translation", "cutout")
+
+
+def diff_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
+    """Differentiable augmentation (Zhao et al. 2020) of images in [-1, 1].
+
+    ``policy`` is a comma list of ``color`` (brightness ±0.5, saturation ×[0, 2],
+    contrast ×[0.5, 1.5]), ``translation`` (shift by up to 1/8 of the size, zero
+    padding), ``cutout`` (a zeroed square of half the size). One draw per sample,
+    from the global RNG; the same function must be applied to real and fake images.
+    """
+    for p in [s.strip() for s in policy.split(",") if s.strip()]:
+        b = x.shape[0]
+        if p == "color":
+            r = torch.rand(3, b, 1, 1, 1, device=x.device, dtype=x.dtype)
+            x = x + (r[0] - 0.5)
+            m = x.mean(1, keepdim=True)
+            x = (x - m) * (2 * r[1]) + m
+            m = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - m) * (r[2] + 0.5) + m
+        elif p == "translation":
+            h, w = x.shape[2:]
+            sh, sw = max(1, round(h / 8)), max(1, round(w / 8))
+            dy = torch.randint(-sh, sh + 1, (b,), device=x.device)
+            dx = torch.randint(-sw, sw + 1, (b,), device=x.device)
+            rows = (torch.arange(h, device=x.device)[None] - dy[:, None])  # [B, H] source row
+            cols = (torch.arange(w, device=x.device)[None] - dx[:, None])
+            ok = (((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :])
+            ri, ci = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+            idx = (ri[:, :, None] * w + ci[:, None, :]).flatten(1)  # [B, H*W]
+            flat = x.flatten(2).gather(2, idx[:, None, :].expand(-1, x.shape[1], -1))
+            x = flat.view_as(x) * ok[:, None].to(x.dtype)
+        elif p == "cutout":
+            h, w = x.shape[2:]
+            ch, cw = max(1, h // 2), max(1, w // 2)
+            cy = torch.randint(0, h + 1 - ch % 2, (b,), device=x.device)
+            cx = torch.randint(0, w + 1 - cw % 2, (b,), device=x.device)
+            yy = torch.arange(h, device=x.device)[None]
+            xx = torch.arange(w, device=x.device)[None]
+            iny = ((yy >= cy[:, None] - ch // 2) & (yy < cy[:, None] - ch // 2 + ch))
+            inx = ((xx >= cx[:, None] - cw // 2) & (xx < cx[:, None] - cw // 2 + cw))
+            x = x * (~(iny[:, :, None] & inx[:, None, :]))[:, None].to(x.dtype)
+        else:
+            raise MethodError(f"diffaugment: unknown policy '{p}' (color, translation, cutout)")
+    return x
+
+
+# ----------------------------------------------------------------------------- the method
+
+
+def r1_penalty(disc, x: torch.Tensor, y: torch.Tensor | None,
+               augment=None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(logits, E_x ‖∇_x Σ_k D_k(x, y)‖²)`` with the graph kept for backward."""
+    x = x.detach().requires_grad_(True)
+    logits = disc(augment(x) if augment else x, y)
+    (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    return logits, g.float().pow(2).flatten(1).sum(1).mean()
+
+
+class GDD(Method):
+    name = "gdd"
+    phases = ("disc", "gen")
+    defaults = {
+        "disc": "auto",  # auto (conv for images, mlp for points) | conv | mlp | teacher | projected
+        "disc_options": {},  # {kind: keyword arguments}; only the chosen kind's are used
+        "lr_g": None,  # null = train.lr
+        "lr_d": None,
+        "betas": [0.0, 0.99],
+        "r1_gamma": 1e-4,  # the paper's CIFAR-10 value
+        "r1_every": 16,  # lazy regularisation interval (0 = no R1)
+        "gan_weight": 1.0,
+        "instance_weight": 0.0,  # d(G(z), teacher ODE(z)); 0 = the paper's GDD
+        "instance_distance": "pseudo-huber",  # pseudo-huber | l2
+        "instance_solver": None,  # null = the teacher's own sampler
+        "instance_steps": None,
+        "diffaugment": "",  # "" (the paper) or e.g. "color,translation,cutout"
+    }
+
+    def __init__(self, cfg, info, *, device, teacher=None):
+        super().__init__(cfg, info, device=device, teacher=teacher)
+        o = self.opts
+        if teacher is None or not getattr(teacher, "config", {}).get("net"):
+            raise MethodError(f"method '{self.name}' needs a teacher checkpoint (--teacher DIR) "
+                              f"whose config.json has a 'net' section")
+        self.spec = dict(teacher.config["net"])
+        shape = tuple(self.spec.get("in_shape", ()))
+        if shape != tuple(info.shape):
+            raise MethodError(f"the teacher's network takes {shape}, the data is {tuple(info.shape)}")
+        net = build_net(self.spec)
+        net.load_state_dict(teacher.net.state_dict())  # the teacher's EMA weights
+        for m in net.modules():  # a DiT's label dropout would decouple G's output from y
+            if hasattr(m, "dropout_prob"):
+                m.dropout_prob = 0.0
+        self.net = net.to(device)
+        self.num_classes = getattr(net, "num_classes", 0) or 0
+        if self.num_classes and info.num_classes != self.num_classes:
+            raise MethodError(f"the teacher has {self.num_classes} classes, the data "
+                              f"{info.num_classes}: GDD generates with the real batch's labels")
+        self.freeze()
+        if o["diffaugment"] and info.kind != "image":
+            raise MethodError("diffaugment works on images only")
+        bad = set(filter(None, (p.strip() for p in o["diffaugment"].split(",")))) - set(AUGMENTS)
+        if bad:
+            raise MethodError(f"diffaugment: unknown policy {sorted(bad)} ({', '.join(AUGMENTS)})")
+        if o["instance_distance"] not in ("pseudo-huber", "l2"):
+            raise MethodError(f"instance_distance must be pseudo-huber or l2, "
+                              f"not '{o['instance_distance']}'")
+        if int(o["r1_every"]) < 0 or float(o["r1_gamma"]) < 0:
+            raise MethodError("r1_every and r1_gamma must be >= 0")
+        kind = o["disc"] if o["disc"] != "auto" else ("conv" if info.kind == "image" else "mlp")
+        per_kind = dict(o["disc_options"] or {})
+        unknown = sorted(set(per_kind) - set(KINDS))
+        if unknown:
+            raise MethodError(f"disc_options is keyed by discriminator kind ({', '.join(KINDS)}), "
+                              f"not {', '.join(unknown)}")
+        try:
+            self.disc = build_discriminator(
+                kind, list(info.shape), self.num_classes, teacher=teacher.net,
+                **dict(per_kind.get(kind) or {})).to(device)
+        except DiscriminatorError as e:
+            raise MethodError(str(e)) from None
+        self._disc_params = [p for p in self.disc.parameters() if p.requires_grad]
+        self._instance = None
+        if float(o["instance_weight"]) > 0:
+            self._instance = teacher.with_sampling(solver=o["instance_solver"],
+                                                   steps=o["instance_steps"])
+
+    def freeze(self) -> None:
+        """GDD trains every generator parameter; GDD-I overrides this."""
+
+    # -- the contract
+    def modules(self):
+        return {"net": self.net, "disc": self.disc}
+
+    def parameters(self, phase):
+        mod = self.disc if phase == "disc" else self.net
+        return [p for p in mod.parameters() if p.requires_grad]
+
+    def optimizer_options(self, phase):
+        lr = self.opts["lr_d" if phase == "disc" else "lr_g"]
+        lr = self.cfg["train"]["lr"] if lr is None else lr
+        return {"betas": [float(b) for b in self.opts["betas"]], "lr": float(lr)}
+
+    def export(self):
+        return {"kind": "velocity", "solver": "euler", "steps": 1, "cfg_scale": 1.0}
+
+    # -- the math
+    def generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The one-step generator ``G(z, y) = z + v(z, 0, y)``."""
+        return z + self.net(z, torch.zeros(len(z), device=z.device, dtype=z.dtype), y)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, self.opts["diffaugment"]) if self.opts["diffaugment"] else x
+
+    def _d(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        return self.disc(self._augment(x), y).float()
+
+    def loss(self, batch, step, phase):
+        x = batch[0]
+        y = batch[1] if self.num_classes else None
+        o = self.opts
+        z = torch.randn_like(x)
+        if phase == "disc":
+            for p in self._disc_params:
+                p.requires_grad_(True)
+            with torch.no_grad():
+                fake = self.generate(z, y)
+            r1_now = o["r1_every"] > 0 and o["r1_gamma"] > 0 and step % o["r1_every"] == 0
+            if r1_now:
+                real_logits, pen = r1_penalty(self.disc, x, y, self._augment if o["diffaugment"]
+                                              else None)
+                real_logits = real_logits.float()
+            else:
+                real_logits, pen = self._d(x, y), None
+            fake_logits = self._d(fake, y)
+            gan = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+            out = {"gan": gan.detach(), "d_real": real_logits.mean().detach(),
+                   "d_fake": fake_logits.mean().detach(),
+                   "acc": 0.5 * ((real_logits > 0).float().mean() + (fake_logits < 0).float().mean())}
+            loss = gan
+            if pen is not None:
+                loss = gan + o["r1_every"] * float(o["r1_gamma"]) / 2 * pen
+                out["r1"] = pen.detach()
+            return {"loss": loss, **out}
+
+        # gen phase: the discriminator is a fixed function here (no weight gradients)
+        for p in self._disc_params:
+            p.requires_grad_(False)
+        fake = self.generate(z, y)
+        loss = float(o["gan_weight"]) * F.softplus(-self._d(fake, y)).mean()
+        out = {"gan": loss.detach()}
+        if self._instance is not None:
+            with torch.no_grad():
+                target = self._instance(z, y)
+            d = (fake.float() - target.float()).pow(2).flatten(1).sum(1)
+            if o["instance_distance"] == "pseudo-huber":
+                c = 0.00054 * math.sqrt(fake[0].numel())
+                d = (d + c * c).sqrt() - c
+            else:
+                d = d / fake[0].numel()
+            inst = d.mean()
+            loss = loss + float(o["instance_weight"]) * inst
+            out["instance"] = inst.detach()
+        return {"loss": loss, **out}
+
+
+class GDDI(GDD):
+    """GDD with the convolutions (UNet) / attention and MLP matrices (DiT) frozen."""
+
+    name = "gdd-i"
+
+    def freeze(self) -> None:
+        frozen = set(gdd_i_frozen(self.net))
+        for n, p in self.net.named_parameters():
+            if n in frozen:
+                p.requires_grad_(False)
