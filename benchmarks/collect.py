@@ -12,6 +12,7 @@ the scripts write from their own runs; nothing here computes or edits a number.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -56,7 +57,9 @@ def main() -> None:
         if not f.exists():
             parts.append(f"## {title}\n\nNot run yet (`benchmarks/results/{name}` is missing).\n")
             continue
-        body = f.read_text().strip().splitlines()
+        # image links in a results file are relative to benchmarks/results/
+        text = re.sub(r"!\[([^\]]*)\]\((?!https?:|/)", r"![\1](benchmarks/results/", f.read_text())
+        body = text.strip().splitlines()
         if body and body[0].startswith("# "):
             body[0] = "#" + body[0]
         parts.append("\n".join(line if not line.startswith("## ") or line is body[0] else "#" + line
