@@ -97,7 +97,6 @@ def generate_pairs(teacher: str | Path, out: str | Path, n: int, *, solver: str 
         m = json.loads(mpath.read_text())
         m.update(complete=True, last_nfe=nfe or m.get("last_nfe"))
         write_json(mpath, m)
-    if ctx.world > 1:
-        torch.distributed.barrier()  # no rank tears gloo down while rank 0 still writes
+    dist.barrier(ctx.world)  # no rank tears gloo down while rank 0 still writes
     dist.teardown()
     return out

@@ -48,6 +48,13 @@ def setup(device: str = "auto") -> Context:
     return Context(rank=rank, world=world, local_rank=local, device=dev)
 
 
+def barrier(world: int) -> None:
+    """Wait for every rank (e.g. while rank 0 writes the last checkpoint): a rank
+    that tears gloo down while a peer still works makes that peer abort."""
+    if world > 1:
+        dist.barrier()
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -215,6 +215,7 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
                 save(done)
             if bar:
                 bar.update(1)
+        dist.barrier(ctx.world)  # rank 0 may still be writing the final snapshot
     except TrainingDiverged as e:
         snaps = ckpt.list_snapshots(out)
         keep = f"last good checkpoint: {snaps[-1]}" if snaps else "no checkpoint was written yet"
