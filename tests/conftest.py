@@ -1,4 +1,5 @@
 import os
+import socket
 
 import pytest
 import torch
@@ -19,3 +20,11 @@ def toy_cfg():
                   "keep": 5, "warmup": 2},
         "sample": {"solver": "euler", "steps": 4},
     })
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A free TCP port on the loopback for a test's process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

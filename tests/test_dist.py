@@ -1,7 +1,6 @@
 """Data parallelism: two gloo processes give the gradients of one process."""
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,12 +10,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from slimstep.train.dist import allreduce_grads
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _net():
@@ -45,9 +38,9 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_two_gloo_processes_give_the_single_process_gradient(tmp_path):
+def test_two_gloo_processes_give_the_single_process_gradient(tmp_path, free_port):
     out = str(tmp_path / "grads.pt")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port, out), nprocs=2, join=True)
     synced = torch.load(out, weights_only=True)
     net = _net()
     x, y = _batch()
@@ -59,9 +52,9 @@ def test_two_gloo_processes_give_the_single_process_gradient(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_trains_on_two_cpu_processes(tmp_path):
+def test_torchrun_trains_on_two_cpu_processes(tmp_path, free_port):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port", str(_free_port()), "-m", "slimstep.cli", "teacher",
+           "--master_port", str(free_port), "-m", "slimstep.cli", "teacher",
            "--config", "configs/toy2d/teacher.yaml", "--out", str(tmp_path / "r"), "--quiet",
            "train.steps=4", "train.batch_size=16", "train.ckpt_every=2", "net.hidden=16"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

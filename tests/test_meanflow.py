@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -144,11 +143,6 @@ def test_flowmap_loss_runs_with_correction():
 # ------------------------------------------------------------------ data parallel
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _inputs():
     g = torch.Generator().manual_seed(3)
@@ -172,9 +166,9 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_meanflow_two_gloo_processes_give_the_single_process_gradient(tmp_path):
+def test_meanflow_two_gloo_processes_give_the_single_process_gradient(tmp_path, free_port):
     out = str(tmp_path / "grads.pt")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port, out), nprocs=2, join=True)
     synced = torch.load(out, weights_only=True)
     net = two_time_net()
     meanflow_loss(net, *_inputs())[0].backward()
