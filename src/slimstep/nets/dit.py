@@ -81,17 +81,31 @@ def set_attention(net: nn.Module, mode: str) -> nn.Module:
 # ----------------------------------------------------------------------------- embeddings
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """[cos(t w_i), sin(t w_i)], w_i = max_period^(-i/half), i < half (DiT's order: cos first)."""
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0,
+                       cos_first: bool = True) -> torch.Tensor:
+    """[cos(t w_i), sin(t w_i)], w_i = max_period^(-i/half), i < half; odd ``dim`` pads a zero.
+
+    DiT / SiT weights expect cos first; ``cos_first=False`` gives the transformer
+    positional order (sin first) that slimstep's UNet and MLP were trained with.
+    """
     half = dim // 2
     t = t if t.dtype == torch.float64 else t.float()  # never embed in half precision
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=t.dtype, device=t.device)
                       / half)
     args = t[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    pair = (torch.cos(args), torch.sin(args)) if cos_first else (torch.sin(args), torch.cos(args))
+    emb = torch.cat(pair, dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
+
+
+def init_linears(module: nn.Module) -> None:
+    """DiT's init for every Linear inside ``module``: xavier-uniform weight, zero bias."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
@@ -202,10 +216,7 @@ class DiTBlock(nn.Module):
 
     def reset_parameters(self) -> None:
         """DiT init: xavier-uniform linears, zero biases, zeroed adaLN (block = identity)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linears(self)
         nn.init.zeros_(self.adaLN_modulation[-1].weight)
         nn.init.zeros_(self.adaLN_modulation[-1].bias)
 
@@ -290,10 +301,7 @@ class DiT(nn.Module):
 
     def reset_parameters(self) -> None:
         """DiT init: xavier linears, N(0, 0.02) embeddings, zeroed adaLN and output."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linears(self)
         for m in [*self.blocks, self.final_layer]:
             m.reset_parameters()
         w = self.x_embedder.proj.weight

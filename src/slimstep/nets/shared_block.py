@@ -41,6 +41,7 @@ from slimstep.nets.dit import (
     LabelEmbedder,
     PatchEmbed,
     TimestepEmbedder,
+    init_linears,
     set_attention,
     sincos_pos_embed_2d,
 )
@@ -102,10 +103,7 @@ class SharedBlockDiT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linears(self)
         self.block.reset_parameters()
         self.final_layer.reset_parameters()
         for emb in (self.t_embedder, self.s_embedder):

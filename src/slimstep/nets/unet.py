@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimstep.nets.dit import attention, set_attention
+from slimstep.nets.dit import attention, set_attention, timestep_embedding
 
 
 def num_groups(channels: int, max_groups: int = 32) -> int:
@@ -63,13 +63,7 @@ def norm(channels: int) -> nn.GroupNorm:
 
 def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """[sin(t w_i), cos(t w_i)] with w_i = max_period^(-i/half) (transformer positional code)."""
-    half = dim // 2
-    t = t if t.dtype == torch.float64 else t.float()  # never embed in half precision
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=t.dtype, device=t.device)
-                      / half)
-    args = t[:, None] * freqs[None]
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
-    return F.pad(emb, (0, dim % 2))
+    return timestep_embedding(t, dim, max_period, cos_first=False)
 
 
 class ResBlock(nn.Module):
