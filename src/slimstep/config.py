@@ -57,6 +57,8 @@ DEFAULTS: dict = {
         "betas": [0.9, 0.999],
         "weight_decay": 0.0,
         "warmup": 0,  # linear warm-up steps
+        "schedule": "constant",  # constant | cosine (decay to min_lr x lr at the last step)
+        "min_lr": 0.0,  # the cosine's floor, a fraction of lr
         "grad_clip": 1.0,  # max global grad norm; 0 = off
         "accum": 1,  # micro-batches per optimizer step
         "ema": {"decay": 0.999, "half_life_images": None, "start": 0, "warmup": True, "rampup": 0.05},

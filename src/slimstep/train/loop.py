@@ -58,9 +58,21 @@ def _optimizer(params, train: dict, over: dict) -> torch.optim.Optimizer:
                weight_decay=float(o["weight_decay"]))
 
 
-def _schedule(opt, warmup: int):
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
+def lr_factor(step: int, t: dict) -> float:
+    """Linear warm-up over ``t["warmup"]`` steps, then constant or a cosine decay to
+    ``t["min_lr"]`` x lr at the last step (``t["schedule"]``)."""
+    warm = min(1.0, (step + 1) / t["warmup"]) if t["warmup"] > 0 else 1.0
+    if t["schedule"] == "constant" or step < t["warmup"]:
+        return warm
+    span = max(t["steps"] - t["warmup"], 1)
+    cos = 0.5 * (1 + math.cos(math.pi * min(step - t["warmup"], span) / span))
+    return t["min_lr"] + (1 - t["min_lr"]) * cos
+
+
+def _schedule(opt, t: dict):
+    if t["schedule"] not in ("constant", "cosine"):
+        raise ConfigError(f"train.schedule must be constant or cosine, not '{t['schedule']}'")
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
 
 
 class Logger:
@@ -156,7 +168,7 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
     for name in method.phases:
         params = [p for p in method.parameters(name) if p.requires_grad]
         opt = _optimizer(params, t, method.optimizer_options(name))
-        phases[name] = (params, opt, _schedule(opt, t["warmup"]))
+        phases[name] = (params, opt, _schedule(opt, t))
     ema = EMA(method.net, **t["ema"])
 
     start = 0
