@@ -18,15 +18,17 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from slimstep.config import ConfigError
     from slimstep.data import DataError
     from slimstep.eval import EvalError
+    from slimstep.export import ExportError
     from slimstep.files import FileFormatError
     from slimstep.methods import MethodError
     from slimstep.pairs import PairsError
+    from slimstep.pipeline import RecipeError
     from slimstep.screen import ScreenError
     from slimstep.train.checkpoint import CheckpointError
     from slimstep.train.loop import ResumeError
 
     return (ConfigError, DataError, EvalError, FileFormatError, MethodError, CheckpointError,
-            ResumeError, PairsError, ScreenError)
+            ResumeError, PairsError, ScreenError, RecipeError, ExportError)
 
 
 # ---------------------------------------------------------------- commands
@@ -152,15 +154,12 @@ def cmd_sample(a) -> None:
     print(f"{a.n} samples, NFE {gen.nfe}, {secs:.2f} s -> {a.out} and {png}")
 
 
-def _default_n(spec: str) -> int:
-    return 597 if spec == "digits" else 2000
-
-
 def cmd_eval(a) -> None:
     import torch
 
     from slimstep.eval import evaluate, format_table
     from slimstep.files import read_samples, write_json
+    from slimstep.pipeline import default_n
 
     if (a.ckpt is None) == (a.samples is None):
         from slimstep.config import ConfigError
@@ -178,7 +177,7 @@ def cmd_eval(a) -> None:
     else:
         gen = _generator(a)
         spec = a.data or gen.info.spec
-        n = a.n or _default_n(spec)
+        n = a.n or default_n(spec)
         x, labels = gen.generate(n, seed=a.seed, batch_size=a.batch_size)
         name, nfe = Path(a.ckpt).name, gen.nfe
     if not spec:
@@ -203,6 +202,15 @@ def cmd_bench(a) -> None:
     r = bench_generator(gen, batch_size=a.batch_size, iters=a.iters)
     for k, v in r.items():
         print(f"{k:>18}: {v}")
+
+
+def cmd_export(a) -> None:
+    from slimstep.export import export
+
+    gen = _generator(a)
+    out = export(gen, a.out, fmt=a.format)
+    sig = "forward(z, y)" if gen.num_classes else "forward(z)"
+    print(f"{a.format} one-step generator, {sig} -> x, {tuple(gen.info.shape)} -> {out}")
 
 
 def cmd_data(a) -> None:
@@ -237,10 +245,28 @@ def cmd_info(a) -> None:
     print(f"sampling:   {json.dumps(cfg['generator'])}")
 
 
-def cmd_demo(a) -> None:
-    from slimstep.recipes import demo
+def cmd_run(a) -> None:
+    from slimstep.pipeline import run
+    from slimstep.report import console_table
 
-    demo(a.out, quick=a.quick)
+    res = run(a.recipe, a.out, jobs=a.jobs)
+    print(console_table(res))
+    print(f"report: {res['report']['html']} (and report.md)")
+    if res["failed"]:
+        raise RunFailed(f"stage(s) {', '.join(res['failed'])} failed or were skipped: "
+                        "see the log above and the report's stage table")
+
+
+def cmd_demo(a) -> None:
+    from slimstep.pipeline import demo
+
+    res = demo(a.out, jobs=a.jobs)
+    if res["failed"]:
+        raise RunFailed(f"stage(s) {', '.join(res['failed'])} failed or were skipped")
+
+
+class RunFailed(RuntimeError):
+    """Some stages of a run failed; the others were reported."""
 
 
 # ---------------------------------------------------------------- parser
@@ -332,6 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(p)
     p.set_defaults(fn=cmd_bench)
 
+    p = sub.add_parser("export", help="write a one-step generator as TorchScript or ONNX")
+    p.add_argument("--ckpt", required=True, help="a one-step checkpoint (NFE 1)")
+    p.add_argument("--out", required=True, help="output file, e.g. gen.pt or gen.onnx")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript",
+                   help="onnx needs the packages onnx and onnxscript")
+    p.add_argument("--steps", type=int, help="ODE steps (only 1 exports; default: the checkpoint's)")
+    p.add_argument("--solver", choices=["euler", "heun", "dopri5"], help="ODE solver (only euler exports)")
+    p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale, built into the file")
+    p.add_argument("--device", default="cpu", help="where to load the checkpoint; the file holds CPU weights")
+    p.set_defaults(fn=cmd_export)
+
     p = sub.add_parser("data", help="dump real samples of a built-in data set")
     p.add_argument("name", help="digits | toy2d:NAME | ...")
     p.add_argument("--n", type=int, help="how many (default: the whole split / 2000)")
@@ -344,9 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True)
     p.set_defaults(fn=cmd_info)
 
-    p = sub.add_parser("demo", help="train small teachers on digits and toy2d, write a report")
+    p = sub.add_parser("run", help="train (or reuse) every stage of a recipe, evaluate all with "
+                                   "one protocol, write report.html / report.md")
+    p.add_argument("recipe", help="e.g. configs/digits/all.yaml")
+    p.add_argument("--out", required=True, help="run directory (rerun to reuse what finished)")
+    p.add_argument("--jobs", type=int, help="stages trained at once (default: 2 on CPU, 1 on GPU)")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("demo", help="every method at a small budget on digits and moons, with a report "
+                                    "(slimstep run configs/demo.yaml)")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--quick", action="store_true", help="a tiny budget (a smoke run, ~1 min)")
+    p.add_argument("--jobs", type=int, help="stages trained at once (default: 2 on CPU, 1 on GPU)")
     p.set_defaults(fn=cmd_demo)
     return ap
 
@@ -368,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         args.fn(args)
     except TrainingDiverged as e:
         print(f"slimstep: error: training diverged: {e}", file=sys.stderr)
+        return 1
+    except RunFailed as e:
+        print(f"slimstep: error: {e}", file=sys.stderr)
         return 1
     except user_errors as e:
         print(f"slimstep: error: {e}", file=sys.stderr)

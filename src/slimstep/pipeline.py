@@ -1,0 +1,553 @@
+"""``slimstep run RECIPE --out DIR``: every method of a recipe, one evaluation protocol, one report.
+
+A **recipe** (``configs/digits/all.yaml``) is a list of named *stages*, each of
+one kind:
+
+* ``teacher`` — train a flow-matching teacher (``config``);
+* ``pairs`` — solve a teacher's ODE from per-seed noise (``teacher``, ``n``,
+  ``solver``, ``steps``);
+* ``distill`` — train a method (``method``, ``config``; optional ``teacher``,
+  ``pairs``, ``init``: names of earlier stages);
+* ``screen`` — noise screening with a one-step student (``student``,
+  ``candidates``, ``scorer``, ``final``, optional ``teacher``), evaluated only.
+
+Every stage may carry ``overrides`` (``key=value`` strings, as on the command
+line). A stage names only stages above it.
+
+**Reuse.** A trained model lives in ``DIR/<stage>/model-<hash>``, the hash being
+that of its resolved config, its stage parameters and the hashes of every stage
+it reads. A rerun reuses a finished model, resumes an interrupted one from its
+last snapshot and trains anew when anything upstream changed. Evaluations are
+kept in ``DIR/<stage>/result.json`` under the same hash and the protocol's, so a
+killed run, rerun, redoes only what had not finished.
+
+**One protocol.** Every model is sampled from the same seeds (``eval.seeds``,
+``eval.n`` samples from each) and scored by :func:`slimstep.eval.evaluate`; the
+table shows the mean over seeds (and their spread). Speed is measured after all
+training, one model at a time, at batch 256.
+
+**Parallel stages.** ``jobs`` worker processes (one thread each) train
+independent stages side by side — on a small CPU box two single-thread jobs beat
+one two-thread job.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from slimstep.config import DEFAULTS, ConfigError, _yaml, load_config
+
+KINDS = ("teacher", "pairs", "distill", "screen")
+#: Keys a stage of each kind may hold (besides ``kind`` and ``overrides``).
+STAGE_KEYS = {
+    "teacher": {"config"},
+    "pairs": {"teacher", "n", "solver", "steps", "seed"},
+    "distill": {"method", "config", "teacher", "pairs", "init"},
+    "screen": {"student", "teacher", "candidates", "scorer", "final"},
+}
+EVAL_DEFAULTS = {"n": None, "seeds": [0], "teacher_nfes": [1, 2, 4, 8, 16, 32], "speed_batch": 256}
+#: Training settings that do not change the trained weights: left out of the hash.
+UNHASHED_TRAIN = ("log_every", "ckpt_every", "keep", "device")
+
+
+class RecipeError(ConfigError):
+    """A recipe file is unusable (one clear line)."""
+
+
+@dataclass
+class Stage:
+    name: str
+    kind: str
+    params: dict
+    cfg: dict | None = None  # resolved training config (teacher, distill)
+    deps: dict = field(default_factory=dict)  # role -> stage name
+    spec: str = ""  # data spec of the stage's model
+    hash: str = ""
+    overrides: list = field(default_factory=list)
+
+    @property
+    def trains(self) -> bool:
+        return self.kind in ("teacher", "distill")
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def config_hash(cfg: dict) -> str:
+    """Hash of what determines a training run's weights (not its logging)."""
+    keep = {k: cfg[k] for k in ("data", "net", "method", "train")}
+    keep["train"] = {k: v for k, v in keep["train"].items() if k not in UNHASHED_TRAIN}
+    return _digest(keep)
+
+
+def default_n(spec: str) -> int:
+    """The protocol's sample count: the digits floor's size, 2,000 for toys."""
+    return 597 if spec == "digits" else 2000
+
+
+# ---------------------------------------------------------------- the recipe
+
+def load_recipe(path: str | Path) -> tuple[dict, list[Stage]]:
+    """Read and resolve a recipe: (eval settings, stages in file order)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path}")
+    try:
+        raw = _yaml(path.read_text()) or {}
+    except Exception as e:  # yaml.YAMLError, with its first line
+        raise RecipeError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("stages"), dict) or not raw["stages"]:
+        raise RecipeError(f"{path}: a recipe is a mapping with a non-empty 'stages' mapping")
+    unknown = set(raw) - {"stages", "eval", "title"}
+    if unknown:
+        raise RecipeError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}")
+    ev = {**EVAL_DEFAULTS, **(raw.get("eval") or {})}
+    if set(ev) - set(EVAL_DEFAULTS):
+        raise RecipeError(f"{path}: unknown eval key(s) {', '.join(sorted(set(ev) - set(EVAL_DEFAULTS)))}")
+    ev["title"] = raw.get("title") or path.stem
+    stages: dict[str, Stage] = {}
+    for name, body in raw["stages"].items():
+        stages[name] = _resolve(path, str(name), body or {}, stages)
+    return ev, list(stages.values())
+
+
+def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage]) -> Stage:
+    where = f"{path}: stage '{name}'"
+    if not isinstance(body, dict):
+        raise RecipeError(f"{where} must be a mapping")
+    body = dict(body)
+    kind = body.pop("kind", None) or ("distill" if "method" in body else None)
+    if kind not in KINDS:
+        raise RecipeError(f"{where}: kind must be one of {', '.join(KINDS)} (or give a method)")
+    overrides = body.pop("overrides", []) or []
+    extra = set(body) - STAGE_KEYS[kind]
+    if extra:
+        raise RecipeError(f"{where}: unknown key(s) {', '.join(sorted(extra))} for a {kind} stage")
+    st = Stage(name, kind, body, overrides=list(overrides))
+    for role in ("teacher", "pairs", "init", "student"):
+        if role in body:
+            dep = body[role]
+            if dep not in done:
+                raise RecipeError(f"{where}: {role} '{dep}' is not a stage above it")
+            st.deps[role] = dep
+    need = {"pairs": ["teacher"], "screen": ["student"], "teacher": [], "distill": []}[kind]
+    for role in need:
+        if role not in st.deps:
+            raise RecipeError(f"{where}: a {kind} stage needs '{role}'")
+
+    def dep(role):
+        return done[st.deps[role]] if role in st.deps else None
+
+    if st.trains:
+        if "config" not in body:
+            raise RecipeError(f"{where}: needs 'config' (a YAML file, relative to the recipe)")
+        try:
+            cfg = load_config(path.parent / body["config"], list(overrides))
+        except ConfigError as e:
+            raise RecipeError(f"{where}: {e}") from None
+        if kind == "teacher" and cfg["method"]["name"] != "flow_matching":
+            raise RecipeError(f"{where}: a teacher trains flow_matching, its config names "
+                              f"'{cfg['method']['name']}'")
+        if kind == "distill":
+            method = body.get("method") or cfg["method"]["name"]
+            named = cfg["method"]["name"]
+            if named not in (method, DEFAULTS["method"]["name"]):
+                raise RecipeError(f"{where}: {body['config']} is a recipe for '{named}', not '{method}'")
+            cfg["method"]["name"] = method
+            if dep("teacher") is not None:
+                cfg["data"]["spec"] = dep("teacher").spec
+        st.cfg, st.spec = cfg, cfg["data"]["spec"]
+        own = config_hash(cfg)
+    else:
+        if overrides:
+            raise RecipeError(f"{where}: only teacher and distill stages take overrides")
+        if kind == "pairs":
+            body.setdefault("n", 4096)
+            body.setdefault("solver", "heun")
+            body.setdefault("steps", 16)
+            body.setdefault("seed", 10**6)  # pairs never share seeds with the evaluation's
+        if kind == "screen":
+            body.setdefault("candidates", 16)
+            body.setdefault("scorer", "classifier")
+            body.setdefault("final", "student")
+            if body["final"] == "teacher" and "teacher" not in st.deps:
+                raise RecipeError(f"{where}: final: teacher needs a teacher stage")
+        st.spec = (dep("teacher") or dep("student")).spec
+        own = _digest(body)
+    st.hash = _digest([kind, own, {r: done[d].hash for r, d in sorted(st.deps.items())}])
+    return st
+
+
+def stage_dir(out: Path, st: Stage) -> Path:
+    return out / st.name
+
+
+def model_dir(out: Path, st: Stage) -> Path:
+    """Where a stage's product lives (a checkpoint, or pair shards)."""
+    prefix = {"pairs": "pairs", "screen": "screen"}.get(st.kind, "model")
+    return out / st.name / f"{prefix}-{st.hash}"
+
+
+def root_teacher(st: Stage, by_name: dict[str, Stage]) -> Stage | None:
+    """The flow-matching teacher a stage descends from (itself for a teacher)."""
+    seen = st
+    while seen.kind != "teacher":
+        nxt = seen.deps.get("teacher") or seen.deps.get("student") or seen.deps.get("init")
+        if nxt is None:
+            return None
+        seen = by_name[nxt]
+    return seen
+
+
+# ---------------------------------------------------------------- training
+
+def _finished(ckpt_dir: Path, steps: int) -> bool:
+    cfg = ckpt_dir / "config.json"
+    return cfg.is_file() and json.loads(cfg.read_text()).get("step") == steps
+
+
+def is_done(out: Path, st: Stage) -> bool:
+    d = model_dir(out, st)
+    if st.kind == "pairs":
+        m = d / "manifest.json"
+        return m.is_file() and bool(json.loads(m.read_text()).get("complete"))
+    if st.trains:
+        return _finished(d, st.cfg["train"]["steps"])
+    return True
+
+
+def execute(out: Path, st: Stage, deps: dict[str, Path], progress: bool = False) -> float:
+    """Run one stage (train or make pairs) and return its wall seconds."""
+    from slimstep.generator import load
+    from slimstep.pairs import generate_pairs
+    from slimstep.train import checkpoint as ckpt
+    from slimstep.train.loop import train
+
+    d = model_dir(out, st)
+    tic = time.perf_counter()
+    if st.kind == "pairs":
+        p = st.params
+        generate_pairs(deps["teacher"], d, int(p["n"]), solver=p["solver"], steps=int(p["steps"]),
+                       seed=int(p["seed"]), progress=progress)
+    elif st.trains:
+        cfg = copy.deepcopy(st.cfg)
+        teacher = None
+        if "teacher" in deps:
+            teacher = load(deps["teacher"])
+            cfg["teacher"] = str(deps["teacher"].resolve())
+        for role in ("pairs", "init"):
+            if role in deps:
+                cfg[role] = str(deps[role].resolve())
+        train(cfg, d, resume=bool(ckpt.list_snapshots(d)), teacher=teacher, progress=progress)
+    secs = time.perf_counter() - tic
+    from slimstep.files import write_json
+
+    write_json(d / "stage.json", {"stage": st.name, "kind": st.kind, "hash": st.hash, "seconds": secs})
+    return secs
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _worker(out: str, st: Stage, deps: dict[str, str]) -> tuple[float, str | None]:
+    """Entry point in a worker process: never raises, returns (seconds, error line)."""
+    from slimstep.train.loop import TrainingDiverged
+
+    try:
+        return execute(Path(out), st, {k: Path(v) for k, v in deps.items()}), None
+    except TrainingDiverged as e:
+        return 0.0, f"training diverged: {e}"
+    except (ValueError, OSError) as e:  # user-level errors carry one line
+        return 0.0, f"{type(e).__name__}: {e}"
+    except Exception:  # a bug: keep the whole story for the log
+        return 0.0, traceback.format_exc(limit=8)
+
+
+def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print) -> dict[str, dict]:
+    """Train / make every stage not yet done, ``jobs`` at a time. Returns
+    ``{stage: {"status": done|reused|failed|skipped, "seconds", "error"?}}``."""
+    by_name = {s.name: s for s in stages}
+    status: dict[str, dict] = {}
+    pending = [s for s in stages if s.kind != "screen"]
+    for s in stages:
+        if s.kind == "screen":
+            status[s.name] = {"status": "evaluated only", "seconds": 0.0}
+
+    def deps_of(st):
+        return {role: str(model_dir(out, by_name[name])) for role, name in st.deps.items()}
+
+    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    pool = (ProcessPoolExecutor(jobs, mp_context=__import__("multiprocessing").get_context("spawn"),
+                                initializer=_worker_init, initargs=(threads,)) if jobs > 1 else None)
+    running: dict = {}
+    try:
+        while pending or running:
+            for st in list(pending):
+                states = [status.get(d, {}).get("status") for d in st.deps.values()]
+                if any(s in ("failed", "skipped") for s in states):
+                    status[st.name] = {"status": "skipped", "seconds": 0.0,
+                                       "error": "an upstream stage failed"}
+                    pending.remove(st)
+                    log(f"[skip] {st.name}: an upstream stage failed")
+                    continue
+                if not all(s in ("done", "reused") for s in states):
+                    continue
+                if is_done(out, st):
+                    prev = model_dir(out, st) / "stage.json"
+                    secs = json.loads(prev.read_text())["seconds"] if prev.is_file() else float("nan")
+                    status[st.name] = {"status": "reused", "seconds": secs}
+                    pending.remove(st)
+                    log(f"[reuse] {st.name} ({model_dir(out, st)})")
+                    continue
+                if pool is None:
+                    log(f"[run] {st.name} -> {model_dir(out, st)}")
+                    secs, err = _worker(str(out), st, deps_of(st))
+                    _record(status, st, secs, err, log)
+                    pending.remove(st)
+                elif len(running) < jobs:
+                    log(f"[run] {st.name} -> {model_dir(out, st)}")
+                    running[pool.submit(_worker, str(out), st, deps_of(st))] = st
+                    pending.remove(st)
+            if running:
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for f in finished:
+                    st = running.pop(f)
+                    secs, err = f.result()
+                    _record(status, st, secs, err, log)
+            elif pending and not any(  # nothing can start and nothing runs: a stuck dependency
+                    all(status.get(d, {}).get("status") in ("done", "reused") for d in s.deps.values())
+                    for s in pending):
+                raise RecipeError(f"stages {', '.join(s.name for s in pending)} cannot start")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return status
+
+
+def _record(status: dict, st: Stage, secs: float, err: str | None, log) -> None:
+    if err is None:
+        status[st.name] = {"status": "done", "seconds": secs}
+        log(f"[done] {st.name} in {secs:.0f} s")
+    else:
+        status[st.name] = {"status": "failed", "seconds": secs, "error": err.strip().splitlines()[-1]}
+        log(f"[failed] {st.name}: {err.strip()}")
+
+
+# ---------------------------------------------------------------- evaluation
+
+def _mean_metrics(results: list[dict]) -> tuple[dict, dict]:
+    keys = [k for k, v in results[0]["metrics"].items() if isinstance(v, (int, float))]
+    mean, sd = {}, {}
+    for k in keys:
+        vals = torch.tensor([float(r["metrics"][k]) for r in results], dtype=torch.float64)
+        mean[k] = float(vals.mean())
+        sd[k] = float(vals.std()) if len(vals) > 1 else 0.0
+    return mean, sd
+
+
+def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None) -> dict:
+    """``make(seed, n) -> (x, y, seconds, extra arrays)``; score on every protocol seed, keep
+    the first seed's samples (``samples.npz`` + ``samples.png``) under ``keep``."""
+    from slimstep.eval import evaluate
+    from slimstep.files import write_npz
+    from slimstep.viz import save_picture
+
+    n = int(ev["n"] or default_n(spec))
+    results, secs = [], 0.0
+    for i, seed in enumerate(ev["seeds"]):
+        x, y, s, extra = make(int(seed), n)
+        secs += s
+        results.append(evaluate(x, spec, labels=y, seed=int(seed)))
+        if i == 0 and keep is not None:
+            arrays = {"samples": x.numpy(), "seeds": list(range(seed, seed + n)), "data": spec}
+            if y is not None:
+                arrays["labels"] = y.numpy()
+            write_npz(keep / "samples.npz", **arrays, **extra)
+            save_picture(x[:100], keep / "samples.png", title=name)
+    mean, sd = _mean_metrics(results)
+    first = results[0]
+    return {"name": name, "data": spec, "n": n, "seeds": list(ev["seeds"]), "metrics": mean,
+            "metrics_sd": sd, "per_seed": [r["metrics"] for r in results], "floor": first["floor"],
+            "notes": sorted({x for r in results for x in r["notes"]}), "sample_seconds": secs,
+            "files": ({"samples": str(keep / "samples.npz"), "picture": str(keep / "samples.png")}
+                      if keep is not None else {})}
+
+
+def score(gen, spec: str, name: str, n: int | None = None, seed: int = 0) -> dict:
+    """One protocol row for a generator at one seed (the benchmark scripts' unit)."""
+    from slimstep.eval import evaluate
+
+    n = n or default_n(spec)
+    tic = time.perf_counter()
+    x, y = gen.generate(n, seed=seed)
+    secs = time.perf_counter() - tic
+    res = evaluate(x, spec, labels=y, seed=seed)
+    res.update(name=name, nfe=gen.nfe, params=gen.params, samples_per_s=round(n / secs, 1))
+    return res
+
+
+def _speed(gen, ev: dict) -> dict:
+    from slimstep.eval.speed import bench_generator
+
+    r = bench_generator(gen, batch_size=int(ev["speed_batch"]), iters=3)
+    return {"samples_per_s": r["samples_per_s"], "macs": r["macs"], "latency_s": r["latency_s"]}
+
+
+def _generate(gen):
+    def make(seed, n):
+        tic = time.perf_counter()
+        x, y = gen.generate(n, seed=seed)
+        return x, y, time.perf_counter() - tic, {"nfe": gen.nfe}
+    return make
+
+
+def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, log=print) -> list[dict]:
+    """Rows for one stage: a teacher gives its reference sampler and its Euler
+    NFE curve; a student one row; screening one row. Reused when unchanged."""
+    from slimstep.files import write_json
+    from slimstep.generator import load
+
+    sdir = stage_dir(out, st)
+    proto = _digest({k: ev[k] for k in ("n", "seeds", "teacher_nfes", "speed_batch")})
+    cache = sdir / "result.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("hash") == st.hash and saved.get("protocol") == proto:
+            log(f"[reuse] evaluation of {st.name}")
+            return saved["rows"]
+    log(f"[eval] {st.name}")
+    rows = []
+    if st.kind == "teacher":
+        gen = load(model_dir(out, st))
+        for k in ev["teacher_nfes"]:
+            g = gen.with_sampling(solver="euler", steps=int(k))
+            r = score_samples(_generate(g), st.spec, ev, f"{st.name} euler-{k}", sdir / f"euler-{k}")
+            rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params})
+        s = gen.sampling
+        r = score_samples(_generate(gen), st.spec, ev, f"{st.name} {s['solver']}-{s['steps']} (reference)", sdir)
+        rows.append({**r, "reference": True, "nfe": gen.nfe, "params": gen.params, **_speed(gen, ev)})
+        for row in rows[:-1]:  # the curve's speed: same network, NFE-proportional
+            row["samples_per_s"] = None
+        one = next((row for row in rows if row.get("nfe") == 1), None)
+        if one is not None:
+            one.update(_speed(gen.with_sampling(solver="euler", steps=1), ev))
+    elif st.kind == "distill":
+        gen = load(model_dir(out, st))
+        r = score_samples(_generate(gen), st.spec, ev, st.name, sdir)
+        rows.append({**r, "nfe": gen.nfe, "params": gen.params, **_speed(gen, ev)})
+    elif st.kind == "screen":
+        rows.append(_evaluate_screen(out, st, by_name, ev, sdir))
+    for row in rows:
+        row.update(stage=st.name, kind=st.kind, method=(st.cfg or {}).get("method", {}).get("name", st.kind))
+    write_json(cache, {"hash": st.hash, "protocol": proto, "rows": rows})
+    return rows
+
+
+def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, sdir: Path) -> dict:
+    from slimstep.generator import load
+    from slimstep.screen import make_scorer, screen
+
+    p = st.params
+    student = load(model_dir(out, by_name[st.deps["student"]]))
+    teacher = load(model_dir(out, by_name[st.deps["teacher"]])) if "teacher" in st.deps else None
+    scorer = make_scorer(p["scorer"], student, teacher, None)
+    n_c = int(p["candidates"])
+
+    def make(seed, n):
+        tic = time.perf_counter()
+        x, y, info = screen(student, n, n_c, scorer, seed=seed, final=p["final"], teacher=teacher)
+        secs = time.perf_counter() - tic
+        return x, y, secs, {"candidate": info["candidate"].numpy(), "score": info["score"].numpy(),
+                            "screen": n_c, "scorer": p["scorer"], "final": p["final"],
+                            "nfe": n_c + (p["final"] == "teacher")}
+
+    name = f"{st.name} ({st.deps['student']} x{n_c}, {p['scorer']}, final {p['final']})"
+    r = score_samples(make, st.spec, ev, name, sdir)
+    final = teacher if p["final"] == "teacher" else student
+    params = student.params + (teacher.params if teacher is not None and p["final"] == "teacher" else 0)
+    secs_per_sample = r["sample_seconds"] / (r["n"] * len(ev["seeds"]))
+    return {**r, "nfe": n_c + (1 if p["final"] == "teacher" else 0), "nfe_note": f"{n_c} student + "
+            f"{'1 teacher' if p['final'] == 'teacher' else '0'} calls", "params": params,
+            "samples_per_s": round(1 / secs_per_sample, 1), "macs": None, "final_params": final.params}
+
+
+# ---------------------------------------------------------------- the whole run
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print) -> dict:
+    """Train what is missing, evaluate everything with one protocol, write the
+    report. Returns the results (also in ``DIR/results.json``)."""
+    from slimstep.files import write_json
+    from slimstep.report import write_reports
+
+    tic = time.perf_counter()
+    out = Path(out)
+    ev, stages = load_recipe(recipe)
+    by_name = {s.name: s for s in stages}
+    if jobs is None:
+        jobs = 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"{len(stages)} stages from {recipe}, {jobs} at a time -> {out}")
+    status = run_stages(out, stages, jobs, log)
+    rows = []
+    for st in stages:
+        if status[st.name]["status"] in ("failed", "skipped") or st.kind == "pairs":
+            continue
+        for r in evaluate_stage(out, st, by_name, ev, log):
+            r["train_s"] = status[st.name]["seconds"] if st.trains and not r.get("curve") else None
+            root = root_teacher(st, by_name)
+            r["teacher"] = root.name if root is not None else None
+            rows.append(r)
+    _add_ratios(rows)
+    results = {"title": ev["title"], "recipe": str(recipe), "eval": {k: ev[k] for k in EVAL_DEFAULTS},
+               "stages": {s.name: {"kind": s.kind, "hash": s.hash, "spec": s.spec, "deps": s.deps,
+                                   "dir": str(model_dir(out, s)), **status[s.name],
+                                   "metrics_file": (str(model_dir(out, s) / "metrics.jsonl")
+                                                    if s.trains else None),
+                                   "params": s.params, "overrides": s.overrides,
+                                   "config": s.cfg}
+                          for s in stages},
+               "rows": rows, "seconds": time.perf_counter() - tic}
+    write_json(out / "results.json", results)
+    paths = write_reports(out, results)
+    failed = [n for n, s in status.items() if s["status"] in ("failed", "skipped")]
+    results.update(report=paths, failed=failed)
+    return results
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    """Each row over its root teacher's reference row: quality, size and speed."""
+    refs = {r["stage"]: r for r in rows if r.get("reference")}
+    for r in rows:
+        ref = refs.get(r.get("teacher"))
+        if ref is None:
+            continue
+        key = next(k for k in ("fd", "fid", "w2", "mmd") if k in r["metrics"])
+        r["headline"] = key
+        r["quality_ratio"] = r["metrics"][key] / ref["metrics"][key] if ref["metrics"][key] else None
+        r["params_ratio"] = r["params"] / ref["params"] if ref.get("params") else None
+        if r.get("samples_per_s") and ref.get("samples_per_s"):
+            r["speedup"] = r["samples_per_s"] / ref["samples_per_s"]
+
+
+def demo(out: str | Path = "runs/demo", jobs: int | None = None) -> dict:
+    """``configs/demo.yaml``: every method at a small budget on digits and moons."""
+    from slimstep.report import console_table
+
+    res = run(CONFIGS / "demo.yaml", out, jobs=jobs)
+    print(console_table(res))
+    print(f"report: {res['report']['html']} (and report.md)")
+    return res

@@ -1,0 +1,143 @@
+"""`slimstep run`: a recipe's stages train once, are reused by hash, every model is
+scored with one protocol, and the report holds every method."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slimstep.cli import main
+from slimstep.files import read_samples
+from slimstep.pipeline import RecipeError, load_recipe, run
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY = ["train.steps=6", "train.ckpt_every=3", "train.batch_size=32"]
+
+
+def recipe(tmp_path: Path, stages: dict, name: str = "r.yaml", **ev) -> Path:
+    body = {"title": "tiny", "eval": {"n": 200, "seeds": [0, 1], "teacher_nfes": [1, 2], **ev},
+            "stages": stages}
+    p = tmp_path / name
+    p.write_text(json.dumps(body))  # JSON is YAML
+    return p
+
+
+def moons_stages(teacher_steps: int = 6) -> dict:
+    t = str(CONFIGS / "toy2d")
+    return {
+        "t": {"kind": "teacher", "config": f"{t}/teacher.yaml",
+              "overrides": [f"train.steps={teacher_steps}", "train.ckpt_every=3", "net.hidden=32"]},
+        "p": {"kind": "pairs", "teacher": "t", "n": 64, "solver": "euler", "steps": 4},
+        "reflow": {"method": "annealing-reflow", "config": f"{t}/annealing-reflow.yaml", "teacher": "t",
+                   "pairs": "p", "overrides": [*TINY, "method.anneal_steps=3", "net.hidden=16"]},
+        "sf": {"method": "slimflow", "config": f"{t}/slimflow.yaml", "teacher": "t", "pairs": "p",
+               "init": "reflow", "overrides": TINY},
+        "gan": {"method": "gdd", "config": f"{t}/gdd.yaml", "teacher": "t", "overrides": TINY},
+    }
+
+
+def mtimes(out: Path) -> dict:
+    return {str(p): p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
+
+
+def test_run_trains_scores_reports_and_reuses(tmp_path):
+    r = recipe(tmp_path, moons_stages())
+    out = tmp_path / "out"
+    res = run(r, out, jobs=1, log=lambda *_: None)
+    assert res["failed"] == []
+    names = [row["name"] for row in res["rows"]]
+    assert names[:3] == ["t euler-1", "t euler-2", "t heun-16 (reference)"]
+    assert {"reflow", "sf", "gan"} <= set(names)
+    ref = next(row for row in res["rows"] if row.get("reference"))
+    for row in res["rows"]:
+        assert row["data"] == "toy2d:moons" and row["n"] == 200 and row["seeds"] == [0, 1]
+        assert len(row["per_seed"]) == 2
+        # the mean is the mean of the seeds
+        assert row["metrics"]["w2"] == pytest.approx(np.mean([m["w2"] for m in row["per_seed"]]))
+        assert row["teacher"] == "t"
+        assert row["quality_ratio"] == pytest.approx(row["metrics"]["w2"] / ref["metrics"]["w2"])
+    for stage in ("reflow", "sf", "gan"):
+        d = read_samples(out / stage / "samples.npz")
+        assert d["samples"].shape == (200, 2) and list(d["seeds"][:3]) == [0, 1, 2] and int(d["nfe"]) == 1
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    for stage in ("t heun-16 (reference)", "reflow", "sf", "gan"):
+        assert f"<td>{stage}</td>" in html and f"| {stage} |" in md
+    for png in ("toy2d-moons-nfe.png", "toy2d-moons-speed.png", "toy2d-moons-loss.png", "sf/samples.png"):
+        assert (out / png).is_file() and f"src='{png}'" in html
+
+    # Rerun: nothing trains again, the same numbers come back.
+    before = mtimes(out)
+    res2 = run(r, out, jobs=1, log=lambda *_: None)
+    assert mtimes(out) == before
+    assert {n: s["status"] for n, s in res2["stages"].items()} == {n: "reused" for n in res2["stages"]}
+    assert [row["metrics"] for row in res2["rows"]] == [row["metrics"] for row in res["rows"]]
+
+    # A changed upstream stage retrains it and everything that reads it, not the rest.
+    stages = moons_stages()
+    stages["reflow"]["overrides"] = [*stages["reflow"]["overrides"], "train.lr=5e-4"]
+    res3 = run(recipe(tmp_path, stages, "r2.yaml"), out, jobs=1, log=lambda *_: None)
+    status = {n: s["status"] for n, s in res3["stages"].items()}
+    assert status == {"t": "reused", "p": "reused", "reflow": "done", "sf": "done", "gan": "reused"}
+
+
+def test_parallel_jobs_give_the_same_models(tmp_path):
+    stages = {k: v for k, v in moons_stages().items() if k in ("t", "gan")}
+    a = run(recipe(tmp_path, stages), tmp_path / "a", jobs=1, log=lambda *_: None)
+    b = run(recipe(tmp_path, stages), tmp_path / "b", jobs=2, log=lambda *_: None)
+    # Workers and the parent may take different float paths: equal to rounding.
+    for ra, rb in zip(a["rows"], b["rows"], strict=True):
+        assert ra["metrics"] == pytest.approx(rb["metrics"], rel=1e-6)
+    for s in ("t", "gan"):
+        xa = read_samples(tmp_path / "a" / s / "samples.npz")["samples"]
+        xb = read_samples(tmp_path / "b" / s / "samples.npz")["samples"]
+        np.testing.assert_allclose(xa, xb, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failed_stage_skips_its_dependents_and_the_rest_goes_on(tmp_path, capsys):
+    stages = moons_stages()
+    del stages["reflow"]["pairs"]  # annealing-reflow without pairs cannot train
+    del stages["sf"]
+    stages["after"] = {"method": "slimflow", "config": str(CONFIGS / "toy2d/slimflow.yaml"), "teacher": "t",
+                       "pairs": "p", "init": "reflow", "overrides": TINY}
+    r = recipe(tmp_path, stages)
+    assert main(["run", str(r), "--out", str(tmp_path / "out"), "--jobs", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("slimstep: error: stage(s) reflow, after failed")
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["stages"]["reflow"]["status"] == "failed"
+    assert res["stages"]["after"]["status"] == "skipped"
+    assert res["stages"]["gan"]["status"] == "done"
+    assert "failed" in (tmp_path / "out" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("stages, message", [
+    ({"a": {"method": "slimflow", "config": "x.yaml", "init": "nope"}}, "init 'nope' is not a stage above it"),
+    ({"a": {"kind": "bake"}}, "kind must be one of"),
+    ({"a": {"kind": "teacher"}}, "needs 'config'"),
+    ({"a": {"kind": "teacher", "config": str(CONFIGS / "toy2d/teacher.yaml"), "colour": 1}}, "unknown key(s) colour"),
+    ({"a": {"kind": "teacher", "config": str(CONFIGS / "toy2d/gdd.yaml")}}, "a teacher trains flow_matching"),
+    ({"a": {"kind": "teacher", "config": str(CONFIGS / "toy2d/teacher.yaml"), "overrides": ["train.nope=1"]}},
+     "train.nope"),
+])
+def test_recipe_errors_are_one_line(tmp_path, capsys, stages, message):
+    r = recipe(tmp_path, stages)
+    with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_recipe(r)
+    assert main(["run", str(r), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("slimstep: error:")
+    assert not (tmp_path / "o").exists()
+
+
+def test_shipped_recipes_resolve():
+    for name in ("demo.yaml", "digits/all.yaml", "toy2d/all.yaml"):
+        ev, stages = load_recipe(CONFIGS / name)
+        kinds = {s.cfg["method"]["name"] for s in stages if s.cfg}
+        if name != "toy2d/all.yaml":  # the digits recipes hold every method
+            assert kinds == {"flow_matching", "annealing-reflow", "slimflow", "distill", "gdd", "gdd-i",
+                             "flowmap", "meanflow", "slt"}
+        assert len({s.hash for s in stages}) == len(stages)
