@@ -1,5 +1,8 @@
 """Assemble BENCHMARKS.md from the per-suite results written by the benchmark scripts.
 
+    python benchmarks/run.py            # methods.py (every method, slimstep run) + this script
+    python benchmarks/run.py --suites   # and first every per-method suite below
+
     python benchmarks/core.py --digits-teacher runs/bench/digits-teacher-step2000
     python benchmarks/slimflow.py --digits-teacher runs/bench/digits-teacher-step2000
     python benchmarks/gdd.py ...        # see each script's --help
@@ -12,11 +15,18 @@ the scripts write from their own runs; nothing here computes or edits a number.
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-SUITES = [("core.md", "Teachers"), ("slimflow.md", "SlimFlow"), ("gdd.md", "GDD / GDD-I"),
+SUITES = [("methods.md", "Every method, one protocol"), ("core.md", "Teachers"),
+          ("slimflow.md", "SlimFlow"), ("gdd.md", "GDD / GDD-I"),
           ("slt.md", "SLT, FreeFlow / MeanFlow, screening")]
 
 INTRO = """# Benchmarks
@@ -35,7 +45,7 @@ once), so *training times* are wall-clock on a loaded machine and only
 roughly comparable, and so are samples/s: rerunning `benchmarks/core.py`
 reproduced every quality number exactly while its samples/s moved by up to
 4× with the load. Compare speeds within one table only.
-Regenerate with the commands in `benchmarks/collect.py`.
+Regenerate with `python benchmarks/run.py` (see `benchmarks/collect.py`).
 
 **The digits teacher** of every section is `runs/bench/digits-teacher-step2000`:
 the step-2,000 snapshot of
@@ -51,21 +61,26 @@ other jobs.
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the suites' results folder")
+    ap.add_argument("--out", type=Path, default=HERE.parent / "BENCHMARKS.md")
+    a = ap.parse_args()
     parts = [INTRO]
     for name, title in SUITES:
-        f = HERE / "results" / name
+        f = a.results / name
         if not f.exists():
             parts.append(f"## {title}\n\nNot run yet (`benchmarks/results/{name}` is missing).\n")
             continue
         # image links in a results file are relative to benchmarks/results/
-        text = re.sub(r"!\[([^\]]*)\]\((?!https?:|/)", r"![\1](benchmarks/results/", f.read_text())
+        rel = os.path.relpath(a.results, a.out.parent)
+        text = re.sub(r"!\[([^\]]*)\]\((?!https?:|/)", rf"![\1]({rel}/", f.read_text())
         body = text.strip().splitlines()
         if body and body[0].startswith("# "):
             body[0] = "#" + body[0]
         parts.append("\n".join(line if not line.startswith("## ") or line is body[0] else "#" + line
                                for line in body) + "\n")
-    (HERE.parent / "BENCHMARKS.md").write_text("\n".join(parts))
-    print(f"wrote {HERE.parent / 'BENCHMARKS.md'}")
+    a.out.write_text("\n".join(parts))
+    print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

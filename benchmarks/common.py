@@ -20,6 +20,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Where the suites write their results (benchmarks/run.py --quick points it elsewhere,
+#: so a smoke run never overwrites the committed numbers).
+RESULTS = Path(os.environ.get("SLIMSTEP_BENCH_RESULTS", ROOT / "benchmarks" / "results"))
 SLIMSTEP = [sys.executable, "-m", "slimstep.cli"]
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Runner, finished, machine, md_table, score  # noqa: E402
+from common import RESULTS, Runner, finished, machine, md_table, score  # noqa: E402
 
 COLS = {"digits": [("sampler", "name"), ("NFE", "nfe"), ("FD", "metrics.fd"), ("precision", "metrics.precision"),
                    ("recall", "metrics.recall"), ("copy rate", "metrics.copy_rate"),
@@ -48,7 +48,8 @@ def main() -> None:
         res["runs"][spec] = {"ckpt": str(ckpt), "train_s": secs, "rows": rows, "speed_1nfe": speed,
                              "floor": rows[0]["floor"], "params": rows[0]["params"]}
     res["commands"] = r.commands()
-    dest = Path(__file__).resolve().parent / "results"
+    dest = RESULTS
+    dest.mkdir(parents=True, exist_ok=True)
     (dest / "core.json").write_text(json.dumps(res, indent=1, default=str))
     m = res["machine"]
     md = ["# Teachers: quality against NFE", "",

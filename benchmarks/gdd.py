@@ -25,11 +25,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Runner, finished, machine, md_table, score  # noqa: E402
+from common import RESULTS, Runner, finished, machine, md_table, score  # noqa: E402
 
 from slimstep.generator import load  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 
 #: digits runs: name -> (method, config, extra overrides). Equal budget: the config's.
 DIGITS_RUNS = {

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SPREAD_SEEDS, Runner, finished, machine, md_table, pairs_done, score, seed_spread  # noqa: E402
+from common import RESULTS, SPREAD_SEEDS, Runner, finished, machine, md_table, pairs_done, score, seed_spread  # noqa: E402
 
 
 def digits(r: Runner, out: Path, quick: bool, teacher: Path | None = None) -> dict:
@@ -116,7 +116,8 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     r = Runner(out / "slimflow")
-    dest = Path(__file__).resolve().parent / "results"
+    dest = RESULTS
+    dest.mkdir(parents=True, exist_ok=True)
     store = dest / ("slimflow-quick.json" if a.quick else "slimflow.json")
     res = json.loads(store.read_text()) if store.exists() else {}
     res["machine"] = machine()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Runner, finished, machine, md_table, score  # noqa: E402
+from common import RESULTS, ROOT, Runner, finished, machine, md_table, score  # noqa: E402
 
 ABLATION = [  # (K, P, fusion, width)
     (2, 2, "sum", 96), (4, 4, "sum", 96), (8, 1, "sum", 96), (8, 4, "sum", 96),
@@ -211,7 +211,8 @@ def plot_screening(rows: list[dict], dest: Path) -> None:
 
 
 def write(res: dict, quick: bool) -> None:
-    dest = Path(__file__).resolve().parent / "results"
+    dest = RESULTS
+    dest.mkdir(parents=True, exist_ok=True)
     dest.mkdir(exist_ok=True)
     (dest / "slt.json").write_text(json.dumps(res, indent=1, default=str))
     m, rows = res["machine"], res["rows"]

@@ -248,6 +248,12 @@ text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:
 .gallery img{width:220px;image-rendering:pixelated;border:1px solid #ddd}img.plot{max-width:100%}"""
 
 
+def _inline(text: str) -> str:
+    """Escaped text with `code` spans as <code>."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
 def to_html(blocks: list[tuple]) -> str:
     e = html.escape
     title = next((b[1] for b in blocks if b[0] == "h1"), "slimstep report")
@@ -258,9 +264,9 @@ def to_html(blocks: list[tuple]) -> str:
         if kind in ("h1", "h2", "h3"):
             parts.append(f"<{kind}>{e(blk[1])}</{kind}>")
         elif kind == "p":
-            parts.append(f"<p>{e(blk[1])}</p>")
+            parts.append(f"<p>{_inline(blk[1])}</p>")
         elif kind == "list":
-            parts.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in blk[1]) + "</ul>")
+            parts.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in blk[1]) + "</ul>")
         elif kind == "table":
             parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in blk[1]) + "</tr>"
                          + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"

@@ -1,0 +1,119 @@
+"""Every method side by side: `slimstep run` on the digits and moons recipes, one
+protocol. Writes benchmarks/results/methods.md (+ methods.json, plots in methods/).
+
+    python benchmarks/methods.py            # configs/digits/all.yaml + configs/toy2d/all.yaml
+    python benchmarks/methods.py --quick    # configs/demo.yaml (the demo's budget)
+
+`slimstep run` reuses every stage that finished (by config hash), so a killed
+benchmark reruns only what is missing; the training seconds in the table are
+those of the invocation that trained each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, Runner, machine  # noqa: E402
+
+RECIPES = {"full": [("configs/digits/all.yaml", "digits"), ("configs/toy2d/all.yaml", "toy2d")],
+           "quick": [("configs/demo.yaml", "demo")]}
+
+
+def fmt(v, d=3) -> str:
+    if v is None or v != v:
+        return ""
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.{d}g}"
+
+
+def headline_table(rows: list[dict]) -> list[str]:
+    key = rows[0]["headline"] if "headline" in rows[0] else "fd"
+    cols = ["method", "teacher", "NFE", f"{key} (mean of seeds)", "± sd", f"{key} / teacher's",
+            "params", "params / teacher's", "samples/s", "samples/s / teacher's", "train s"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        if r.get("curve") and r["nfe"] != 1:
+            continue
+        m = r["metrics"]
+
+        def ratio(k, r=r):
+            return f"{r[k]:.3g}x" if r.get(k) is not None else ""
+
+        out.append("| " + " | ".join([
+            r["name"], r.get("teacher") or "", str(r["nfe"]), fmt(m[key]), fmt(r["metrics_sd"].get(key), 2),
+            ratio("quality_ratio"), fmt(r["params"]), ratio("params_ratio"), fmt(r.get("samples_per_s")),
+            ratio("speedup"), fmt(r.get("train_s"))]) + " |")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/bench/all")
+    ap.add_argument("--quick", action="store_true", help="the demo recipe (configs/demo.yaml)")
+    ap.add_argument("--jobs", type=int, default=2, help="stages trained at once")
+    a = ap.parse_args()
+    out = Path(a.out)
+    r = Runner(out)
+    dest = RESULTS
+    plots = dest / "methods"
+    plots.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for recipe, name in RECIPES["quick" if a.quick else "full"]:
+        d = out / name
+        # slimstep run decides what to reuse itself: always invoke it.
+        secs = r.run(["run", recipe, "--out", str(d), "--jobs", str(a.jobs)])
+        res = json.loads((d / "results.json").read_text())
+        runs.append((recipe, d, secs, res))
+    m = machine()
+    md = ["# Every method, one protocol (`slimstep run`)", "",
+          f"{m['date']}, {m['cores']} CPU cores ({a.jobs} stages trained at once, one thread each), "
+          f"torch {m['torch']}, Python {m['python']}. Reproduce: `python benchmarks/methods.py"
+          f"{' --quick' if a.quick else ''}`.", "",
+          "Each row's ratios are over its teacher at the teacher's reference sampler (Heun, 16 steps = "
+          "32 NFE): quality (FD on digits, W2 on moons; lower is better), parameters, and samples/s "
+          "at batch 256 (measured after training, one model at a time). Every model is sampled "
+          "from the same seeds; the table shows the mean over the recipe's seeds and their standard "
+          "deviation. Training seconds are wall-clock with two single-thread jobs sharing the machine.", ""]
+    for recipe, d, secs, res in runs:
+        ev = res["eval"]
+        md += [f"## `{recipe}`", "",
+               f"`slimstep run {recipe} --out {d}`: {secs / 60:.1f} min for this invocation "
+               f"({res['seconds'] / 60:.1f} min inside `slimstep run`); seeds {ev['seeds']}, "
+               f"N = {ev['n'] or 'default'} per seed. The full report: `{d}/report.html`.", ""]
+        for spec in dict.fromkeys(row["data"] for row in res["rows"]):
+            rows = [row for row in res["rows"] if row["data"] == spec]
+            fl = rows[0]["floor"]
+            md += [f"### {spec}", "", "Real/real floor: " + ", ".join(
+                f"{k} {fmt(fl[k])}" for k in ("fd", "precision", "recall", "w2", "mmd") if k in fl) + ".", "",
+                *headline_table(rows), ""]
+            slug = spec.replace(":", "-")
+            for kind, alt in (("nfe", "quality vs NFE"), ("speed", "quality vs speed")):
+                src = d / f"{slug}-{kind}.png"
+                if src.is_file():
+                    shutil.copyfile(src, plots / f"{d.name}-{slug}-{kind}.png")
+                    md += [f"![{spec}: {alt}](methods/{d.name}-{slug}-{kind}.png)", ""]
+        failed = [n for n, s in res["stages"].items() if s["status"] in ("failed", "skipped")]
+        if failed:
+            md += [f"Failed or skipped stages: {', '.join(failed)} (see the report's stage table).", ""]
+        md += ["Stages (training seconds of the invocation that trained each; reused = trained earlier):", "",
+               "| stage | kind | status | seconds | overrides |", "|---|---|---|---|---|",
+               *[f"| {n} | {s['kind']} | {s['status']} | {fmt(s.get('seconds'))} | "
+                 f"{' '.join(s.get('overrides') or [])} |" for n, s in res["stages"].items()], ""]
+    md += ["## Commands (wall seconds)", "", "```",
+           *[f"{c}    # {r.times[c]:.0f} s" for c in r.commands()],
+           "python benchmarks/methods.py " + " ".join(sys.argv[1:]), "```", ""]
+    (dest / "methods.json").write_text(json.dumps({"machine": m, "runs": [
+        {"recipe": rc, "dir": str(d), "seconds": s, "results": res} for rc, d, s, res in runs]},
+        indent=1, default=str))
+    (dest / "methods.md").write_text("\n".join(md))
+    print(f"-> {dest / 'methods.md'}")
+
+
+if __name__ == "__main__":
+    main()
