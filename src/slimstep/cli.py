@@ -22,7 +22,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from slimstep.files import FileFormatError
     from slimstep.methods import MethodError
     from slimstep.pairs import PairsError
-    from slimstep.pipeline import RecipeError
+    from slimstep.recipes import RecipeError
     from slimstep.screen import ScreenError
     from slimstep.train.checkpoint import CheckpointError
     from slimstep.train.loop import ResumeError
@@ -159,7 +159,7 @@ def cmd_eval(a) -> None:
 
     from slimstep.eval import evaluate, format_table
     from slimstep.files import read_samples, write_json
-    from slimstep.pipeline import default_n
+    from slimstep.recipes import default_n
 
     if (a.ckpt is None) == (a.samples is None):
         from slimstep.config import ConfigError
@@ -246,7 +246,7 @@ def cmd_info(a) -> None:
 
 
 def cmd_run(a) -> None:
-    from slimstep.pipeline import run
+    from slimstep.recipes import run
     from slimstep.report import console_table
 
     res = run(a.recipe, a.out, jobs=a.jobs)
@@ -258,7 +258,7 @@ def cmd_run(a) -> None:
 
 
 def cmd_demo(a) -> None:
-    from slimstep.pipeline import demo
+    from slimstep.recipes import demo
 
     res = demo(a.out, jobs=a.jobs)
     if res["failed"]:

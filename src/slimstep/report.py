@@ -3,7 +3,7 @@ content — per data set a table (method, parameters, NFE, quality, speed, each
 over the teacher's), the teachers' quality-vs-NFE curves with every student as a
 point, quality vs speed, a sample grid per model and the loss curves.
 
-Every number comes from the result rows of :func:`slimstep.pipeline.run`;
+Every number comes from the result rows of :func:`slimstep.recipes.run`;
 nothing here computes a metric. Both files are built from one list of blocks
 so they cannot disagree.
 """
