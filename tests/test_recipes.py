@@ -103,13 +103,14 @@ def test_a_failed_stage_skips_its_dependents_and_the_rest_goes_on(tmp_path, caps
     del stages["sf"]
     stages["after"] = {"method": "slimflow", "config": str(CONFIGS / "toy2d/slimflow.yaml"), "teacher": "t",
                        "pairs": "p", "init": "reflow", "overrides": TINY}
+    stages["scr"] = {"kind": "screen", "student": "reflow", "candidates": 2}
     r = recipe(tmp_path, stages)
     assert main(["run", str(r), "--out", str(tmp_path / "out"), "--jobs", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("slimstep: error: stage(s) reflow, after failed")
+    assert err[-1].startswith("slimstep: error: stage(s) reflow, after, scr failed")
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["stages"]["reflow"]["status"] == "failed"
-    assert res["stages"]["after"]["status"] == "skipped"
+    assert res["stages"]["after"]["status"] == res["stages"]["scr"]["status"] == "skipped"
     assert res["stages"]["gan"]["status"] == "done"
     assert "failed" in (tmp_path / "out" / "report.html").read_text()
 

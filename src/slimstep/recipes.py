@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import multiprocessing
 import os
 import time
 import traceback
@@ -289,7 +290,8 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print) -> dict
         return {role: str(model_dir(out, by_name[name])) for role, name in st.deps.items()}
 
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    pool = (ProcessPoolExecutor(jobs, mp_context=__import__("multiprocessing").get_context("spawn"),
+    # spawn, not fork: a forked child inherits the parent's OpenMP state and can hang.
+    pool = (ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                 initializer=_worker_init, initargs=(threads,)) if jobs > 1 else None)
     running: dict = {}
     try:
@@ -333,6 +335,9 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print) -> dict
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    for st in stages:  # screening reads trained stages: skip it when one of them is missing
+        if st.kind == "screen" and any(status[d]["status"] in ("failed", "skipped") for d in st.deps.values()):
+            status[st.name] = {"status": "skipped", "seconds": 0.0, "error": "an upstream stage failed"}
     return status
 
 
@@ -523,7 +528,7 @@ def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print)
                "rows": rows, "seconds": time.perf_counter() - tic}
     write_json(out / "results.json", results)
     paths = write_reports(out, results)
-    failed = [n for n, s in status.items() if s["status"] in ("failed", "skipped")]
+    failed = [s.name for s in stages if status[s.name]["status"] in ("failed", "skipped")]
     results.update(report=paths, failed=failed)
     return results
 
