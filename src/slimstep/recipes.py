@@ -294,9 +294,11 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print) -> dict
     pool = (ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                 initializer=_worker_init, initargs=(threads,)) if jobs > 1 else None)
     running: dict = {}
+    # Longest chain first: a stage that others wait on (or a long one) starts before a leaf.
+    work = _chain_work(stages)
     try:
         while pending or running:
-            for st in list(pending):
+            for st in sorted(pending, key=lambda s: -work[s.name]):
                 states = [status.get(d, {}).get("status") for d in st.deps.values()]
                 if any(s in ("failed", "skipped") for s in states):
                     status[st.name] = {"status": "skipped", "seconds": 0.0,
@@ -339,6 +341,16 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print) -> dict
         if st.kind == "screen" and any(status[d]["status"] in ("failed", "skipped") for d in st.deps.values()):
             status[st.name] = {"status": "skipped", "seconds": 0.0, "error": "an upstream stage failed"}
     return status
+
+
+def _chain_work(stages: list[Stage]) -> dict[str, float]:
+    """Training steps on the longest chain from each stage to a leaf (itself included)."""
+    work: dict[str, float] = {}
+    for st in reversed(stages):  # every reader comes after what it reads
+        own = st.cfg["train"]["steps"] if st.trains else 0
+        readers = [work[r.name] for r in stages if st.name in r.deps.values()]
+        work[st.name] = own + max(readers, default=0)
+    return work
 
 
 def _record(status: dict, st: Stage, secs: float, err: str | None, log) -> None:
