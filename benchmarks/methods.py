@@ -52,11 +52,30 @@ def headline_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def parent_lines(rows: list[dict], stages: dict) -> list[str]:
+    """Students of a one-step student (SLT of flowmap, screening): the ratios over that
+    direct teacher, which the issue's targets are stated against."""
+    by_stage = {r["stage"]: r for r in rows if not r.get("curve")}
+    out = []
+    for r in rows:
+        deps = stages[r["stage"]]["deps"]
+        parent = by_stage.get(deps.get("student") or deps.get("teacher"))
+        if parent is None or parent.get("reference") or stages[parent["stage"]]["kind"] == "teacher":
+            continue
+        key = r.get("headline", "fd")
+        out.append(f"- {r['name']} over its own teacher `{parent['name']}`: {key} "
+                   f"{r['metrics'][key] / parent['metrics'][key]:.3g}x, parameters "
+                   f"{r['params'] / parent['params']:.3g}x, samples/s "
+                   f"{(r.get('samples_per_s') or 0) / parent['samples_per_s']:.3g}x.")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench/all")
     ap.add_argument("--quick", action="store_true", help="the demo recipe (configs/demo.yaml)")
     ap.add_argument("--jobs", type=int, default=2, help="stages trained at once")
+    ap.add_argument("--note", default="", help="how the runs came about (written under the title)")
     a = ap.parse_args()
     out = Path(a.out)
     r = Runner(out)
@@ -79,7 +98,8 @@ def main() -> None:
           "32 NFE): quality (FD on digits, W2 on moons; lower is better), parameters, and samples/s "
           "at batch 256 (measured after training, one model at a time). Every model is sampled "
           "from the same seeds; the table shows the mean over the recipe's seeds and their standard "
-          "deviation. Training seconds are wall-clock with two single-thread jobs sharing the machine.", ""]
+          "deviation. Training seconds are wall-clock with two single-thread jobs sharing the machine.", "",
+          *([a.note, ""] if a.note else [])]
     for recipe, d, secs, res in runs:
         ev = res["eval"]
         md += [f"## `{recipe}`", "",
@@ -91,13 +111,13 @@ def main() -> None:
             fl = rows[0]["floor"]
             md += [f"### {spec}", "", "Real/real floor: " + ", ".join(
                 f"{k} {fmt(fl[k])}" for k in ("fd", "precision", "recall", "w2", "mmd") if k in fl) + ".", "",
-                *headline_table(rows), ""]
+                *headline_table(rows), "", *parent_lines(rows, res["stages"]), ""]
             slug = spec.replace(":", "-")
             for kind, alt in (("nfe", "quality vs NFE"), ("speed", "quality vs speed")):
                 src = d / f"{slug}-{kind}.png"
                 if src.is_file():
-                    shutil.copyfile(src, plots / f"{d.name}-{slug}-{kind}.png")
-                    md += [f"![{spec}: {alt}](methods/{d.name}-{slug}-{kind}.png)", ""]
+                    shutil.copyfile(src, plots / f"{slug}-{kind}.png")
+                    md += [f"![{spec}: {alt}](methods/{slug}-{kind}.png)", ""]
         failed = [n for n, s in res["stages"].items() if s["status"] in ("failed", "skipped")]
         if failed:
             md += [f"Failed or skipped stages: {', '.join(failed)} (see the report's stage table).", ""]

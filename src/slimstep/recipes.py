@@ -397,7 +397,7 @@ def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None) -> di
     first = results[0]
     return {"name": name, "data": spec, "n": n, "seeds": list(ev["seeds"]), "metrics": mean,
             "metrics_sd": sd, "per_seed": [r["metrics"] for r in results], "floor": first["floor"],
-            "notes": sorted({x for r in results for x in r["notes"]}), "sample_seconds": secs,
+            "notes": first["notes"], "sample_seconds": secs,  # notes of the kept (first) seed
             "files": ({"samples": str(keep / "samples.npz"), "picture": str(keep / "samples.png")}
                       if keep is not None else {})}
 

@@ -205,7 +205,7 @@ def blocks_for(out: Path, results: dict) -> list[tuple]:
                 if s.get("metrics_file") and s["spec"] == spec]
         if plot_losses(runs, out / f"{slug}-loss.png", f"{spec}: training losses"):
             b += [("h3", "training losses"), ("img", f"{slug}-loss.png", "training losses")]
-        notes = sorted({n for r in rows for n in r.get("notes", [])})
+        notes = [f"{r['name']}: {n}" for r in rows for n in r.get("notes", [])]
         if notes:
             b.append(("list", notes))
     b.append(("h2", "stages"))
