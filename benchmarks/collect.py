@@ -47,6 +47,16 @@ reproduced every quality number exactly while its samples/s moved by up to
 4× with the load. Compare speeds within one table only.
 Regenerate with `python benchmarks/run.py` (see `benchmarks/collect.py`).
 
+The first section, *Every method, one protocol*, is `slimstep run` on the
+digits and moons recipes (`configs/digits/all.yaml`, `configs/toy2d/all.yaml`):
+every method trained from its teacher with the recipe's budget and scored on
+the same seeds (three of them, mean and spread shown) and the same N. The
+sections after it are the per-method suites with their ablations, run
+earlier against their own teachers; where a number differs between a suite and
+the first section, the first section's is the newer run of the current recipes
+(SLT's recipe changed in between: concat fusion and 6,000 steps with a cosine
+decay, against the suite's sum fusion and 1,200 constant-rate steps).
+
 **The digits teacher** of every section is `runs/bench/digits-teacher-step2000`:
 the step-2,000 snapshot of
 `slimstep teacher --config configs/digits/teacher.yaml --out runs/bench/digits-teacher`

@@ -63,7 +63,8 @@ def parent_lines(rows: list[dict], stages: dict) -> list[str]:
         if parent is None or parent.get("reference") or stages[parent["stage"]]["kind"] == "teacher":
             continue
         key = r.get("headline", "fd")
-        out.append(f"- {r['name']} over its own teacher `{parent['name']}`: {key} "
+        role = "the student it screens with" if deps.get("student") else "its own (one-step) teacher"
+        out.append(f"- {r['name']} over {role}, `{parent['name']}`: {key} "
                    f"{r['metrics'][key] / parent['metrics'][key]:.3g}x, parameters "
                    f"{r['params'] / parent['params']:.3g}x, samples/s "
                    f"{(r.get('samples_per_s') or 0) / parent['samples_per_s']:.3g}x.")
