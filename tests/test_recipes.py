@@ -134,6 +134,12 @@ def test_recipe_errors_are_one_line(tmp_path, capsys, stages, message):
     assert not (tmp_path / "o").exists()
 
 
+def test_jobs_must_be_positive(tmp_path, capsys):
+    r = recipe(tmp_path, {k: v for k, v in moons_stages().items() if k == "t"})
+    assert main(["run", str(r), "--out", str(tmp_path / "o"), "--jobs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "slimstep: error: --jobs must be at least 1, not 0"
+
+
 def test_shipped_recipes_resolve():
     for name in ("demo.yaml", "digits/all.yaml", "toy2d/all.yaml"):
         ev, stages = load_recipe(CONFIGS / name)

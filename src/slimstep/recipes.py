@@ -516,6 +516,8 @@ def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print)
     by_name = {s.name: s for s in stages}
     if jobs is None:
         jobs = 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
+    if jobs < 1:
+        raise RecipeError(f"--jobs must be at least 1, not {jobs}")
     out.mkdir(parents=True, exist_ok=True)
     log(f"{len(stages)} stages from {recipe}, {jobs} at a time -> {out}")
     status = run_stages(out, stages, jobs, log)
