@@ -20,16 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Runner, machine  # noqa: E402
 
+from slimstep.report import fmt  # noqa: E402
+
 RECIPES = {"full": [("configs/digits/all.yaml", "digits"), ("configs/toy2d/all.yaml", "toy2d")],
            "quick": [("configs/demo.yaml", "demo")]}
-
-
-def fmt(v, d=3) -> str:
-    if v is None or v != v:
-        return ""
-    if isinstance(v, int):
-        return f"{v:,}"
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.{d}g}"
 
 
 def headline_table(rows: list[dict]) -> list[str]:

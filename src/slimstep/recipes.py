@@ -230,6 +230,7 @@ def is_done(out: Path, st: Stage) -> bool:
 
 def execute(out: Path, st: Stage, deps: dict[str, Path], progress: bool = False) -> float:
     """Run one stage (train or make pairs) and return its wall seconds."""
+    from slimstep.files import write_json
     from slimstep.generator import load
     from slimstep.pairs import generate_pairs
     from slimstep.train import checkpoint as ckpt
@@ -252,8 +253,6 @@ def execute(out: Path, st: Stage, deps: dict[str, Path], progress: bool = False)
                 cfg[role] = str(deps[role].resolve())
         train(cfg, d, resume=bool(ckpt.list_snapshots(d)), teacher=teacher, progress=progress)
     secs = time.perf_counter() - tic
-    from slimstep.files import write_json
-
     write_json(d / "stage.json", {"stage": st.name, "kind": st.kind, "hash": st.hash, "seconds": secs})
     return secs
 
@@ -564,9 +563,4 @@ def _add_ratios(rows: list[dict]) -> None:
 
 def demo(out: str | Path = "runs/demo", jobs: int | None = None) -> dict:
     """``configs/demo.yaml``: every method at a small budget on digits and moons."""
-    from slimstep.report import console_table
-
-    res = run(CONFIGS / "demo.yaml", out, jobs=jobs)
-    print(console_table(res))
-    print(f"report: {res['report']['html']} (and report.md)")
-    return res
+    return run(CONFIGS / "demo.yaml", out, jobs=jobs)

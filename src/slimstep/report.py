@@ -67,30 +67,37 @@ def _save(fig, path: Path) -> None:
     _plt().close(fig)
 
 
-def plot_nfe(rows: list[dict], path: Path, title: str) -> None:
-    """Quality against NFE (log-log): each teacher's Euler curve and reference
-    sampler, every other model as a point, the real/real floor as a line."""
-    plt = _plt()
-    key = headline(rows[0])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for teacher in sorted({r["stage"] for r in rows if r.get("curve")}):
-        curve = [r for r in rows if r.get("curve") and r["stage"] == teacher]
-        ax.plot([r["nfe"] for r in curve], [r["metrics"][key] for r in curve], "o-",
-                label=f"{teacher} (Euler)")
-    markers = "s^vD<>pPX*h"
-    others = [r for r in rows if not r.get("curve")]
-    for i, r in enumerate(others):
-        ax.plot([r["nfe"]], [r["metrics"][key]], markers[i % len(markers)], ms=8, label=r["name"])
+def _scatter(ax, rows: list[dict], x: str, key: str, markers: str) -> None:
+    """One marker per row at (row[x], headline metric)."""
+    for i, r in enumerate(rows):
+        ax.plot([r[x]], [r["metrics"][key]], markers[i % len(markers)], ms=8, label=r["name"])
+
+
+def _finish(fig, ax, rows: list[dict], key: str, xbase: float, xlabel: str, title: str, path: Path) -> None:
+    """The floor line, log-log axes, labels and an outside legend; save."""
     floor = rows[0].get("floor", {}).get(key)
     if floor is not None:
         ax.axhline(floor, color="grey", ls="--", label="real/real floor")
-    ax.set_xscale("log", base=2)
+    ax.set_xscale("log", base=xbase)
     ax.set_yscale("log")
-    ax.set_xlabel("NFE (network evaluations per sample)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(key)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     _save(fig, path)
+
+
+def plot_nfe(rows: list[dict], path: Path, title: str) -> None:
+    """Quality against NFE (log-log): each teacher's Euler curve and reference
+    sampler, every other model as a point, the real/real floor as a line."""
+    key = headline(rows[0])
+    fig, ax = _plt().subplots(figsize=(6, 4))
+    for teacher in sorted({r["stage"] for r in rows if r.get("curve")}):
+        curve = [r for r in rows if r.get("curve") and r["stage"] == teacher]
+        ax.plot([r["nfe"] for r in curve], [r["metrics"][key] for r in curve], "o-",
+                label=f"{teacher} (Euler)")
+    _scatter(ax, [r for r in rows if not r.get("curve")], "nfe", key, "s^vD<>pPX*h")
+    _finish(fig, ax, rows, key, 2, "NFE (network evaluations per sample)", title, path)
 
 
 def plot_speed(rows: list[dict], path: Path, title: str) -> bool:
@@ -98,22 +105,10 @@ def plot_speed(rows: list[dict], path: Path, title: str) -> bool:
     pts = [r for r in rows if r.get("samples_per_s")]
     if not pts:
         return False
-    plt = _plt()
     key = headline(rows[0])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    markers = "os^vD<>pPX*h"
-    for i, r in enumerate(pts):
-        ax.plot([r["samples_per_s"]], [r["metrics"][key]], markers[i % len(markers)], ms=8, label=r["name"])
-    floor = rows[0].get("floor", {}).get(key)
-    if floor is not None:
-        ax.axhline(floor, color="grey", ls="--", label="real/real floor")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("samples / s (batch 256, this machine)")
-    ax.set_ylabel(key)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    _save(fig, path)
+    fig, ax = _plt().subplots(figsize=(6, 4))
+    _scatter(ax, pts, "samples_per_s", key, "os^vD<>pPX*h")
+    _finish(fig, ax, rows, key, 10, "samples / s (batch 256, this machine)", title, path)
     return True
 
 

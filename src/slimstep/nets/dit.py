@@ -250,63 +250,34 @@ class FinalLayer(nn.Module):
 # ----------------------------------------------------------------------------- network
 
 
-class DiT(nn.Module):
-    """adaLN-Zero DiT on [B, C, H, W] images; see the module docstring for the layout.
+class DiTStem(nn.Module):
+    """What every DiT-shaped network here shares, at the top level so the state-dict keys
+    keep the DiT / SiT layout: the patch, time (+ optional ``s``) and class embedders, the
+    fixed position embedding, :meth:`embed` (image -> tokens, conditioning) and
+    :meth:`unpatchify`. Subclasses add their blocks and head."""
 
-    ``learn_sigma=True`` gives 2C output channels (as SiT-XL/2 / DiT checkpoints have);
-    ``forward`` and ``head`` return only the first C (the velocity / noise prediction).
-    ``extra_time_embeds=1`` adds a second scalar condition ``s`` (keyword, float [B]),
-    embedded by ``s_embedder`` (same scaling as ``t``) and summed into ``c``.
-    """
-
-    def __init__(
-        self,
-        in_shape: list[int] | tuple[int, ...] = (4, 32, 32),
-        num_classes: int = 0,
-        patch_size: int = 2,
-        hidden_size: int = 128,
-        depth: int = 6,
-        num_heads: int = 4,
-        mlp_ratio: float = 4.0,
-        class_dropout_prob: float = 0.0,
-        learn_sigma: bool = False,
-        extra_time_embeds: int = 0,
-        time_scale: float = 1000.0,
-    ) -> None:
-        super().__init__()
+    def _build_stem(self, in_shape, num_classes: int, patch_size: int, hidden_size: int,
+                    extra_time_embeds: int, time_scale: float, class_dropout_prob: float = 0.0,
+                    frequency_embedding_size: int = 256) -> None:
         c, h, w = in_shape
         if h != w or h % patch_size:
             raise ValueError(f"DiT needs square images divisible by patch_size, got {in_shape}")
         if extra_time_embeds not in (0, 1):
             raise ValueError("extra_time_embeds must be 0 or 1")
-        self.in_shape = (c, h, w)
-        self.in_channels = c
-        self.out_channels = 2 * c if learn_sigma else c
-        self.patch_size = patch_size
-        self.num_classes = num_classes
-        self.time_scale = time_scale
+        self.in_shape, self.in_channels = (c, h, w), c
+        self.patch_size, self.grid = patch_size, h // patch_size
+        self.num_classes, self.time_scale = num_classes, time_scale
         self.extra_time_embeds = extra_time_embeds
-        self.grid = h // patch_size
-
         self.x_embedder = PatchEmbed(c, hidden_size, patch_size)
-        self.t_embedder = TimestepEmbedder(hidden_size)
-        self.s_embedder = TimestepEmbedder(hidden_size) if extra_time_embeds else None
+        self.t_embedder = TimestepEmbedder(hidden_size, frequency_embedding_size)
+        self.s_embedder = (TimestepEmbedder(hidden_size, frequency_embedding_size)
+                           if extra_time_embeds else None)
         self.y_embedder = (LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
                            if num_classes > 0 else None)
         self.register_buffer("pos_embed", sincos_pos_embed_2d(hidden_size, self.grid)[None])
-        self.blocks = nn.ModuleList(
-            DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
-        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
-        self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """DiT init: xavier linears, N(0, 0.02) embeddings, zeroed adaLN and output."""
-        init_linears(self)
-        for m in [*self.blocks, self.final_layer]:
-            m.reset_parameters()
-        w = self.x_embedder.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
+    def _init_embedders(self) -> None:
+        """N(0, 0.02) for the time, s and class embeddings (DiT's init)."""
         for emb in (self.t_embedder, self.s_embedder):
             if emb is not None:
                 nn.init.normal_(emb.mlp[0].weight, std=0.02)
@@ -314,7 +285,7 @@ class DiT(nn.Module):
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
 
-    def set_attention(self, mode: str) -> DiT:
+    def set_attention(self, mode: str) -> nn.Module:
         """"sdpa" (default, fused kernels) or "math" (explicit, safe under torch.func.jvp)."""
         return set_attention(self, mode)
 
@@ -342,6 +313,49 @@ class DiT(nn.Module):
         b, p, g = tokens.shape[0], self.patch_size, self.grid
         x = tokens.reshape(b, g, g, p, p, -1)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(b, -1, g * p, g * p)
+
+
+class DiT(DiTStem):
+    """adaLN-Zero DiT on [B, C, H, W] images; see the module docstring for the layout.
+
+    ``learn_sigma=True`` gives 2C output channels (as SiT-XL/2 / DiT checkpoints have);
+    ``forward`` and ``head`` return only the first C (the velocity / noise prediction).
+    ``extra_time_embeds=1`` adds a second scalar condition ``s`` (keyword, float [B]),
+    embedded by ``s_embedder`` (same scaling as ``t``) and summed into ``c``.
+    """
+
+    def __init__(
+        self,
+        in_shape: list[int] | tuple[int, ...] = (4, 32, 32),
+        num_classes: int = 0,
+        patch_size: int = 2,
+        hidden_size: int = 128,
+        depth: int = 6,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        class_dropout_prob: float = 0.0,
+        learn_sigma: bool = False,
+        extra_time_embeds: int = 0,
+        time_scale: float = 1000.0,
+    ) -> None:
+        super().__init__()
+        self._build_stem(in_shape, num_classes, patch_size, hidden_size, extra_time_embeds,
+                         time_scale, class_dropout_prob)
+        self.out_channels = 2 * self.in_channels if learn_sigma else self.in_channels
+        self.blocks = nn.ModuleList(
+            DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """DiT init: xavier linears, N(0, 0.02) embeddings, zeroed adaLN and output."""
+        init_linears(self)
+        for m in [*self.blocks, self.final_layer]:
+            m.reset_parameters()
+        w = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        self._init_embedders()
 
     def head(self, tokens: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Final adaLN layer + unpatchify; returns the first C channels (learn_sigma dropped)."""

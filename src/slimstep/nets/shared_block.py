@@ -35,16 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slimstep.nets.dit import (
-    DiTBlock,
-    FinalLayer,
-    LabelEmbedder,
-    PatchEmbed,
-    TimestepEmbedder,
-    init_linears,
-    set_attention,
-    sincos_pos_embed_2d,
-)
+from slimstep.nets.dit import DiTBlock, DiTStem, FinalLayer, init_linears
 
 FUSIONS = ("sum", "concat", "last")
 
@@ -56,7 +47,7 @@ def patch_steps(steps: int, patches: int) -> list[int]:
     return [round(j * steps / patches) for j in range(1, patches + 1)]
 
 
-class SharedBlockDiT(nn.Module):
+class SharedBlockDiT(DiTStem):
     def __init__(
         self,
         in_shape: list[int] | tuple[int, ...] = (1, 8, 8),
@@ -74,24 +65,14 @@ class SharedBlockDiT(nn.Module):
         frequency_embedding_size: int = 256,
     ) -> None:
         super().__init__()
-        c, h, w = in_shape
-        if h != w or h % patch_size:
-            raise ValueError(f"needs square images divisible by patch_size, got {in_shape}")
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, not '{fusion}'")
-        self.in_shape, self.in_channels = (c, h, w), c
-        self.patch_size, self.grid = patch_size, h // patch_size
-        self.num_classes, self.time_scale = num_classes, time_scale
-        self.extra_time_embeds, self.fusion = extra_time_embeds, fusion
+        self._build_stem(in_shape, num_classes, patch_size, hidden_size, extra_time_embeds, time_scale,
+                         frequency_embedding_size=frequency_embedding_size)
+        self.fusion = fusion
         self.steps, self.patch_at = steps, patch_steps(steps, patches)
         teacher_hidden = teacher_hidden or hidden_size
 
-        self.x_embedder = PatchEmbed(c, hidden_size, patch_size)
-        self.t_embedder = TimestepEmbedder(hidden_size, frequency_embedding_size)
-        self.s_embedder = (TimestepEmbedder(hidden_size, frequency_embedding_size)
-                           if extra_time_embeds else None)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size) if num_classes > 0 else None
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(hidden_size, self.grid)[None])
         self.depth_embed = nn.Embedding(steps, hidden_size)
         self.block = DiTBlock(hidden_size, num_heads, mlp_ratio)  # the one shared block
         self.proj = nn.ModuleList(
@@ -99,19 +80,14 @@ class SharedBlockDiT(nn.Module):
             for _ in self.patch_at)
         self.fuse_logits = nn.Parameter(torch.zeros(patches)) if fusion == "sum" else None
         self.fuse_linear = nn.Linear(patches * hidden_size, hidden_size) if fusion == "concat" else None
-        self.final_layer = FinalLayer(hidden_size, patch_size, c)
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.in_channels)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         init_linears(self)
         self.block.reset_parameters()
         self.final_layer.reset_parameters()
-        for emb in (self.t_embedder, self.s_embedder):
-            if emb is not None:
-                nn.init.normal_(emb.mlp[0].weight, std=0.02)
-                nn.init.normal_(emb.mlp[2].weight, std=0.02)
-        if self.y_embedder is not None:
-            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        self._init_embedders()
         nn.init.normal_(self.depth_embed.weight, std=0.02)
         if self.fuse_logits is not None:  # start close to "read the last patch"
             with torch.no_grad():
@@ -122,29 +98,6 @@ class SharedBlockDiT(nn.Module):
             with torch.no_grad():
                 self.fuse_linear.weight.zero_()
                 self.fuse_linear.weight[:, -d:] = torch.eye(d)
-
-    def set_attention(self, mode: str) -> SharedBlockDiT:
-        return set_attention(self, mode)
-
-    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
-        b, p, g = tokens.shape[0], self.patch_size, self.grid
-        x = tokens.reshape(b, g, g, p, p, -1)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(b, -1, g * p, g * p)
-
-    def embed(self, x, t, y=None, s=None) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.x_embedder(x) + self.pos_embed.to(x.dtype)
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        c = self.t_embedder(t * self.time_scale)
-        if self.s_embedder is not None:
-            if s is None:
-                raise TypeError("this network was built with extra_time_embeds=1: pass s=")
-            s = s.expand(x.shape[0]) if s.ndim == 0 else s
-            c = c + self.s_embedder(s * self.time_scale)
-        if self.y_embedder is not None:
-            if y is None:
-                y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
-            c = c + self.y_embedder(y)
-        return tokens, c.to(tokens.dtype)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 return_features: bool = False, s: torch.Tensor | None = None):
