@@ -121,7 +121,8 @@ def test_flowmap_at_small_delta_is_the_teacher_velocity():
 def test_flowmap_prediction_target_is_exact_for_the_true_flow_map():
     """For the exact flow map of a Gaussian teacher the residual vanishes (JVP and FD)."""
     for derivative in ("jvp", "fd"):
-        m = _flowmap(tiny_teacher(), derivative=derivative, fd_eps=1e-4)
+        # s_scale 1: the exact map below takes the raw gap δ as its s input
+        m = _flowmap(tiny_teacher(), derivative=derivative, fd_eps=1e-4, s_scale=1.0)
         m.net, m.teacher_net = Gaussian().double(), Gaussian().double()
         z = torch.randn(6, 1, 8, 8, dtype=torch.float64)
         delta = torch.tensor([0.05, 0.2, 0.5, 0.7, 0.9, 1.0], dtype=torch.float64)
@@ -176,3 +177,127 @@ def test_meanflow_two_gloo_processes_give_the_single_process_gradient(tmp_path, 
     assert synced.keys() == ref.keys() and len(ref) > 10
     for k in ref:
         torch.testing.assert_close(synced[k], ref[k], rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- smooth time
+
+
+def _shipped_net(path: str, **extra) -> nn.Module:
+    """The network of a shipped recipe with a second time embedding, every weight perturbed
+    (adaLN-Zero and zeroed embeddings would make du/dt vanish trivially)."""
+    from pathlib import Path
+
+    import yaml
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    spec = dict(yaml.safe_load((configs / path).read_text())["net"])
+    shape = [1, 8, 8] if spec["name"] == "dit" else [2]
+    spec.update(in_shape=shape, num_classes=10 if spec["name"] == "dit" else 0,
+                extra_time_embeds=1, **extra)
+    torch.manual_seed(0)
+    net = build_net(spec).double()
+    for p in net.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+def _dudt_error(net: nn.Module) -> float:
+    """|JVP of u along t (tangent 1 on t only) - central difference of step 1e-2| / |JVP|."""
+    shape = (16, *net.in_shape)
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(shape, generator=g, dtype=torch.float64)
+    t = torch.rand(16, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    r = t * torch.rand(16, generator=g, dtype=torch.float64)
+    y = torch.arange(16) % 10 if getattr(net, "num_classes", 0) else None
+    from slimstep.nets.dit import math_attention
+
+    with math_attention():
+        _, dudt = torch.func.jvp(lambda t_: u_meanflow(net, z, r, t_, y), (t,),
+                                 (torch.ones_like(t),))
+    h = 1e-2
+    fd = (u_meanflow(net, z, r, t + h, y) - u_meanflow(net, z, r, t - h, y)) / (2 * h)
+    return float((dudt - fd).norm() / dudt.norm())
+
+
+def test_jvp_along_t_follows_the_function_on_the_shipped_nets():
+    """The check that would have caught MeanFlow's frozen one-step map: on the DiT teacher
+    and the toy MLP as shipped, du/dt by JVP equals a central difference of step 1e-2
+    within 5 %. With DiT's old time_scale 1000 the JVP follows the embedding instead."""
+    for path in ("digits/dit-teacher.yaml", "toy2d/meanflow.yaml"):
+        err = _dudt_error(_shipped_net(path))
+        assert err < 0.05, (path, err)
+    sharp = _dudt_error(_shipped_net("digits/dit-teacher.yaml", time_scale=1000.0))
+    assert sharp > 0.5, sharp
+
+
+def test_meanflow_refuses_a_sharp_time_embedding():
+    import pytest
+
+    from slimstep.methods.base import MethodError
+    from slimstep.methods.meanflow import MeanFlow
+
+    cfg = {"method": {"name": "meanflow", "init": "teacher"}, "net": {"name": "dit"}}
+    with pytest.raises(MethodError, match="time_scale 1000"):
+        MeanFlow(cfg, INFO, device=torch.device("cpu"), teacher=tiny_teacher())  # DiT default
+
+
+def test_gap_scale_is_derived_from_the_time_scale():
+    """s = δ / time_scale: the gap reaches the sinusoid unscaled whatever the teacher."""
+    sharp = _flowmap(tiny_teacher())  # DiT default time_scale 1000
+    assert sharp.s_scale == 1e-3 and sharp.export()["s"] == 1e-3
+    spec = {**SPEC, "time_scale": 1.0}
+    smooth = Generator(build_net(spec), INFO, {"kind": "velocity", "solver": "euler", "steps": 1},
+                       {"net": spec})
+    assert _flowmap(smooth).s_scale == 1.0
+    assert _flowmap(smooth, s_scale=0.5).s_scale == 0.5  # an explicit value wins
+
+
+def test_meanflow_one_step_map_moves_away_from_the_teachers_euler_step(tmp_path, toy_cfg):
+    """A short MeanFlow fine-tune of a smooth moons teacher: its one-step samples must leave
+    the teacher's own Euler-1 samples (what the init gives) and get closer to the data."""
+    import copy
+
+    import slimstep
+    from slimstep.data import load_data
+    from slimstep.eval.toy import w2
+    from slimstep.train.loop import train
+
+    cfg = copy.deepcopy(toy_cfg)
+    cfg["net"].update(hidden=64, time_scale=1.0)
+    cfg["train"].update(steps=300, batch_size=256, lr=3e-3, log_every=100, ckpt_every=300)
+    teacher = slimstep.load(train(cfg, tmp_path / "teacher", progress=False))
+    mf = copy.deepcopy(cfg)
+    mf["method"] = {"name": "meanflow", "init": "teacher", "velocity": "teacher",
+                    "weight_power": 0.0, "r_neq_t": 0.75, "logit_mean": -0.6, "logit_std": 1.6,
+                    "r_logit_mean": -4.0, "r_logit_std": 1.6}
+    mf["train"].update(steps=300, lr=1e-3)
+    student = slimstep.load(train(mf, tmp_path / "mf", teacher=teacher, progress=False))
+    euler1, _ = teacher.with_sampling(solver="euler", steps=1).generate(1000, seed=0)
+    one, _ = student.generate(1000, seed=0)
+    data, _ = load_data("toy2d:moons").reference(1000, seed=5)
+    moved = float((one - euler1).norm(dim=1).mean())
+    assert moved > 0.2, moved
+    assert w2(one, data) < 0.7 * w2(euler1, data), (w2(one, data), w2(euler1, data))
+
+
+def test_flowmap_correction_balance_scales_to_the_prediction_residual():
+    """λ = α E‖Δ_pred‖ / E‖Δ_corr‖: the balanced correction direction λ·Δ_corr has mean
+    norm α times the prediction residual's, whatever the fake net's error size."""
+    from slimstep.methods.flowmap import correction_lambda
+
+    g = torch.randn(8, 1, 8, 8, dtype=torch.float64)
+    pred = torch.tensor(0.3, dtype=torch.float64)
+    for scale in (1e-3, 1.0, 50.0):
+        lam = correction_lambda(0.5, True, pred, scale * g)
+        got = (lam * scale * g).flatten(1).norm(dim=1).mean()
+        torch.testing.assert_close(got.double(), 0.5 * pred, rtol=1e-5, atol=0)
+    assert float(correction_lambda(0.5, False, pred, g)) == 0.5  # fixed weight
+
+
+def test_flowmap_balanced_correction_runs_and_logs_lambda():
+    m = _flowmap(tiny_teacher(), correction=True, correction_balance=True, correction_weight=0.1)
+    x = torch.zeros(8, 1, 8, 8)
+    out = m.loss((x, torch.zeros(8, dtype=torch.long)), 0, "main")
+    assert torch.isfinite(out["loss"]) and float(out["corr_lambda"]) > 0
+    ref = float(m.pred_norm)
+    assert ref > 0

@@ -6,12 +6,13 @@ from noise at its time 1 to its time ``1 - δ`` is, in ours, the map from
 ``t = 0`` to ``t = δ``; its velocity is minus ours. Everything below is already
 converted, so no sign flip happens anywhere in the code.
 
-**Student.** A DiT with a second time embedding (``extra_time_embeds=1``),
+**Student.** The teacher's DiT (or MLP, for the toys) with a second time embedding (``extra_time_embeds=1``),
 
 .. math:: f(z, \delta) = z + \delta\,F(z, \delta),\qquad
           F(z, \delta) = \mathrm{net}(z,\ t{=}0,\ y,\ s{=}\kappa\delta),
 
-(κ = ``s_scale``; the sampling rule stores s = κ), initialised from the
+(κ = ``s_scale``, by default 1 / the network's ``time_scale`` so δ reaches the
+sinusoid unscaled; the sampling rule stores s = κ), initialised from the
 teacher's weights with ``s_embedder`` zeroed, so at
 initialisation :math:`F(z, \delta) = v_T(z, 0)` — the exact limit of a flow map
 as :math:`\delta \to 0`. The one-step sample is :math:`f(z, 1) = z + F(z, 1)`.
@@ -58,21 +59,57 @@ def _bc(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
 
 
-def two_time_dit(teacher, name: str) -> tuple[torch.nn.Module, dict]:
-    """A DiT with a second time embedding ``s``, initialised from ``teacher``'s DiT
-    with ``s_embedder``'s last layer zeroed (so ``net(x, t, s) = teacher(x, t)``)."""
+#: The zero-initialised last layer of each network's second time embedding.
+_S_EMBED_OUT = {"dit": "s_embedder.mlp.2", "mlp": "s_embed.2"}
+
+
+def two_time_student(teacher, name: str) -> tuple[torch.nn.Module, dict]:
+    """The teacher's network (DiT or MLP) with a second time embedding ``s``, initialised
+    from ``teacher``'s weights with the new embedding's last layer zeroed (so
+    ``net(x, t, s) = teacher(x, t)`` for every s). The spec records the time scale."""
     if teacher is None:
         raise MethodError(f"method '{name}' needs a velocity teacher: pass --teacher CKPT")
     spec = dict(teacher.config.get("net") or {})
-    if spec.get("name") != "dit":
-        raise MethodError(f"method '{name}' needs a DiT teacher, got net '{spec.get('name')}'")
+    if spec.get("name") not in _S_EMBED_OUT:
+        raise MethodError(f"method '{name}' needs a DiT or MLP teacher, got net '{spec.get('name')}'")
     spec["extra_time_embeds"] = 1
+    spec.setdefault("time_scale", float(teacher.net.time_scale))
     net = build_net(spec)
-    sd = {k: v for k, v in teacher.net.state_dict().items() if not k.startswith("s_embedder.")}
+    out = _S_EMBED_OUT[spec["name"]]
+    prefix = out.split(".")[0] + "."
+    sd = {k: v for k, v in teacher.net.state_dict().items() if not k.startswith(prefix)}
     net.load_state_dict(sd, strict=False)
-    torch.nn.init.zeros_(net.s_embedder.mlp[2].weight)
-    torch.nn.init.zeros_(net.s_embedder.mlp[2].bias)
+    layer = net.get_submodule(out)
+    torch.nn.init.zeros_(layer.weight)
+    torch.nn.init.zeros_(layer.bias)
     return net, spec
+
+
+def gap_scale(net: torch.nn.Module, s_scale: float | None) -> float:
+    """κ with which a time gap δ enters the s-embedding (``s = κ δ``, then × the net's
+    ``time_scale``). ``None`` derives it from the network: κ = 1 / time_scale, so the gap
+    reaches the sinusoid unscaled (fastest frequency 1 rad per unit δ), whatever the
+    teacher's time scale. A JVP along δ then follows the function, not the embedding."""
+    if s_scale is not None:
+        return float(s_scale)
+    return 1.0 / float(getattr(net, "time_scale", 1.0))
+
+
+def correction_lambda(weight: float, balance: bool, pred_norm: torch.Tensor,
+                      g: torch.Tensor) -> torch.Tensor:
+    r"""The correction term's weight λ (no graph).
+
+    Fixed (``balance`` off): λ = ``weight``. Balanced (FreeFlow): the correction's gradient
+    direction :math:`\Delta_{corr} = v_\phi - v_T` is rescaled to the size of the
+    prediction residual :math:`\Delta_{pred} = F - \mathrm{target}`,
+    :math:`\lambda = \alpha\,\mathbb E\lVert\Delta_{pred}\rVert / \mathbb E\lVert\Delta_{corr}\rVert`
+    with α = ``weight``, so neither term drowns the other as the fake net catches up
+    (Δ_corr shrinks) or the prediction converges (Δ_pred shrinks).
+    """
+    if not balance:
+        return torch.tensor(float(weight), device=g.device)
+    corr_norm = g.detach().float().flatten(1).norm(dim=1).mean()
+    return float(weight) * pred_norm.float() / corr_norm.clamp_min(1e-12)
 
 
 def random_labels(n: int, num_classes: int, device) -> torch.Tensor | None:
@@ -99,12 +136,14 @@ class FlowMap(Method):
         "weight_power": 1.0,  # k of the power-law adaptive weight; 0 = plain L2
         "weight_eps": 1e-3,
         "delta_one": 0.25,  # fraction of prediction samples at δ = 1 (the one-step map)
-        # δ enters the s-embedding as s = s_scale·δ (then × the DiT's time_scale): a small
-        # scale keeps F smooth in δ, which the self-referential target δ·∂_δF needs
-        "s_scale": 1.0,
+        # δ enters the s-embedding as s = s_scale·δ (then × the net's time_scale); None =
+        # 1 / time_scale (see gap_scale): F smooth in δ, which the target δ·∂_δF needs
+        "s_scale": None,
         "cfg_scale": 1.0,  # guidance folded into the teacher velocity
         "correction": False,  # the VSD-style correction loss with a fake velocity net
-        "correction_weight": 1.0,
+        "correction_weight": 1.0,  # fixed λ, or α when correction_balance is on
+        # FreeFlow's balance: λ = α·E‖Δ_pred‖ / E‖Δ_corr‖ per batch (see correction_lambda)
+        "correction_balance": False,
         "correction_fraction": 0.25,  # batch share of the correction loss (75/25 split)
         "correction_logit_mean": -0.8,  # t of the correction: logit-normal, biased to noise
         "correction_logit_std": 1.0,
@@ -115,8 +154,9 @@ class FlowMap(Method):
         super().__init__(cfg, info, device=device, teacher=teacher)
         if self.opts["derivative"] not in ("jvp", "fd"):
             raise MethodError("derivative must be jvp or fd")
-        net, self.spec = two_time_dit(teacher, self.name)
+        net, self.spec = two_time_student(teacher, self.name)
         self.net = net.to(device)
+        self.s_scale = gap_scale(self.net, self.opts["s_scale"])
         self.teacher_net = teacher.net.to(device).eval().requires_grad_(False)
         self.num_classes = int(self.spec.get("num_classes", 0) or 0)
         self.fake = None
@@ -138,7 +178,7 @@ class FlowMap(Method):
         return guided(self.teacher_net, y, float(self.opts["cfg_scale"]), self.num_classes)(x, t)
 
     def F(self, z, delta, y):
-        return self.net(z, torch.zeros_like(delta), y, s=self.opts["s_scale"] * delta)
+        return self.net(z, torch.zeros_like(delta), y, s=self.s_scale * delta)
 
     def F_and_dF(self, z, delta, y) -> tuple[torch.Tensor, torch.Tensor]:
         """F(z, δ) (with graph) and ∂_δF (no graph) by JVP or finite difference."""
@@ -153,12 +193,14 @@ class FlowMap(Method):
         return F, dF
 
     def prediction_loss(self, z, delta, y) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weighted loss, unweighted mean squared residual)."""
+        """(weighted loss, unweighted mean squared residual). The residual's mean norm is
+        kept in ``self.pred_norm`` (no graph) for the correction balance."""
         F, dF = self.F_and_dF(z, delta, y)
         with torch.no_grad():
             db = _bc(delta, z)
             target = self.v_teacher(z + db * F.detach(), delta, y) - db * dF
         err = (F.float() - target.float()).pow(2).flatten(1).mean(1)
+        self.pred_norm = (err.detach() * z[0].numel()).sqrt().mean()  # E‖Δ_pred‖
         w = (err.detach() + self.opts["weight_eps"]).pow(-self.opts["weight_power"])
         return (w * err).mean(), err.mean()
 
@@ -201,10 +243,12 @@ class FlowMap(Method):
                 g = guided(self.fake, yc, float(self.opts["cfg_scale"]), self.num_classes)(xt, t) \
                     - self.v_teacher(xt, t, yc)
             corr = (x.float() * g.float()).flatten(1).mean(1).mean()
-            out["corr"] = corr.detach()
-            loss = (n_pred * loss + n_corr * self.opts["correction_weight"] * corr) / n
+            lam = correction_lambda(self.opts["correction_weight"], self.opts["correction_balance"],
+                                    self.pred_norm, g)
+            out["corr"], out["corr_lambda"] = corr.detach(), lam.detach()
+            loss = (n_pred * loss + n_corr * lam * corr) / n
         out["loss"] = loss
         return out
 
     def export(self):
-        return {"kind": "flowmap", "nfe": 1, "t": 0.0, "s": float(self.opts["s_scale"])}
+        return {"kind": "flowmap", "nfe": 1, "t": 0.0, "s": self.s_scale}

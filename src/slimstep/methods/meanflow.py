@@ -19,17 +19,30 @@ velocity *in our direction*, conditioned on our start time and the gap
           x_b = x_a + (b - a)\,\bar u,\qquad
           u_{MF}(z, r, t) = -\mathrm{net}(z,\ 1 - t,\ y,\ s{=}\kappa(t - r)),
 
-with κ = ``s_scale`` (a smooth gap embedding, see :mod:`~slimstep.methods.flowmap`).
+with κ = ``s_scale`` (by default 1 / the network's ``time_scale``: the gap reaches the
+sinusoid unscaled, see :func:`~slimstep.methods.flowmap.gap_scale`).
+
+**A smooth time embedding is required.** The target differentiates u along t, and t
+reaches the network through ``sin/cos(time_scale · t · w_i)``, w_i <= 1. With DiT's
+``time_scale`` 1000 the JVP's du/dt is dominated by the embedding's fastest terms, not by
+the function (measured on the digits DiT: rms 4.9 against a finite-difference slope of
+2.4), and the one-step map never moves. So a network with ``time_scale`` above
+:data:`MAX_TIME_SCALE` is refused; train the teacher with ``net.time_scale: 1`` (t in
+[0, 1] unscaled, as SiT and the official MeanFlow code do).
 
 The one-step sample (noise ``a = 0`` to data ``b = 1``) is
 :math:`x = z + \mathrm{net}(z, 0, y, s{=}\kappa)`, the same call as ``flowmap``.
 
-**Training.** (t, r): two logit-normal(−0.4, 1) draws, sorted so t ≥ r, and
-r = t for all but ``r_neq_t`` (25 %) of the samples (then the target is just v,
-plain flow matching). Adaptive weight :math:`w = \mathrm{sg}[1/(\lVert\Delta\rVert^2
-+ c)^p]`. ``velocity: teacher`` replaces the conditional :math:`\varepsilon - x`
-by the teacher's marginal velocity (lower variance; still needs data for
-:math:`z_t`). With a teacher, the net starts from its weights (``s_embedder``
+**Training.** (t, r): t ~ logit-normal(``logit_mean``, ``logit_std``) and r ~
+logit-normal(``r_logit_mean``, ``r_logit_std``) (by default the same law: MeanFlow's
+ImageNet setting, (−0.4, 1); py-meanflow's CIFAR setting draws t ~ LN(−0.6, 1.6),
+r ~ LN(−4, 1.6)), sorted so t ≥ r, and r = t for all but ``r_neq_t`` of the samples
+(then the target is just v, plain flow matching; ImageNet 25 %, CIFAR 75 %). Adaptive
+weight :math:`w = \mathrm{sg}[1/(\lVert\Delta\rVert^2 + c)^p]`. ``velocity: teacher``
+replaces the conditional :math:`\varepsilon - x` by the teacher's marginal velocity
+(lower variance; still needs data for :math:`z_t`). Then the r = t samples start at
+Δ ≈ 0 (the student *is* the teacher there), and c = 1e-3 with p = 1 would weigh them up
+to 1000x (pre-clip gradient norms of 300-500 were measured): use p = 0 or a larger c. With a teacher, the net starts from its weights (``s_embedder``
 zeroed: :math:`\bar u(x, a, b) = v_T(x, a)`, exact at b = a); without one it is
 built from the recipe's ``net`` (from scratch).
 
@@ -48,9 +61,15 @@ from torch.func import jvp
 from slimstep.generator import register_kind
 from slimstep.methods.base import Method, MethodError
 from slimstep.methods.flow_matching import net_spec
-from slimstep.methods.flowmap import one_step_rule, two_time_dit
+from slimstep.methods.flowmap import gap_scale, one_step_rule, two_time_student
 from slimstep.nets import build_net
 from slimstep.nets.dit import math_attention
+
+
+#: The largest network ``time_scale`` MeanFlow accepts: the embedding's fastest term then
+#: varies by at most 10 rad per unit t, and a JVP along t agrees with a central difference
+#: of step 1e-2 (tests/test_meanflow.py); DiT's 1000 fails that by 2x.
+MAX_TIME_SCALE = 10.0
 
 
 def _bc(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -92,13 +111,29 @@ def meanflow_loss(net: nn.Module, x: torch.Tensor, eps: torch.Tensor, t: torch.T
     return (w * err).mean(), err.mean() / x[0].numel()
 
 
-def sample_t_r(n: int, mean: float, std: float, r_neq_t: float, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two logit-normal draws sorted so t >= r; r = t except for a fraction ``r_neq_t``."""
+def sample_t_r(n: int, mean: float, std: float, r_neq_t: float, device,
+               r_mean: float | None = None, r_std: float | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """t ~ LN(mean, std), r ~ LN(r_mean, r_std) (default: the same law), sorted so t >= r;
+    r = t except for a fraction ``r_neq_t``."""
     a = torch.sigmoid(mean + std * torch.randn(n, device=device))
-    b = torch.sigmoid(mean + std * torch.randn(n, device=device))
+    r_mean = mean if r_mean is None else r_mean
+    r_std = std if r_std is None else r_std
+    b = torch.sigmoid(r_mean + r_std * torch.randn(n, device=device))
     t, r = torch.maximum(a, b), torch.minimum(a, b)
     r = torch.where(torch.rand(n, device=device) < r_neq_t, r, t)
     return t, r
+
+
+def check_smooth_time(net: nn.Module, what: str) -> None:
+    """Refuse a network whose time embedding is too sharp for a JVP along t."""
+    scale = float(getattr(net, "time_scale", 1.0))
+    if scale > MAX_TIME_SCALE:
+        raise MethodError(
+            f"meanflow differentiates along t, but {what} embeds t with time_scale {scale:g} "
+            f"(at most {MAX_TIME_SCALE:g}): the JVP would follow the embedding, not the "
+            f"function. Train the teacher with net.time_scale=1 (configs/digits/dit-teacher.yaml "
+            f"does) or use method.init=scratch with net.time_scale=1")
 
 
 register_kind("meanflow", one_step_rule)
@@ -107,15 +142,17 @@ register_kind("meanflow", one_step_rule)
 class MeanFlow(Method):
     name = "meanflow"
     defaults = {
-        "logit_mean": -0.4,
+        "logit_mean": -0.4,  # t ~ LN(logit_mean, logit_std)
         "logit_std": 1.0,
-        "r_neq_t": 0.25,
+        "r_logit_mean": None,  # r ~ LN(r_logit_mean, r_logit_std); None = t's law
+        "r_logit_std": None,
+        "r_neq_t": 0.25,  # share of r != t (MeanFlow ImageNet 0.25, py-meanflow CIFAR 0.75)
         "weight_power": 1.0,  # p of the adaptive weight (MeanFlow: 0.75 - 1)
         "weight_eps": 1e-3,
         "init": "teacher",  # teacher (fine-tune the teacher's weights) | scratch
         "velocity": "data",  # data (eps - x) | teacher (the teacher's marginal velocity)
         "label_dropout": 0.1,
-        "s_scale": 1.0,  # the gap enters the s-embedding as s_scale·(t - r) (flowmap's reason)
+        "s_scale": None,  # gap enters as s = s_scale·(t - r); None = 1 / time_scale (gap_scale)
     }
 
     def __init__(self, cfg, info, *, device, teacher=None):
@@ -127,13 +164,17 @@ class MeanFlow(Method):
             if teacher is None:
                 raise MethodError("meanflow with init=teacher or velocity=teacher needs --teacher CKPT")
         if o["init"] == "teacher":
-            net, self.spec = two_time_dit(teacher, self.name)
+            net, self.spec = two_time_student(teacher, self.name)
+            check_smooth_time(net, "the teacher's network")
         else:
-            if cfg["net"].get("name") != "dit":
-                raise MethodError("meanflow from scratch needs net.name: dit")
+            if cfg["net"].get("name") not in ("dit", "mlp"):
+                raise MethodError("meanflow from scratch needs net.name: dit or mlp")
             self.spec = {**net_spec(cfg, info, info.num_classes > 0), "extra_time_embeds": 1}
             net = build_net(self.spec)
+            self.spec["time_scale"] = float(net.time_scale)
+            check_smooth_time(net, "net")
         self.net = net.to(device)
+        self.s_scale = gap_scale(self.net, o["s_scale"])
         self.num_classes = int(self.spec.get("num_classes", 0) or 0)
         self.teacher_net = None
         if o["velocity"] == "teacher":
@@ -147,15 +188,16 @@ class MeanFlow(Method):
             drop = torch.rand(len(y), device=y.device) < o["label_dropout"]
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         eps = torch.randn_like(x)
-        t, r = sample_t_r(len(x), o["logit_mean"], o["logit_std"], o["r_neq_t"], x.device)
+        t, r = sample_t_r(len(x), o["logit_mean"], o["logit_std"], o["r_neq_t"], x.device,
+                          o["r_logit_mean"], o["r_logit_std"])
         v = None
         if self.teacher_net is not None:
             with torch.no_grad():  # our velocity at our time 1 - t, flipped to MeanFlow's
                 z = (1 - _bc(t, x)) * x + _bc(t, x) * eps
                 v = -self.teacher_net(z, 1 - t, y)
         loss, mse = meanflow_loss(self.net, x, eps, t, r, y, o["weight_power"], o["weight_eps"], v,
-                                  o["s_scale"])
+                                  self.s_scale)
         return {"loss": loss, "mse": mse.detach()}
 
     def export(self):
-        return {"kind": "meanflow", "nfe": 1, "t": 0.0, "s": float(self.opts["s_scale"])}
+        return {"kind": "meanflow", "nfe": 1, "t": 0.0, "s": self.s_scale}

@@ -36,8 +36,17 @@ def build_net(spec: dict) -> nn.Module:
     return getattr(importlib.import_module(module), cls)(**spec)
 
 
+def recorded_spec(spec: dict | None, net: nn.Module) -> dict | None:
+    """``spec`` as config.json records it: with the network's ``time_scale`` made explicit,
+    because methods that differentiate along a time input (MeanFlow) or derive a gap scale
+    from it (flowmap) read it from the checkpoint, not from a constructor default."""
+    if spec is None or not hasattr(net, "time_scale"):
+        return spec
+    return {**spec, "time_scale": float(net.time_scale)}
+
+
 def count_params(net: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["build_net", "count_params"]
+__all__ = ["build_net", "count_params", "recorded_spec"]

@@ -5,9 +5,14 @@
     h_k = SiLU(layer_k(h_{k-1}) + emb)      k = 1..depth              (every layer sees t, y)
     out = out(h_depth)
 
-``t`` in [0, 1] is scaled by ``time_scale`` (1000) so the sinusoid frequencies (periods from
-2*pi to 2*pi*10^4) resolve it. The class table has num_classes + 1 rows, the last being the
-null class used for ``y=None`` and classifier-free guidance.
+``t`` in [0, 1] is scaled by ``time_scale`` before the sinusoid (fastest frequency:
+``time_scale`` rad per unit t). The default 1000 resolves t finely, but a method that
+differentiates along t (MeanFlow's JVP) needs a smooth embedding: build with
+``time_scale=1`` (t unscaled, as SiT and the official MeanFlow code feed it).
+``extra_time_embeds=1`` adds a second scalar condition ``s`` (keyword, float [B]) with its
+own embedding ``s_embed`` summed into ``emb`` (flowmap's δ, MeanFlow's gap).
+The class table has num_classes + 1 rows, the last being the null class used for
+``y=None`` and classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class MLP(nn.Module):
         depth: int = 3,
         time_dim: int = 64,
         time_scale: float = 1000.0,
+        extra_time_embeds: int = 0,
     ) -> None:
         super().__init__()
         self.in_shape = tuple(in_shape)
@@ -41,6 +47,11 @@ class MLP(nn.Module):
         self.time_scale = time_scale
         self.time_embed = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(),
                                         nn.Linear(hidden, hidden))
+        if extra_time_embeds not in (0, 1):
+            raise ValueError("extra_time_embeds must be 0 or 1")
+        self.extra_time_embeds = extra_time_embeds
+        self.s_embed = (nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+                        if extra_time_embeds else None)
         self.class_embed = nn.Embedding(num_classes + 1, hidden) if num_classes > 0 else None
         self.layers = nn.ModuleList(
             nn.Linear(self.in_dim if i == 0 else hidden, hidden) for i in range(depth))
@@ -49,11 +60,18 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 return_features: bool = False, **cond: torch.Tensor):
         """``y`` is ignored by an unconditional net. Features: h_1 .. h_depth."""
-        if cond:
-            raise TypeError(f"MLP got unexpected conditioning {sorted(cond)}")
+        unknown = set(cond) - ({"s"} if self.extra_time_embeds else set())
+        if unknown:
+            raise TypeError(f"MLP got unexpected conditioning {sorted(unknown)}")
         b = x.shape[0]
         t = t.expand(b) if t.ndim == 0 else t
         emb = self.time_embed(sinusoidal(t * self.time_scale, self.time_dim).to(x.dtype))
+        if self.s_embed is not None:
+            s = cond.get("s")
+            if s is None:
+                raise TypeError("this MLP was built with extra_time_embeds=1: pass s=")
+            s = s.expand(b) if s.ndim == 0 else s
+            emb = emb + self.s_embed(sinusoidal(s * self.time_scale, self.time_dim).to(x.dtype))
         if self.class_embed is not None:
             if y is None:
                 y = torch.full((b,), self.num_classes, dtype=torch.long, device=x.device)

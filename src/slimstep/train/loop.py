@@ -28,6 +28,7 @@ from slimstep.config import ConfigError
 from slimstep.data import load_data
 from slimstep.files import atomic_write
 from slimstep.methods import build_method, method_class
+from slimstep.nets import recorded_spec
 from slimstep.train import checkpoint as ckpt
 from slimstep.train import dist
 from slimstep.train.ema import EMA
@@ -186,7 +187,7 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
     params["frozen"] = params["total"] - params["trainable"]
 
     def config(step):
-        return {"format": FORMAT, "net": getattr(method, "spec", None),
+        return {"format": FORMAT, "net": recorded_spec(getattr(method, "spec", None), method.net),
                 "teacher": cfg.get("teacher"), "pairs": cfg.get("pairs"), "init": cfg.get("init"),
                 "generator": method.export(), "method": method.method_config(),
                 "data": data.info.to_dict(), "train": t, "sample": cfg["sample"],
@@ -246,7 +247,10 @@ def _resume(out: Path, cfg: dict, method, phases, ema) -> int:
         raise ResumeError(f"--resume: no checkpoint in {out}/checkpoints")
     saved = ckpt.read_config(snaps[-1])
     for key in ("net", "method"):
-        mine = getattr(method, "spec", None) if key == "net" else method.method_config()
+        mine = (recorded_spec(getattr(method, "spec", None), method.net) if key == "net"
+                else method.method_config())
+        if key == "net" and isinstance(saved.get("net"), dict) and "time_scale" not in saved["net"]:
+            mine = {k: v for k, v in mine.items() if k != "time_scale"}  # written before it was
         if saved.get(key) != mine:
             raise ResumeError(f"--resume: the {key} section differs from the run in {out}")
     state = ckpt.load_training_state(snaps[-1])
