@@ -25,6 +25,7 @@ from slimstep.nets.discriminators import (
     ProjectedDiscriminator,
     TeacherFeatureDiscriminator,
     minibatch_std,
+    sum_head_means,
 )
 from slimstep.train import checkpoint as ckpt
 from slimstep.train.loop import FORMAT, train
@@ -146,6 +147,82 @@ def test_lazy_r1_adds_every_times_gamma_over_2_on_its_steps(toy_teacher):
     torch.testing.assert_close(on["loss"] - off["loss"], 4 * 0.5 / 2 * ref, rtol=1e-5, atol=1e-6)
 
 
+# ----------------------------------------------------------------------------- multi-head weighting
+
+
+def test_sum_head_means_gives_each_head_one_unit_of_weight():
+    v = torch.cat([torch.full((3, 4), 2.0), torch.full((3, 64), -1.0)], dim=1).requires_grad_(True)
+    out = sum_head_means(v, (4, 64))
+    torch.testing.assert_close(out, torch.full((3,), 2.0 - 1.0))  # a concat-mean would give -0.647
+    out.sum().backward()
+    assert torch.equal(v.grad[:, :4], torch.full((3, 4), 1 / 4))
+    assert torch.equal(v.grad[:, 4:], torch.full((3, 64), 1 / 64))
+    assert v.grad[0, :4].sum() == v.grad[0, 4:].sum() == 1.0
+    with pytest.raises(DiscriminatorError, match="add up"):
+        sum_head_means(v, (4, 60))
+
+
+class _TwoHeads(nn.Module):
+    """Two heads on the same per-sample feature m(x) = mean of x: head a gives 4 patch
+    logits a·m(x), head b 64 patch logits b·m(x)."""
+
+    head_sizes = (4, 64)
+
+    def __init__(self, a: float, b: float):
+        super().__init__()
+        self.a, self.b = nn.Parameter(torch.tensor(a)), nn.Parameter(torch.tensor(b))
+
+    def forward(self, x, y=None):
+        m = x.flatten(1).mean(1, keepdim=True)
+        return torch.cat([(self.a * m).expand(-1, 4), (self.b * m).expand(-1, 64)], dim=1)
+
+
+def test_gdd_loss_and_r1_weigh_two_heads_of_4_and_64_patches_equally(toy_teacher):
+    m, _ = method_for(toy_teacher, "toy2d:moons", r1_gamma=1.0, r1_every=1)
+    m.disc = _TwoHeads(0.7, 0.7)
+    m._disc_params = list(m.disc.parameters())
+    x = torch.randn(8, 2)
+    torch.manual_seed(3)
+    out = m.loss((x, None), 1, "disc")
+    torch.manual_seed(3)
+    with torch.no_grad():
+        fake = m.generate(torch.randn_like(x), None)
+    mr, mf = x.mean(1), fake.mean(1)
+    sp = torch.nn.functional.softplus
+    gan = (sp(0.7 * mf) + sp(-0.7 * mr)).mean() * 2  # two heads, each its patch mean
+    torch.testing.assert_close(out["gan"], gan)
+    # R1 differentiates a·m(x) + b·m(x): |grad|² = (a + b)² / d, not (4a + 64b)² / d
+    torch.testing.assert_close(out["r1"], torch.tensor(1.4 ** 2 / 2))
+    torch.testing.assert_close(out["loss"], gan + 1.0 / 2 * 1.4 ** 2 / 2)
+    ga, gb = torch.autograd.grad(out["loss"], [m.disc.a, m.disc.b])
+    torch.testing.assert_close(ga, gb)  # equal weight: a concat-mean gives gb = 16·ga
+    assert ga.abs() > 1e-3
+    torch.testing.assert_close(out["d_real"], 0.7 * mr.mean())  # logs: mean over heads
+    torch.manual_seed(4)
+    gen = m.loss((x, None), 2, "gen")
+    torch.manual_seed(4)
+    with torch.no_grad():
+        mf = m.generate(torch.randn_like(x), None).mean(1)
+    torch.testing.assert_close(gen["loss"].detach(), 2 * sp(-0.7 * mf).mean())
+
+
+@pytest.mark.parametrize("which", ["toy", "digits"])
+def test_single_logit_discriminators_keep_the_plain_mean_loss(which, toy_teacher, digits_teacher):
+    tdir, data = (toy_teacher, "toy2d:moons") if which == "toy" else (digits_teacher, "digits")
+    m, _ = method_for(tdir, data, r1_every=0)
+    assert m.disc.head_sizes == (1,)
+    x = torch.randn(8, *load_data(data).info.shape)
+    y = torch.randint(10, (8,)) if which == "digits" else None
+    torch.manual_seed(5)
+    out = m.loss((x, y), 1, "disc")
+    torch.manual_seed(5)
+    with torch.no_grad():
+        fake = m.generate(torch.randn_like(x), y)
+        ref = (torch.nn.functional.softplus(m.disc(fake, y)).mean()
+               + torch.nn.functional.softplus(-m.disc(x, y)).mean())
+    torch.testing.assert_close(out["gan"], ref, rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------- freeze rules
 
 
@@ -233,6 +310,9 @@ def test_teacher_feature_discriminator_is_frozen_and_out_of_the_state(digits_tea
     x = torch.randn(4, 1, 8, 8, requires_grad=True)
     logits = d(x, torch.arange(4))
     assert logits.shape[0] == 4 and logits.shape[1] > 5  # patch logits of several maps
+    feats = teacher.net(x, torch.full((4,), 0.7), None, return_features=True)[1]
+    assert d.head_sizes == tuple(f.shape[-2] * f.shape[-1] for f in feats)  # one per map
+    assert sum(d.head_sizes) == logits.shape[1] and len(set(d.head_sizes)) > 1
     (g,) = torch.autograd.grad(logits.sum(), x)
     assert g.abs().sum() > 0
     with pytest.raises(DiscriminatorError, match="t_levels"):
@@ -265,7 +345,7 @@ def test_projected_discriminator_loads_local_weights_through_timm(tmp_path, monk
     assert all(not p.requires_grad for p in d.trunk.parameters())
     x = torch.randn(3, 1, 8, 8, requires_grad=True)
     logits = d(x, torch.arange(3))
-    assert logits.shape == (3, 8 * 8 + 4 * 4)
+    assert logits.shape == (3, 8 * 8 + 4 * 4) and d.head_sizes == (64, 16)
     logits.sum().backward()
     assert x.grad.abs().sum() > 0 and d.heads[0].conv.weight.grad is not None
     torch.save({"state_dict": {"a.weight": src.a.weight}}, tmp_path / "bad.pt")

@@ -16,15 +16,19 @@ non-saturating logistic loss with ``softplus``, against real data::
     disc:  L_D = E softplus(D(G(z), y)) + E softplus(-D(x, y))  [+ lazy R1]
     gen:   L_G = E softplus(-D(G(z), y))                          [+ λ_inst · d(G(z), x̂(z))]
 
-``D`` returns ``[B, K]`` logits (multi-scale / patch discriminators); the
-expectations run over samples and logits. Class-conditional runs generate with
-the real batch's labels ``y``, and ``D`` is a projection discriminator in ``y``.
+``D`` returns ``[B, K]`` logits, the patch logits of its heads ``h`` (one head
+of one logit for ``conv`` / ``mlp``); ``E softplus(D)`` stands for
+``E_b Σ_h mean_{k∈h} softplus(D_k)``: every head weighs the same, whatever its
+patch count (the official code's projected-GAN heads, :func:`sum_head_means`).
+Class-conditional runs generate with the real batch's labels ``y``, and ``D`` is
+a projection discriminator in ``y``.
 
 **Lazy R1** (StyleGAN2's form) on real data: on steps with
 ``step % r1_every == 0`` the discriminator loss gains
 
 .. math:: r_{\rm every}\cdot\frac{\gamma}{2}\,
-          \mathbb E_x \big\lVert \nabla_x \textstyle\sum_k D_k(x, y) \big\rVert^2 ,
+          \mathbb E_x \big\lVert \nabla_x \textstyle\sum_h \operatorname{mean}_{k\in h}
+          D_k(x, y) \big\rVert^2 ,
 
 i.e. the penalty ``γ/2·E‖∇D‖²`` applied every step, paid once every
 ``r1_every`` steps at ``r1_every`` times the weight (same expected gradient,
@@ -61,7 +65,12 @@ from torch import nn
 
 from slimstep.methods.base import Method, MethodError
 from slimstep.nets import build_net
-from slimstep.nets.discriminators import KINDS, DiscriminatorError, build_discriminator
+from slimstep.nets.discriminators import (
+    KINDS,
+    DiscriminatorError,
+    build_discriminator,
+    sum_head_means,
+)
 
 # ----------------------------------------------------------------------------- GDD-I freeze rule
 
@@ -161,10 +170,13 @@ def diff_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
 
 def r1_penalty(disc, x: torch.Tensor, y: torch.Tensor | None,
                augment=None) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""``(logits, E_x ‖∇_x Σ_k D_k(x, y)‖²)`` with the graph kept for backward."""
+    r"""``(logits, E_x ‖∇_x Σ_h mean_{k∈h} D_k(x, y)‖²)`` with the graph kept for
+    backward: the gradient of the per-sample score the GAN loss weighs heads by
+    (for a one-logit discriminator, ``‖∇_x D(x, y)‖²``)."""
     x = x.detach().requires_grad_(True)
     logits = disc(augment(x) if augment else x, y)
-    (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    score = sum_head_means(logits, disc.head_sizes)
+    (g,) = torch.autograd.grad(score.sum(), x, create_graph=True)
     return logits, g.float().pow(2).flatten(1).sum(1).mean()
 
 
@@ -266,6 +278,10 @@ class GDD(Method):
     def _d(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         return self.disc(self._augment(x), y).float()
 
+    def _heads(self, v: torch.Tensor) -> torch.Tensor:
+        """``E_b Σ_h mean_{k∈h} v_k``: a batch mean in which every head weighs the same."""
+        return sum_head_means(v, self.disc.head_sizes).mean()
+
     def loss(self, batch, step, phase):
         x = batch[0]
         y = batch[1] if self.num_classes else None
@@ -284,10 +300,12 @@ class GDD(Method):
             else:
                 real_logits, pen = self._d(x, y), None
             fake_logits = self._d(fake, y)
-            gan = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
-            out = {"gan": gan.detach(), "d_real": real_logits.mean().detach(),
-                   "d_fake": fake_logits.mean().detach(),
-                   "acc": 0.5 * ((real_logits > 0).float().mean() + (fake_logits < 0).float().mean())}
+            gan = self._heads(F.softplus(fake_logits)) + self._heads(F.softplus(-real_logits))
+            n = len(self.disc.head_sizes)  # logs: the mean over heads, each head's patch mean
+            out = {"gan": gan.detach(), "d_real": self._heads(real_logits).detach() / n,
+                   "d_fake": self._heads(fake_logits).detach() / n,
+                   "acc": 0.5 * (self._heads((real_logits > 0).float())
+                                 + self._heads((fake_logits < 0).float())) / n}
             loss = gan
             if pen is not None:
                 loss = gan + o["r1_every"] * float(o["r1_gamma"]) / 2 * pen
@@ -298,7 +316,7 @@ class GDD(Method):
         for p in self._disc_params:
             p.requires_grad_(False)
         fake = self.generate(z, y)
-        loss = float(o["gan_weight"]) * F.softplus(-self._d(fake, y)).mean()
+        loss = float(o["gan_weight"]) * self._heads(F.softplus(-self._d(fake, y)))
         out = {"gan": loss.detach()}
         if self._instance is not None:
             with torch.no_grad():
