@@ -17,7 +17,7 @@ from slimstep.cli import main
 from slimstep.config import load_config
 from slimstep.data import load_data
 from slimstep.methods import MethodError, build_method
-from slimstep.methods.gdd import GDD, diff_augment, frozen_fraction, gdd_i_frozen, r1_penalty
+from slimstep.methods.gdd import GDD, GDDI, diff_augment, frozen_fraction, gdd_i_frozen, r1_penalty
 from slimstep.nets import build_net
 from slimstep.nets.discriminators import (
     ConvDiscriminator,
@@ -243,20 +243,69 @@ def test_gdd_i_freezes_83_percent_of_the_ncsnpp_unet():
     assert "down.0.resample.conv1.weight" in names  # resampling blocks are blocks too
 
 
-def test_gdd_i_dit_rule_freezes_attention_and_mlp_matrices():
-    """Per block (hidden D, MLP ratio 4) qkv + proj + fc1 + fc2 hold 12D² + 9D of the
-    block's 18D² + 15D parameters (adaLN is the other third): DiT-XL/2 measures 66.1%."""
+def test_gdd_i_unet_level_2_adds_exactly_the_attention_qkv():
+    net = build_net({"name": "unet", "in_shape": [3, 32, 32], "nf": 128, "ch_mult": [1, 2, 2],
+                     "num_res_blocks": 2, "attn_resolutions": [16]})
+    one, two = set(gdd_i_frozen(net)), set(gdd_i_frozen(net, level=2))
+    assert one == set(gdd_i_frozen(net, level=1)) and one < two
+    added = two - one
+    assert added and all(n.split(".")[-2] == "qkv" for n in added)
+    assert added == {n for n, _ in net.named_parameters() if ".qkv." in n}
+    sizes = dict((n, p.numel()) for n, p in net.named_parameters())
+    total = sum(sizes.values())
+    assert frozen_fraction(net, 2) == pytest.approx(
+        frozen_fraction(net, 1) + sum(sizes[n] for n in added) / total)
+    with pytest.raises(MethodError, match="freeze_level"):
+        gdd_i_frozen(net, level=3)
+
+
+def test_gdd_i_digits_recipe_freezes_what_it_froze_before():
+    """configs/digits/gdd-i.yaml at the default freeze_level 1: the same names as the
+    rule had before the option existed (conv1, conv2 of every ResBlock, proj_out of
+    every AttnBlock), 80.2% of the digits UNet."""
+    cfg = load_config("configs/digits/gdd-i.yaml", [])
+    assert "freeze_level" not in cfg["method"]
+    spec = load_config("configs/digits/teacher.yaml", [])["net"]
+    net = build_net({**spec, "in_shape": [1, 8, 8], "num_classes": 10})
+    before = {f"{prefix}.{layer}.{n}" for prefix, m in net.named_modules()
+              for layer in {"ResBlock": ("conv1", "conv2"), "AttnBlock": ("proj_out",)}.get(
+                  type(m).__name__, ()) for n, _ in m.get_submodule(layer).named_parameters()}
+    assert set(gdd_i_frozen(net, GDDI.defaults["freeze_level"])) == before
+    assert round(100 * frozen_fraction(net), 1) == 80.2
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_gdd_i_dit_rule_freezes_mlp_and_attention_matrices(level):
+    """Per block (hidden D, MLP ratio 4): level 1 freezes proj + fc1 + fc2, 9D² + 6D of
+    the block's 18D² + 15D parameters (adaLN is the other third); level 2 adds qkv,
+    12D² + 9D (DiT-XL/2 measures 49.6% and 66.1%)."""
     d, depth = 96, 3
     net = build_net({"name": "dit", "in_shape": [4, 16, 16], "num_classes": 10,
                      "hidden_size": d, "depth": depth, "num_heads": 4})
-    names = set(gdd_i_frozen(net))
+    names = set(gdd_i_frozen(net, level))
     frozen = sum(p.numel() for n, p in net.named_parameters() if n in names)
-    assert frozen == depth * (12 * d * d + 9 * d)
-    assert 0.55 < frozen_fraction(net) < 2 / 3
-    assert {"blocks.0.attn.qkv.weight", f"blocks.{depth - 1}.mlp.fc2.bias"} <= names
+    assert frozen == depth * ((9 * d * d + 6 * d) if level == 1 else (12 * d * d + 9 * d))
+    total = sum(p.numel() for p in net.parameters())
+    assert frozen_fraction(net, level) == frozen / total
+    assert 0.40 < frozen_fraction(net, 1) < 0.5 and 0.55 < frozen_fraction(net, 2) < 2 / 3
+    assert {"blocks.0.attn.proj.weight", f"blocks.{depth - 1}.mlp.fc2.bias"} <= names
+    assert ("blocks.0.attn.qkv.weight" in names) == (level == 2)
     assert not any("adaLN" in n or "embedder" in n or "final_layer" in n for n in names)
     with pytest.raises(MethodError, match="unet and the dit"):
         gdd_i_frozen(build_net(TOY_NET))
+
+
+def test_gdd_i_freeze_level_option_reaches_the_generator(dit_teacher):
+    for level in (1, 2):
+        m, _ = method_for(dit_teacher, "digits", "gdd-i", freeze_level=level)
+        frozen = {n for n, p in m.net.named_parameters() if not p.requires_grad}
+        assert frozen == set(gdd_i_frozen(m.net, level))
+        assert ("blocks.0.attn.qkv.weight" in frozen) == (level == 2)
+    assert m.method_config()["freeze_level"] == 2
+    with pytest.raises(MethodError, match="freeze_level"):
+        method_for(dit_teacher, "digits", "gdd-i", freeze_level=0)
+    with pytest.raises(MethodError, match="no option"):  # plain GDD freezes nothing
+        method_for(dit_teacher, "digits", "gdd", freeze_level=1)
 
 
 def test_gdd_i_frozen_weights_stay_bit_identical(digits_teacher, tmp_path):

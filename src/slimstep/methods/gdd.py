@@ -50,9 +50,10 @@ the loop's ramp-up capping it at 5% of the images seen so far) is what is
 exported.
 
 **GDD-I** freezes, before the optimizer is built, the parameters named by
-:func:`gdd_i_frozen`: in every residual block the 3x3 convolutions and the
-attention output projection of the UNet (~83% of the NCSN++ CIFAR UNet), and
-the attention and MLP matrices of every DiT block.
+:func:`gdd_i_frozen` (option ``freeze_level``, the official code's ``--freeze``):
+level 1 (default), in every block the 3x3 convolutions and the attention output
+projection of the UNet (~83% of the NCSN++ CIFAR UNet), and the attention
+output projection and MLP matrices of every DiT block; level 2 also the qkv.
 """
 
 from __future__ import annotations
@@ -75,26 +76,37 @@ from slimstep.nets.discriminators import (
 # ----------------------------------------------------------------------------- GDD-I freeze rule
 
 
-def gdd_i_frozen(net: nn.Module) -> list[str]:
-    """Names of the parameters GDD-I freezes in ``net``.
+FREEZE_LEVELS = (1, 2)
 
-    * UNet: in every ``ResBlock`` (including the resampling ones) ``conv1`` and
-      ``conv2`` (the 3x3 convolutions), in every ``AttnBlock`` ``proj_out``.
-      Trainable: GroupNorms, ``emb_proj`` (time/class modulation), ``skip`` (1x1),
-      ``qkv``, ``time_embed``, ``class_embed``, ``conv_in``, ``norm_out``, ``conv_out``.
-    * DiT: in every block ``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``.
-      Trainable: ``adaLN_modulation``, embedders, ``final_layer`` (its LayerNorms have
-      no parameters).
+
+def gdd_i_frozen(net: nn.Module, level: int = 1) -> list[str]:
+    """Names of the parameters GDD-I freezes in ``net`` at ``freeze_level`` ``level``.
+
+    The official code (``--freeze``) freezes every block parameter whose name holds
+    ``conv`` or ``proj`` (level 1), plus ``qkv`` (level 2). On our networks:
+
+    * UNet, level 1: in every ``ResBlock`` (including the resampling ones) ``conv1`` and
+      ``conv2`` (the 3x3 convolutions), in every ``AttnBlock`` ``proj_out``. Trainable:
+      GroupNorms, ``emb_proj`` (time/class modulation), ``skip`` (1x1), ``qkv``,
+      ``time_embed``, ``class_embed``, ``conv_in``, ``norm_out``, ``conv_out``.
+      Level 2 adds the ``AttnBlock`` ``qkv``.
+    * DiT, level 1: in every block ``attn.proj``, ``mlp.fc1``, ``mlp.fc2`` (the MLP is the
+      DiT's counterpart of the 3x3 convolutions). Trainable: ``attn.qkv``,
+      ``adaLN_modulation``, embedders, ``final_layer`` (its LayerNorms have no
+      parameters). Level 2 adds ``attn.qkv``.
 
     Weights and biases of a frozen layer are both frozen.
     """
     from slimstep.nets.dit import DiT, DiTBlock
     from slimstep.nets.unet import AttnBlock, ResBlock, UNet
 
+    if isinstance(level, bool) or level not in FREEZE_LEVELS:
+        raise MethodError(f"freeze_level must be one of {FREEZE_LEVELS}, not {level!r}")
+    qkv = level >= 2
     if isinstance(net, UNet):
-        rule = {ResBlock: ("conv1", "conv2"), AttnBlock: ("proj_out",)}
+        rule = {ResBlock: ("conv1", "conv2"), AttnBlock: ("proj_out",) + (("qkv",) if qkv else ())}
     elif isinstance(net, DiT):
-        rule = {DiTBlock: ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+        rule = {DiTBlock: (("attn.qkv",) if qkv else ()) + ("attn.proj", "mlp.fc1", "mlp.fc2")}
     else:
         raise MethodError(f"gdd-i has a freeze rule for the unet and the dit, not for "
                           f"{type(net).__name__}")
@@ -108,9 +120,9 @@ def gdd_i_frozen(net: nn.Module) -> list[str]:
     return names
 
 
-def frozen_fraction(net: nn.Module) -> float:
-    """Fraction of ``net``'s parameters that GDD-I freezes."""
-    frozen = set(gdd_i_frozen(net))
+def frozen_fraction(net: nn.Module, level: int = 1) -> float:
+    """Fraction of ``net``'s parameters that GDD-I freezes at ``level``."""
+    frozen = set(gdd_i_frozen(net, level))
     total = sum(p.numel() for p in net.parameters())
     return sum(p.numel() for n, p in net.named_parameters() if n in frozen) / total
 
@@ -334,12 +346,15 @@ class GDD(Method):
 
 
 class GDDI(GDD):
-    """GDD with the convolutions (UNet) / attention and MLP matrices (DiT) frozen."""
+    """GDD with the block convolutions and attention output projections (UNet) / the
+    attention output and MLP matrices (DiT) frozen; ``freeze_level`` 2 adds qkv."""
 
     name = "gdd-i"
+    defaults = {**GDD.defaults,
+                "freeze_level": 1}  # 1: convs + attention out-proj (the official level 1); 2: + qkv
 
     def freeze(self) -> None:
-        frozen = set(gdd_i_frozen(self.net))
+        frozen = set(gdd_i_frozen(self.net, self.opts["freeze_level"]))
         for n, p in self.net.named_parameters():
             if n in frozen:
                 p.requires_grad_(False)
