@@ -17,7 +17,7 @@ from slimstep.cli import main
 from slimstep.config import load_config
 from slimstep.data import load_data
 from slimstep.methods import MethodError, build_method
-from slimstep.methods.gdd import GDD, diff_augment, frozen_fraction, gdd_i_frozen, r1_penalty
+from slimstep.methods.gdd import GDD, GDDI, diff_augment, frozen_fraction, gdd_i_frozen, r1_penalty
 from slimstep.nets import build_net
 from slimstep.nets.discriminators import (
     ConvDiscriminator,
@@ -25,6 +25,7 @@ from slimstep.nets.discriminators import (
     ProjectedDiscriminator,
     TeacherFeatureDiscriminator,
     minibatch_std,
+    sum_head_means,
 )
 from slimstep.train import checkpoint as ckpt
 from slimstep.train.loop import FORMAT, train
@@ -146,6 +147,82 @@ def test_lazy_r1_adds_every_times_gamma_over_2_on_its_steps(toy_teacher):
     torch.testing.assert_close(on["loss"] - off["loss"], 4 * 0.5 / 2 * ref, rtol=1e-5, atol=1e-6)
 
 
+# ----------------------------------------------------------------------------- multi-head weighting
+
+
+def test_sum_head_means_gives_each_head_one_unit_of_weight():
+    v = torch.cat([torch.full((3, 4), 2.0), torch.full((3, 64), -1.0)], dim=1).requires_grad_(True)
+    out = sum_head_means(v, (4, 64))
+    torch.testing.assert_close(out, torch.full((3,), 2.0 - 1.0))  # a concat-mean would give -0.647
+    out.sum().backward()
+    assert torch.equal(v.grad[:, :4], torch.full((3, 4), 1 / 4))
+    assert torch.equal(v.grad[:, 4:], torch.full((3, 64), 1 / 64))
+    assert v.grad[0, :4].sum() == v.grad[0, 4:].sum() == 1.0
+    with pytest.raises(DiscriminatorError, match="add up"):
+        sum_head_means(v, (4, 60))
+
+
+class _TwoHeads(nn.Module):
+    """Two heads on the same per-sample feature m(x) = mean of x: head a gives 4 patch
+    logits a·m(x), head b 64 patch logits b·m(x)."""
+
+    head_sizes = (4, 64)
+
+    def __init__(self, a: float, b: float):
+        super().__init__()
+        self.a, self.b = nn.Parameter(torch.tensor(a)), nn.Parameter(torch.tensor(b))
+
+    def forward(self, x, y=None):
+        m = x.flatten(1).mean(1, keepdim=True)
+        return torch.cat([(self.a * m).expand(-1, 4), (self.b * m).expand(-1, 64)], dim=1)
+
+
+def test_gdd_loss_and_r1_weigh_two_heads_of_4_and_64_patches_equally(toy_teacher):
+    m, _ = method_for(toy_teacher, "toy2d:moons", r1_gamma=1.0, r1_every=1)
+    m.disc = _TwoHeads(0.7, 0.7)
+    m._disc_params = list(m.disc.parameters())
+    x = torch.randn(8, 2)
+    torch.manual_seed(3)
+    out = m.loss((x, None), 1, "disc")
+    torch.manual_seed(3)
+    with torch.no_grad():
+        fake = m.generate(torch.randn_like(x), None)
+    mr, mf = x.mean(1), fake.mean(1)
+    sp = torch.nn.functional.softplus
+    gan = (sp(0.7 * mf) + sp(-0.7 * mr)).mean() * 2  # two heads, each its patch mean
+    torch.testing.assert_close(out["gan"], gan)
+    # R1 differentiates a·m(x) + b·m(x): |grad|² = (a + b)² / d, not (4a + 64b)² / d
+    torch.testing.assert_close(out["r1"], torch.tensor(1.4 ** 2 / 2))
+    torch.testing.assert_close(out["loss"], gan + 1.0 / 2 * 1.4 ** 2 / 2)
+    ga, gb = torch.autograd.grad(out["loss"], [m.disc.a, m.disc.b])
+    torch.testing.assert_close(ga, gb)  # equal weight: a concat-mean gives gb = 16·ga
+    assert ga.abs() > 1e-3
+    torch.testing.assert_close(out["d_real"], 0.7 * mr.mean())  # logs: mean over heads
+    torch.manual_seed(4)
+    gen = m.loss((x, None), 2, "gen")
+    torch.manual_seed(4)
+    with torch.no_grad():
+        mf = m.generate(torch.randn_like(x), None).mean(1)
+    torch.testing.assert_close(gen["loss"].detach(), 2 * sp(-0.7 * mf).mean())
+
+
+@pytest.mark.parametrize("which", ["toy", "digits"])
+def test_single_logit_discriminators_keep_the_plain_mean_loss(which, toy_teacher, digits_teacher):
+    tdir, data = (toy_teacher, "toy2d:moons") if which == "toy" else (digits_teacher, "digits")
+    m, _ = method_for(tdir, data, r1_every=0)
+    assert m.disc.head_sizes == (1,)
+    x = torch.randn(8, *load_data(data).info.shape)
+    y = torch.randint(10, (8,)) if which == "digits" else None
+    torch.manual_seed(5)
+    out = m.loss((x, y), 1, "disc")
+    torch.manual_seed(5)
+    with torch.no_grad():
+        fake = m.generate(torch.randn_like(x), y)
+        ref = (torch.nn.functional.softplus(m.disc(fake, y)).mean()
+               + torch.nn.functional.softplus(-m.disc(x, y)).mean())
+    torch.testing.assert_close(out["gan"], ref, rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------- freeze rules
 
 
@@ -166,20 +243,69 @@ def test_gdd_i_freezes_83_percent_of_the_ncsnpp_unet():
     assert "down.0.resample.conv1.weight" in names  # resampling blocks are blocks too
 
 
-def test_gdd_i_dit_rule_freezes_attention_and_mlp_matrices():
-    """Per block (hidden D, MLP ratio 4) qkv + proj + fc1 + fc2 hold 12D² + 9D of the
-    block's 18D² + 15D parameters (adaLN is the other third): DiT-XL/2 measures 66.1%."""
+def test_gdd_i_unet_level_2_adds_exactly_the_attention_qkv():
+    net = build_net({"name": "unet", "in_shape": [3, 32, 32], "nf": 128, "ch_mult": [1, 2, 2],
+                     "num_res_blocks": 2, "attn_resolutions": [16]})
+    one, two = set(gdd_i_frozen(net)), set(gdd_i_frozen(net, level=2))
+    assert one == set(gdd_i_frozen(net, level=1)) and one < two
+    added = two - one
+    assert added and all(n.split(".")[-2] == "qkv" for n in added)
+    assert added == {n for n, _ in net.named_parameters() if ".qkv." in n}
+    sizes = dict((n, p.numel()) for n, p in net.named_parameters())
+    total = sum(sizes.values())
+    assert frozen_fraction(net, 2) == pytest.approx(
+        frozen_fraction(net, 1) + sum(sizes[n] for n in added) / total)
+    with pytest.raises(MethodError, match="freeze_level"):
+        gdd_i_frozen(net, level=3)
+
+
+def test_gdd_i_digits_recipe_freezes_what_it_froze_before():
+    """configs/digits/gdd-i.yaml at the default freeze_level 1: the same names as the
+    rule had before the option existed (conv1, conv2 of every ResBlock, proj_out of
+    every AttnBlock), 80.2% of the digits UNet."""
+    cfg = load_config("configs/digits/gdd-i.yaml", [])
+    assert "freeze_level" not in cfg["method"]
+    spec = load_config("configs/digits/teacher.yaml", [])["net"]
+    net = build_net({**spec, "in_shape": [1, 8, 8], "num_classes": 10})
+    before = {f"{prefix}.{layer}.{n}" for prefix, m in net.named_modules()
+              for layer in {"ResBlock": ("conv1", "conv2"), "AttnBlock": ("proj_out",)}.get(
+                  type(m).__name__, ()) for n, _ in m.get_submodule(layer).named_parameters()}
+    assert set(gdd_i_frozen(net, GDDI.defaults["freeze_level"])) == before
+    assert round(100 * frozen_fraction(net), 1) == 80.2
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_gdd_i_dit_rule_freezes_mlp_and_attention_matrices(level):
+    """Per block (hidden D, MLP ratio 4): level 1 freezes proj + fc1 + fc2, 9D² + 6D of
+    the block's 18D² + 15D parameters (adaLN is the other third); level 2 adds qkv,
+    12D² + 9D (DiT-XL/2 measures 49.6% and 66.1%)."""
     d, depth = 96, 3
     net = build_net({"name": "dit", "in_shape": [4, 16, 16], "num_classes": 10,
                      "hidden_size": d, "depth": depth, "num_heads": 4})
-    names = set(gdd_i_frozen(net))
+    names = set(gdd_i_frozen(net, level))
     frozen = sum(p.numel() for n, p in net.named_parameters() if n in names)
-    assert frozen == depth * (12 * d * d + 9 * d)
-    assert 0.55 < frozen_fraction(net) < 2 / 3
-    assert {"blocks.0.attn.qkv.weight", f"blocks.{depth - 1}.mlp.fc2.bias"} <= names
+    assert frozen == depth * ((9 * d * d + 6 * d) if level == 1 else (12 * d * d + 9 * d))
+    total = sum(p.numel() for p in net.parameters())
+    assert frozen_fraction(net, level) == frozen / total
+    assert 0.40 < frozen_fraction(net, 1) < 0.5 and 0.55 < frozen_fraction(net, 2) < 2 / 3
+    assert {"blocks.0.attn.proj.weight", f"blocks.{depth - 1}.mlp.fc2.bias"} <= names
+    assert ("blocks.0.attn.qkv.weight" in names) == (level == 2)
     assert not any("adaLN" in n or "embedder" in n or "final_layer" in n for n in names)
     with pytest.raises(MethodError, match="unet and the dit"):
         gdd_i_frozen(build_net(TOY_NET))
+
+
+def test_gdd_i_freeze_level_option_reaches_the_generator(dit_teacher):
+    for level in (1, 2):
+        m, _ = method_for(dit_teacher, "digits", "gdd-i", freeze_level=level)
+        frozen = {n for n, p in m.net.named_parameters() if not p.requires_grad}
+        assert frozen == set(gdd_i_frozen(m.net, level))
+        assert ("blocks.0.attn.qkv.weight" in frozen) == (level == 2)
+    assert m.method_config()["freeze_level"] == 2
+    with pytest.raises(MethodError, match="freeze_level"):
+        method_for(dit_teacher, "digits", "gdd-i", freeze_level=0)
+    with pytest.raises(MethodError, match="no option"):  # plain GDD freezes nothing
+        method_for(dit_teacher, "digits", "gdd", freeze_level=1)
 
 
 def test_gdd_i_frozen_weights_stay_bit_identical(digits_teacher, tmp_path):
@@ -233,6 +359,9 @@ def test_teacher_feature_discriminator_is_frozen_and_out_of_the_state(digits_tea
     x = torch.randn(4, 1, 8, 8, requires_grad=True)
     logits = d(x, torch.arange(4))
     assert logits.shape[0] == 4 and logits.shape[1] > 5  # patch logits of several maps
+    feats = teacher.net(x, torch.full((4,), 0.7), None, return_features=True)[1]
+    assert d.head_sizes == tuple(f.shape[-2] * f.shape[-1] for f in feats)  # one per map
+    assert sum(d.head_sizes) == logits.shape[1] and len(set(d.head_sizes)) > 1
     (g,) = torch.autograd.grad(logits.sum(), x)
     assert g.abs().sum() > 0
     with pytest.raises(DiscriminatorError, match="t_levels"):
@@ -265,7 +394,7 @@ def test_projected_discriminator_loads_local_weights_through_timm(tmp_path, monk
     assert all(not p.requires_grad for p in d.trunk.parameters())
     x = torch.randn(3, 1, 8, 8, requires_grad=True)
     logits = d(x, torch.arange(3))
-    assert logits.shape == (3, 8 * 8 + 4 * 4)
+    assert logits.shape == (3, 8 * 8 + 4 * 4) and d.head_sizes == (64, 16)
     logits.sum().backward()
     assert x.grad.abs().sum() > 0 and d.heads[0].conv.weight.grad is not None
     torch.save({"state_dict": {"a.weight": src.a.weight}}, tmp_path / "bad.pt")

@@ -49,12 +49,22 @@ def _cfg(method, pairs_dir, init=None, **method_opts):
 def test_beta_schedules_at_known_steps():
     K = 100
     assert [beta_schedule(k, K, "linear") for k in (0, 25, 50, 100, 500)] == [1.0, 0.75, 0.5, 0.0, 0.0]
-    assert beta_schedule(50, K, "cos") == pytest.approx(math.cos(math.pi / 4))
-    assert beta_schedule(0, K, "cos") == 1.0 and beta_schedule(100, K, "cos") == 0.0
-    exp = [beta_schedule(k, K, "exp") for k in range(0, 101, 10)]
-    assert exp[0] == pytest.approx(1.0) and exp[-1] == pytest.approx(0.0, abs=1e-12)
-    assert all(a > b for a, b in zip(exp, exp[1:], strict=False))
-    assert beta_schedule(20, K, "exp") < beta_schedule(20, K, "linear")  # decays faster early
+    # the official SlimFlow code's cos (1 + cos(pi u)) / 2 and exp e^(-k/K), k/K unclipped
+    cos = [beta_schedule(k, K, "cos") for k in (0, 25, 50, 75, 100, 500)]
+    assert cos == pytest.approx([1.0, (2 + math.sqrt(2)) / 4, 0.5, (2 - math.sqrt(2)) / 4, 0.0, 0.0],
+                                abs=1e-15)
+    exp = [beta_schedule(k, K, "exp") for k in (0, 50, 100, 300)]
+    assert exp == pytest.approx([1.0, math.exp(-0.5), math.exp(-1), math.exp(-3)], rel=1e-15)
+    assert exp[2] == pytest.approx(0.36788, abs=1e-5)  # not 0 at K: the re-noising goes on
+    # slimstep's earlier schedules, kept under their own names
+    assert beta_schedule(50, K, "cos-half") == pytest.approx(math.sqrt(0.5))
+    assert beta_schedule(0, K, "cos-half") == 1.0 and beta_schedule(100, K, "cos-half") == 0.0
+    exp5 = [beta_schedule(k, K, "exp5") for k in range(0, 101, 10)]
+    assert exp5[0] == pytest.approx(1.0) and exp5[-1] == pytest.approx(0.0, abs=1e-12)
+    assert exp5[5] == pytest.approx((math.exp(-2.5) - math.exp(-5)) / (1 - math.exp(-5)))
+    assert all(a > b for a, b in zip(exp5, exp5[1:], strict=False))
+    assert beta_schedule(20, K, "exp5") < beta_schedule(20, K, "linear")  # decays faster early
+    assert all(beta_schedule(5, 0, kind) == 0.0 for kind in ("cos", "exp", "exp5"))
     assert beta_schedule(5, 0, "linear") == 0.0  # K = 0: plain reflow
     with pytest.raises(ValueError, match="beta_schedule"):
         beta_schedule(0, K, "step")

@@ -105,7 +105,7 @@ def teacher_scorer(teacher: Generator, batch_size: int = 256) -> Scorer:
 def discriminator_scorer(ckpt: str | Path) -> Scorer:
     """The discriminator of a GDD run (its newest training snapshot)."""
     from slimstep.generator import load_net
-    from slimstep.nets.discriminators import build_discriminator
+    from slimstep.nets.discriminators import build_discriminator, sum_head_means
     from slimstep.train import checkpoint as ck
 
     cfg = ck.read_config(ckpt)
@@ -123,9 +123,10 @@ def discriminator_scorer(ckpt: str | Path) -> Scorer:
     disc.load_state_dict(ck.load_training_state(snaps[-1])["modules"]["disc"])
     disc.eval()
 
-    def score(x, y, z):
+    def score(x, y, z):  # the mean over heads of each head's mean patch logit
         with torch.no_grad():
-            return disc(x, y).float().reshape(len(x), -1).mean(1).cpu()
+            return (sum_head_means(disc(x, y).float(), disc.head_sizes)
+                    / len(disc.head_sizes)).cpu()
 
     return score
 

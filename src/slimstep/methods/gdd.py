@@ -16,15 +16,19 @@ non-saturating logistic loss with ``softplus``, against real data::
     disc:  L_D = E softplus(D(G(z), y)) + E softplus(-D(x, y))  [+ lazy R1]
     gen:   L_G = E softplus(-D(G(z), y))                          [+ λ_inst · d(G(z), x̂(z))]
 
-``D`` returns ``[B, K]`` logits (multi-scale / patch discriminators); the
-expectations run over samples and logits. Class-conditional runs generate with
-the real batch's labels ``y``, and ``D`` is a projection discriminator in ``y``.
+``D`` returns ``[B, K]`` logits, the patch logits of its heads ``h`` (one head
+of one logit for ``conv`` / ``mlp``); ``E softplus(D)`` stands for
+``E_b Σ_h mean_{k∈h} softplus(D_k)``: every head weighs the same, whatever its
+patch count (the official code's projected-GAN heads, :func:`sum_head_means`).
+Class-conditional runs generate with the real batch's labels ``y``, and ``D`` is
+a projection discriminator in ``y``.
 
 **Lazy R1** (StyleGAN2's form) on real data: on steps with
 ``step % r1_every == 0`` the discriminator loss gains
 
 .. math:: r_{\rm every}\cdot\frac{\gamma}{2}\,
-          \mathbb E_x \big\lVert \nabla_x \textstyle\sum_k D_k(x, y) \big\rVert^2 ,
+          \mathbb E_x \big\lVert \nabla_x \textstyle\sum_h \operatorname{mean}_{k\in h}
+          D_k(x, y) \big\rVert^2 ,
 
 i.e. the penalty ``γ/2·E‖∇D‖²`` applied every step, paid once every
 ``r1_every`` steps at ``r1_every`` times the weight (same expected gradient,
@@ -46,9 +50,10 @@ the loop's ramp-up capping it at 5% of the images seen so far) is what is
 exported.
 
 **GDD-I** freezes, before the optimizer is built, the parameters named by
-:func:`gdd_i_frozen`: in every residual block the 3x3 convolutions and the
-attention output projection of the UNet (~83% of the NCSN++ CIFAR UNet), and
-the attention and MLP matrices of every DiT block.
+:func:`gdd_i_frozen` (option ``freeze_level``, the official code's ``--freeze``):
+level 1 (default), in every block the 3x3 convolutions and the attention output
+projection of the UNet (~83% of the NCSN++ CIFAR UNet), and the attention
+output projection and MLP matrices of every DiT block; level 2 also the qkv.
 """
 
 from __future__ import annotations
@@ -61,31 +66,47 @@ from torch import nn
 
 from slimstep.methods.base import Method, MethodError
 from slimstep.nets import build_net
-from slimstep.nets.discriminators import KINDS, DiscriminatorError, build_discriminator
+from slimstep.nets.discriminators import (
+    KINDS,
+    DiscriminatorError,
+    build_discriminator,
+    sum_head_means,
+)
 
 # ----------------------------------------------------------------------------- GDD-I freeze rule
 
 
-def gdd_i_frozen(net: nn.Module) -> list[str]:
-    """Names of the parameters GDD-I freezes in ``net``.
+FREEZE_LEVELS = (1, 2)
 
-    * UNet: in every ``ResBlock`` (including the resampling ones) ``conv1`` and
-      ``conv2`` (the 3x3 convolutions), in every ``AttnBlock`` ``proj_out``.
-      Trainable: GroupNorms, ``emb_proj`` (time/class modulation), ``skip`` (1x1),
-      ``qkv``, ``time_embed``, ``class_embed``, ``conv_in``, ``norm_out``, ``conv_out``.
-    * DiT: in every block ``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``.
-      Trainable: ``adaLN_modulation``, embedders, ``final_layer`` (its LayerNorms have
-      no parameters).
+
+def gdd_i_frozen(net: nn.Module, level: int = 1) -> list[str]:
+    """Names of the parameters GDD-I freezes in ``net`` at ``freeze_level`` ``level``.
+
+    The official code (``--freeze``) freezes every block parameter whose name holds
+    ``conv`` or ``proj`` (level 1), plus ``qkv`` (level 2). On our networks:
+
+    * UNet, level 1: in every ``ResBlock`` (including the resampling ones) ``conv1`` and
+      ``conv2`` (the 3x3 convolutions), in every ``AttnBlock`` ``proj_out``. Trainable:
+      GroupNorms, ``emb_proj`` (time/class modulation), ``skip`` (1x1), ``qkv``,
+      ``time_embed``, ``class_embed``, ``conv_in``, ``norm_out``, ``conv_out``.
+      Level 2 adds the ``AttnBlock`` ``qkv``.
+    * DiT, level 1: in every block ``attn.proj``, ``mlp.fc1``, ``mlp.fc2`` (the MLP is the
+      DiT's counterpart of the 3x3 convolutions). Trainable: ``attn.qkv``,
+      ``adaLN_modulation``, embedders, ``final_layer`` (its LayerNorms have no
+      parameters). Level 2 adds ``attn.qkv``.
 
     Weights and biases of a frozen layer are both frozen.
     """
     from slimstep.nets.dit import DiT, DiTBlock
     from slimstep.nets.unet import AttnBlock, ResBlock, UNet
 
+    if isinstance(level, bool) or level not in FREEZE_LEVELS:
+        raise MethodError(f"freeze_level must be one of {FREEZE_LEVELS}, not {level!r}")
+    qkv = level >= 2
     if isinstance(net, UNet):
-        rule = {ResBlock: ("conv1", "conv2"), AttnBlock: ("proj_out",)}
+        rule = {ResBlock: ("conv1", "conv2"), AttnBlock: ("proj_out",) + (("qkv",) if qkv else ())}
     elif isinstance(net, DiT):
-        rule = {DiTBlock: ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+        rule = {DiTBlock: (("attn.qkv",) if qkv else ()) + ("attn.proj", "mlp.fc1", "mlp.fc2")}
     else:
         raise MethodError(f"gdd-i has a freeze rule for the unet and the dit, not for "
                           f"{type(net).__name__}")
@@ -99,9 +120,9 @@ def gdd_i_frozen(net: nn.Module) -> list[str]:
     return names
 
 
-def frozen_fraction(net: nn.Module) -> float:
-    """Fraction of ``net``'s parameters that GDD-I freezes."""
-    frozen = set(gdd_i_frozen(net))
+def frozen_fraction(net: nn.Module, level: int = 1) -> float:
+    """Fraction of ``net``'s parameters that GDD-I freezes at ``level``."""
+    frozen = set(gdd_i_frozen(net, level))
     total = sum(p.numel() for p in net.parameters())
     return sum(p.numel() for n, p in net.named_parameters() if n in frozen) / total
 
@@ -161,10 +182,13 @@ def diff_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
 
 def r1_penalty(disc, x: torch.Tensor, y: torch.Tensor | None,
                augment=None) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""``(logits, E_x ‖∇_x Σ_k D_k(x, y)‖²)`` with the graph kept for backward."""
+    r"""``(logits, E_x ‖∇_x Σ_h mean_{k∈h} D_k(x, y)‖²)`` with the graph kept for
+    backward: the gradient of the per-sample score the GAN loss weighs heads by
+    (for a one-logit discriminator, ``‖∇_x D(x, y)‖²``)."""
     x = x.detach().requires_grad_(True)
     logits = disc(augment(x) if augment else x, y)
-    (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    score = sum_head_means(logits, disc.head_sizes)
+    (g,) = torch.autograd.grad(score.sum(), x, create_graph=True)
     return logits, g.float().pow(2).flatten(1).sum(1).mean()
 
 
@@ -266,6 +290,10 @@ class GDD(Method):
     def _d(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         return self.disc(self._augment(x), y).float()
 
+    def _heads(self, v: torch.Tensor) -> torch.Tensor:
+        """``E_b Σ_h mean_{k∈h} v_k``: a batch mean in which every head weighs the same."""
+        return sum_head_means(v, self.disc.head_sizes).mean()
+
     def loss(self, batch, step, phase):
         x = batch[0]
         y = batch[1] if self.num_classes else None
@@ -284,10 +312,12 @@ class GDD(Method):
             else:
                 real_logits, pen = self._d(x, y), None
             fake_logits = self._d(fake, y)
-            gan = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
-            out = {"gan": gan.detach(), "d_real": real_logits.mean().detach(),
-                   "d_fake": fake_logits.mean().detach(),
-                   "acc": 0.5 * ((real_logits > 0).float().mean() + (fake_logits < 0).float().mean())}
+            gan = self._heads(F.softplus(fake_logits)) + self._heads(F.softplus(-real_logits))
+            n = len(self.disc.head_sizes)  # logs: the mean over heads, each head's patch mean
+            out = {"gan": gan.detach(), "d_real": self._heads(real_logits).detach() / n,
+                   "d_fake": self._heads(fake_logits).detach() / n,
+                   "acc": 0.5 * (self._heads((real_logits > 0).float())
+                                 + self._heads((fake_logits < 0).float())) / n}
             loss = gan
             if pen is not None:
                 loss = gan + o["r1_every"] * float(o["r1_gamma"]) / 2 * pen
@@ -298,7 +328,7 @@ class GDD(Method):
         for p in self._disc_params:
             p.requires_grad_(False)
         fake = self.generate(z, y)
-        loss = float(o["gan_weight"]) * F.softplus(-self._d(fake, y)).mean()
+        loss = float(o["gan_weight"]) * self._heads(F.softplus(-self._d(fake, y)))
         out = {"gan": loss.detach()}
         if self._instance is not None:
             with torch.no_grad():
@@ -316,12 +346,15 @@ class GDD(Method):
 
 
 class GDDI(GDD):
-    """GDD with the convolutions (UNet) / attention and MLP matrices (DiT) frozen."""
+    """GDD with the block convolutions and attention output projections (UNet) / the
+    attention output and MLP matrices (DiT) frozen; ``freeze_level`` 2 adds qkv."""
 
     name = "gdd-i"
+    defaults = {**GDD.defaults,
+                "freeze_level": 1}  # 1: convs + attention out-proj (the official level 1); 2: + qkv
 
     def freeze(self) -> None:
-        frozen = set(gdd_i_frozen(self.net))
+        frozen = set(gdd_i_frozen(self.net, self.opts["freeze_level"]))
         for n, p in self.net.named_parameters():
             if n in frozen:
                 p.requires_grad_(False)

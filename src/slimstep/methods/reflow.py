@@ -13,9 +13,15 @@ standard normal for every β. β = 1 pairs the image with independent noise
 (plain flow matching on teacher images), β = 0 is plain reflow. Annealing
 Reflow moves from the first to the second over ``anneal_steps`` K:
 
-* ``linear``: :math:`\beta = 1 - u`, :math:`u = \min(1, k/K)` (SlimFlow's default)
-* ``cos``:    :math:`\beta = \cos(\pi u / 2)`
-* ``exp``:    :math:`\beta = (e^{-5u} - e^{-5}) / (1 - e^{-5})` (fast early decay, exactly 0 at K)
+* ``linear``:   :math:`\beta = 1 - u`, :math:`u = \min(1, k/K)` (SlimFlow's default)
+* ``cos``:      :math:`\beta = (1 + \cos \pi u) / 2` (the official code's cosine)
+* ``exp``:      :math:`\beta = e^{-k/K}` (the official code's: ``k/K`` is *not* clipped, so
+  β is 1/e ≈ 0.37 at ``K`` and keeps decaying, never reaching 0: re-noising never ends)
+* ``cos-half``: :math:`\beta = \cos(\pi u / 2)` (slimstep's earlier ``cos``)
+* ``exp5``:     :math:`\beta = (e^{-5u} - e^{-5}) / (1 - e^{-5})` (slimstep's earlier ``exp``:
+  fast early decay, exactly 0 at K)
+
+``K = 0`` is plain reflow (β = 0) for every schedule.
 
 **Flip trick** (images only): with probability 0.5, one coin per batch, the
 image *and* its noise are mirrored horizontally together, which keeps the
@@ -34,19 +40,24 @@ from slimstep.methods.flow_matching import net_spec, sample_time
 from slimstep.nets import build_net
 from slimstep.paths import interpolate
 
-SCHEDULES = ("linear", "cos", "exp")
+SCHEDULES = ("linear", "cos", "exp", "cos-half", "exp5")
 
 
 def beta_schedule(step: int, anneal_steps: int, kind: str = "linear") -> float:
-    """β at training step ``step``: 1 at the start, 0 from ``anneal_steps`` on."""
+    """β at training step ``step``: 1 at the start, then down to 0 at ``anneal_steps``
+    (``exp``: down to 1/e there, and on towards 0 after it); formulas in the module docstring."""
     if kind not in SCHEDULES:
         raise MethodError(f"beta_schedule must be one of {', '.join(SCHEDULES)}, not '{kind}'")
     if anneal_steps <= 0:
         return 0.0
+    if kind == "exp":
+        return math.exp(-step / anneal_steps)
     u = min(1.0, step / anneal_steps)
     if kind == "linear":
         return 1.0 - u
     if kind == "cos":
+        return (1 + math.cos(math.pi * u)) / 2
+    if kind == "cos-half":
         return math.cos(math.pi * u / 2) if u < 1 else 0.0
     return (math.exp(-5 * u) - math.exp(-5)) / (1 - math.exp(-5))
 

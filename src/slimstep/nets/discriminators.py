@@ -1,10 +1,14 @@
 r"""Discriminators for GAN-trained one-step generators (GDD / GDD-I), none of which
 needs a download.
 
-Contract: ``D(x, y=None) -> logits [B, K]`` — ``K`` logits per sample (one, or
-one per patch of every feature map of a multi-scale discriminator). The GAN
-losses average a function of every logit; the R1 penalty differentiates their
-per-sample sum. For class-conditional data every head adds a projection term
+Contract: ``D(x, y=None) -> logits [B, K]`` — ``K`` logits per sample: one, or
+one per patch of every head of a multi-head (multi-scale) discriminator — and
+``D.head_sizes``, the number of logits of each head in order (summing to ``K``;
+``(1,)`` for the single-logit kinds). Every head weighs the same whatever its
+patch count: a GAN loss is the sum over heads of the head's mean over its
+patches, :func:`sum_head_means` (as projected-GAN style heads are combined in the
+official GDD code), and the R1 penalty differentiates the same per-sample score
+``Σ_h mean_{k ∈ h} D_k``. For class-conditional data every head adds a projection term
 (Miyato & Koyama 2018): ``logit = w·h + <e_y, h> / sqrt(dim h)``, with ``e_y``
 a learnt class embedding, so the discriminator judges "a real image *of class y*".
 
@@ -91,6 +95,16 @@ class Projection(nn.Module):
 # ----------------------------------------------------------------------------- from scratch
 
 
+def sum_head_means(values: torch.Tensor, head_sizes: tuple[int, ...] | list[int]) -> torch.Tensor:
+    """``[B, K] -> [B]``: for each sample, the sum over heads of the mean of that head's
+    columns (``head_sizes`` consecutive columns each). A head of 4 patches and one of 64
+    count alike, where a mean over all ``K`` would give the second 16 times the weight."""
+    if sum(head_sizes) != values.shape[1]:
+        raise DiscriminatorError(f"head sizes {list(head_sizes)} do not add up to the "
+                                 f"{values.shape[1]} logits")
+    return sum(v.mean(1) for v in values.split(list(head_sizes), dim=1))
+
+
 class DBlock(nn.Module):
     """``(conv3x3 -> lrelu -> conv3x3 -> lrelu -> avgpool) + (avgpool -> conv1x1)``, / sqrt 2."""
 
@@ -112,6 +126,8 @@ class ConvDiscriminator(nn.Module):
     resolution down to ``min_res``; then minibatch-std, conv3x3, a linear layer
     to ``channels_last`` features and the (projection) output: ``[B, 1]``.
     """
+
+    head_sizes = (1,)
 
     def __init__(self, in_shape: list[int] | tuple[int, ...], num_classes: int = 0,
                  channels: int = 64, max_channels: int = 256, min_res: int = 4,
@@ -141,6 +157,8 @@ class ConvDiscriminator(nn.Module):
 
 class MLPDiscriminator(nn.Module):
     """LeakyReLU MLP on flat points ``[B, *in_shape]`` -> ``[B, 1]``."""
+
+    head_sizes = (1,)
 
     def __init__(self, in_shape: list[int] | tuple[int, ...] = (2,), num_classes: int = 0,
                  hidden: int = 128, depth: int = 3) -> None:
@@ -203,7 +221,10 @@ class _FrozenTrunk(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def _heads(self, feats: list[torch.Tensor], hidden: int, num_classes: int) -> nn.ModuleList:
+        """One :class:`PatchHead` per feature map (it keeps the map's size: one logit per
+        position); the heads' logit counts are appended to ``head_sizes``."""
         maps = [as_map(f) for f in feats]
+        self.head_sizes = (*getattr(self, "head_sizes", ()), *(m.shape[2] * m.shape[3] for m in maps))
         return nn.ModuleList(PatchHead(m.shape[1], hidden, num_classes, min(m.shape[2:]))
                              for m in maps)
 
@@ -214,7 +235,7 @@ class TeacherFeatureDiscriminator(_FrozenTrunk):
     For each ``t`` in ``t_levels``: ``x_t = t·x + (1 − t)·n`` with fresh
     ``n ~ N(0, I)``, features ``F = teacher(x_t, t, y, return_features=True)[1]``
     (or the subset ``features``), one :class:`PatchHead` per (t, feature);
-    the logits of all heads are concatenated.
+    the logits of all heads are concatenated, ``head_sizes`` in the same order.
 
     Why noised inputs: the teacher is a denoiser, trained only on ``x_t``; at
     ``t`` near 1 its features resolve fine detail, at ``t`` = 0.5 (SNR 1) only
@@ -300,7 +321,8 @@ class ProjectedDiscriminator(_FrozenTrunk):
     ``x`` in [-1, 1] -> [0, 1] -> normalised by ``mean``/``std`` (ImageNet by
     default), grey images repeated to 3 channels, resized (bilinear) to
     ``resolution``; features from ``backbone.forward_intermediates(x, indices=layers,
-    intermediates_only=True)`` (timm >= 1.0); one :class:`PatchHead` each.
+    intermediates_only=True)`` (timm >= 1.0); one :class:`PatchHead` each, its logits
+    concatenated in order (``head_sizes``).
     """
 
     def __init__(self, in_shape: list[int] | tuple[int, ...], num_classes: int = 0,
@@ -385,4 +407,4 @@ def build_discriminator(kind: str, in_shape: list[int] | tuple[int, ...], num_cl
 
 __all__ = ["KINDS", "ConvDiscriminator", "DiscriminatorError", "MLPDiscriminator",
            "ProjectedDiscriminator", "TeacherFeatureDiscriminator", "build_discriminator",
-           "minibatch_std"]
+           "minibatch_std", "sum_head_means"]
