@@ -453,7 +453,8 @@ def test_cli_distill_gdd_on_toy2d_gives_a_one_nfe_checkpoint(toy_teacher, tmp_pa
     x, _ = gen.generate(9, seed=1)
     assert x.shape == (9, 2) and torch.isfinite(x).all() and gen.nfe == 1
     cfg = ckpt.read_config(out)
-    assert cfg["net"] == TOY_NET and cfg["teacher"] == str(toy_teacher.resolve())
+    assert cfg["net"] == {**TOY_NET, "time_scale": 1000.0}  # config.json records the time scale
+    assert cfg["teacher"] == str(toy_teacher.resolve())
     # DiffAugment is for images; gdd-i has no rule for the MLP
     assert main(["distill", "--method", "gdd", "--config", "configs/toy2d/gdd.yaml", "--teacher",
                  str(toy_teacher), "--out", str(tmp_path / "x"), "--quiet",
