@@ -66,14 +66,13 @@ _S_EMBED_OUT = {"dit": "s_embedder.mlp.2", "mlp": "s_embed.2"}
 def two_time_student(teacher, name: str) -> tuple[torch.nn.Module, dict]:
     """The teacher's network (DiT or MLP) with a second time embedding ``s``, initialised
     from ``teacher``'s weights with the new embedding's last layer zeroed (so
-    ``net(x, t, s) = teacher(x, t)`` for every s). The spec records the time scale."""
+    ``net(x, t, s) = teacher(x, t)`` for every s)."""
     if teacher is None:
         raise MethodError(f"method '{name}' needs a velocity teacher: pass --teacher CKPT")
     spec = dict(teacher.config.get("net") or {})
     if spec.get("name") not in _S_EMBED_OUT:
         raise MethodError(f"method '{name}' needs a DiT or MLP teacher, got net '{spec.get('name')}'")
     spec["extra_time_embeds"] = 1
-    spec.setdefault("time_scale", float(teacher.net.time_scale))
     net = build_net(spec)
     out = _S_EMBED_OUT[spec["name"]]
     prefix = out.split(".")[0] + "."

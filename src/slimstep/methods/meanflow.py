@@ -25,8 +25,8 @@ sinusoid unscaled, see :func:`~slimstep.methods.flowmap.gap_scale`).
 **A smooth time embedding is required.** The target differentiates u along t, and t
 reaches the network through ``sin/cos(time_scale · t · w_i)``, w_i <= 1. With DiT's
 ``time_scale`` 1000 the JVP's du/dt is dominated by the embedding's fastest terms, not by
-the function (measured on the digits DiT: rms 4.9 against a finite-difference slope of
-2.4), and the one-step map never moves. So a network with ``time_scale`` above
+the function (issue 10's measurement on the digits DiT: rms 4.9 against a
+finite-difference slope of 2.4), and the one-step map never moves. So a network with ``time_scale`` above
 :data:`MAX_TIME_SCALE` is refused; train the teacher with ``net.time_scale: 1`` (t in
 [0, 1] unscaled, as SiT and the official MeanFlow code do).
 
@@ -42,7 +42,7 @@ weight :math:`w = \mathrm{sg}[1/(\lVert\Delta\rVert^2 + c)^p]`. ``velocity: teac
 replaces the conditional :math:`\varepsilon - x` by the teacher's marginal velocity
 (lower variance; still needs data for :math:`z_t`). Then the r = t samples start at
 Δ ≈ 0 (the student *is* the teacher there), and c = 1e-3 with p = 1 would weigh them up
-to 1000x (pre-clip gradient norms of 300-500 were measured): use p = 0 or a larger c. With a teacher, the net starts from its weights (``s_embedder``
+to 1000x (issue 10 reports pre-clip gradient norms of 300-500): use p = 0 or a larger c. With a teacher, the net starts from its weights (``s_embedder``
 zeroed: :math:`\bar u(x, a, b) = v_T(x, a)`, exact at b = a); without one it is
 built from the recipe's ``net`` (from scratch).
 
@@ -68,7 +68,7 @@ from slimstep.nets.dit import math_attention
 
 #: The largest network ``time_scale`` MeanFlow accepts: the embedding's fastest term then
 #: varies by at most 10 rad per unit t, and a JVP along t agrees with a central difference
-#: of step 1e-2 (tests/test_meanflow.py); DiT's 1000 fails that by 2x.
+#: of step 1e-2 (tests/test_meanflow.py); at DiT's 1000 the two differ by more than 50 %.
 MAX_TIME_SCALE = 10.0
 
 
@@ -171,7 +171,6 @@ class MeanFlow(Method):
                 raise MethodError("meanflow from scratch needs net.name: dit or mlp")
             self.spec = {**net_spec(cfg, info, info.num_classes > 0), "extra_time_embeds": 1}
             net = build_net(self.spec)
-            self.spec["time_scale"] = float(net.time_scale)
             check_smooth_time(net, "net")
         self.net = net.to(device)
         self.s_scale = gap_scale(self.net, o["s_scale"])

@@ -45,13 +45,15 @@ class MLP(nn.Module):
         self.num_classes = num_classes
         self.time_dim = time_dim
         self.time_scale = time_scale
-        self.time_embed = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(),
-                                        nn.Linear(hidden, hidden))
         if extra_time_embeds not in (0, 1):
             raise ValueError("extra_time_embeds must be 0 or 1")
+
+        def embedder() -> nn.Sequential:  # sinusoid features -> hidden, for t and for s
+            return nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+        self.time_embed = embedder()
         self.extra_time_embeds = extra_time_embeds
-        self.s_embed = (nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-                        if extra_time_embeds else None)
+        self.s_embed = embedder() if extra_time_embeds else None
         self.class_embed = nn.Embedding(num_classes + 1, hidden) if num_classes > 0 else None
         self.layers = nn.ModuleList(
             nn.Linear(self.in_dim if i == 0 else hidden, hidden) for i in range(depth))
