@@ -1,5 +1,8 @@
-"""Check a `slimstep run` report in a headless browser: every model of
-results.json has its table row in the rendered page and every image it shows
+"""Check a `slimstep run` report in a headless browser, as a person sees it:
+every model of results.json has its table row, every data set its verdict
+naming the one-step student with the lowest headline metric (recomputed here
+from results.json, not from slimstep's verdict code), every flag of
+results.json its badge on that model's row, and every image the page shows
 loaded (Chromium draws it with a non-zero natural width).
 
     python benchmarks/check_report.py runs/demo [--screenshot shot.png]
@@ -23,8 +26,11 @@ PROBE = """<script>
 window.addEventListener('load', () => {
   const imgs = [...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0]);
   const cells = [...document.querySelectorAll('td:first-child')].map(td => td.textContent);
+  const badges = [...document.querySelectorAll('tr')].filter(tr => tr.cells.length > 1).map(tr =>
+    [tr.cells[0].textContent, [...tr.querySelectorAll('.badge')].map(b => b.textContent)]);
+  const verdicts = [...document.querySelectorAll('.verdict')].map(d => [d.dataset.spec, d.innerText]);
   const pre = document.createElement('pre'); pre.id = 'probe';
-  pre.textContent = JSON.stringify({imgs, cells});
+  pre.textContent = JSON.stringify({imgs, cells, badges, verdicts});
   document.body.appendChild(pre);
 });
 </script>"""
@@ -56,19 +62,49 @@ def main() -> int:
     found = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<")
                        .replace("&gt;", ">"))
     results = json.loads((a.run / "results.json").read_text())
-    names = [r["name"] for r in results["rows"] if not r.get("curve") or r.get("nfe") == 1]
+    rows = results["rows"]
+    names = [r["name"] for r in rows if not r.get("curve") or r.get("nfe") == 1]
     missing = [n for n in names if n not in found["cells"]]
     broken = [src for src, ok in found["imgs"] if not ok]
-    print(f"{len(names)} models, {len(found['imgs'])} images in {a.run / 'report.html'}")
+    problems = verdict_problems(rows, dict(found["verdicts"])) + badge_problems(rows, found["badges"])
+    print(f"{len(names)} models, {len(found['imgs'])} images, {len(found['verdicts'])} verdicts, "
+          f"{sum(len(r.get('flags', [])) for r in rows)} flags in {a.run / 'report.html'}")
     if a.screenshot:
         subprocess.run([browser, *flags, "--hide-scrollbars", "--window-size=1300,6000",
                         f"--screenshot={a.screenshot.resolve()}", (a.run / "report.html").resolve().as_uri()],
                        capture_output=True, timeout=120)
-    if missing or broken:
-        print(f"missing rows: {missing}; images that did not load: {broken}", file=sys.stderr)
+    if missing or broken or problems:
+        print(f"missing rows: {missing}; images that did not load: {broken}; "
+              f"verdicts and flags: {problems or 'fine'}", file=sys.stderr)
         return 1
-    print("every model has its row and every image loaded")
+    print("every model has its row and its badges, every data set its verdict, every image loaded")
     return 0
+
+
+def verdict_problems(rows: list[dict], verdicts: dict[str, str]) -> list[str]:
+    """Each data set's verdict must open with the lowest-metric one-step student."""
+    out = []
+    for spec in dict.fromkeys(r["data"] for r in rows):
+        mine = [r for r in rows if r["data"] == spec]
+        key = next(k for k in ("fd", "fid", "w2", "mmd") if k in mine[0]["metrics"])
+        pool = [r for r in mine if r.get("kind") == "distill" and r.get("nfe") == 1]
+        text = verdicts.get(spec)
+        if text is None:
+            out.append(f"{spec}: no verdict")
+        elif pool:
+            best = min(pool, key=lambda r: r["metrics"][key])["name"]
+            if f"Best one-step model: {best}" not in text:
+                out.append(f"{spec}: the verdict does not name {best}")
+    return out
+
+
+def badge_problems(rows: list[dict], badges: list) -> list[str]:
+    """Every flag in results.json shows as a badge on its model's row."""
+    shown: dict[str, set] = {}
+    for name, b in badges:  # a model's name also heads its row in the stage table
+        shown.setdefault(name, set()).update(b)
+    return [f"{r['name']}: no '{f['badge']}' badge" for r in rows for f in r.get("flags", [])
+            if f["badge"] not in shown.get(r["name"], set())]
 
 
 if __name__ == "__main__":

@@ -109,10 +109,17 @@ def plot_fd(curves: dict[str, list[dict]], teacher_fd: float, floor_fd: float, p
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from slimstep.palette import method_style
+
     fig, ax = plt.subplots(figsize=(5, 3.4))
+    variants: dict[str, int] = {}  # the report's colour per method; variants of one method by line style
     for name, pts in curves.items():
         if pts:
-            ax.plot([p["step"] for p in pts], [p["metrics"]["fd"] for p in pts], "o-", label=name)
+            method = DIGITS_RUNS[name][0] if name in DIGITS_RUNS else name
+            colour, marker = method_style(method)
+            k = variants[method] = variants.get(method, -1) + 1
+            ax.plot([p["step"] for p in pts], [p["metrics"]["fd"] for p in pts], marker=marker, color=colour,
+                    ls=("-", "--", ":", "-.")[k % 4], label=name)
     ax.axhline(teacher_fd, color="k", ls="--", lw=1, label="teacher, reference NFE")
     ax.axhline(floor_fd, color="gray", ls=":", lw=1, label="real/real floor")
     ax.set_xlabel("step")

@@ -148,3 +148,24 @@ def test_shipped_recipes_resolve():
             assert kinds == {"flow_matching", "annealing-reflow", "slimflow", "distill", "gdd", "gdd-i",
                              "flowmap", "meanflow", "slt"}
         assert len({s.hash for s in stages}) == len(stages)
+
+
+def test_a_student_that_did_not_move_is_flagged(tmp_path, capsys):
+    """GDD at learning rate 0 keeps the teacher's weights: its one-step map is the teacher's
+    Euler-1 step, so its row equals that row and carries the badge, in the report and in
+    `slimstep run`'s summary. (A student that moves is not flagged: tests/test_report.py.)"""
+    stages = {"t": moons_stages(teacher_steps=60)["t"]}
+    stages["frozen"] = {"method": "gdd", "config": str(CONFIGS / "toy2d/gdd.yaml"), "teacher": "t",
+                        "overrides": [*TINY, "train.lr=0"]}
+    out = tmp_path / "out"
+    assert main(["run", str(recipe(tmp_path, stages)), "--out", str(out), "--jobs", "1"]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    rows = {r["name"]: r for r in res["rows"]}
+    frozen, euler1 = rows["frozen"], rows["t euler-1"]
+    assert frozen["metrics"] == pytest.approx(euler1["metrics"], rel=1e-5)
+    assert frozen["init_check"]["init"] == "t euler-1" and frozen["init_check"]["shift"] < 1e-5
+    assert [f["id"] for f in frozen["flags"]] == ["equals-init"]
+    assert "frozen" in printed and "[equals its init]" in printed and "Best one-step model:" in printed
+    html = (out / "report.html").read_text()
+    assert "<span class='badge equals-init'>equals its init</span>" in html

@@ -375,28 +375,36 @@ def _mean_metrics(results: list[dict]) -> tuple[dict, dict]:
 
 def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None) -> dict:
     """``make(seed, n) -> (x, y, seconds, extra arrays)``; score on every protocol seed, keep
-    the first seed's samples (``samples.npz`` + ``samples.png``) under ``keep``."""
-    from slimstep.eval import evaluate
+    the first seed's samples (``samples.npz`` + ``samples.png``) under ``keep``. A seed whose
+    samples cannot be scored (NaN, ...) is left out and listed in ``failed_seeds``; when
+    every seed fails the row cannot exist and the evaluation error is raised."""
+    from slimstep.eval import EvalError, evaluate
     from slimstep.files import write_npz
     from slimstep.viz import save_picture
 
     n = int(ev["n"] or default_n(spec))
-    results, secs = [], 0.0
+    results, failed, secs = [], [], 0.0
     for i, seed in enumerate(ev["seeds"]):
         x, y, s, extra = make(int(seed), n)
         secs += s
-        results.append(evaluate(x, spec, labels=y, seed=int(seed)))
-        if i == 0 and keep is not None:
+        if i == 0 and keep is not None:  # kept before scoring: a broken model's samples are evidence too
             arrays = {"samples": x.numpy(), "seeds": list(range(seed, seed + n)), "data": spec}
             if y is not None:
                 arrays["labels"] = y.numpy()
             write_npz(keep / "samples.npz", **arrays, **extra)
             save_picture(x[:100], keep / "samples.png", title=name)
+        try:
+            results.append(evaluate(x, spec, labels=y, seed=int(seed)))
+        except EvalError as e:
+            failed.append({"seed": int(seed), "error": str(e)})
+    if not results:
+        raise EvalError(f"no seed could be scored ({failed[0]['error']})")
     mean, sd = _mean_metrics(results)
     first = results[0]
     return {"name": name, "data": spec, "n": n, "seeds": list(ev["seeds"]), "metrics": mean,
             "metrics_sd": sd, "per_seed": [r["metrics"] for r in results], "floor": first["floor"],
-            "notes": first["notes"], "sample_seconds": secs,  # notes of the kept (first) seed
+            "notes": first["notes"], "sample_seconds": secs,  # notes of the first scored seed
+            "failed_seeds": failed,
             "files": ({"samples": str(keep / "samples.npz"), "picture": str(keep / "samples.png")}
                       if keep is not None else {})}
 
@@ -442,7 +450,11 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
         saved = json.loads(cache.read_text())
         if saved.get("hash") == st.hash and saved.get("protocol") == proto:
             log(f"[reuse] evaluation of {st.name}")
-            return saved["rows"]
+            rows = saved["rows"]
+            if st.kind == "distill" and "init_check" not in rows[0]:  # a result from before the check
+                rows[0]["init_check"] = _init_check(out, st, by_name, ev, rows[0])
+                write_json(cache, {**saved, "rows": rows})
+            return rows
     log(f"[eval] {st.name}")
     rows = []
     if st.kind == "teacher":
@@ -463,12 +475,32 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
         gen = load(model_dir(out, st))
         r = score_samples(_generate(gen), st.spec, ev, st.name, sdir)
         rows.append({**r, "nfe": gen.nfe, "params": gen.params, **_speed(gen, ev)})
+        rows[0]["init_check"] = _init_check(out, st, by_name, ev, rows[0])
     elif st.kind == "screen":
         rows.append(_evaluate_screen(out, st, by_name, ev, sdir))
     for row in rows:
         row.update(stage=st.name, kind=st.kind, method=(st.cfg or {}).get("method", {}).get("name", st.kind))
     write_json(cache, {"hash": st.hash, "protocol": proto, "rows": rows})
     return rows
+
+
+def _init_check(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, row: dict) -> dict | None:
+    """Did the student move from its initialisation? Its kept samples (first protocol seed)
+    against the initialisation's one-step samples from the same seeds (:mod:`slimstep.flags`).
+    None for a student trained from scratch."""
+    from slimstep.files import read_samples
+    from slimstep.flags import compare_to_init, initialisation
+    from slimstep.generator import load
+
+    init = initialisation(st.cfg["method"]["name"], st.cfg["method"], st.deps)
+    if init is None or not row.get("files", {}).get("samples"):
+        return None
+    gen, name = load(model_dir(out, by_name[init])), init
+    if gen.sampling["kind"] == "velocity" and gen.nfe != 1:  # its student's one-step map starts at its Euler step
+        gen, name = gen.with_sampling(solver="euler", steps=1), f"{init} euler-1"
+    x = torch.from_numpy(read_samples(row["files"]["samples"])["samples"])
+    x0, _ = gen.generate(len(x), seed=int(ev["seeds"][0]))
+    return compare_to_init(x, x0, st.spec, row["floor"], name)
 
 
 def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, sdir: Path) -> dict:
@@ -506,7 +538,9 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print) -> dict:
     """Train what is missing, evaluate everything with one protocol, write the
     report. Returns the results (also in ``DIR/results.json``)."""
+    from slimstep.eval import EvalError
     from slimstep.files import write_json
+    from slimstep.flags import row_flags
     from slimstep.report import write_reports
 
     tic = time.perf_counter()
@@ -524,12 +558,20 @@ def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print)
     for st in stages:
         if status[st.name]["status"] in ("failed", "skipped") or st.kind == "pairs":
             continue
-        for r in evaluate_stage(out, st, by_name, ev, log):
+        try:
+            got = evaluate_stage(out, st, by_name, ev, log)
+        except EvalError as e:  # no seed scored (a NaN model): the stage has no row, the rest goes on
+            status[st.name].update(status="failed", error=f"evaluation: {e}")
+            log(f"[failed] evaluation of {st.name}: {e}")
+            continue
+        for r in got:
             r["train_s"] = status[st.name]["seconds"] if st.trains and not r.get("curve") else None
             root = root_teacher(st, by_name)
             r["teacher"] = root.name if root is not None else None
             rows.append(r)
     _add_ratios(rows)
+    for r in rows:
+        r["flags"] = row_flags(r, len(ev["seeds"]))
     results = {"title": ev["title"], "recipe": str(recipe), "eval": {k: ev[k] for k in EVAL_DEFAULTS},
                "stages": {s.name: {"kind": s.kind, "hash": s.hash, "spec": s.spec, "deps": s.deps,
                                    "dir": str(model_dir(out, s)), **status[s.name],

@@ -1,0 +1,146 @@
+"""Flags: what a reader must know about a result row before trusting its number.
+
+Each flag is a short badge on the row (report tables, ``slimstep run``'s
+summary) and one sentence in the report's notes, said once for all the rows
+that carry it:
+
+* ``equals-init`` — **equals its init**: the one-step map did not move from what
+  it started from. The *initialisation* of a student is what its weights are
+  copied from before training: the teacher for ``gdd``, ``gdd-i``, ``flowmap``
+  and ``meanflow`` with ``init: teacher`` (their untrained one-step map is the
+  teacher's Euler step, ``x = z + v(z, 0)``), else the stage named by ``init``
+  (reflow, SlimFlow, distill fine-tune it; its one-step Euler map is the start).
+  The student's samples for the protocol's first seed are compared with the
+  initialisation's one-step samples from the *same* seeds (so the same noise):
+  the row is flagged when they are closer to each other — FD in the digits
+  classifier's features, W2 on 2-D toys — than held-out real data is to the
+  reference (the row's real/real floor), i.e. no measurement at this N can tell
+  the student from where it started; or, where a data set has no floor (image
+  folders), when the paired samples agree to ``SHIFT_TOL`` of their spread.
+* ``below-floor`` — the headline metric is below the real/real floor: closer to
+  the training split than fresh data is, which is copying unless the copy rate
+  says otherwise.
+* ``fewer-seeds`` — scored on fewer seeds than the recipe asked (a seed's
+  evaluation failed: its error is in the notes).
+* ``failed``, ``diverged``, ``skipped`` — the stage has no model (training or
+  evaluation failed, the NaN guard stopped it, or a stage it reads failed).
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: id -> (badge, what it means: the sentence said once in the notes)
+FLAGS: dict[str, tuple[str, str]] = {
+    "equals-init": ("equals its init", (
+        "the one-step map did not move from what it started from: its samples are closer to its "
+        "initialisation's one-step samples from the same seeds than held-out real data is to the "
+        "reference (distance below the real/real floor): at this N its number is its "
+        "initialisation's, not the method's (more steps or a higher learning rate, or look at its loss)")),
+    "below-floor": ("below floor", (
+        "the headline metric is below the real/real floor: the samples are closer to the training "
+        "split than held-out data is; a copy rate well above the held-out one means copying")),
+    "fewer-seeds": ("fewer seeds", "scored on fewer seeds than the recipe asked: a seed's evaluation failed"),
+    "failed": ("failed", "the stage failed: no model to score (the stage table has its error)"),
+    "diverged": ("diverged", "training diverged (the NaN guard stopped it): no model to score"),
+    "skipped": ("skipped", "a stage it reads failed, so it did not run"),
+}
+#: Methods whose network starts as a copy of the teacher's (gdd.py loads the teacher's state
+#: dict; flowmap.py / meanflow.py build a two-time DiT from it with a zero gap embedding).
+FROM_TEACHER = ("gdd", "gdd-i", "flowmap")
+#: Paired samples closer than this fraction of their spread are the same map.
+SHIFT_TOL = 1e-3
+
+
+def flag(fid: str, detail: str = "") -> dict:
+    """One flag as stored in a row: ``{"id", "badge", "detail"}``."""
+    return {"id": fid, "badge": FLAGS[fid][0], "detail": detail}
+
+
+def initialisation(method: str, method_opts: dict, deps: dict) -> str | None:
+    """The stage a student's weights start from (None: from scratch), given its method,
+    method options and its ``deps`` (role -> stage name)."""
+    if method == "meanflow":
+        from slimstep.methods import method_class
+
+        start = method_opts.get("init", method_class("meanflow").defaults["init"])
+        return deps.get("teacher") if start == "teacher" else None  # scratch: a fresh DiT
+    if method in FROM_TEACHER:
+        return deps.get("teacher")
+    if method == "slt":  # a fresh shared block, trained to follow the teacher's layers
+        return None
+    return deps.get("init")  # reflow, annealing-reflow, slimflow, distill: student_net(--init)
+
+
+def _distance(x: torch.Tensor, x0: torch.Tensor, spec: str) -> tuple[str, float] | None:
+    """(metric, value) between two sample sets in the protocol's own space, or None
+    where the protocol has no cheap one (image folders: Inception)."""
+    if spec == "digits":
+        from slimstep.eval.fd import feature_stats, frechet_distance
+        from slimstep.eval.features import DigitsClassifier
+
+        clf = DigitsClassifier.load()
+        fa, fb = clf.features(x.clamp(-1, 1)), clf.features(x0.clamp(-1, 1))  # clamped as evaluate does
+        return "fd", float(frechet_distance(*feature_stats(fa), *feature_stats(fb)))
+    if spec.startswith("toy2d:"):
+        from slimstep.eval.toy import w2
+
+        return "w2", float(w2(x, x0))
+    return None
+
+
+def compare_to_init(x: torch.Tensor, x0: torch.Tensor, spec: str, floor: dict, init_name: str) -> dict:
+    """How far a student's samples ``x`` are from its initialisation's one-step samples
+    ``x0`` from the same seeds: ``{"init", "shift", "metric", "distance", "floor", "equal"}``.
+    ``shift`` is the paired rms difference over the rms spread of ``x0``."""
+    x, x0 = x.double(), x0.double()
+    if x.shape != x0.shape:
+        raise ValueError(f"samples {tuple(x.shape)} and initialisation samples {tuple(x0.shape)} differ in shape")
+    spread = (x0 - x0.mean(0)).pow(2).mean().sqrt().clamp_min(1e-12)
+    shift = float((x - x0).pow(2).mean().sqrt() / spread)
+    out = {"init": init_name, "shift": shift, "metric": None, "distance": None, "floor": None}
+    d = _distance(x.float(), x0.float(), spec)
+    if d is not None:
+        out["metric"], out["distance"] = d
+        out["floor"] = floor.get(d[0])
+    out["equal"] = bool(shift < SHIFT_TOL or (out["floor"] is not None and out["distance"] < out["floor"]))
+    return out
+
+
+def row_flags(row: dict, seeds_asked: int) -> list[dict]:
+    """The flags of one scored row (``row["init_check"]`` from :func:`compare_to_init`)."""
+    from slimstep.report import fmt
+
+    out = []
+    chk = row.get("init_check")
+    if chk and chk["equal"]:
+        far = (f"{chk['metric'].upper()} {fmt(chk['distance'])} from {chk['init']}'s one-step samples, "
+               f"floor {fmt(chk['floor'])}" if chk["distance"] is not None
+               else f"paired shift {chk['shift']:.1e} of the spread from {chk['init']}'s one-step samples")
+        out.append(flag("equals-init", far))
+    from slimstep.verdict import HEADLINES
+
+    key = next((k for k in HEADLINES if k in row["metrics"]), None)
+    floor = (row.get("floor") or {}).get(key)
+    if key and floor is not None and row["metrics"][key] < floor:
+        detail = f"{key.upper()} {fmt(row['metrics'][key])} < floor {fmt(floor)}"
+        if "copy_rate" in row["metrics"]:
+            detail += (f", copy rate {row['metrics']['copy_rate']:.2f} (held-out data "
+                       f"{row['floor'].get('copy_rate', 0.05):.2f})")
+        out.append(flag("below-floor", detail))
+    got = len(row.get("per_seed") or [])
+    if got < seeds_asked:
+        errs = "; ".join(f"seed {e['seed']}: {e['error']}" for e in row.get("failed_seeds", []))
+        out.append(flag("fewer-seeds", f"{got} of {seeds_asked}" + (f" ({errs})" if errs else "")))
+    return out
+
+
+def stage_flag(status: dict) -> dict | None:
+    """The flag of a stage that has no model, from its status in ``run_stages``."""
+    s = status.get("status")
+    if s == "skipped":
+        return flag("skipped", status.get("error", ""))
+    if s == "failed":
+        err = status.get("error", "")
+        return flag("diverged" if err.startswith("training diverged") else "failed", err)
+    return None

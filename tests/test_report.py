@@ -1,0 +1,170 @@
+"""The report answers "which method?" at a glance: the verdict picks the right model,
+tables read (arrows, bold best, groups, ± only with seeds), flags show as badges with
+one note each, every plot colours a method the same way, and the flag "equals its
+init" fires exactly when a student's samples did not move from its initialisation's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from slimstep.eval import EvalError
+from slimstep.files import write_npz
+from slimstep.flags import compare_to_init, initialisation, row_flags
+from slimstep.palette import METHOD_STYLE
+from slimstep.recipes import score_samples
+from slimstep.report import collapse_notes, console_table, plot_nfe, plot_speed, summary_table, write_reports
+from slimstep.verdict import verdict, verdict_lines
+
+FLOOR = {"w2": 0.1, "mmd": 0.001}
+CLAMP = "{}% of sample values were outside [-1, 1] and were clamped"
+
+
+def row(name, w2, sd=0.0, *, kind="distill", method=None, nfe=1, params=1000, seeds=2, samples=None, **kw):
+    """One result row as recipes.run writes it (teacher 't', reference W2 0.2, 1000 params)."""
+    r = {"name": name, "stage": kw.pop("stage", name), "kind": kind, "method": method or name, "data": "toy2d:moons",
+         "n": 200, "seeds": list(range(seeds)), "nfe": nfe, "params": params, "teacher": "t",
+         "metrics": {"w2": w2, "mmd": w2 / 100}, "metrics_sd": {"w2": sd, "mmd": 0.0},
+         "per_seed": [{"w2": w2}] * seeds, "floor": FLOOR, "notes": kw.pop("notes", []),
+         "quality_ratio": w2 / 0.2, "params_ratio": params / 1000, "samples_per_s": kw.pop("sps", 1e5),
+         "speedup": kw.pop("sps", 1e5) / 1e3, "files": {}, "flags": [], **kw}
+    if samples is not None:
+        r["files"] = {"samples": str(samples)}
+    return r
+
+
+def fixed_results(tmp_path, seeds=2):
+    """Teacher t (Euler 1, 2 and a reference), five students, a failed stage."""
+    g = torch.Generator().manual_seed(0)
+    paths = {}
+    for name in ("t-e1", "t-ref", "a", "b", "small", "frozen", "worse"):
+        paths[name] = tmp_path / name / "samples.npz"
+        write_npz(paths[name], samples=torch.randn(200, 2, generator=g).numpy(), seeds=list(range(200)))
+    frozen = row("frozen", 0.9, 0.02, method="gdd", seeds=seeds, samples=paths["frozen"])
+    frozen["init_check"] = {"init": "t euler-1", "shift": 0.0, "metric": "w2", "distance": 0.0,
+                            "floor": 0.1, "equal": True}
+    rows = [
+        row("t euler-1", 0.9, 0.02, kind="teacher", stage="t", curve=True, seeds=seeds, samples=paths["t-e1"]),
+        row("t euler-2", 0.5, 0.02, kind="teacher", stage="t", curve=True, nfe=2, seeds=seeds, sps=None),
+        row("t heun-8 (reference)", 0.2, 0.01, kind="teacher", stage="t", reference=True, nfe=16, seeds=seeds,
+            samples=paths["t-ref"], sps=1e3),
+        row("worse", 0.6, 0.01, method="distill", seeds=seeds, samples=paths["worse"], notes=[CLAMP.format(2.5)]),
+        row("b", 0.31, 0.02, method="slimflow", seeds=seeds, samples=paths["b"], notes=[CLAMP.format(0.5)]),
+        row("a", 0.30, 0.01, method="gdd-i", seeds=seeds, samples=paths["a"]),
+        row("small", 0.45, 0.01, method="annealing-reflow", params=200, seeds=seeds, samples=paths["small"]),
+        frozen,
+        row("copycat", 0.05, 0.0, method="reflow", seeds=seeds),
+    ]
+    for r in rows:
+        r["flags"] = row_flags(r, seeds)
+    stages = {"t": {"kind": "teacher", "spec": "toy2d:moons", "status": "done", "seconds": 1.0,
+                    "dir": str(tmp_path / "t"), "metrics_file": None},
+              "boom": {"kind": "distill", "spec": "toy2d:moons", "status": "failed", "seconds": 0.0,
+                       "error": "training diverged: loss is nan at step 3", "dir": str(tmp_path / "boom"),
+                       "metrics_file": None}}
+    return {"title": "fixed", "eval": {"seeds": list(range(seeds)), "n": 200}, "stages": stages,
+            "rows": rows, "seconds": 60.0}
+
+
+def test_verdict_picks_the_best_one_step_student_and_its_ties(tmp_path):
+    rows = fixed_results(tmp_path)["rows"]
+    v = verdict(rows)
+    # copycat scores lowest (below the floor, flagged) and is still the lowest one-step student
+    assert v["best"]["name"] == "copycat"
+    rest = [r for r in rows if r["name"] != "copycat"]
+    v = verdict(rest)
+    assert v["best"]["name"] == "a" and [r["name"] for r in v["within"]] == ["b"]  # 0.31 - 0.30 <= 0.01 + 0.02
+    assert v["small"]["name"] == "small" and v["small_within"] == []
+    lines = verdict_lines(rest)
+    assert lines[0].startswith("Best one-step model: a: W2 0.3, 1.5x its teacher's (t heun-8 (reference): 0.2)")
+    assert "within the seed spread of it: b." in lines[0]
+    assert lines[1].startswith("Best small model (at most 1/4 of its teacher's parameters): small: W2 0.45")
+    # One seed: no spread, so no ties are claimed and the line says why.
+    one = [r for r in fixed_results(tmp_path, seeds=1)["rows"] if r["name"] != "copycat"]
+    assert verdict(one)["within"] == [] and "one seed: no spread" in verdict_lines(one)[0]
+
+
+def test_report_reads_at_a_glance(tmp_path):
+    res = fixed_results(tmp_path)
+    paths = write_reports(tmp_path, res)
+    html = open(paths["html"]).read()
+    md = open(paths["md"]).read()
+    # The verdict comes before any table, on both pages.
+    assert html.index("class='verdict'") < html.index("<table>")
+    assert md.index("Best one-step model: copycat") < md.index("| method |")
+    head, body = summary_table(res["rows"], [("boom", "distill", {"id": "diverged", "badge": "diverged"})])
+    assert "W2 ↓ (mean ± sd, 2 seeds)" in head and "samples/s ↑" in head and "W2 / teacher ↓" in head
+    names = [r[0] if isinstance(r, list) else r.label for r in body]
+    # grouped and sorted by W2 inside each group; the curve's 2-step point is in the plot only
+    assert names == ["teachers", "t heun-8 (reference)", "t euler-1",
+                     "students", "copycat", "a", "b", "small", "worse", "frozen", "boom"]
+    assert "<b>0.05 ± 0</b>" in html  # the best student W2, bold
+    assert "<b>0.2x</b>" in html  # the smallest params ratio
+    for badge in ("equals its init", "below floor", "diverged"):
+        assert f">{badge}</span>" in html and f"`{badge}`" in md
+    # each flag explained once, naming its models
+    assert html.count("the one-step map did not move") == 1 and "frozen (W2 0 from t euler-1" in html
+    # repeated clamping notes: one line, every model with its share
+    assert collapse_notes(res["rows"]) == ["sample values outside [-1, 1] were clamped before scoring, as "
+                                           "when saved as images: worse 2.5 %, b 0.5 %"]
+    for png in ("toy2d-moons-strip.png", "toy2d-moons-nfe.png", "toy2d-moons-speed.png"):
+        assert (tmp_path / png).is_file() and f"src='{png}'" in html
+    text = console_table(res)
+    assert "Best one-step model: copycat" in text and "[equals its init]" in text and "[diverged]" in text
+    # one seed: no "±" anywhere in the table
+    one = fixed_results(tmp_path, seeds=1)
+    head, body = summary_table(one["rows"])
+    assert "W2 ↓ (1 seed)" in head and not any("±" in str(c) for r in body if isinstance(r, list) for c in r)
+
+
+def test_one_palette_in_both_plots(tmp_path):
+    rows = fixed_results(tmp_path)["rows"]
+    nfe = plot_nfe(rows, tmp_path / "nfe.png", "nfe")
+    speed = plot_speed(rows, tmp_path / "speed.png", "speed")
+    both = set(nfe) & set(speed)
+    assert {"a", "b", "small", "frozen", "t heun-8"} <= both
+    assert all(nfe[k] == speed[k] for k in both)
+    assert nfe["a"] == METHOD_STYLE["gdd-i"] and nfe["b"] == METHOD_STYLE["slimflow"]
+    assert len({nfe[k] for k in both}) == len(both)  # no two methods share a mark here
+
+
+def test_equals_init_is_no_move_within_the_floor():
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(500, 2, generator=g)
+    same = compare_to_init(x0.clone(), x0, "toy2d:moons", FLOOR, "t euler-1")
+    assert same["equal"] and same["shift"] == 0 and same["distance"] == pytest.approx(0, abs=1e-9)
+    nudged = compare_to_init(x0 + 0.01, x0, "toy2d:moons", FLOOR, "t euler-1")  # W2 0.014 < floor 0.1
+    assert nudged["equal"] and nudged["distance"] < FLOOR["w2"]
+    moved = compare_to_init(x0 * 0.5 + 1.0, x0, "toy2d:moons", FLOOR, "t euler-1")
+    assert not moved["equal"] and moved["distance"] > FLOOR["w2"]
+    # no floor (image folders): only paired equality counts
+    assert not compare_to_init(x0 + 0.01, x0, "folder:x", {}, "i")["equal"]
+    assert compare_to_init(x0 + 1e-6, x0, "folder:x", {}, "i")["equal"]
+
+
+def test_what_a_student_starts_from():
+    deps = {"teacher": "t", "init": "r"}
+    assert [initialisation(m, {}, deps) for m in ("gdd", "gdd-i", "flowmap", "meanflow")] == ["t"] * 4
+    assert initialisation("meanflow", {"init": "scratch"}, deps) is None
+    assert [initialisation(m, {}, deps) for m in ("slimflow", "distill", "reflow")] == ["r"] * 3
+    assert initialisation("annealing-reflow", {}, {"teacher": "t"}) is None  # from scratch
+    assert initialisation("slt", {}, {"teacher": "t"}) is None
+
+
+def test_a_seed_that_cannot_be_scored_is_flagged_not_fatal():
+    ev = {"n": 100, "seeds": [0, 1]}
+
+    def make(seed, n):
+        x = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed))
+        if seed == 1:
+            x[0, 0] = float("nan")
+        return x, None, 0.0, {}
+
+    r = score_samples(make, "toy2d:moons", ev, "half", None)
+    assert len(r["per_seed"]) == 1 and r["failed_seeds"][0]["seed"] == 1
+    assert [f["id"] for f in row_flags({**r, "flags": []}, 2)] == ["fewer-seeds"]
+    with pytest.raises(EvalError, match="no seed could be scored"):
+        score_samples(lambda s, n: (torch.full((n, 2), float("nan")), None, 0.0, {}),
+                      "toy2d:moons", ev, "none", None)
+    assert np.isfinite(r["metrics"]["w2"])
