@@ -30,6 +30,19 @@ from common import RESULTS, SPREAD_SEEDS, Runner, finished, machine, md_table, s
 #: The student: configs/digits/annealing-reflow.yaml's UNet at nf 8 (the recipe has nf 16).
 STUDENT = ["net.nf=8", "net.ch_mult=[1,2]", "net.num_res_blocks=2", "net.attn_resolutions=[]"]
 METRICS = ("fd", "precision", "recall", "copy_rate", "accuracy_vs_labels")
+_TEACHER_X = {}
+
+
+def mse_to_teacher(ckpt: Path, teacher: Path) -> float:
+    """Pixel MSE between the model's sample and the teacher's reference sample from the same
+    (noise, label), sample seed 0, N = 597, both clamped to [-1, 1]: how closely it follows
+    the teacher's map, which FD does not measure."""
+    from slimstep.generator import load
+
+    if teacher not in _TEACHER_X:
+        _TEACHER_X[teacher] = load(teacher).generate(597, seed=0)[0].clamp(-1, 1)
+    x = load(ckpt).generate(597, seed=0)[0].clamp(-1, 1)
+    return float(((x - _TEACHER_X[teacher]) ** 2).mean())
 
 
 def protocol(ckpt: Path, name: str, **sampling) -> dict:
@@ -74,6 +87,7 @@ def main() -> None:
                     "method.beta_schedule=linear", "method.flip=false"]
             secs = r.run(args, finished(d))
             row = protocol(d, f"{arm} (1 step)", **one)
+            row["metrics"]["mse_teacher"] = mse_to_teacher(d, a.teacher)
             row.update(seed=seed, train_s=secs, ckpt=str(d))
             arms[arm].append(row)
         init = base / "annealing"
@@ -84,13 +98,14 @@ def main() -> None:
                     f"train.steps={a.distill_steps}", "method.flip=false"]
             secs = r.run(args, finished(d))
             row = protocol(d, f"{arm} (1 step, from annealing)")
+            row["metrics"]["mse_teacher"] = mse_to_teacher(d, a.teacher)
             row.update(seed=seed, train_s=secs, ckpt=str(d))
             arms[arm].append(row)
 
     def summary(name: str, rows: list[dict]) -> dict:
         out = {"name": name, "params": rows[0]["params"], "nfe": rows[0]["nfe"], "seeds": len(rows),
                "train_s": statistics.fmean(x["train_s"] for x in rows)}
-        for m in METRICS:
+        for m in (*METRICS, "mse_teacher"):
             vals = [x["metrics"][m] for x in rows]
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             out[m] = f"{statistics.fmean(vals):.3g} ± {sd:.2g}"
@@ -111,22 +126,26 @@ def main() -> None:
     per_seed = [{"arm": arm, "seed": x["seed"], "fd": x["metrics"]["fd"],
                  **{f"fd @{s}": v for s, v in zip(SPREAD_SEEDS, x["fd_per_sample_seed"], strict=True)},
                  "precision": x["metrics"]["precision"], "recall": x["metrics"]["recall"],
-                 "train_s": x["train_s"]} for arm, rows in arms.items() for x in rows]
+                 "mse": x["metrics"]["mse_teacher"], "train_s": x["train_s"]}
+                for arm, rows in arms.items() for x in rows]
 
     # ------------------------------------------------------------------ verdicts
     sf, di, an, rf = (sums[k] for k in ("slimflow", "distill", "annealing", "reflow"))
     ratio_params = sf["params"] / teacher_ref["params"]
     paired = {}
     for x, y in (("annealing", "reflow"), ("slimflow", "distill")):
-        d = [p["metrics"]["fd"] - q["metrics"]["fd"] for p, q in zip(arms[x], arms[y], strict=True)]
-        paired[f"{x} - {y}"] = d
+        for m in ("fd", "mse_teacher"):
+            d = [p["metrics"][m] - q["metrics"][m] for p, q in zip(arms[x], arms[y], strict=True)]
+            paired[f"{x} - {y}" + ("" if m == "fd" else " (MSE to teacher)")] = d
     fmt = ", ".join
 
     def diff_line(k: str) -> str:
         d = paired[k]
         sd = statistics.stdev(d) if len(d) > 1 else 0.0
+        e = paired[k + " (MSE to teacher)"]
         return (f"FD({k}) per training seed: {fmt(f'{v:+.2f}' for v in d)} "
-                f"(mean {statistics.fmean(d):+.2f} ± {sd:.2f})")
+                f"(mean {statistics.fmean(d):+.2f} ± {sd:.2f}); MSE to the teacher's samples "
+                f"{fmt(f'{v:+.4f}' for v in e)}")
 
     verdict = [
         f"* Student {sf['params']:,} parameters = 1/{1 / ratio_params:.1f} of the teacher's "
@@ -153,7 +172,7 @@ def main() -> None:
     cols = [("run", "name"), ("params", "params"), ("NFE", "nfe"), ("train seeds", "seeds"),
             ("FD", "fd"), ("FD / teacher ref", "ratio"), ("precision", "precision"),
             ("recall", "recall"), ("copy rate", "copy_rate"), ("class acc.", "accuracy_vs_labels"),
-            ("train s (mean)", "train_s")]
+            ("MSE to teacher", "mse_teacher"), ("train s (mean)", "train_s")]
     md = [f"# SlimFlow, small student ({'quick smoke run, not a result' if a.quick else 'full'})", "",
           f"{m['date']}, {m['cpu']}, {m['cores']} CPU cores shared with other jobs (each run on 1 "
           f"thread), torch {m['torch']}, Python {m['python']}. Script: `benchmarks/slimflow_small.py`.", "",
@@ -174,8 +193,12 @@ def main() -> None:
           "Per training seed (FD = mean over the three sample seeds):", "",
           md_table(per_seed, [("arm", "arm"), ("train seed", "seed"), ("FD", "fd"),
                               *[(f"FD @ sample seed {s}", f"fd @{s}") for s in SPREAD_SEEDS],
-                              ("precision", "precision"), ("recall", "recall"), ("train s", "train_s")]),
-          "", "`train s`: wall seconds of the `slimstep distill` command on one thread of a 2-core "
+                              ("precision", "precision"), ("recall", "recall"), ("MSE to teacher", "mse"),
+                              ("train s", "train_s")]),
+          "", "`MSE to teacher`: pixel mean squared difference between the model's sample and the "
+          "teacher's Heun-16 sample from the same noise and label (sample seed 0, N = 597, clamped "
+          "to [-1, 1]): how closely the student follows the teacher's map, which FD does not see. "
+          "`train s`: wall seconds of the `slimstep distill` command on one thread of a 2-core "
           "machine shared with other training jobs.", "",
           "## Commands", "", "```", *res["commands"],
           "python benchmarks/slimflow_small.py " + " ".join(sys.argv[1:]), "```", ""]
