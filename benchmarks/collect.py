@@ -5,7 +5,9 @@
 
     python benchmarks/core.py --digits-teacher runs/bench/digits-teacher-step2000
     python benchmarks/slimflow.py --digits-teacher runs/bench/digits-teacher-step2000
+    python benchmarks/slimflow_small.py --teacher T --pairs P
     python benchmarks/gdd.py ...        # see each script's --help
+    python benchmarks/gdd_ablate.py --teacher T
     python benchmarks/slt.py ...
     python benchmarks/collect.py        # -> BENCHMARKS.md
 
@@ -26,7 +28,8 @@ from common import RESULTS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SUITES = [("methods.md", "Every method, one protocol"), ("core.md", "Teachers"),
-          ("slimflow.md", "SlimFlow"), ("gdd.md", "GDD / GDD-I"),
+          ("slimflow.md", "SlimFlow"), ("slimflow-small.md", "SlimFlow, small student"),
+          ("gdd.md", "GDD / GDD-I"), ("gdd-ablate.md", "GDD-I vs GDD ablation"),
           ("slt.md", "SLT, FreeFlow / MeanFlow, screening")]
 
 INTRO = """# Benchmarks

@@ -1,7 +1,7 @@
 """Regenerate BENCHMARKS.md end to end.
 
     python benchmarks/run.py              # every method (slimstep run, digits + moons), then BENCHMARKS.md
-    python benchmarks/run.py --suites     # first also every per-method suite (core, slimflow, gdd, slt): hours
+    python benchmarks/run.py --suites     # first also every per-method suite (core, slimflow*, gdd*, slt): hours
     python benchmarks/run.py --quick      # <= 15 min: the demo's budgets, written to runs/bench-quick/
                                           # (BENCHMARKS.md + results/, the same layout; the repo's stay as they are)
 
@@ -48,7 +48,11 @@ def main() -> None:
         teacher = "runs/bench/digits-teacher"
         step(["benchmarks/core.py"], env)  # trains runs/bench/digits-teacher (configs/digits/teacher.yaml)
         step(["benchmarks/slimflow.py", "--digits-teacher", teacher], env)
+        # the small-student ablation reuses slimflow.py's pairs (8,192, Heun-16)
+        step(["benchmarks/slimflow_small.py", "--teacher", teacher,
+              "--pairs", "runs/bench/slimflow/digits-pairs"], env)
         step(["benchmarks/gdd.py", "--teacher", teacher], env)
+        step(["benchmarks/gdd_ablate.py", "--teacher", teacher], env)
         step(["benchmarks/slt.py", "--meanflow"], env)
     step(["benchmarks/methods.py", "--jobs", str(a.jobs)], env)
     step(["benchmarks/collect.py"], env)
