@@ -10,7 +10,7 @@ import torch
 from slimstep import cli
 from slimstep.config import load_config
 from slimstep.generator import load, seeded_noise
-from slimstep.methods.slt import layer_map
+from slimstep.methods.slt import gap_layer_map, layer_map
 from slimstep.nets import build_net, count_params
 from slimstep.nets.shared_block import patch_steps
 from slimstep.screen import candidate_seeds, screen
@@ -34,6 +34,43 @@ def test_shared_block_shares_weights():
                      s=torch.ones(3), return_features=True)
     assert len(calls) == 4 and out.shape == (3, 1, 8, 8)
     assert [f.shape for f in feats] == [(3, 16, 48)] * 2  # projected to the teacher width
+
+
+def test_depth_gap_arm_shares_one_block():
+    """The depth-gap arm: no parameter depends on K, the same weights run 1..K (and more)
+    steps, one block call per step, and every n gives the fusion its P states."""
+    nets = {k: build_net({**SB, "steps": k, "depth": "gap", "fusion": "concat"}) for k in (2, 4, 9)}
+    assert len({count_params(n) for n in nets.values()}) == 1
+    assert {tuple(n.state_dict()) for n in nets.values()} == {tuple(nets[2].state_dict())}
+    nets[9].load_state_dict(nets[2].state_dict())  # K is a default, not a weight
+    x, t, y, s = torch.randn(3, 1, 8, 8), torch.zeros(3), torch.tensor([1, 2, 10]), torch.ones(3)
+    with torch.no_grad():  # zero-init adaLN would make every step the identity: move off it
+        for p in nets[2].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        nets[9].load_state_dict(nets[2].state_dict())
+    calls = []
+    nets[2].block.register_forward_hook(lambda *a: calls.append(1))
+    for n in (1, 2, 3, 5):
+        calls.clear()
+        out, feats = nets[2](x, t, y, s=s, return_features=True, steps=n)
+        assert len(calls) == n and out.shape == x.shape and len(feats) == 2
+        torch.testing.assert_close(out, nets[9](x, t, y, s=s, steps=n))
+    assert not torch.allclose(nets[2](x, t, y, s=s, steps=1), nets[2](x, t, y, s=s, steps=2))
+    torch.testing.assert_close(nets[2](x, t, y, s=s), nets[2](x, t, y, s=s, steps=2))  # default K
+    table = build_net({**SB, "steps": 4})
+    try:
+        table(x, t, y, s=s, steps=2)
+        raise AssertionError("a depth table ran a step count it has no rows for")
+    except ValueError as e:
+        assert "depth-gap" in str(e)
+
+
+def test_gap_layer_map():
+    assert gap_layer_map(4, 2, 28) == [(2, 14), (4, 28)]  # P | K: the table arm's map
+    assert layer_map(4, 2, 28) == [(2, 14), (4, 28)]
+    assert gap_layer_map(1, 2, 28) == [(1, 28), (1, 28)]  # fewer steps than patches: repeats
+    assert gap_layer_map(3, 2, 28) == [(2, 19), (3, 28)]  # same depth time 2/3 on both sides
+    assert patch_steps(3, 4, fewer=True) == [1, 2, 2, 3]
 
 
 def test_patch_map():
@@ -102,3 +139,19 @@ def test_teacher_flowmap_slt_and_screening(tmp_path, capsys):
     assert cli.main(["sample", "--ckpt", str(slt), "--n", "2", "--out", str(out), "--screen", "2",
                      "--scorer", "discriminator", "--device", "cpu"]) == 2
     assert "--discriminator" in capsys.readouterr().err
+
+    # the depth-gap arm trains with a random step count and samples with --steps n <= K
+    gap = _run(tmp_path, "slt", fm, ["net.hidden_size=16", "net.steps=3", "net.patches=2",
+                                     "net.num_heads=2", "net.depth=gap", "method.random_steps=true",
+                                     "train.steps=3"], "slt-gap")
+    g = load(gap)
+    assert g.config["generator"]["layer_map"] == [[2, 1], [3, 2]]
+    assert count_params(g.net) == count_params(build_net({**g.config["net"], "steps": 7}))
+    assert cli.main(["sample", "--ckpt", str(gap), "--n", "3", "--seed", "1", "--steps", "1",
+                     "--out", str(out), "--device", "cpu"]) == 0
+    z, y3 = seeded_noise((1, 8, 8), [1, 2, 3], 10)
+    torch.testing.assert_close(torch.from_numpy(np.load(out)["samples"]),
+                               z + g.net(z, torch.zeros(3), y3, s=torch.ones(3), steps=1))
+    assert cli.main(["sample", "--ckpt", str(slt), "--n", "2", "--steps", "2", "--out", str(out),
+                     "--device", "cpu"]) == 2
+    assert "depth-gap" in capsys.readouterr().err
