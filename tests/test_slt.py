@@ -240,3 +240,17 @@ def test_recipe_screen_stage_with_realism_resampling(tmp_path):
     (tmp_path / "out" / "scr" / "result.json").unlink()  # force the evaluation to run again
     run(r, tmp_path / "out", jobs=1, log=lambda *_: None)
     assert disc.stat().st_mtime_ns == before  # same student, same options: not retrained
+
+
+def test_chain_recipe_meets_its_cost_targets():
+    """configs/digits/slt-chain.yaml, built with random weights by the cost probe: the SLT
+    student has <= 1/64 of the one-step teacher's MACs and <= 1/32 of its parameters."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from slt import cost_probe
+
+    res = cost_probe(ROOT / "configs" / "digits" / "slt-chain.yaml", candidates=8, repeats=1)
+    assert res["teacher"] == "flowmap28" and res["teacher_params"] > 8e6
+    assert res["macs_ratio"] >= 64 and res["params_ratio"] >= 32
+    assert res["time_ratio"] > 0 and res["score_macs"] < res["student_macs"] / 10
