@@ -60,6 +60,7 @@ def slt_rule(gen, z: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor
     return z + gen.net(z, t, y, s=d, steps=int(n)), 1
 
 
+slt_rule.plain_rule = one_step_rule  # without steps it is exactly that rule: export traces it
 register_kind("slt", slt_rule)
 
 ONE_STEP_KINDS = ("flowmap", "meanflow")
