@@ -148,7 +148,8 @@ def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
            "train": {key: o[key] for key in DEFAULTS},
            "heldout_accuracy": held, "seconds": round(time.perf_counter() - tic, 1)}
     ck.save_model(out, disc, cfg)
-    log(f"held-out accuracy (real test split vs fresh student samples): {held:.3f}")
+    if held is not None:
+        log(f"held-out accuracy (real test split vs fresh student samples): {held:.3f}")
     return Path(out)
 
 
