@@ -3,6 +3,11 @@ a K / P / fusion ablation, noise screening and a speed table.
 Writes benchmarks/results/slt.md (+ slt.json).
 
     python benchmarks/slt.py [--out runs/bench/slt] [--quick] [--meanflow]
+    python benchmarks/slt.py --cost [--recipe configs/digits/slt-chain.yaml]
+
+``--cost`` trains nothing: it builds a recipe's one-step teacher and SLT student with
+random weights and prints their cost as the JSON object on its last line (see
+:func:`cost_probe`).
 
 Every training and sampling step is a `slimstep` CLI command on one thread, reused
 when its output already holds a finished run. Quality is the digits protocol
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -44,6 +50,7 @@ def _eval_npz(path: Path, name: str) -> dict:
 
 
 def _median_time(fn, repeats: int = 5) -> float:
+    """Median wall time of ``repeats`` calls after one warm-up call."""
     fn()  # warm-up
     ts = []
     for _ in range(repeats):
@@ -80,6 +87,73 @@ def screening_timing(students: list[tuple[str, Path]], onestep: Path) -> list[di
     return rows
 
 
+def _built(stage, info, teacher=None):
+    """A stage's network as a Generator, built by its method with random weights (no training)."""
+    from slimstep.generator import Generator
+    from slimstep.methods import build_method
+
+    m = build_method(stage.cfg, info, "cpu", teacher=teacher)
+    return Generator(m.net, info, m.export(), {"net": m.spec})
+
+
+def cost_probe(recipe: Path, candidates: int = 128, repeats: int = 7) -> dict:
+    """MACs, parameters and screening time of the recipe's SLT student against its one-step
+    teacher, both with random weights (cost does not depend on the values).
+
+    time_ratio = (screening ``candidates`` noises of one output with the student in one
+    batch, the realism score included) / (the teacher making 2 samples: the cheaper of one
+    batch-2 call and two batch-1 calls); medians of ``repeats`` runs, one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the issue's protocol: one process, one thread
+    try:
+        return _cost(recipe, candidates, repeats)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cost(recipe: Path, candidates: int, repeats: int) -> dict:
+    from slimstep.data import load_data
+    from slimstep.eval.speed import count_macs
+    from slimstep.nets import count_params
+    from slimstep.realism import DEFAULTS, build_realism_disc, disc_score
+    from slimstep.recipes import load_recipe
+    from slimstep.screen import screen
+
+    _, stages = load_recipe(recipe)
+    by = {s.name: s for s in stages}
+    slt = next((s for s in stages if s.cfg and s.cfg["method"]["name"] == "slt"), None)
+    if slt is None or "teacher" not in slt.deps:
+        raise SystemExit(f"{recipe}: no slt stage with a teacher")
+    one = by[slt.deps["teacher"]]
+    base = by[one.deps["teacher"]]
+    info = load_data(base.spec).info
+    torch.manual_seed(0)
+    teacher = _built(one, info, _built(base, info))
+    student = _built(slt, info, teacher)
+    k = student.num_classes
+    score = disc_score(build_realism_disc(DEFAULTS["disc"], info.shape, k, DEFAULTS["disc_options"]).eval(), k)
+    z1 = torch.randn(1, *info.shape)
+    y1 = torch.zeros(1, dtype=torch.long) if k else None
+    res = {"recipe": str(recipe), "teacher": one.name, "student": slt.name,
+           "teacher_macs": count_macs(teacher, z1, y1), "student_macs": count_macs(student, z1, y1),
+           "teacher_params": count_params(teacher.net), "student_params": count_params(student.net),
+           "score_macs": count_macs(lambda x: score(x, y1, None), z1)}
+    res["macs_ratio"] = res["teacher_macs"] / res["student_macs"]
+    res["params_ratio"] = res["teacher_params"] / res["student_params"]
+    batch2 = _median_time(lambda: teacher.generate(2, seed=0, batch_size=2), repeats)
+    two_calls = _median_time(lambda: [teacher.generate(1, seed=s) for s in (0, 1)], repeats)
+    shot = _median_time(lambda: screen(student, 1, candidates, score, seed=0, batch_size=candidates),
+                        repeats)
+    bare = _median_time(lambda: screen(student, 1, candidates, lambda x, y, z: x.new_zeros(len(x)),
+                                       seed=0, batch_size=candidates), repeats)
+    res.update(teacher_2_samples_s=min(batch2, two_calls), teacher_batch2_s=batch2,
+               teacher_two_calls_s=two_calls, screen_s=shot, screen_unscored_s=bare,
+               candidates=candidates, repeats=repeats, threads=torch.get_num_threads(),
+               omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
+    res["time_ratio"] = shot / res["teacher_2_samples_s"]
+    return res
+
+
 def speed_rows(ckpts: list[tuple[str, Path, dict]]) -> list[dict]:
     from slimstep.eval.speed import bench_generator
     from slimstep.generator import load
@@ -99,7 +173,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny budgets (a smoke run)")
     ap.add_argument("--meanflow", action="store_true", help="also train the meanflow one-step DiT")
     ap.add_argument("--skip-ablation", action="store_true")
+    ap.add_argument("--cost", action="store_true",
+                    help="train nothing: the recipe's teacher / SLT cost with random weights, as JSON")
+    ap.add_argument("--recipe", default="configs/digits/slt-chain.yaml", help="with --cost")
     a = ap.parse_args()
+    if a.cost:
+        res = cost_probe(ROOT / a.recipe if not Path(a.recipe).is_absolute() else Path(a.recipe))
+        for key in ("teacher_macs", "student_macs", "macs_ratio", "teacher_params", "student_params",
+                    "params_ratio", "time_ratio"):
+            print(f"{key:>15}: {res[key]:,.4g}" if isinstance(res[key], float) else f"{key:>15}: {res[key]:,}")
+        print(json.dumps(res))
+        return
     out = Path(a.out)
     rel = out if not out.is_absolute() else out.relative_to(ROOT)
     r = Runner(out)

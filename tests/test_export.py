@@ -30,6 +30,10 @@ CONDITIONAL = {  # class-conditional image models, one per one-step rule
                           "hidden_size": 16, "num_heads": 2, "steps": 2, "patches": 2,
                           "frequency_embedding_size": 32},
                          {"kind": "slt", "nfe": 1, "t": 0.0, "s": 1.0}),
+    "shared-block-slt-gap": ({"name": "shared_block", "in_shape": [1, 8, 8], "num_classes": 10,
+                              "hidden_size": 16, "num_heads": 2, "steps": 3, "patches": 2,
+                              "frequency_embedding_size": 32, "depth": "gap"},
+                             {"kind": "slt", "nfe": 1, "t": 0.0, "s": 1.0}),
 }
 
 

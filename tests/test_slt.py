@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,10 @@ import torch
 from slimstep import cli
 from slimstep.config import load_config
 from slimstep.generator import load, seeded_noise
-from slimstep.methods.slt import layer_map
+from slimstep.methods.slt import gap_layer_map, layer_map
 from slimstep.nets import build_net, count_params
 from slimstep.nets.shared_block import patch_steps
-from slimstep.screen import candidate_seeds, screen
+from slimstep.screen import candidate_seeds, screen, select_candidates
 from slimstep.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,43 @@ def test_shared_block_shares_weights():
     assert [f.shape for f in feats] == [(3, 16, 48)] * 2  # projected to the teacher width
 
 
+def test_depth_gap_arm_shares_one_block():
+    """The depth-gap arm: no parameter depends on K, the same weights run 1..K (and more)
+    steps, one block call per step, and every n gives the fusion its P states."""
+    nets = {k: build_net({**SB, "steps": k, "depth": "gap", "fusion": "concat"}) for k in (2, 4, 9)}
+    assert len({count_params(n) for n in nets.values()}) == 1
+    assert {tuple(n.state_dict()) for n in nets.values()} == {tuple(nets[2].state_dict())}
+    nets[9].load_state_dict(nets[2].state_dict())  # K is a default, not a weight
+    x, t, y, s = torch.randn(3, 1, 8, 8), torch.zeros(3), torch.tensor([1, 2, 10]), torch.ones(3)
+    with torch.no_grad():  # zero-init adaLN would make every step the identity: move off it
+        for p in nets[2].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        nets[9].load_state_dict(nets[2].state_dict())
+    calls = []
+    nets[2].block.register_forward_hook(lambda *a: calls.append(1))
+    for n in (1, 2, 3, 5):
+        calls.clear()
+        out, feats = nets[2](x, t, y, s=s, return_features=True, steps=n)
+        assert len(calls) == n and out.shape == x.shape and len(feats) == 2
+        torch.testing.assert_close(out, nets[9](x, t, y, s=s, steps=n))
+    assert not torch.allclose(nets[2](x, t, y, s=s, steps=1), nets[2](x, t, y, s=s, steps=2))
+    torch.testing.assert_close(nets[2](x, t, y, s=s), nets[2](x, t, y, s=s, steps=2))  # default K
+    table = build_net({**SB, "steps": 4})
+    try:
+        table(x, t, y, s=s, steps=2)
+        raise AssertionError("a depth table ran a step count it has no rows for")
+    except ValueError as e:
+        assert "depth-gap" in str(e)
+
+
+def test_gap_layer_map():
+    assert gap_layer_map(4, 2, 28) == [(2, 14), (4, 28)]  # P | K: the table arm's map
+    assert layer_map(4, 2, 28) == [(2, 14), (4, 28)]
+    assert gap_layer_map(1, 2, 28) == [(1, 28), (1, 28)]  # fewer steps than patches: repeats
+    assert gap_layer_map(3, 2, 28) == [(2, 19), (3, 28)]  # same depth time 2/3 on both sides
+    assert patch_steps(3, 4, fewer=True) == [1, 2, 2, 3]
+
+
 def test_patch_map():
     assert patch_steps(8, 4) == [2, 4, 6, 8]
     assert layer_map(4, 2, 12) == [(2, 6), (4, 12)]
@@ -47,6 +85,31 @@ def test_candidate_zero_is_the_plain_sample():
     assert seeds[0] == 7 and len(set(seeds)) == 64 and max(seeds) < 2**32
     z, _ = seeded_noise((1, 8, 8), seeds)
     assert len({tuple(v.flatten().tolist()) for v in z}) == 64  # really different noises
+
+
+def _chi2(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    expected = probs * counts.sum()
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_resample_limits_and_distribution():
+    """T -> 0 is the argmax; T -> inf a uniform pick; T = 1 draws softmax(score) (chi-square,
+    fixed seeds: 7 degrees of freedom, 24.3 is the 0.1 % critical value)."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(500, 8, generator=g) * 3
+    seeds = list(range(500))
+    assert torch.equal(select_candidates(scores, "resample", 1e-6, seeds), scores.argmax(1))
+    assert torch.equal(select_candidates(scores, "argmax", 1.0, seeds), scores.argmax(1))
+    rows = 8000
+    one = torch.tensor([[4.0, -2.0, 0.5, 1.0, -1.0, 3.0, 0.0, 2.0]])
+    for t, probs in ((1e9, torch.full((8,), 1 / 8)), (float("inf"), torch.full((8,), 1 / 8)),
+                     (1.0, torch.softmax(one[0].double(), 0).float()), (2.0, torch.softmax(one[0] / 2, 0))):
+        j = select_candidates(one.expand(rows, 8), "resample", t, list(range(10, 10 + rows)))
+        counts = torch.bincount(j, minlength=8).float()
+        assert _chi2(counts, probs) < 24.3, (t, counts)
+    # the argmax itself is far from uniform: the test can tell the two apart
+    j = select_candidates(one.expand(rows, 8), "resample", 1e-3, list(range(rows)))
+    assert _chi2(torch.bincount(j, minlength=8).float(), torch.full((8,), 1 / 8)) > 1000
 
 
 def _run(tmp_path, method, teacher, overrides, name):
@@ -92,6 +155,13 @@ def test_teacher_flowmap_slt_and_screening(tmp_path, capsys):
         torch.stack([seeded_noise((1, 8, 8), candidate_seeds(3, i, 4))[0][int(j)]
                      for i, j in enumerate(info["candidate"])]), y))
 
+    # resampling is per seed too: any n, chunking, batch size give the same outputs
+    xr, _, info_r = screen(student, 5, 4, score, seed=3, select="resample", temperature=0.01)
+    xr_part, _, info_p = screen(student, 2, 4, score, seed=6, chunk=1, batch_size=3,
+                                select="resample", temperature=0.01)
+    torch.testing.assert_close(xr_part, xr[3:])
+    assert torch.equal(info_p["candidate"], info_r["candidate"][3:]) and info_r["nfe"] == 4
+
     out = tmp_path / "s.npz"
     rc = cli.main(["sample", "--ckpt", str(slt), "--n", "4", "--out", str(out), "--screen", "3",
                    "--scorer", "classifier", "--final", "teacher", "--teacher", str(fm),
@@ -99,6 +169,88 @@ def test_teacher_flowmap_slt_and_screening(tmp_path, capsys):
     assert rc == 0
     d = np.load(out)
     assert d["samples"].shape == (4, 1, 8, 8) and d["candidate"].max() < 3
+    assert int(d["nfe"]) == 3 + 1  # 3 candidates x 1 student call + the teacher's final call
+    big = tmp_path / "s8.npz"
+    assert cli.main(["sample", "--ckpt", str(slt), "--n", "8", "--out", str(big), "--screen", "3",
+                     "--device", "cpu"]) == 0
+    assert cli.main(["eval", "--samples", str(big), "--out", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["nfe"] == 3  # eval reads the same rule
+
+    # the realism score: a discriminator trained on this student's samples vs the train split
+    disc = tmp_path / "disc"
+    assert cli.main(["screen-train", "--ckpt", str(slt), "--data", "digits", "--out", str(disc),
+                     "--steps", "3", "--batch-size", "8", "--quiet"]) == 0
+    assert json.loads((disc / "config.json").read_text())["kind"] == "realism"
+    rc = cli.main(["sample", "--ckpt", str(slt), "--n", "3", "--out", str(out), "--screen", "4",
+                   "--scorer", "realism", "--discriminator", str(disc), "--select", "resample",
+                   "--temperature", "0.5", "--device", "cpu"])
+    assert rc == 0
+    d = np.load(out)
+    assert int(d["nfe"]) == 4 and str(d["select"]) == "resample" and float(d["temperature"]) == 0.5
+    rc = cli.main(["sample", "--ckpt", str(slt), "--n", "2", "--out", str(out), "--screen", "2",
+                   "--scorer", "teacher", "--teacher", str(fm), "--device", "cpu"])
+    assert rc == 0 and int(np.load(out)["nfe"]) == 2 * (1 + 1)  # each candidate: student + teacher
+    capsys.readouterr()
+    for bad, why in ((["--select", "resample", "--temperature", "0"], "--temperature must be > 0"),
+                     (["--temperature", "2"], "goes with --select resample")):
+        assert cli.main(["sample", "--ckpt", str(slt), "--n", "2", "--out", str(out), "--screen", "2",
+                         "--device", "cpu", *bad]) == 2
+        assert why in capsys.readouterr().err
     assert cli.main(["sample", "--ckpt", str(slt), "--n", "2", "--out", str(out), "--screen", "2",
                      "--scorer", "discriminator", "--device", "cpu"]) == 2
     assert "--discriminator" in capsys.readouterr().err
+
+    # the depth-gap arm trains with a random step count and samples with --steps n <= K
+    gap = _run(tmp_path, "slt", fm, ["net.hidden_size=16", "net.steps=3", "net.patches=2",
+                                     "net.num_heads=2", "net.depth=gap", "method.random_steps=true",
+                                     "train.steps=3"], "slt-gap")
+    g = load(gap)
+    assert g.config["generator"]["layer_map"] == [[2, 1], [3, 2]]
+    assert count_params(g.net) == count_params(build_net({**g.config["net"], "steps": 7}))
+    assert cli.main(["sample", "--ckpt", str(gap), "--n", "3", "--seed", "1", "--steps", "1",
+                     "--out", str(out), "--device", "cpu"]) == 0
+    z, y3 = seeded_noise((1, 8, 8), [1, 2, 3], 10)
+    torch.testing.assert_close(torch.from_numpy(np.load(out)["samples"]),
+                               z + g.net(z, torch.zeros(3), y3, s=torch.ones(3), steps=1))
+    assert cli.main(["sample", "--ckpt", str(slt), "--n", "2", "--steps", "2", "--out", str(out),
+                     "--device", "cpu"]) == 2
+    assert "depth-gap" in capsys.readouterr().err
+    # a realism discriminator judges the student it was trained against, no other
+    assert cli.main(["sample", "--ckpt", str(gap), "--n", "2", "--out", str(out), "--screen", "2",
+                     "--scorer", "realism", "--discriminator", str(disc), "--device", "cpu"]) == 2
+    assert "another student" in capsys.readouterr().err
+
+
+def test_recipe_screen_stage_with_realism_resampling(tmp_path):
+    """A screen stage with scorer realism trains its discriminator against the stage's student
+    (reused on a rerun), resamples, and its row counts NFE by the one rule."""
+    from test_recipes import moons_stages, recipe
+
+    from slimstep.recipes import run
+
+    stages = {k: v for k, v in moons_stages().items() if k in ("t", "p", "reflow")}
+    stages["scr"] = {"kind": "screen", "student": "reflow", "candidates": 3, "scorer": "realism",
+                     "select": "resample", "temperature": 2.0, "realism": {"steps": 3, "batch_size": 16}}
+    r = recipe(tmp_path, stages)
+    res = run(r, tmp_path / "out", jobs=1, log=lambda *_: None)
+    row = next(x for x in res["rows"] if x["stage"] == "scr")
+    assert row["nfe"] == 3 and "realism resample T=2" in row["name"]
+    disc = next((tmp_path / "out" / "scr").glob("screen-*/realism/model.safetensors"))
+    before = disc.stat().st_mtime_ns
+    (tmp_path / "out" / "scr" / "result.json").unlink()  # force the evaluation to run again
+    run(r, tmp_path / "out", jobs=1, log=lambda *_: None)
+    assert disc.stat().st_mtime_ns == before  # same student, same options: not retrained
+
+
+def test_chain_recipe_meets_its_cost_targets():
+    """configs/digits/slt-chain.yaml, built with random weights by the cost probe: the SLT
+    student has <= 1/64 of the one-step teacher's MACs and <= 1/32 of its parameters."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from slt import cost_probe
+
+    res = cost_probe(ROOT / "configs" / "digits" / "slt-chain.yaml", candidates=8, repeats=1)
+    assert res["teacher"] == "flowmap28" and res["teacher_params"] > 8e6
+    assert res["macs_ratio"] >= 64 and res["params_ratio"] >= 32
+    assert res["time_ratio"] > 0 and res["score_macs"] < res["student_macs"] / 10

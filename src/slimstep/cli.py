@@ -22,13 +22,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from slimstep.files import FileFormatError
     from slimstep.methods import MethodError
     from slimstep.pairs import PairsError
+    from slimstep.realism import RealismError
     from slimstep.recipes import RecipeError
     from slimstep.screen import ScreenError
     from slimstep.train.checkpoint import CheckpointError
     from slimstep.train.loop import ResumeError
 
     return (ConfigError, DataError, EvalError, FileFormatError, MethodError, CheckpointError,
-            ResumeError, PairsError, ScreenError, RecipeError, ExportError)
+            ResumeError, PairsError, ScreenError, RecipeError, ExportError, RealismError)
 
 
 # ---------------------------------------------------------------- commands
@@ -121,37 +122,54 @@ def cmd_sample(a) -> None:
 
     gen = _generator(a)
     y, mode = _labels(gen, a.labels, a.n)
-    if a.screen is None and (a.scorer or a.final != "student" or a.teacher or a.discriminator):
+    if a.screen is None and (a.scorer or a.final != "student" or a.teacher or a.discriminator
+                             or a.select != "argmax" or a.temperature is not None):
         from slimstep.config import ConfigError
 
-        raise ConfigError("--scorer, --final, --teacher and --discriminator go with --screen N")
+        raise ConfigError("--scorer, --final, --teacher, --discriminator, --select and "
+                          "--temperature go with --screen N")
     tic = time.perf_counter()
-    extra = {}
+    extra, nfe = {}, None
     if a.screen is not None:
         from slimstep.generator import load
         from slimstep.screen import make_scorer, screen
 
         teacher = load(a.teacher, _device(a.device)) if a.teacher else None
-        scorer = make_scorer(a.scorer or "classifier", gen, teacher, a.discriminator)
+        scorer = make_scorer(a.scorer or "classifier", gen, teacher, a.discriminator, a.ckpt)
         if mode == "null" and gen.num_classes:
             import torch
 
             y = torch.full((a.n,), gen.num_classes, dtype=torch.long)
         x, ys, info = screen(gen, a.n, a.screen, scorer, seed=a.seed, final=a.final,
-                             teacher=teacher, y=y, batch_size=a.batch_size)
+                             teacher=teacher, y=y, batch_size=a.batch_size, select=a.select,
+                             temperature=a.temperature)
+        nfe = info["nfe"]
         extra = {"candidate": info["candidate"].numpy(), "score": info["score"].numpy(),
-                 "screen": a.screen, "scorer": a.scorer or "classifier", "final": a.final}
+                 "screen": a.screen, "scorer": a.scorer or "classifier", "final": a.final,
+                 "select": a.select}
+        if a.select == "resample":
+            extra["temperature"] = 1.0 if a.temperature is None else a.temperature
     else:
         x, ys = gen.generate(a.n, seed=a.seed, y=y, batch_size=a.batch_size, labels=mode)
     secs = time.perf_counter() - tic
+    nfe = gen.nfe if nfe is None else nfe
     arrays = {"samples": x.numpy(), "seeds": list(range(a.seed, a.seed + a.n)),
-              "nfe": gen.nfe, "data": gen.info.spec, **extra}
+              "nfe": nfe, "data": gen.info.spec, **extra}
     if ys is not None:
         arrays["labels"] = ys.numpy()
     write_npz(a.out, **arrays)
     png = Path(a.out).with_suffix(".png")
-    save_picture(x, png, title=f"{Path(a.ckpt).name}, NFE {gen.nfe}")
-    print(f"{a.n} samples, NFE {gen.nfe}, {secs:.2f} s -> {a.out} and {png}")
+    save_picture(x, png, title=f"{Path(a.ckpt).name}, NFE {nfe}")
+    print(f"{a.n} samples, NFE {nfe}, {secs:.2f} s -> {a.out} and {png}")
+
+
+def cmd_screen_train(a) -> None:
+    from slimstep.realism import train_realism
+
+    out = train_realism(a.ckpt, a.data, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                        seed=a.seed, log=(lambda *_: None) if a.quiet else print)
+    print(f"realism discriminator of {a.ckpt} -> {out} (screen with --scorer realism "
+          f"--discriminator {out})")
 
 
 def cmd_eval(a) -> None:
@@ -334,14 +352,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screen", type=int, metavar="N",
                    help="noise screening: N candidate noises per output through this (cheap) "
                         "one-step checkpoint, keep the best-scoring one")
-    p.add_argument("--scorer", choices=["classifier", "density", "teacher", "discriminator"],
+    p.add_argument("--scorer", choices=["classifier", "density", "teacher", "discriminator", "realism"],
                    help="screening score (default classifier)")
+    p.add_argument("--select", choices=["argmax", "resample"], default="argmax",
+                   help="keep the best candidate, or draw one with probability ~ exp(score / T)")
+    p.add_argument("--temperature", type=float, metavar="T",
+                   help="resampling temperature (default 1: importance resampling with --scorer realism)")
     p.add_argument("--final", choices=["student", "teacher"], default="student",
                    help="map the chosen noise with this checkpoint or with --teacher")
     p.add_argument("--teacher", help="one-step teacher checkpoint (--final teacher, --scorer teacher)")
-    p.add_argument("--discriminator", help="GDD checkpoint whose discriminator scores (--scorer discriminator)")
+    p.add_argument("--discriminator", help="GDD checkpoint (--scorer discriminator) or "
+                                           "screen-train output (--scorer realism)")
     _sampling_args(p)
     p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("screen-train", help="train the realism screening score: a small "
+                                            "discriminator, this student's samples vs real data")
+    p.add_argument("--ckpt", required=True, help="the one-step student that will screen")
+    p.add_argument("--data", required=True, help="real data whose train split it learns, e.g. digits")
+    p.add_argument("--out", required=True, help="discriminator directory")
+    p.add_argument("--steps", type=int, help="training steps (default 600)")
+    p.add_argument("--batch-size", type=int, help="real and fake samples per step (default 128)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_screen_train)
 
     p = sub.add_parser("eval", help="score samples with the evaluation protocol")
     p.add_argument("--ckpt", help="checkpoint to sample from")

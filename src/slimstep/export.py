@@ -115,9 +115,13 @@ def one_step_map(gen: Generator) -> OneStepMap:
                           cfg_scale=float(s.get("cfg_scale", 1.0)))
     from slimstep.methods.flowmap import one_step_rule
 
-    if KINDS[kind] is not one_step_rule:
+    rule = KINDS[kind]
+    # a rule that is one_step_rule unless told more (slt: unless --steps n) marks itself so
+    if rule is not one_step_rule and getattr(rule, "plain_rule", None) is not one_step_rule:
         raise ExportError(f"generator kind '{kind}' has no export rule (exportable: velocity with "
                           f"euler 1 step, and kinds sampled by flowmap.one_step_rule)")
+    if rule is not one_step_rule and s.get("steps") is not None:
+        raise ExportError(f"export writes the {kind} student with its own depth steps: drop --steps")
     if s.get("nfe", 1) != 1:
         raise ExportError(f"export needs a one-step generator, this checkpoint's NFE is {s.get('nfe')}: "
                           f"pass a one-step checkpoint or use --steps 1")

@@ -9,7 +9,10 @@ one kind:
 * ``distill`` — train a method (``method``, ``config``; optional ``teacher``,
   ``pairs``, ``init``: names of earlier stages);
 * ``screen`` — noise screening with a one-step student (``student``,
-  ``candidates``, ``scorer``, ``final``, optional ``teacher``), evaluated only.
+  ``candidates``, ``scorer``, ``final``, optional ``teacher``, ``select``,
+  ``temperature``), evaluated only; ``scorer: realism`` first trains the
+  student's realism discriminator (:mod:`slimstep.realism`; optional
+  ``realism: {steps: ...}``) into the stage's directory.
 
 Every stage may carry ``overrides`` (``key=value`` strings, as on the command
 line). A stage names only stages above it.
@@ -54,7 +57,7 @@ STAGE_KEYS = {
     "teacher": {"config"},
     "pairs": {"teacher", "n", "solver", "steps", "seed"},
     "distill": {"method", "config", "teacher", "pairs", "init"},
-    "screen": {"student", "teacher", "candidates", "scorer", "final"},
+    "screen": {"student", "teacher", "candidates", "scorer", "final", "select", "temperature", "realism"},
 }
 EVAL_DEFAULTS = {"n": None, "seeds": [0], "teacher_nfes": [1, 2, 4, 8, 16, 32], "speed_batch": 256}
 #: Training settings that do not change the trained weights: left out of the hash.
@@ -505,28 +508,36 @@ def _init_check(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, row: 
 
 def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, sdir: Path) -> dict:
     from slimstep.generator import load
-    from slimstep.screen import make_scorer, screen
+    from slimstep.realism import realism_for_stage
+    from slimstep.screen import make_scorer, screen, screen_nfe
 
     p = st.params
-    student = load(model_dir(out, by_name[st.deps["student"]]))
+    student_dir = model_dir(out, by_name[st.deps["student"]])
+    student = load(student_dir)
     teacher = load(model_dir(out, by_name[st.deps["teacher"]])) if "teacher" in st.deps else None
-    scorer = make_scorer(p["scorer"], student, teacher, None)
-    n_c = int(p["candidates"])
+    disc = (realism_for_stage(student_dir, st.spec, model_dir(out, st) / "realism", p.get("realism"))
+            if p["scorer"] == "realism" else None)
+    scorer = make_scorer(p["scorer"], student, teacher, disc, student_dir)
+    n_c, select = int(p["candidates"]), p.get("select", "argmax")  # defaults kept out of the hash
+    nfe = screen_nfe(n_c, student, scorer, p["final"], teacher)
 
     def make(seed, n):
         tic = time.perf_counter()
-        x, y, info = screen(student, n, n_c, scorer, seed=seed, final=p["final"], teacher=teacher)
+        x, y, info = screen(student, n, n_c, scorer, seed=seed, final=p["final"], teacher=teacher,
+                            select=select, temperature=p.get("temperature"))
         secs = time.perf_counter() - tic
         return x, y, secs, {"candidate": info["candidate"].numpy(), "score": info["score"].numpy(),
                             "screen": n_c, "scorer": p["scorer"], "final": p["final"],
-                            "nfe": n_c + (p["final"] == "teacher")}
+                            "select": select, "nfe": info["nfe"]}
 
-    name = f"{st.name} ({st.deps['student']} x{n_c}, {p['scorer']}, final {p['final']})"
+    how = p["scorer"] if select == "argmax" else f"{p['scorer']} resample T={p.get('temperature', 1.0):g}"
+    name = f"{st.name} ({st.deps['student']} x{n_c}, {how}, final {p['final']})"
     r = score_samples(make, st.spec, ev, name, sdir)
     final = teacher if p["final"] == "teacher" else student
     params = student.params + (teacher.params if teacher is not None and p["final"] == "teacher" else 0)
     secs_per_sample = r["sample_seconds"] / (r["n"] * len(ev["seeds"]))
-    return {**r, "nfe": n_c + (1 if p["final"] == "teacher" else 0), "nfe_note": f"{n_c} student + "
+    scoring = f" + {n_c * scorer.nfe} scorer" if getattr(scorer, "nfe", 0) else ""
+    return {**r, "nfe": nfe, "nfe_note": f"{n_c * student.nfe} student{scoring} + "
             f"{'1 teacher' if p['final'] == 'teacher' else '0'} calls", "params": params,
             "samples_per_s": round(1 / secs_per_sample, 1), "macs": None, "final_params": final.params}
 

@@ -27,9 +27,27 @@ shared by all its candidates, so screening never changes the class histogram.
 * ``teacher`` — minus the mean squared distance between the student's output and
   the one-step teacher's output on the same noise. It costs one teacher call per
   candidate, so it screens for fidelity, not for speed;
-* ``discriminator`` — a GDD checkpoint's discriminator logit (``--discriminator``).
+* ``discriminator`` — a GDD checkpoint's discriminator logit (``--discriminator``);
+* ``realism`` — the logit of a discriminator trained on *this student's* outputs
+  against the real train split (:mod:`slimstep.realism`, ``slimstep screen-train``):
+  an estimate of :math:`\log p_\mathrm{data}/p_S` (``--discriminator DISC``).
+
+**Selection** (``select``): ``argmax`` keeps the best-scoring candidate (ties: the
+lowest j); ``resample`` draws candidate j with probability
+:math:`\propto \exp(s_j / T)` (``temperature`` T > 0; importance resampling with
+the realism score at T = 1). T → 0 gives the argmax, T → ∞ a uniform pick. The
+draw of output ``i`` is one uniform from its own CPU generator, seeded
+``(seed + i) XOR 0x85EBCA6B`` (a stream apart from every plain seed of the call
+for n < 2·10⁹), so a screened output still depends on its own seed only.
 
 ``final="teacher"`` maps the chosen noise once more with the one-step teacher.
+
+**NFE** (:func:`screen_nfe`, reported by ``sample``, ``eval``, the JSON and the
+report alike): N candidates × (the student's NFE + the scorer's network calls:
+the ``teacher`` scorer's one-step teacher) + the final call (the teacher's NFE for
+``final="teacher"``; 0 for ``final="student"``, whose output is the chosen
+candidate's, already computed). Classifier and discriminator evaluations are
+scoring, not generator evaluations, and are not counted.
 """
 
 from __future__ import annotations
@@ -41,8 +59,10 @@ import torch
 
 from slimstep.generator import Generator, seeded_noise
 
-SCORERS = ("classifier", "density", "teacher", "discriminator")
+SCORERS = ("classifier", "density", "teacher", "discriminator", "realism")
+SELECTS = ("argmax", "resample")
 SEED_STEP = 0x9E3779B1  # golden-ratio Weyl step
+SELECT_MASK = 0x85EBCA6B  # seeds of the resampling draws: (seed + i) ^ mask, bit 31 set
 
 Scorer = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
@@ -99,7 +119,15 @@ def teacher_scorer(teacher: Generator, batch_size: int = 256) -> Scorer:
         xt = teacher.sample_from(z, y, batch_size)
         return -(x - xt).pow(2).flatten(1).mean(1)
 
+    score.nfe = teacher.nfe  # one teacher sample per candidate: part of screening's NFE
     return score
+
+
+def screen_nfe(n_candidates: int, student: Generator, scorer: Scorer, final: str = "student",
+               teacher: Generator | None = None) -> int:
+    """Generator evaluations per screened output: N x (student + scorer calls) + the final call."""
+    last = teacher.nfe if final == "teacher" and teacher is not None else 0
+    return n_candidates * (student.nfe + int(getattr(scorer, "nfe", 0))) + last
 
 
 def discriminator_scorer(ckpt: str | Path) -> Scorer:
@@ -132,7 +160,7 @@ def discriminator_scorer(ckpt: str | Path) -> Scorer:
 
 
 def make_scorer(name: str, student: Generator, teacher: Generator | None = None,
-                discriminator: str | None = None) -> Scorer:
+                discriminator: str | None = None, student_ckpt: str | Path | None = None) -> Scorer:
     if name == "classifier":
         _digits_only(student, name)
         return classifier_scorer()
@@ -148,16 +176,51 @@ def make_scorer(name: str, student: Generator, teacher: Generator | None = None,
             raise ScreenError("--scorer discriminator needs --discriminator CKPT (a GDD run "
                               "whose snapshot holds a discriminator); none was given")
         return discriminator_scorer(discriminator)
+    if name == "realism":
+        from slimstep.realism import realism_scorer
+
+        if not discriminator:
+            raise ScreenError("--scorer realism needs --discriminator DISC (made by slimstep "
+                              "screen-train --ckpt STUDENT --data SPEC --out DISC); none was given")
+        return realism_scorer(discriminator, student, student_ckpt)
     raise ScreenError(f"unknown scorer '{name}' (expected one of {', '.join(SCORERS)})")
+
+
+def select_candidates(scores: torch.Tensor, select: str, temperature: float,
+                      seeds: list[int]) -> torch.Tensor:
+    """Chosen candidate per row of ``scores`` [outputs, N]: the argmax, or a draw with
+    probability softmax(scores / T) by inverse CDF on one uniform from row i's
+    generator (seeded ``seeds[i] ^ SELECT_MASK``)."""
+    if select == "argmax":
+        return scores.argmax(1)
+    p = torch.softmax(scores.double() / temperature, dim=1)  # float64: T -> 0 stays one-hot
+    u = torch.stack([torch.rand((), generator=torch.Generator().manual_seed((s ^ SELECT_MASK) % 2**32),
+                                dtype=torch.float64) for s in seeds])
+    j = torch.searchsorted(p.cumsum(1), u[:, None], right=True).squeeze(1)
+    return j.clamp(max=scores.shape[1] - 1)  # u above a cumsum rounded below 1
+
+
+def check_select(select: str, temperature: float | None) -> float:
+    """The temperature to use (1 when not given); one clear error for a bad pair."""
+    if select not in SELECTS:
+        raise ScreenError(f"--select must be one of {', '.join(SELECTS)}, not '{select}'")
+    if temperature is not None and select == "argmax":
+        raise ScreenError("--temperature goes with --select resample (argmax has none)")
+    t = 1.0 if temperature is None else float(temperature)
+    if not t > 0:  # also rejects nan
+        raise ScreenError(f"--temperature must be > 0, not {temperature} (T -> 0 is --select argmax)")
+    return t
 
 
 @torch.no_grad()
 def screen(student: Generator, n: int, n_candidates: int, scorer: Scorer, *, seed: int = 0,
            final: str = "student", teacher: Generator | None = None,
-           y: torch.Tensor | None = None, batch_size: int = 256, chunk: int = 64
+           y: torch.Tensor | None = None, batch_size: int = 256, chunk: int = 64,
+           select: str = "argmax", temperature: float | None = None
            ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """``n`` screened samples (CPU). Returns (x, labels, info) where ``info`` holds the
-    chosen candidate index and its score per output."""
+    chosen candidate index and its score per output, and the NFE per output."""
+    temperature = check_select(select, temperature)
     if final not in ("student", "teacher"):
         raise ScreenError(f"--final must be student or teacher, not '{final}'")
     if final == "teacher" and teacher is None:
@@ -180,12 +243,13 @@ def screen(student: Generator, n: int, n_candidates: int, scorer: Scorer, *, see
         z = z.reshape(-1, *shape)  # [outputs * candidates], output-major
         yr = yc.repeat_interleave(n_candidates) if yc is not None else None
         x = student.sample_from(z, yr, batch_size)
-        s = scorer(x, yr, z).reshape(len(idx), n_candidates)
-        j = s.argmax(1)
+        s = scorer(x, yr, z).reshape(len(idx), n_candidates).float().cpu()
+        j = select_candidates(s, select, temperature, [seed + i for i in idx])
         pick = torch.arange(len(idx)) * n_candidates + j
         xs.append(teacher.sample_from(z[pick], yc, batch_size) if final == "teacher" else x[pick])
         ys.append(yc)
         chosen.append(j)
-        best.append(s.max(1).values)
+        best.append(s.gather(1, j[:, None]).squeeze(1))
     labels = torch.cat(ys) if ys and ys[0] is not None else None
-    return torch.cat(xs), labels, {"candidate": torch.cat(chosen), "score": torch.cat(best)}
+    return torch.cat(xs), labels, {"candidate": torch.cat(chosen), "score": torch.cat(best),
+                                   "nfe": screen_nfe(n_candidates, student, scorer, final, teacher)}

@@ -21,6 +21,15 @@ final state (k_P = K, l_P = L): the depth ODE is sampled at P evenly spaced
 each hidden term normalised by the teacher state's mean square (states grow with
 depth; without it the last layers dominate). The head reads the fused patch
 states, so the output term trains the fusion.
+
+**Depth-gap arm** (``net.depth: gap``, a flow map in depth). With
+``random_steps: true`` every batch draws one step count :math:`n \sim U\{1..K\}`
+and the student runs n jumps of 1/n; patch j then reads step
+:math:`k_j = \max(1, \mathrm{round}(jn/P))` at depth time :math:`k_j/n`, matched with
+the teacher layer at the same depth time, :math:`\mathrm{round}(k_j L/n)`
+(:func:`gap_layer_map`; at n = K with P | K it is the map above). The output term
+asks every n for the teacher's output, so one student serves 1..K steps
+(``slimstep sample --steps n``).
 """
 
 from __future__ import annotations
@@ -33,7 +42,26 @@ from slimstep.methods.flowmap import one_step_rule, random_labels
 from slimstep.nets import build_net, count_params
 from slimstep.nets.shared_block import patch_steps
 
-register_kind("slt", one_step_rule)
+
+def slt_rule(gen, z: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """The one-step rule; ``steps`` in the sampling settings (``--steps n``) runs a depth-gap
+    student with n depth jumps instead of its K (still one network evaluation)."""
+    n = gen.sampling.get("steps")
+    if n is None:
+        return one_step_rule(gen, z, y)
+    if getattr(gen.net, "depth", "table") != "gap":
+        raise MethodError(f"--steps {n}: only a depth-gap SLT student (net.depth: gap) runs "
+                          f"another number of depth steps than its K")
+    if int(n) < 1:
+        raise MethodError(f"--steps must be at least 1, not {n}")
+    s = gen.sampling
+    t = torch.full((len(z),), float(s.get("t", 0.0)), device=z.device)
+    d = torch.full((len(z),), float(s.get("s", 1.0)), device=z.device)
+    return z + gen.net(z, t, y, s=d, steps=int(n)), 1
+
+
+slt_rule.plain_rule = one_step_rule  # without steps it is exactly that rule: export traces it
+register_kind("slt", slt_rule)
 
 ONE_STEP_KINDS = ("flowmap", "meanflow")
 
@@ -46,11 +74,21 @@ def layer_map(steps: int, patches: int, depth: int) -> list[tuple[int, int]]:
                     [round(j * depth / patches) for j in range(1, patches + 1)], strict=True))
 
 
+def gap_layer_map(steps: int, patches: int, depth: int) -> list[tuple[int, int]]:
+    """Depth-gap arm at ``steps`` = n jumps: [(k_j, l_j)] with the student state after k_j
+    of n jumps (depth time k_j/n) matched to the teacher layer at the same depth time,
+    l_j = max(1, round(k_j L / n)). Any n >= 1 (n < P repeats states)."""
+    return [(k, max(1, round(k * depth / steps))) for k in patch_steps(steps, patches, fewer=True)]
+
+
 class SLT(Method):
     name = "slt"
     defaults = {
         "hidden_weight": 1.0,  # w_h
         "output_weight": 1.0,  # w_o
+        # depth-gap arm only: a fresh step count n ~ U{1..K} per batch, so the student
+        # learns every n it may be sampled with; off = always K (as the table arm)
+        "random_steps": False,
     }
 
     def __init__(self, cfg, info, *, device, teacher=None):
@@ -79,6 +117,11 @@ class SLT(Method):
         self.teacher_net = teacher.net.to(device).eval().requires_grad_(False)
         self.num_classes = self.spec["num_classes"]
         self.ratio = count_params(self.net) / count_params(self.teacher_net)
+        self.depth, self.steps = self.net.depth, self.net.steps
+        self.teacher_depth = tspec["depth"]
+        if self.opts["random_steps"] and self.depth != "gap":
+            raise MethodError("slt: random_steps needs the depth-gap arm (net.depth: gap): a "
+                              "depth table runs only its K steps")
 
     def loss(self, batch, step, phase):
         n, dev = len(batch[0]), batch[0].device
@@ -88,14 +131,20 @@ class SLT(Method):
         s = torch.full((n,), self.s0, device=dev)
         with torch.no_grad():
             out_t, feats_t = self.teacher_net(z, t, y, s=s, return_features=True)
-        out_s, feats_s = self.net(z, t, y, s=s, return_features=True)
+        steps, pairs = self.steps, self.map
+        if self.opts["random_steps"]:
+            steps = int(torch.randint(1, self.steps + 1, ()))
+        if self.depth == "gap":
+            pairs = gap_layer_map(steps, len(self.map), self.teacher_depth)
+        out_s, feats_s = self.net(z, t, y, s=s, return_features=True, steps=steps)
         hidden = sum(
             (fs.float() - feats_t[lj - 1].float()).pow(2).mean() / feats_t[lj - 1].float().pow(2).mean()
-            for fs, (_, lj) in zip(feats_s, self.map, strict=True)) / len(self.map)
+            for fs, (_, lj) in zip(feats_s, pairs, strict=True)) / len(pairs)
         output = (out_s.float() - out_t.float()).pow(2).mean()
         loss = self.opts["hidden_weight"] * hidden + self.opts["output_weight"] * output
         return {"loss": loss, "hidden": hidden.detach(), "output": output.detach()}
 
     def export(self):
+        pairs = gap_layer_map(self.steps, len(self.map), self.teacher_depth) if self.depth == "gap" else self.map
         return {"kind": "slt", "nfe": 1, "t": self.t0, "s": self.s0,
-                "layer_map": [list(p) for p in self.map]}
+                "layer_map": [list(p) for p in pairs]}

@@ -26,8 +26,27 @@ returns and what SLT matches against the teacher's layers.
   to pass the last patch through;
 * ``last`` — no fusion, the head reads :math:`h_K` (the ablation baseline).
 
+**Depth arms** (``depth``):
+
+* ``table`` — the update above, one learned vector ``e_k`` per application
+  (``nn.Embedding(K, width)``): the block is told *which* step it is, so it can
+  only be run with the K steps it was trained for.
+* ``gap`` — a flow map in depth, FreeFlow's derivation with the layer index as
+  time: the block is told its depth time :math:`\tau_k` *and* the size of its
+  jump :math:`\Delta` (FreeFlow's δ), each through a frequency embedding + MLP
+  (the DiT's time embedder), and the update is
+
+  .. math:: h_{k+1} = h_k + \Delta\, F(h_k;\ \tau_k, \Delta),\qquad
+            F = B(h_k,\ c + E_\tau(\tau_k) + E_\Delta(\Delta)) - h_k,
+
+  with :math:`\tau_k = k/n`, :math:`\Delta = 1/n` for ``n`` steps. ``F`` is a
+  rate (state change per unit depth), so the same weights run any ``n``
+  (``forward(..., steps=n)``, default K) and no parameter depends on K. With
+  ``n < P`` several patches read the same state (patch j reads step
+  :math:`\max(1, \mathrm{round}(jn/P))`), so the fusion always sees P states.
+
 The head is the DiT's adaLN final layer + unpatchify. The call signature is the
-DiT's: ``forward(x, t, y=None, s=None, return_features=False)``.
+DiT's: ``forward(x, t, y=None, s=None, return_features=False)`` (+ ``steps``).
 """
 
 from __future__ import annotations
@@ -35,16 +54,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slimstep.nets.dit import DiTBlock, DiTStem, FinalLayer, init_linears
+from slimstep.nets.dit import DiTBlock, DiTStem, FinalLayer, TimestepEmbedder, init_linears
 
 FUSIONS = ("sum", "concat", "last")
+DEPTHS = ("table", "gap")
 
 
-def patch_steps(steps: int, patches: int) -> list[int]:
-    """Student steps :math:`k_j = \\mathrm{round}(jK/P)`, j = 1..P (1-based: after k_j applications)."""
-    if not 1 <= patches <= steps:
+def patch_steps(steps: int, patches: int, fewer: bool = False) -> list[int]:
+    """Student steps :math:`k_j = \\max(1, \\mathrm{round}(jK/P))`, j = 1..P (1-based: after
+    k_j applications). ``fewer=True`` allows K < P (the depth-gap arm run with few steps);
+    for K >= P the max never binds, so both rules agree."""
+    if patches < 1 or (patches > steps and not fewer) or steps < 1:
         raise ValueError(f"need 1 <= patches <= steps, got patches={patches}, steps={steps}")
-    return [round(j * steps / patches) for j in range(1, patches + 1)]
+    return [max(1, round(j * steps / patches)) for j in range(1, patches + 1)]
 
 
 class SharedBlockDiT(DiTStem):
@@ -63,17 +85,29 @@ class SharedBlockDiT(DiTStem):
         extra_time_embeds: int = 1,
         time_scale: float = 1000.0,
         frequency_embedding_size: int = 256,
+        depth: str = "table",
+        depth_scale: float = 100.0,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, not '{fusion}'")
+        if depth not in DEPTHS:
+            raise ValueError(f"depth must be one of {', '.join(DEPTHS)}, not '{depth}'")
         self._build_stem(in_shape, num_classes, patch_size, hidden_size, extra_time_embeds, time_scale,
                          frequency_embedding_size=frequency_embedding_size)
-        self.fusion = fusion
-        self.steps, self.patch_at = steps, patch_steps(steps, patches)
+        self.fusion, self.depth = fusion, depth
+        self.steps, self.patches, self.patch_at = steps, patches, patch_steps(steps, patches)
         teacher_hidden = teacher_hidden or hidden_size
 
-        self.depth_embed = nn.Embedding(steps, hidden_size)
+        if depth == "table":
+            self.depth_embed = nn.Embedding(steps, hidden_size)
+        else:
+            # tau, delta in [0, 1] times depth_scale before the sinusoid: frequencies up to
+            # ~depth_scale rad per unit depth tell 1/28-apart layers apart; nothing
+            # differentiates along depth, so no smoothness is needed here (unlike flowmap's s)
+            self.depth_scale = depth_scale
+            self.tau_embedder = TimestepEmbedder(hidden_size, frequency_embedding_size)
+            self.gap_embedder = TimestepEmbedder(hidden_size, frequency_embedding_size)
         self.block = DiTBlock(hidden_size, num_heads, mlp_ratio)  # the one shared block
         self.proj = nn.ModuleList(
             nn.Identity() if teacher_hidden == hidden_size else nn.Linear(hidden_size, teacher_hidden)
@@ -88,7 +122,12 @@ class SharedBlockDiT(DiTStem):
         self.block.reset_parameters()
         self.final_layer.reset_parameters()
         self._init_embedders()
-        nn.init.normal_(self.depth_embed.weight, std=0.02)
+        if self.depth == "table":
+            nn.init.normal_(self.depth_embed.weight, std=0.02)
+        else:  # the DiT's time-embedding init: every step starts alike, as the table's N(0, 0.02)
+            for emb in (self.tau_embedder, self.gap_embedder):
+                nn.init.normal_(emb.mlp[0].weight, std=0.02)
+                nn.init.normal_(emb.mlp[2].weight, std=0.02)
         if self.fuse_logits is not None:  # start close to "read the last patch"
             with torch.no_grad():
                 self.fuse_logits.zero_()
@@ -99,14 +138,34 @@ class SharedBlockDiT(DiTStem):
                 self.fuse_linear.weight.zero_()
                 self.fuse_linear.weight[:, -d:] = torch.eye(d)
 
+    def depth_conditions(self, n: int, device, dtype) -> torch.Tensor:
+        """[n, width]: what step k of n adds to the conditioning (gap arm: E_tau(k/n) + E_delta(1/n),
+        one embedding per step for the whole batch)."""
+        tau = torch.arange(n, device=device, dtype=torch.float32) / n
+        gap = torch.full((1,), 1.0 / n, device=device)
+        return (self.tau_embedder(tau * self.depth_scale)
+                + self.gap_embedder(gap * self.depth_scale)).to(dtype)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
-                return_features: bool = False, s: torch.Tensor | None = None):
+                return_features: bool = False, s: torch.Tensor | None = None,
+                steps: int | None = None):
         h, c = self.embed(x, t, y, s)
-        states = []
-        for k in range(self.steps):
-            h = self.block(h, c + self.depth_embed.weight[k])
-            if k + 1 in self.patch_at:
-                states.append(h)
+        n = self.steps if steps is None else int(steps)
+        if self.depth == "table":
+            if n != self.steps:
+                raise ValueError(f"a depth-table student runs its K = {self.steps} steps only "
+                                 f"(asked for {n}); the depth-gap arm takes 1..K")
+            at, cond = self.patch_at, self.depth_embed.weight
+        else:
+            at, cond = patch_steps(n, self.patches, fewer=True), self.depth_conditions(n, h.device, h.dtype)
+        hs = []
+        for k in range(n):
+            if self.depth == "table":
+                h = self.block(h, c + cond[k])
+            else:  # a jump of 1/n along the depth flow map
+                h = h + (self.block(h, c + cond[k]) - h) / n
+            hs.append(h)
+        states = [hs[k - 1] for k in at]
         if self.fusion == "sum":
             a = torch.softmax(self.fuse_logits, 0).to(h.dtype)
             fused = sum(a[j] * st for j, st in enumerate(states))
