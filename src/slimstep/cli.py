@@ -13,22 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from slimstep.config import ConfigError
-    from slimstep.data import DataError
-    from slimstep.eval import EvalError
-    from slimstep.export import ExportError
-    from slimstep.files import FileFormatError
-    from slimstep.methods import MethodError
-    from slimstep.pairs import PairsError
-    from slimstep.recipes import RecipeError
-    from slimstep.screen import ScreenError
-    from slimstep.train.checkpoint import CheckpointError
-    from slimstep.train.loop import ResumeError
-
-    return (ConfigError, DataError, EvalError, FileFormatError, MethodError, CheckpointError,
-            ResumeError, PairsError, ScreenError, RecipeError, ExportError)
+from slimstep.errors import SlimstepError
 
 
 # ---------------------------------------------------------------- commands
@@ -268,8 +253,10 @@ def cmd_demo(a) -> None:
     _finish_run(demo(a.out, jobs=a.jobs))
 
 
-class RunFailed(RuntimeError):
+class RunFailed(SlimstepError, RuntimeError):
     """Some stages of a run failed; the others were reported."""
+
+    exit_code = 1  # the recipe was usable; a stage's training was not
 
 
 # ---------------------------------------------------------------- parser
@@ -409,20 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "data" and args.n is None and args.name.startswith("toy2d"):
         args.n = 2000
-    from slimstep.train.loop import TrainingDiverged
-
-    user_errors = _user_errors()
     try:
         args.fn(args)
-    except TrainingDiverged as e:
-        print(f"slimstep: error: training diverged: {e}", file=sys.stderr)
-        return 1
-    except RunFailed as e:
+    except SlimstepError as e:  # every deliberate failure: one line, its exit code
         print(f"slimstep: error: {e}", file=sys.stderr)
-        return 1
-    except user_errors as e:
-        print(f"slimstep: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("slimstep: interrupted", file=sys.stderr)
         return 130

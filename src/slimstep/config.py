@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from slimstep.errors import ConfigError
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-4`` (no dot) as a string; every researcher writes it as a float."""
@@ -35,10 +37,6 @@ _Loader.add_implicit_resolver(
 
 def _yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # a SafeLoader: builds plain data only
-
-
-class ConfigError(ValueError):
-    """A config file or override a user handed in is unusable."""
 
 
 DEFAULTS: dict = {

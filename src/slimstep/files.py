@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from slimstep.errors import SlimstepError
 
-class FileFormatError(ValueError):
+
+class FileFormatError(SlimstepError, ValueError):
     """A file a user handed in is not in the expected format."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from slimstep.errors import SlimstepError
 from slimstep.files import atomic_write, write_json
 from slimstep.generator import load, seeded_noise
 from slimstep.train import dist
@@ -29,7 +30,7 @@ from slimstep.train import dist
 MANIFEST = "manifest.json"
 
 
-class PairsError(ValueError):
+class PairsError(SlimstepError, ValueError):
     """A pairs directory does not match the request (one clear line)."""
 
 

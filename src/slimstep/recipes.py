@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from slimstep.config import DEFAULTS, ConfigError, _yaml, load_config
+from slimstep.errors import SlimstepError, os_error
 
 KINDS = ("teacher", "pairs", "distill", "screen")
 #: Keys a stage of each kind may hold (besides ``kind`` and ``overrides``).
@@ -263,14 +264,12 @@ def _worker_init(threads: int) -> None:
 
 def _worker(out: str, st: Stage, deps: dict[str, str]) -> tuple[float, str | None]:
     """Entry point in a worker process: never raises, returns (seconds, error line)."""
-    from slimstep.train.loop import TrainingDiverged
-
     try:
         return execute(Path(out), st, {k: Path(v) for k, v in deps.items()}), None
-    except TrainingDiverged as e:
-        return 0.0, f"training diverged: {e}"
-    except (ValueError, OSError) as e:  # user-level errors carry one line
-        return 0.0, f"{type(e).__name__}: {e}"
+    except SlimstepError as e:  # deliberate failures (bad input, divergence) carry one line
+        return 0.0, str(e)
+    except OSError as e:  # disk full, permissions: one line naming the file
+        return 0.0, str(os_error(e))
     except Exception:  # a bug: keep the whole story for the log
         return 0.0, traceback.format_exc(limit=8)
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from slimstep.errors import SlimstepError
 from slimstep.generator import Generator, seeded_noise
 
 SCORERS = ("classifier", "density", "teacher", "discriminator")
@@ -47,7 +48,7 @@ SEED_STEP = 0x9E3779B1  # golden-ratio Weyl step
 Scorer = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
 
-class ScreenError(ValueError):
+class ScreenError(SlimstepError, ValueError):
     """Screening options that cannot work together (one clear line)."""
 
 

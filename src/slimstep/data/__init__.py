@@ -21,8 +21,10 @@ from typing import Protocol
 
 import torch
 
+from slimstep.errors import SlimstepError
 
-class DataError(ValueError):
+
+class DataError(SlimstepError, ValueError):
     """A data spec or file a user handed in is unusable (one clear line)."""
 
 

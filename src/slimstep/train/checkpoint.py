@@ -32,13 +32,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from slimstep.errors import SlimstepError
 from slimstep.files import atomic_write, current_umask, fsync_dir, write_json
 
 CONFIG, WEIGHTS, STATE = "config.json", "model.safetensors", "training_state.pt"
 _SNAP = re.compile(r"^step-(\d{8,})$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SlimstepError, ValueError):
     """A checkpoint a user pointed at is missing or unusable."""
 
 

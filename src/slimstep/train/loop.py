@@ -26,6 +26,7 @@ from torch import nn
 
 from slimstep.config import ConfigError
 from slimstep.data import load_data
+from slimstep.errors import SlimstepError
 from slimstep.files import atomic_write
 from slimstep.methods import build_method, method_class
 from slimstep.train import checkpoint as ckpt
@@ -35,11 +36,13 @@ from slimstep.train.ema import EMA
 FORMAT = "slimstep-checkpoint/1"
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(SlimstepError, RuntimeError):
     """A loss or gradient became NaN/inf; the last good checkpoint is kept."""
 
+    exit_code = 1  # the inputs were fine, the run failed
 
-class ResumeError(ValueError):
+
+class ResumeError(SlimstepError, ValueError):
     """``--resume`` cannot continue the run in the output directory."""
 
 
@@ -231,7 +234,7 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
     except TrainingDiverged as e:
         snaps = ckpt.list_snapshots(out)
         keep = f"last good checkpoint: {snaps[-1]}" if snaps else "no checkpoint was written yet"
-        raise TrainingDiverged(f"{e}; stopped, {keep}") from None
+        raise TrainingDiverged(f"training diverged: {e}; stopped, {keep}") from None
     finally:
         if bar:
             bar.close()
