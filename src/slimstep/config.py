@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from slimstep.errors import ConfigError
+from slimstep.spec import SampleConfig, TrainConfig, check_kwargs
 
 
 class _Loader(yaml.SafeLoader):
@@ -47,28 +48,9 @@ DEFAULTS: dict = {
     "data": {"spec": "digits", "options": {}},
     "net": {"name": "unet"},
     "method": {"name": "flow_matching"},
-    "train": {
-        "steps": 1000,
-        "batch_size": 128,
-        "optimizer": "adam",  # adam | adamw
-        "lr": 2e-4,
-        "betas": [0.9, 0.999],
-        "weight_decay": 0.0,
-        "warmup": 0,  # linear warm-up steps
-        "schedule": "constant",  # constant | cosine (decay to min_lr x lr at the last step)
-        "min_lr": 0.0,  # the cosine's floor, a fraction of lr
-        "grad_clip": 1.0,  # max global grad norm; 0 = off
-        "accum": 1,  # micro-batches per optimizer step
-        "ema": {"decay": 0.999, "half_life_images": None, "start": 0, "warmup": True, "rampup": 0.05},
-        "precision": "fp32",  # fp32 | bf16 (autocast on CUDA only)
-        "compile": False,  # torch.compile the trained modules
-        "seed": 0,
-        "log_every": 50,
-        "ckpt_every": 500,
-        "keep": 2,  # snapshots kept on disk
-        "device": "auto",  # auto | cpu | cuda
-    },
-    "sample": {"solver": "heun", "steps": 16, "cfg_scale": 1.0, "rtol": 1e-5, "atol": 1e-5},
+    # Typed, commented and range-checked in slimstep.spec; here as the plain dicts a run records.
+    "train": TrainConfig().to_dict(),
+    "sample": SampleConfig().to_dict(),
 }
 OPEN_SECTIONS = ("net", "method")
 
@@ -85,6 +67,11 @@ def _merge(base: dict, new: dict, path: str, strict: bool) -> dict:
             out[k] = copy.deepcopy(v)
         elif isinstance(out[k], dict) and isinstance(v, dict):
             out[k] = _merge(out[k], v, where + ".", strict)
+        elif isinstance(out[k], dict) and v is None:
+            continue  # an empty section in YAML (every key commented out) changes nothing
+        elif isinstance(out[k], dict):
+            raise ConfigError(f"'{where}' is a section (a mapping of keys), not {v!r}: "
+                              f"set its keys, e.g. {where}.{next(iter(out[k]), 'key')}=...")
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -103,8 +90,13 @@ def parse_overrides(items: list[str]) -> dict:
             value = raw
         node = out
         parts = key.split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
+            if isinstance(node.get(p), str) and i == 0 and p in SHORTHAND:
+                node[p] = {SHORTHAND[p]: node[p]}  # data=folder:X, then data.options.resolution=16
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' sets a key inside '{'.'.join(parts[:i + 1])}', "
+                                  f"which an earlier override set to {node!r}")
         node[parts[-1]] = value
     return out
 
@@ -126,15 +118,39 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     if overrides:
         ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         cfg = _merge(cfg, _normalise(ov), "", strict=True)
-    return cfg
+    return check_config(cfg)
+
+
+#: Sections that may be given as one string: ``data: digits``, ``net: unet``, ``method: gdd``.
+SHORTHAND = {"data": "spec", "net": "name", "method": "name"}
 
 
 def _normalise(d: dict) -> dict:
     d = dict(d)
-    if isinstance(d.get("data"), str):
-        d["data"] = {"spec": d["data"]}
-    if isinstance(d.get("net"), str):
-        d["net"] = {"name": d["net"]}
-    if isinstance(d.get("method"), str):
-        d["method"] = {"name": d["method"]}
+    for section, key in SHORTHAND.items():
+        if isinstance(d.get(section), str):
+            d[section] = {key: d[section]}
     return d
+
+
+def check_config(cfg: dict) -> dict:
+    """Refuse, in one line naming the key, a config that cannot train as written:
+    ``train`` and ``sample`` against their typed schemas (:mod:`slimstep.spec`), the
+    network's options against its constructor, the data section's shape. The dict
+    itself is returned unchanged (its values are what a run records and hashes)."""
+    from slimstep.nets import net_class
+
+    TrainConfig.from_dict(cfg["train"], "train")
+    SampleConfig.from_dict(cfg["sample"], "sample")
+    data = cfg["data"]
+    if not isinstance(data.get("spec"), str) or not data["spec"]:
+        raise ConfigError(f"data.spec must name a data set (e.g. digits, toy2d:moons), not {data.get('spec')!r}")
+    if not isinstance(data.get("options", {}), dict):
+        raise ConfigError(f"data.options must be a mapping (e.g. data.options.resolution=32), "
+                          f"not {data['options']!r}")
+    for section in ("net", "method"):
+        if not isinstance(cfg[section].get("name"), str):
+            raise ConfigError(f"{section}.name must be a name, not {cfg[section].get('name')!r}")
+    opts = {k: v for k, v in cfg["net"].items() if k != "name"}
+    check_kwargs("net", opts, net_class(cfg["net"]["name"]))
+    return cfg
