@@ -13,8 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from slimstep.errors import SlimstepError
-
+from slimstep.errors import ENVIRONMENT_ERRNOS, SlimstepError, os_error
 
 # ---------------------------------------------------------------- commands
 
@@ -401,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     except SlimstepError as e:  # every deliberate failure: one line, its exit code
         print(f"slimstep: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:  # anything else is a bug: keep its traceback
+            raise
+        print(f"slimstep: error: {os_error(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("slimstep: interrupted", file=sys.stderr)
         return 130

@@ -30,11 +30,15 @@ class OutputError(SlimstepError):
     """An output location cannot be written: busy (locked), a directory, or the disk is full."""
 
 
+#: OSErrors that are the machine's state, not a bug: the CLI reports them in one line.
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def os_error(e: OSError, path=None) -> SlimstepError:
     """One line for an ``OSError`` met while writing ``path``: no space left, no
-    permission, read-only file system... naming the path (the file the OS names,
-    else ``path``)."""
-    where = e.filename or path or "?"
+    permission, read-only file system... naming ``path`` (else the file the OS
+    names: for an atomic write that would be the temp file)."""
+    where = path or e.filename or "?"
     if e.errno == errno.ENOSPC:
         return OutputError(f"{where}: no space left on the device (the previous files are kept)")
     reason = e.strerror or str(e)
