@@ -24,16 +24,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimstep.config import ConfigError
+from slimstep.config import ConfigError, check_config
 from slimstep.data import load_data
 from slimstep.errors import SlimstepError
 from slimstep.files import atomic_write
 from slimstep.methods import build_method, method_class
+from slimstep.outdir import output_dir
 from slimstep.train import checkpoint as ckpt
 from slimstep.train import dist
 from slimstep.train.ema import EMA
 
-FORMAT = "slimstep-checkpoint/1"
+FORMAT = ckpt.FORMAT  # the schema lives with the checkpoint module
 
 
 class TrainingDiverged(SlimstepError, RuntimeError):
@@ -152,15 +153,21 @@ def _train_step(method, data, phases, ema, ctx, cfg, step):
 
 def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
           progress: bool = True) -> Path:
-    """Train ``cfg["method"]`` and write checkpoints to ``out``; returns ``out``."""
+    """Train ``cfg["method"]`` and write checkpoints to ``out``; returns ``out``.
+
+    Everything that can be checked — the config, the data, the method and its
+    inputs — is checked before ``out`` is created; then ``out`` is locked for the
+    run (:func:`slimstep.outdir.output_dir`)."""
     out = Path(out)
+    check_config(cfg)
     t = cfg["train"]
     ctx = dist.setup(t["device"])
-    if ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
     if t["batch_size"] % (ctx.world * t["accum"]):
         raise ConfigError(f"train.batch_size {t['batch_size']} must divide by "
                           f"world size x accum = {ctx.world * t['accum']}")
+    if t["precision"] == "bf16" and ctx.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision=bf16 does not run on {torch.cuda.get_device_name(ctx.device)}: "
+                          "use fp32")
     torch.manual_seed(t["seed"])  # same initial weights on every rank
     spec = method_class(cfg["method"]["name"]).data_spec(cfg)
     data = load_data(spec, **cfg["data"].get("options", {}))
@@ -173,7 +180,13 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
         opt = _optimizer(params, t, method.optimizer_options(name))
         phases[name] = (params, opt, _schedule(opt, t))
     ema = EMA(method.net, **t["ema"])
+    with output_dir(out, lock=ctx.main):
+        return _run(cfg, out, resume, method, data, phases, ema, ctx, progress)
 
+
+def _run(cfg: dict, out: Path, resume: bool, method, data, phases, ema, ctx, progress: bool) -> Path:
+    """The run itself, in a locked ``out``: resume or start, train, snapshot."""
+    t = cfg["train"]
     start = 0
     if resume:
         start = _resume(out, cfg, method, phases, ema)
