@@ -1,4 +1,11 @@
-"""Recipe configs: YAML files under ``configs/`` plus ``key=value`` overrides.
+"""Recipe configs: YAML files plus ``key=value`` overrides.
+
+The configs and recipes ship inside the package (:data:`CONFIGS`,
+``src/slimstep/configs/<dataset>/``), so an installed slimstep has them. A config
+is named by path, or by its short name from anywhere: ``digits/teacher`` is
+``CONFIGS/digits/teacher.yaml``; a path through a ``configs/`` folder that does not
+exist here (``configs/digits/teacher.yaml`` outside a checkout, where the files
+lived before they moved into the package) finds the shipped file (:func:`find_config`).
 
 A config is a nested dict with five sections — ``data``, ``net``, ``method``,
 ``train``, ``sample`` — and the input paths ``teacher``, ``pairs``, ``init``,
@@ -22,7 +29,24 @@ from slimstep.spec import SampleConfig, TrainConfig, check_kwargs
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-4`` (no dot) as a string; every researcher writes it as a float."""
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; every researcher writes it as a float.
+    A key written twice in one mapping is an error: plain YAML keeps the last one
+    silently (two recipe stages of one name, the first one lost)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # a complex key: YAML's own constructor judges it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -101,13 +125,35 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+#: The shipped configs and recipes.
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def find_config(name: str | Path, what: str = "config file") -> Path:
+    """The YAML file ``name`` names: a path that exists, else the shipped file it
+    stands for — ``digits/teacher`` or ``digits/teacher.yaml`` under :data:`CONFIGS`,
+    or the part after the last ``configs/`` of a path that does not exist."""
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p
+    parts = p.parts
+    tail = Path(*parts[len(parts) - parts[::-1].index("configs"):]) if "configs" in parts else (
+        None if p.is_absolute() else p)
+    if tail is not None and tail.parts:
+        for cand in (CONFIGS / tail, CONFIGS / tail.with_name(tail.name + ".yaml")):
+            if cand.is_file():
+                return cand
+    shipped = ", ".join(sorted(str(f.relative_to(CONFIGS).with_suffix("")) for f in CONFIGS.glob("*/all.yaml")))
+    raise ConfigError(f"{what} not found: {name} (neither a file nor a shipped config; shipped recipes "
+                      f"include {shipped or 'none'}, configs are under {CONFIGS})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> dict:
-    """Defaults <- YAML file <- overrides. ``data`` may be given as a bare spec string."""
+    """Defaults <- YAML file <- overrides. ``data`` may be given as a bare spec string;
+    ``path`` as a short name (:func:`find_config`)."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
+        p = find_config(path)
         try:
             loaded = _yaml(p.read_text()) or {}
         except yaml.YAMLError as e:

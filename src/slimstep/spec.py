@@ -202,6 +202,23 @@ class SampleConfig(_Section):
     atol: float = _rule(1e-5, _positive, "positive")
 
 
+@dataclass(frozen=True)
+class PairsConfig(_Section):
+    """How teacher pairs are made (:func:`slimstep.pairs.generate_pairs`, a recipe's
+    ``pairs`` stage). Defaults are the recipe's: fixed-step Heun, seeds from 10⁶ so
+    pairs never share a seed with the evaluation's."""
+
+    n: int = _rule(4096, _positive, "at least 1")
+    solver: str = _rule("heun", lambda v: v in SOLVERS, " or ".join(SOLVERS))
+    steps: int = _rule(16, _positive, "at least 1")  # euler / heun
+    seed: int = _rule(10**6, _non_negative, "0 or more")  # pair i uses seed + i
+    rtol: float = _rule(1e-5, _positive, "positive")  # dopri5
+    atol: float = _rule(1e-5, _positive, "positive")
+    cfg_scale: float | None = None  # None = the teacher's own
+    shard_size: int = _rule(1024, _positive, "at least 1")
+    batch_size: int = _rule(256, _positive, "at least 1")
+
+
 def resolve_device(name: str):
     """``auto`` -> cuda when available, else cpu; a device that is not there is one error line."""
     import torch

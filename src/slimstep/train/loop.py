@@ -79,6 +79,17 @@ def _schedule(opt, t: dict):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
 
 
+def _row_step(line: str) -> float:
+    """A metrics line's step; a line that is not a JSON row (the torn last line of a
+    killed run, or a damaged file) counts as infinitely late, so resume drops it."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return math.inf
+    step = row.get("step", 0) if isinstance(row, dict) else None
+    return step if isinstance(step, (int, float)) else math.inf
+
+
 class Logger:
     """metrics.jsonl on rank 0, plus TensorBoard when it is installed."""
 
@@ -87,8 +98,8 @@ class Logger:
         if not main:
             return
         if self.path.exists():  # drop lines a resumed run will write again
-            keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) < start_step]
+            keep = [ln for ln in self.path.read_text(errors="replace").splitlines()
+                    if _row_step(ln) < start_step]
             atomic_write(self.path, lambda p: Path(p).write_text(
                 "".join(ln + "\n" for ln in keep)))
         try:
