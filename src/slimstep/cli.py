@@ -460,7 +460,10 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, a usage error: its status, as from any command
+        return e.code if isinstance(e.code, int) else 2
     if args.cmd == "data" and args.n is None and args.name.startswith("toy2d"):
         args.n = 2000
     try:
