@@ -152,6 +152,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     """Defaults <- YAML file <- overrides. ``data`` may be given as a bare spec string;
     ``path`` as a short name (:func:`find_config`)."""
     cfg = copy.deepcopy(DEFAULTS)
+    named = False  # whether the file or an override names the network (see check_config)
     if path is not None:
         p = find_config(path)
         try:
@@ -160,11 +161,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
-        cfg = _merge(cfg, _normalise(loaded), "", strict=True)
+        loaded = _normalise(loaded)
+        named |= isinstance(loaded.get("net"), dict) and "name" in loaded["net"]
+        cfg = _merge(cfg, loaded, "", strict=True)
     if overrides:
         ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-        cfg = _merge(cfg, _normalise(ov), "", strict=True)
-    return check_config(cfg)
+        ov = _normalise(ov)
+        named |= isinstance(ov.get("net"), dict) and "name" in ov["net"]
+        cfg = _merge(cfg, ov, "", strict=True)
+    return check_config(cfg, net=named)
 
 
 #: Sections that may be given as one string: ``data: digits``, ``net: unet``, ``method: gdd``.
@@ -179,11 +184,15 @@ def _normalise(d: dict) -> dict:
     return d
 
 
-def check_config(cfg: dict) -> dict:
+def check_config(cfg: dict, net: bool = False) -> dict:
     """Refuse, in one line naming the key, a config that cannot train as written:
     ``train`` and ``sample`` against their typed schemas (:mod:`slimstep.spec`), the
-    network's options against its constructor, the data section's shape. The dict
-    itself is returned unchanged (its values are what a run records and hashes)."""
+    data section's shape and, with ``net``, the network's options against its
+    constructor. ``net`` is for a config that names its network: one that does not
+    (a method that takes the architecture of ``--init`` or the teacher) carries the
+    default name only as a placeholder, and :func:`slimstep.nets.build_net` checks
+    the options when, and if, a network is built from them. The dict itself is
+    returned unchanged (its values are what a run records and hashes)."""
     from slimstep.nets import net_class
 
     TrainConfig.from_dict(cfg["train"], "train")
@@ -197,6 +206,7 @@ def check_config(cfg: dict) -> dict:
     for section in ("net", "method"):
         if not isinstance(cfg[section].get("name"), str):
             raise ConfigError(f"{section}.name must be a name, not {cfg[section].get('name')!r}")
-    opts = {k: v for k, v in cfg["net"].items() if k != "name"}
-    check_kwargs("net", opts, net_class(cfg["net"]["name"]))
+    if net:
+        opts = {k: v for k, v in cfg["net"].items() if k != "name"}
+        check_kwargs("net", opts, net_class(cfg["net"]["name"]))
     return cfg
