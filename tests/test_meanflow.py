@@ -186,12 +186,11 @@ def test_meanflow_two_gloo_processes_give_the_single_process_gradient(tmp_path, 
 def _shipped_net(path: str, **extra) -> nn.Module:
     """The network of a shipped recipe with a second time embedding, every weight perturbed
     (adaLN-Zero and zeroed embeddings would make du/dt vanish trivially)."""
-    from pathlib import Path
-
     import yaml
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
-    spec = dict(yaml.safe_load((configs / path).read_text())["net"])
+    from slimstep.config import find_config
+
+    spec = dict(yaml.safe_load(find_config(path).read_text())["net"])
     shape = [1, 8, 8] if spec["name"] == "dit" else [2]
     spec.update(in_shape=shape, num_classes=10 if spec["name"] == "dit" else 0,
                 extra_time_embeds=1, **extra)

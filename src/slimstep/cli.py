@@ -9,28 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from slimstep.config import ConfigError
-    from slimstep.data import DataError
-    from slimstep.eval import EvalError
-    from slimstep.export import ExportError
-    from slimstep.files import FileFormatError
-    from slimstep.methods import MethodError
-    from slimstep.pairs import PairsError
-    from slimstep.realism import RealismError
-    from slimstep.recipes import RecipeError
-    from slimstep.screen import ScreenError
-    from slimstep.train.checkpoint import CheckpointError
-    from slimstep.train.loop import ResumeError
-
-    return (ConfigError, DataError, EvalError, FileFormatError, MethodError, CheckpointError,
-            ResumeError, PairsError, ScreenError, RecipeError, ExportError, RealismError)
-
+from slimstep.errors import ENVIRONMENT_ERRNOS, ConfigError, SlimstepError, os_error
 
 # ---------------------------------------------------------------- commands
 
@@ -40,8 +24,6 @@ def cmd_teacher(a) -> None:
 
     cfg = load_config(a.config, a.overrides)
     if cfg["method"]["name"] != "flow_matching":
-        from slimstep.config import ConfigError
-
         raise ConfigError(f"slimstep teacher trains flow_matching, the config names "
                           f"'{cfg['method']['name']}'")
     out = train(cfg, a.out, resume=a.resume, progress=not a.quiet)
@@ -58,7 +40,7 @@ def cmd_pairs(a) -> None:
 
 
 def cmd_distill(a) -> None:
-    from slimstep.config import DEFAULTS, ConfigError, load_config
+    from slimstep.config import DEFAULTS, load_config
     from slimstep.generator import load
     from slimstep.train.loop import train
 
@@ -91,11 +73,9 @@ def _generator(a):
 
 
 def _device(name: str):
-    import torch
+    from slimstep.spec import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return resolve_device(name)
 
 
 def _labels(gen, spec: str | None, n: int):
@@ -106,26 +86,29 @@ def _labels(gen, spec: str | None, n: int):
     try:
         k = int(spec)
     except ValueError:
-        from slimstep.config import ConfigError
-
         raise ConfigError(f"--labels takes random, null or a class index, not '{spec}'") from None
     if not 0 <= k < gen.num_classes:
-        from slimstep.config import ConfigError
-
         raise ConfigError(f"--labels {k}: the model has classes 0..{gen.num_classes - 1}")
     return torch.full((n,), k, dtype=torch.long), "given"
+
+
+def _file_out(path: str) -> None:
+    """Refuse an ``--out`` that names a directory before any work is done."""
+    from slimstep.errors import OutputError
+
+    if Path(path).is_dir():
+        raise OutputError(f"--out {path} is a directory: name the file to write")
 
 
 def cmd_sample(a) -> None:
     from slimstep.files import write_npz
     from slimstep.viz import save_picture
 
+    _file_out(a.out)
     gen = _generator(a)
     y, mode = _labels(gen, a.labels, a.n)
     if a.screen is None and (a.scorer or a.final != "student" or a.teacher or a.discriminator
                              or a.select != "argmax" or a.temperature is not None):
-        from slimstep.config import ConfigError
-
         raise ConfigError("--scorer, --final, --teacher, --discriminator, --select and "
                           "--temperature go with --screen N")
     tic = time.perf_counter()
@@ -180,9 +163,9 @@ def cmd_eval(a) -> None:
     from slimstep.recipes import default_n
 
     if (a.ckpt is None) == (a.samples is None):
-        from slimstep.config import ConfigError
-
         raise ConfigError("give exactly one of --ckpt DIR or --samples FILE")
+    if a.out:
+        _file_out(a.out)
     labels = None
     if a.samples:
         d = read_samples(a.samples)
@@ -191,6 +174,8 @@ def cmd_eval(a) -> None:
         spec = a.data or (str(d["data"]) if "data" in d else None)
         name, nfe = Path(a.samples).name, int(d["nfe"]) if "nfe" in d else None
         if a.n:
+            if a.n > len(x):
+                raise ConfigError(f"--n {a.n}: {a.samples} holds {len(x)} samples")
             x, labels = x[:a.n], labels[:a.n] if labels is not None else None
     else:
         gen = _generator(a)
@@ -199,9 +184,9 @@ def cmd_eval(a) -> None:
         x, labels = gen.generate(n, seed=a.seed, batch_size=a.batch_size)
         name, nfe = Path(a.ckpt).name, gen.nfe
     if not spec:
-        from slimstep.config import ConfigError
-
         raise ConfigError("the samples file names no data set: pass --data")
+    if a.ref_stats:
+        _check_ref_stats(a.ref_stats, spec)
     res = evaluate(x, spec, labels=labels, seed=a.seed, inception_weights=a.inception_weights,
                    ref_stats=a.ref_stats)
     res = {"name": name, "nfe": nfe, **res}
@@ -211,6 +196,17 @@ def cmd_eval(a) -> None:
     if a.out:
         write_json(a.out, res)
         print(f"-> {a.out}")
+
+
+def _check_ref_stats(path: str, spec: str) -> None:
+    """``--ref-stats`` is read when it exists and written (a cache) when it does not;
+    either way only image FID uses it, so elsewhere it is a mistake, not a no-op."""
+    if spec.split(":", 1)[0] not in ("folder", "npz", "cifar10"):
+        raise ConfigError(f"--ref-stats is for image FID; {spec} is scored without it")
+    p = Path(path)
+    if not p.is_file() and not p.parent.is_dir():
+        raise ConfigError(f"--ref-stats {path}: no such file, and its folder {p.parent} does not exist "
+                          "to write it")
 
 
 def cmd_bench(a) -> None:
@@ -286,29 +282,83 @@ def cmd_demo(a) -> None:
     _finish_run(demo(a.out, jobs=a.jobs))
 
 
-class RunFailed(RuntimeError):
+class RunFailed(SlimstepError, RuntimeError):
     """Some stages of a run failed; the others were reported."""
+
+    exit_code = 1  # the recipe was usable; a stage's training was not
 
 
 # ---------------------------------------------------------------- parser
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one ``slimstep: error: ...`` line and exit 2, like
+    every other user error (argparse prints the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"slimstep: error: {self.prog.removeprefix('slimstep ')}: {message} "
+                     f"(see {self.prog} --help)\n")
+
+
+def _int_at_least(low: int, what: str):
+    """An argparse type: an integer of at least ``low`` (``what`` names it in --help)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
+        return v
+
+    parse.__name__ = what  # argparse shows it in "invalid <name> value"
+    return parse
+
+
+_count = _int_at_least(1, "count")  # samples, steps, pairs, a batch
+_seed = _int_at_least(0, "seed")
+
+
+def _finite(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return v
+
+
+def _positive(text: str) -> float:
+    v = _finite(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return v
+
+
+def _device_name(text: str) -> str:
+    from slimstep.spec import DEVICE
+
+    if not DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got '{text}'")
+    return text
+
 def _sampling_args(p, steps=True) -> None:
     if steps:
-        p.add_argument("--steps", type=int, help="ODE steps (default: the checkpoint's)")
+        p.add_argument("--steps", type=_count, help="ODE steps (default: the checkpoint's)")
         p.add_argument("--solver", choices=["euler", "heun", "dopri5"],
                        help="ODE solver (default: the checkpoint's)")
-        p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+        p.add_argument("--cfg-scale", type=_finite, help="classifier-free guidance scale")
+    p.add_argument("--batch-size", type=_count, default=256)
+    p.add_argument("--device", type=_device_name, default="auto", help="auto | cpu | cuda[:N] | mps")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="slimstep", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="slimstep", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=_version())
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     p = sub.add_parser("teacher", help="train a flow-matching teacher")
-    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/digits/teacher.yaml")
+    p.add_argument("--config", required=True, help="YAML config: a path or a shipped name, e.g. digits/teacher")
     p.add_argument("--out", required=True, help="checkpoint directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -317,23 +367,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pairs", help="solve the teacher ODE from per-seed noise: reflow pairs")
     p.add_argument("--teacher", required=True, help="teacher checkpoint")
-    p.add_argument("--n", type=int, required=True, help="number of pairs")
+    p.add_argument("--n", type=_count, required=True, help="number of pairs")
     p.add_argument("--out", required=True, help="pairs directory (shards + manifest)")
     p.add_argument("--solver", default="dopri5", choices=["euler", "heun", "dopri5"])
-    p.add_argument("--steps", type=int, default=16, help="steps of euler / heun")
-    p.add_argument("--rtol", type=float, default=1e-5, help="dopri5 tolerance")
-    p.add_argument("--atol", type=float, default=1e-5, help="dopri5 tolerance")
-    p.add_argument("--cfg-scale", type=float, help="guidance scale (default: the teacher's)")
-    p.add_argument("--seed", type=int, default=0, help="pair i uses seed + i")
-    p.add_argument("--shard-size", type=int, default=1024)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=_count, default=16, help="steps of euler / heun")
+    p.add_argument("--rtol", type=_positive, default=1e-5, help="dopri5 tolerance")
+    p.add_argument("--atol", type=_positive, default=1e-5, help="dopri5 tolerance")
+    p.add_argument("--cfg-scale", type=_finite, help="guidance scale (default: the teacher's)")
+    p.add_argument("--seed", type=_seed, default=0, help="pair i uses seed + i")
+    p.add_argument("--shard-size", type=_count, default=1024)
+    p.add_argument("--batch-size", type=_count, default=256)
+    p.add_argument("--device", type=_device_name, default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_pairs)
 
     p = sub.add_parser("distill", help="train a student with a distillation method")
     p.add_argument("--method", required=True, help="e.g. reflow, annealing-reflow, slimflow, distill, gdd")
-    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/digits/slimflow.yaml")
+    p.add_argument("--config", required=True, help="YAML config: a path or a shipped name, e.g. digits/slimflow")
     p.add_argument("--teacher", help="teacher checkpoint")
     p.add_argument("--pairs", help="pairs directory (from slimstep pairs)")
     p.add_argument("--init", help="checkpoint to initialise the student from")
@@ -345,11 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint (per-seed noise)")
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--n", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    p.add_argument("--n", type=_count, required=True)
+    p.add_argument("--seed", type=_seed, default=0, help="sample i uses seed + i")
     p.add_argument("--labels", help="random (default), null, or a class index")
     p.add_argument("--out", required=True, help="samples.npz (a PNG is written beside it)")
-    p.add_argument("--screen", type=int, metavar="N",
+    p.add_argument("--screen", type=_count, metavar="N",
                    help="noise screening: N candidate noises per output through this (cheap) "
                         "one-step checkpoint, keep the best-scoring one")
     p.add_argument("--scorer", choices=["classifier", "density", "teacher", "discriminator", "realism"],
@@ -382,8 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", help="checkpoint to sample from")
     p.add_argument("--samples", help="a samples .npz (from slimstep sample)")
     p.add_argument("--data", help="digits | toy2d:NAME | folder:PATH | npz:PATH | cifar10:PATH")
-    p.add_argument("--n", type=int, help="samples to score (digits: 597, toy2d: 2000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=_count, help="samples to score (digits: 597, toy2d: 2000)")
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--inception-weights", help="local Inception weights file (image FID)")
     p.add_argument("--ref-stats", help="reference statistics .npz (mu, sigma)")
     p.add_argument("--out", help="write the results as JSON")
@@ -392,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="speed: samples/s, latency, parameters, NFE, MACs")
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--iters", type=_count, default=10)
     _sampling_args(p)
     p.set_defaults(fn=cmd_bench)
 
@@ -401,17 +451,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file, e.g. gen.pt or gen.onnx")
     p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript",
                    help="onnx needs the packages onnx and onnxscript")
-    p.add_argument("--steps", type=int, help="ODE steps (only 1 exports; default: the checkpoint's)")
+    p.add_argument("--steps", type=_count, help="ODE steps (only 1 exports; default: the checkpoint's)")
     p.add_argument("--solver", choices=["euler", "heun", "dopri5"], help="ODE solver (only euler exports)")
-    p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale, built into the file")
-    p.add_argument("--device", default="cpu", help="where to load the checkpoint; the file holds CPU weights")
+    p.add_argument("--cfg-scale", type=_finite, help="classifier-free guidance scale, built into the file")
+    p.add_argument("--device", type=_device_name, default="cpu",
+                   help="where to load the checkpoint; the file holds CPU weights")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("data", help="dump real samples of a built-in data set")
     p.add_argument("name", help="digits | toy2d:NAME | ...")
-    p.add_argument("--n", type=int, help="how many (default: the whole split / 2000)")
+    p.add_argument("--n", type=_count, help="how many (default: the whole split / 2000)")
     p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_data)
 
@@ -421,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train (or reuse) every stage of a recipe, evaluate all with "
                                    "one protocol, write report.html / report.md")
-    p.add_argument("recipe", help="e.g. configs/digits/all.yaml")
+    p.add_argument("recipe", help="a recipe: a path or a shipped name, e.g. digits/all")
     p.add_argument("--out", required=True, help="run directory (rerun to reuse what finished)")
     p.add_argument("--jobs", type=int, help="stages trained at once (default: 2 on CPU, 1 on GPU)")
     p.set_defaults(fn=cmd_run)
@@ -441,22 +492,21 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, a usage error: its status, as from any command
+        return e.code if isinstance(e.code, int) else 2
     if args.cmd == "data" and args.n is None and args.name.startswith("toy2d"):
         args.n = 2000
-    from slimstep.train.loop import TrainingDiverged
-
-    user_errors = _user_errors()
     try:
         args.fn(args)
-    except TrainingDiverged as e:
-        print(f"slimstep: error: training diverged: {e}", file=sys.stderr)
-        return 1
-    except RunFailed as e:
+    except SlimstepError as e:  # every deliberate failure: one line, its exit code
         print(f"slimstep: error: {e}", file=sys.stderr)
-        return 1
-    except user_errors as e:
-        print(f"slimstep: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:  # anything else is a bug: keep its traceback
+            raise
+        print(f"slimstep: error: {os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("slimstep: interrupted", file=sys.stderr)

@@ -1,4 +1,11 @@
-"""Recipe configs: YAML files under ``configs/`` plus ``key=value`` overrides.
+"""Recipe configs: YAML files plus ``key=value`` overrides.
+
+The configs and recipes ship inside the package (:data:`CONFIGS`,
+``src/slimstep/configs/<dataset>/``), so an installed slimstep has them. A config
+is named by path, or by its short name from anywhere: ``digits/teacher`` is
+``CONFIGS/digits/teacher.yaml``; a path through a ``configs/`` folder that does not
+exist here (``configs/digits/teacher.yaml`` outside a checkout, where the files
+lived before they moved into the package) finds the shipped file (:func:`find_config`).
 
 A config is a nested dict with five sections — ``data``, ``net``, ``method``,
 ``train``, ``sample`` — and the input paths ``teacher``, ``pairs``, ``init``,
@@ -17,9 +24,29 @@ from pathlib import Path
 
 import yaml
 
+from slimstep.errors import ConfigError
+from slimstep.spec import SampleConfig, TrainConfig, check_kwargs
+
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-4`` (no dot) as a string; every researcher writes it as a float."""
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; every researcher writes it as a float.
+    A key written twice in one mapping is an error: plain YAML keeps the last one
+    silently (two recipe stages of one name, the first one lost)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # a complex key: YAML's own constructor judges it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -37,10 +64,6 @@ def _yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # a SafeLoader: builds plain data only
 
 
-class ConfigError(ValueError):
-    """A config file or override a user handed in is unusable."""
-
-
 DEFAULTS: dict = {
     # Inputs of distillation methods (checkpoint / pairs directories), set by the CLI.
     "teacher": None,
@@ -49,28 +72,9 @@ DEFAULTS: dict = {
     "data": {"spec": "digits", "options": {}},
     "net": {"name": "unet"},
     "method": {"name": "flow_matching"},
-    "train": {
-        "steps": 1000,
-        "batch_size": 128,
-        "optimizer": "adam",  # adam | adamw
-        "lr": 2e-4,
-        "betas": [0.9, 0.999],
-        "weight_decay": 0.0,
-        "warmup": 0,  # linear warm-up steps
-        "schedule": "constant",  # constant | cosine (decay to min_lr x lr at the last step)
-        "min_lr": 0.0,  # the cosine's floor, a fraction of lr
-        "grad_clip": 1.0,  # max global grad norm; 0 = off
-        "accum": 1,  # micro-batches per optimizer step
-        "ema": {"decay": 0.999, "half_life_images": None, "start": 0, "warmup": True, "rampup": 0.05},
-        "precision": "fp32",  # fp32 | bf16 (autocast on CUDA only)
-        "compile": False,  # torch.compile the trained modules
-        "seed": 0,
-        "log_every": 50,
-        "ckpt_every": 500,
-        "keep": 2,  # snapshots kept on disk
-        "device": "auto",  # auto | cpu | cuda
-    },
-    "sample": {"solver": "heun", "steps": 16, "cfg_scale": 1.0, "rtol": 1e-5, "atol": 1e-5},
+    # Typed, commented and range-checked in slimstep.spec; here as the plain dicts a run records.
+    "train": TrainConfig().to_dict(),
+    "sample": SampleConfig().to_dict(),
 }
 OPEN_SECTIONS = ("net", "method")
 
@@ -87,6 +91,11 @@ def _merge(base: dict, new: dict, path: str, strict: bool) -> dict:
             out[k] = copy.deepcopy(v)
         elif isinstance(out[k], dict) and isinstance(v, dict):
             out[k] = _merge(out[k], v, where + ".", strict)
+        elif isinstance(out[k], dict) and v is None:
+            continue  # an empty section in YAML (every key commented out) changes nothing
+        elif isinstance(out[k], dict):
+            raise ConfigError(f"'{where}' is a section (a mapping of keys), not {v!r}: "
+                              f"set its keys, e.g. {where}.{next(iter(out[k]), 'key')}=...")
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -105,38 +114,99 @@ def parse_overrides(items: list[str]) -> dict:
             value = raw
         node = out
         parts = key.split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
+            if isinstance(node.get(p), str) and i == 0 and p in SHORTHAND:
+                node[p] = {SHORTHAND[p]: node[p]}  # data=folder:X, then data.options.resolution=16
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' sets a key inside '{'.'.join(parts[:i + 1])}', "
+                                  f"which an earlier override set to {node!r}")
         node[parts[-1]] = value
     return out
 
 
+#: The shipped configs and recipes.
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def find_config(name: str | Path, what: str = "config file") -> Path:
+    """The YAML file ``name`` names: a path that exists, else the shipped file it
+    stands for — ``digits/teacher`` or ``digits/teacher.yaml`` under :data:`CONFIGS`,
+    or the part after the last ``configs/`` of a path that does not exist."""
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p
+    parts = p.parts
+    tail = Path(*parts[len(parts) - parts[::-1].index("configs"):]) if "configs" in parts else (
+        None if p.is_absolute() else p)
+    if tail is not None and tail.parts:
+        for cand in (CONFIGS / tail, CONFIGS / tail.with_name(tail.name + ".yaml")):
+            if cand.is_file():
+                return cand
+    shipped = ", ".join(sorted(str(f.relative_to(CONFIGS).with_suffix("")) for f in CONFIGS.glob("*/all.yaml")))
+    raise ConfigError(f"{what} not found: {name} (neither a file nor a shipped config; shipped recipes "
+                      f"include {shipped or 'none'}, configs are under {CONFIGS})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> dict:
-    """Defaults <- YAML file <- overrides. ``data`` may be given as a bare spec string."""
+    """Defaults <- YAML file <- overrides. ``data`` may be given as a bare spec string;
+    ``path`` as a short name (:func:`find_config`)."""
     cfg = copy.deepcopy(DEFAULTS)
+    named = False  # whether the file or an override names the network (see check_config)
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
+        p = find_config(path)
         try:
             loaded = _yaml(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
-        cfg = _merge(cfg, _normalise(loaded), "", strict=True)
+        loaded = _normalise(loaded)
+        named |= isinstance(loaded.get("net"), dict) and "name" in loaded["net"]
+        cfg = _merge(cfg, loaded, "", strict=True)
     if overrides:
         ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-        cfg = _merge(cfg, _normalise(ov), "", strict=True)
-    return cfg
+        ov = _normalise(ov)
+        named |= isinstance(ov.get("net"), dict) and "name" in ov["net"]
+        cfg = _merge(cfg, ov, "", strict=True)
+    return check_config(cfg, net=named)
+
+
+#: Sections that may be given as one string: ``data: digits``, ``net: unet``, ``method: gdd``.
+SHORTHAND = {"data": "spec", "net": "name", "method": "name"}
 
 
 def _normalise(d: dict) -> dict:
     d = dict(d)
-    if isinstance(d.get("data"), str):
-        d["data"] = {"spec": d["data"]}
-    if isinstance(d.get("net"), str):
-        d["net"] = {"name": d["net"]}
-    if isinstance(d.get("method"), str):
-        d["method"] = {"name": d["method"]}
+    for section, key in SHORTHAND.items():
+        if isinstance(d.get(section), str):
+            d[section] = {key: d[section]}
     return d
+
+
+def check_config(cfg: dict, net: bool = False) -> dict:
+    """Refuse, in one line naming the key, a config that cannot train as written:
+    ``train`` and ``sample`` against their typed schemas (:mod:`slimstep.spec`), the
+    data section's shape and, with ``net``, the network's options against its
+    constructor. ``net`` is for a config that names its network: one that does not
+    (a method that takes the architecture of ``--init`` or the teacher) carries the
+    default name only as a placeholder, and :func:`slimstep.nets.build_net` checks
+    the options when, and if, a network is built from them. The dict itself is
+    returned unchanged (its values are what a run records and hashes)."""
+    from slimstep.nets import net_class
+
+    TrainConfig.from_dict(cfg["train"], "train")
+    SampleConfig.from_dict(cfg["sample"], "sample")
+    data = cfg["data"]
+    if not isinstance(data.get("spec"), str) or not data["spec"]:
+        raise ConfigError(f"data.spec must name a data set (e.g. digits, toy2d:moons), not {data.get('spec')!r}")
+    if not isinstance(data.get("options", {}), dict):
+        raise ConfigError(f"data.options must be a mapping (e.g. data.options.resolution=32), "
+                          f"not {data['options']!r}")
+    for section in ("net", "method"):
+        if not isinstance(cfg[section].get("name"), str):
+            raise ConfigError(f"{section}.name must be a name, not {cfg[section].get('name')!r}")
+    if net:
+        opts = {k: v for k, v in cfg["net"].items() if k != "name"}
+        check_kwargs("net", opts, net_class(cfg["net"]["name"]))
+    return cfg

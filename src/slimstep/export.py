@@ -52,6 +52,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slimstep.errors import SlimstepError
 from slimstep.files import atomic_write
 from slimstep.generator import KINDS, Generator, _import_kind_modules, load
 from slimstep.nets.dit import math_attention
@@ -59,7 +60,7 @@ from slimstep.nets.dit import math_attention
 FORMATS = ("torchscript", "onnx")
 
 
-class ExportError(ValueError):
+class ExportError(SlimstepError, ValueError):
     """The generator cannot be exported (multi-step sampler, unknown kind, missing package)."""
 
 

@@ -11,6 +11,7 @@ spec the model was trained on). Read with ``allow_pickle=False``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -20,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from slimstep.errors import OutputError, SlimstepError, os_error
 
-class FileFormatError(ValueError):
+
+class FileFormatError(SlimstepError, ValueError):
     """A file a user handed in is not in the expected format."""
 
 
@@ -48,8 +51,13 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
     """Call ``write(tmp_path)`` then move the finished file onto ``path``.
     The file gets the permissions a plain ``open`` would give it (mkstemp's are 0600)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory: name a file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise os_error(e, path) from None
     os.close(fd)
     try:
         write(tmp)
@@ -58,11 +66,20 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # disk full, quota, read-only: one line naming the file
+            raise os_error(e, path) from None
+        if _no_space(e):  # a library (safetensors) that reports ENOSPC in its own error type
+            raise os_error(OSError(errno.ENOSPC, "No space left on device", str(path))) from None
         raise
     fsync_dir(path.parent)
+
+
+def _no_space(e: BaseException) -> bool:
+    text = str(e)
+    return "No space left on device" in text or "os error 28" in text
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from slimstep.data import DataInfo
+from slimstep.errors import ConfigError
 from slimstep.nets import build_net, count_params
 from slimstep.solvers import guided, integrate
 from slimstep.train import checkpoint as ckpt
@@ -146,10 +147,11 @@ def load_net(path: str | Path, weights: str = "ema") -> tuple[nn.Module, dict]:
     """A checkpoint's network and config. ``weights="ema"`` reads
     ``model.safetensors``; ``"raw"`` reads the optimised (non-averaged) weights
     from the newest training snapshot (SlimFlow's student starts from those)."""
-    cfg = ckpt.read_config(path)
-    if "net" not in cfg or not cfg["net"]:
-        raise ckpt.CheckpointError(f"{path}/config.json has no 'net' section")
-    net = build_net(cfg["net"])
+    cfg = ckpt.read_model_config(path)
+    try:
+        net = build_net(cfg["net"])
+    except ConfigError as e:  # the network section names an unknown net or option
+        raise ckpt.CheckpointError(f"{path}/config.json: {e}") from None
     if weights == "ema":
         sd = ckpt.load_weights(path)
     elif weights == "raw":
@@ -159,18 +161,12 @@ def load_net(path: str | Path, weights: str = "ema") -> tuple[nn.Module, dict]:
         sd = ckpt.load_training_state(snaps[-1])["modules"]["net"]
     else:
         raise ValueError(f"weights must be ema or raw, not '{weights}'")
-    missing, unexpected = net.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise ckpt.CheckpointError(
-            f"{path}: weights do not fit the network in config.json "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    ckpt.check_fits(net, sd, str(path))
+    net.load_state_dict(sd)
     return net, cfg
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Generator:
     """Load a checkpoint directory (``config.json`` + ``model.safetensors``)."""
-    net, cfg = load_net(path)
-    for key in ("generator", "data"):
-        if key not in cfg:
-            raise ckpt.CheckpointError(f"{path}/config.json has no '{key}' section")
+    net, cfg = load_net(path)  # config.json's sections were checked there
     return Generator(net.to(device), DataInfo.from_dict(cfg["data"]), cfg["generator"], cfg)

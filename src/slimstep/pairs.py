@@ -22,14 +22,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from slimstep.data.pairs import MANIFEST, read_manifest
+from slimstep.errors import SlimstepError
 from slimstep.files import atomic_write, write_json
 from slimstep.generator import load, seeded_noise
+from slimstep.outdir import output_dir
+from slimstep.spec import PairsConfig
 from slimstep.train import dist
 
-MANIFEST = "manifest.json"
 
-
-class PairsError(ValueError):
+class PairsError(SlimstepError, ValueError):
     """A pairs directory does not match the request (one clear line)."""
 
 
@@ -43,6 +45,9 @@ def generate_pairs(teacher: str | Path, out: str | Path, n: int, *, solver: str 
                    batch_size: int = 256, labels: str = "random", device: str = "auto",
                    progress: bool = True) -> Path:
     """Solve the teacher's ODE from ``n`` per-seed noises into ``out``."""
+    PairsConfig.from_dict({"n": n, "solver": solver, "steps": steps, "seed": seed, "rtol": rtol,
+                           "atol": atol, "cfg_scale": cfg_scale, "shard_size": shard_size,
+                           "batch_size": batch_size}, "pairs")
     out = Path(out)
     ctx = dist.setup(device)
     gen = load(teacher, ctx.device).with_sampling(solver=solver, steps=steps, rtol=rtol,
@@ -54,11 +59,21 @@ def generate_pairs(teacher: str | Path, out: str | Path, n: int, *, solver: str 
             "cfg_scale": float(gen.sampling.get("cfg_scale", 1.0)), "seed": seed,
             "shard_size": shard_size, "labels": labels if gen.num_classes else "none"}
     shards = math.ceil(n / shard_size)
+    with output_dir(out, lock=ctx.main):
+        return _generate(gen, out, args, shards, labels, batch_size, ctx, progress)
+
+
+def _generate(gen, out: Path, args: dict, shards: int, labels: str, batch_size: int, ctx,
+              progress: bool) -> Path:
+    n, seed, shard_size = args["n"], args["seed"], args["shard_size"]
     mpath = out / MANIFEST
-    if mpath.is_file():
-        saved = json.loads(mpath.read_text())
-        if saved.get("args") != args:
-            diff = sorted(k for k in args if saved.get("args", {}).get(k) != args[k])
+    saved = read_manifest(out)
+    if saved is not None and saved["args"] != args and not saved.get("complete") and not any(
+            shard_path(out, i).is_file() for i in range(saved["shards"])):
+        saved = None  # a run that failed before its first shard: the corrected rerun starts over
+    if saved is not None:
+        if saved["args"] != args:
+            diff = sorted(k for k in args if saved["args"].get(k) != args[k])
             raise PairsError(f"{out} holds pairs made with other arguments ({', '.join(diff)}); "
                              "use another --out or the same arguments")
     elif ctx.main:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from slimstep.errors import SlimstepError
 from slimstep.generator import Generator
 from slimstep.nets.discriminators import build_discriminator
 from slimstep.train import checkpoint as ck
@@ -61,7 +62,7 @@ DEFAULTS = {
 }
 
 
-class RealismError(ValueError):
+class RealismError(SlimstepError, ValueError):
     """A realism discriminator cannot be trained or used as asked (one clear line)."""
 
 

@@ -48,8 +48,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
-from slimstep.config import DEFAULTS, ConfigError, _yaml, load_config
+from slimstep.config import CONFIGS, DEFAULTS, ConfigError, _yaml, find_config, load_config
+from slimstep.errors import SlimstepError, os_error
+from slimstep.outdir import output_dir
+from slimstep.spec import PairsConfig
 
 KINDS = ("teacher", "pairs", "distill", "screen")
 #: Keys a stage of each kind may hold (besides ``kind`` and ``overrides``).
@@ -104,12 +108,13 @@ def default_n(spec: str) -> int:
 
 def load_recipe(path: str | Path) -> tuple[dict, list[Stage]]:
     """Read and resolve a recipe: (eval settings, stages in file order)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe not found: {path}")
+    try:
+        path = find_config(path, "recipe")
+    except ConfigError as e:
+        raise RecipeError(str(e)) from None
     try:
         raw = _yaml(path.read_text()) or {}
-    except Exception as e:  # yaml.YAMLError, with its first line
+    except yaml.YAMLError as e:  # with its first line
         raise RecipeError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), dict) or not raw["stages"]:
         raise RecipeError(f"{path}: a recipe is a mapping with a non-empty 'stages' mapping")
@@ -177,10 +182,13 @@ def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage]) -> Stage
         if overrides:
             raise RecipeError(f"{where}: only teacher and distill stages take overrides")
         if kind == "pairs":
-            body.setdefault("n", 4096)
-            body.setdefault("solver", "heun")
-            body.setdefault("steps", 16)
-            body.setdefault("seed", 10**6)  # pairs never share seeds with the evaluation's
+            given = {k: v for k, v in body.items() if k != "teacher"}
+            try:  # every value checked now, not after the teacher has trained
+                pc = PairsConfig.from_dict(given, name)
+            except ConfigError as e:
+                raise RecipeError(f"{where}: {e}") from None
+            for key in ("n", "solver", "steps", "seed"):  # the recipe's defaults (spec.PairsConfig)
+                body.setdefault(key, getattr(pc, key))
         if kind == "screen":
             body.setdefault("candidates", 16)
             body.setdefault("scorer", "classifier")
@@ -217,15 +225,18 @@ def root_teacher(st: Stage, by_name: dict[str, Stage]) -> Stage | None:
 # ---------------------------------------------------------------- training
 
 def _finished(ckpt_dir: Path, steps: int) -> bool:
-    cfg = ckpt_dir / "config.json"
-    return cfg.is_file() and json.loads(cfg.read_text()).get("step") == steps
+    from slimstep.train.checkpoint import CONFIG, read_config
+
+    return (ckpt_dir / CONFIG).is_file() and read_config(ckpt_dir).get("step") == steps
 
 
 def is_done(out: Path, st: Stage) -> bool:
     d = model_dir(out, st)
     if st.kind == "pairs":
-        m = d / "manifest.json"
-        return m.is_file() and bool(json.loads(m.read_text()).get("complete"))
+        from slimstep.data.pairs import read_manifest
+
+        m = read_manifest(d)
+        return m is not None and bool(m.get("complete"))
     if st.trains:
         return _finished(d, st.cfg["train"]["steps"])
     return True
@@ -266,14 +277,12 @@ def _worker_init(threads: int) -> None:
 
 def _worker(out: str, st: Stage, deps: dict[str, str]) -> tuple[float, str | None]:
     """Entry point in a worker process: never raises, returns (seconds, error line)."""
-    from slimstep.train.loop import TrainingDiverged
-
     try:
         return execute(Path(out), st, {k: Path(v) for k, v in deps.items()}), None
-    except TrainingDiverged as e:
-        return 0.0, f"training diverged: {e}"
-    except (ValueError, OSError) as e:  # user-level errors carry one line
-        return 0.0, f"{type(e).__name__}: {e}"
+    except SlimstepError as e:  # deliberate failures (bad input, divergence) carry one line
+        return 0.0, str(e)
+    except OSError as e:  # disk full, permissions: one line naming the file
+        return 0.0, str(os_error(e))
     except Exception:  # a bug: keep the whole story for the log
         return 0.0, traceback.format_exc(limit=8)
 
@@ -544,11 +553,15 @@ def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, 
 
 # ---------------------------------------------------------------- the whole run
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
 def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print) -> dict:
     """Train what is missing, evaluate everything with one protocol, write the
-    report. Returns the results (also in ``DIR/results.json``)."""
+    report. Returns the results (also in ``DIR/results.json``). One run at a time
+    per ``out`` (its lock); a recipe that fails to load leaves no folder."""
+    with output_dir(out):
+        return _run(recipe, out, jobs, log)
+
+
+def _run(recipe: str | Path, out: str | Path, jobs: int | None, log) -> dict:
     from slimstep.eval import EvalError
     from slimstep.files import write_json
     from slimstep.flags import row_flags
@@ -562,7 +575,6 @@ def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print)
         jobs = 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
     if jobs < 1:
         raise RecipeError(f"--jobs must be at least 1, not {jobs}")
-    out.mkdir(parents=True, exist_ok=True)
     log(f"{len(stages)} stages from {recipe}, {jobs} at a time -> {out}")
     status = run_stages(out, stages, jobs, log)
     rows = []

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import torch
 
+from slimstep.errors import SlimstepError
 from slimstep.generator import Generator, seeded_noise
 
 SCORERS = ("classifier", "density", "teacher", "discriminator", "realism")
@@ -67,7 +68,7 @@ SELECT_MASK = 0x85EBCA6B  # seeds of the resampling draws: (seed + i) ^ mask, bi
 Scorer = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
 
-class ScreenError(ValueError):
+class ScreenError(SlimstepError, ValueError):
     """Screening options that cannot work together (one clear line)."""
 
 

@@ -16,13 +16,15 @@ indices uniformly with replacement (a stateless stand-in for epoch shuffling).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Protocol
 
 import torch
 
+from slimstep.errors import SlimstepError
 
-class DataError(ValueError):
+
+class DataError(SlimstepError, ValueError):
     """A data spec or file a user handed in is unusable (one clear line)."""
 
 
@@ -44,7 +46,8 @@ class DataInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> DataInfo:
-        d = dict(d)
+        known = {f.name for f in fields(cls)}  # a file's extra keys are not ours to pass on
+        d = {k: v for k, v in d.items() if k in known}
         d["shape"] = tuple(d["shape"])
         return cls(**d)
 

@@ -17,16 +17,33 @@ from safetensors.torch import load_file
 
 from slimstep.data import DataError, DataInfo
 
+MANIFEST = "manifest.json"
+
+
+def read_manifest(directory: Path) -> dict | None:
+    """``DIR/manifest.json`` as a dict (None when there is none); a corrupt one is one line."""
+    m = Path(directory) / MANIFEST
+    if not m.is_file():
+        return None
+    try:
+        man = json.loads(m.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{m}: not valid JSON ({getattr(e, 'msg', e)}); delete the directory "
+                         "and make the pairs again") from None
+    if not isinstance(man, dict) or not all(isinstance(man.get(k), t) for k, t in
+                                            (("args", dict), ("shards", int), ("data", dict))):
+        raise DataError(f"{m}: not a slimstep pairs manifest (needs 'args', 'shards' and 'data')")
+    return man
+
 
 class PairsData:
     def __init__(self, path: str, **options):
         if options:
             raise DataError(f"pairs take no data options, got {sorted(options)}")
         d = Path(path)
-        m = d / "manifest.json"
-        if not m.is_file():
+        man = read_manifest(d)
+        if man is None:
             raise DataError(f"{d} holds no pairs (no manifest.json): run slimstep pairs first")
-        man = json.loads(m.read_text())
         if not man.get("complete"):
             raise DataError(f"{d}: pair generation did not finish; rerun slimstep pairs with the "
                             "same arguments to complete it")

@@ -42,8 +42,10 @@ from typing import Any
 
 import torch
 
+from slimstep.errors import SlimstepError
 
-class EvalError(ValueError):
+
+class EvalError(SlimstepError, ValueError):
     """An evaluation input (samples, spec, weights or stats file) is unusable (one clear line)."""
 
 

@@ -26,8 +26,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from slimstep.errors import SlimstepError
 
-class MethodError(ValueError):
+
+class MethodError(SlimstepError, ValueError):
     """A method's configuration is unusable (one clear line for the user)."""
 
 

@@ -18,6 +18,9 @@ import importlib
 
 from torch import nn
 
+from slimstep.errors import ConfigError
+from slimstep.spec import check_kwargs
+
 _REGISTRY = {
     "mlp": "slimstep.nets.mlp:MLP",
     "unet": "slimstep.nets.unet:UNet",
@@ -26,14 +29,21 @@ _REGISTRY = {
 }
 
 
-def build_net(spec: dict) -> nn.Module:
-    """Build a network from ``{"name": ..., **kwargs}``."""
-    spec = dict(spec)
-    name = spec.pop("name", None)
+def net_class(name: str) -> type[nn.Module]:
+    """The network class registered under ``name``."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown network '{name}' (expected one of {', '.join(_REGISTRY)})")
+        raise ConfigError(f"unknown network net.name={name!r} (valid: {', '.join(_REGISTRY)})")
     module, cls = _REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)(**spec)
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_net(spec: dict) -> nn.Module:
+    """Build a network from ``{"name": ..., **kwargs}``; options are checked against
+    the constructor's signature first, so a typo is one line naming the valid keys."""
+    spec = dict(spec)
+    cls = net_class(spec.pop("name", None))
+    check_kwargs("net", spec, cls)
+    return cls(**spec)
 
 
 def recorded_spec(spec: dict | None, net: nn.Module) -> dict | None:

@@ -47,8 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimstep.errors import SlimstepError
 
-class DiscriminatorError(ValueError):
+
+class DiscriminatorError(SlimstepError, ValueError):
     """A discriminator cannot be built as configured (one clear line)."""
 
 

@@ -32,13 +32,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from slimstep.errors import SlimstepError
 from slimstep.files import atomic_write, current_umask, fsync_dir, write_json
 
 CONFIG, WEIGHTS, STATE = "config.json", "model.safetensors", "training_state.pt"
+#: config.json's ``format``: bumped when a reader of the old layout would misread the new one
+FORMAT = "slimstep-checkpoint/1"
 _SNAP = re.compile(r"^step-(\d{8,})$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SlimstepError, ValueError):
     """A checkpoint a user pointed at is missing or unusable."""
 
 
@@ -64,13 +67,56 @@ def save_model(directory: str | Path, module: nn.Module, config: dict) -> None:
 
 
 def read_config(directory: str | Path) -> dict:
+    """A checkpoint's ``config.json``: a JSON object of a format this version reads."""
     d = Path(directory)
     if not (d / CONFIG).is_file():
         raise CheckpointError(f"{d} is not a slimstep checkpoint (no {CONFIG})")
     try:
-        return json.loads((d / CONFIG).read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{d / CONFIG}: not valid JSON ({e.msg})") from None
+        cfg = json.loads((d / CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{d / CONFIG}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{d / CONFIG}: must hold a JSON object, not {type(cfg).__name__}")
+    fmt = cfg.get("format", FORMAT)  # files of the first releases carry no format: version 1
+    if fmt != FORMAT:
+        raise CheckpointError(f"{d / CONFIG}: format {fmt!r}, this slimstep "
+                              f"({versions()['slimstep']}) reads {FORMAT!r}")
+    return cfg
+
+
+def read_model_config(directory: str | Path) -> dict:
+    """``config.json`` with what inference needs checked: the network (``net.name``),
+    the data (``spec``, ``kind``, ``shape``) and the sampling rule (``generator.kind``)."""
+    cfg, where = read_config(directory), Path(directory) / CONFIG
+    need = {"net": ("name",), "data": ("spec", "kind", "shape"), "generator": ("kind",)}
+    for section, keys in need.items():
+        sec = cfg.get(section)
+        if not isinstance(sec, dict) or not sec:
+            raise CheckpointError(f"{where} has no '{section}' section")
+        missing = [k for k in keys if k not in sec]
+        if missing:
+            raise CheckpointError(f"{where}: '{section}' lacks {', '.join(missing)}")
+    shape = cfg["data"]["shape"]
+    if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape)):
+        raise CheckpointError(f"{where}: data.shape must be a list of positive sizes, not {shape!r}")
+    return cfg
+
+
+def check_fits(module: nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights that do not fit ``module``, in one line (torch's own message
+    lists every mismatched tensor)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{where}: weights of another shape than the network in config.json: "
+                              f"{k} is {list(sd[k].shape)} in the file, {list(own[k].shape)} in the "
+                              f"network ({len(wrong)} tensor(s) differ)")
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: weights do not fit the network in config.json "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -95,7 +141,7 @@ def save_snapshot(out: str | Path, step: int, module: nn.Module, config: dict,
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a snapshot is a normal folder
         save_model(tmp, module, config)
-        atomic_write(tmp / STATE, lambda p: torch.save(state, p))
+        atomic_write(tmp / STATE, lambda p: _save_state(state, p))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -107,6 +153,13 @@ def save_snapshot(out: str | Path, step: int, module: nn.Module, config: dict,
     for old in list_snapshots(out)[:-max(keep, 1)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _save_state(state: dict, path: str) -> None:
+    # Through a Python file object: a full disk is then an OSError(ENOSPC) naming the
+    # file; torch's own writer turns it into a long message with no errno.
+    with open(path, "wb") as f:
+        torch.save(state, f)
 
 
 def list_snapshots(out: str | Path) -> list[Path]:

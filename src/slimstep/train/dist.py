@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from slimstep.spec import resolve_device
+
 
 @dataclass(frozen=True)
 class Context:
@@ -32,13 +34,12 @@ class Context:
 
 def setup(device: str = "auto") -> Context:
     """Initialise the process group when launched by torchrun, else one process."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = resolve_device(device)  # a device that is not there is one error line
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return Context(device=torch.device(device))
+        return Context(device=dev)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda":
+    if dev.type == "cuda":
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
     else:

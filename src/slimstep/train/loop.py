@@ -24,23 +24,27 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimstep.config import ConfigError
+from slimstep.config import ConfigError, check_config
 from slimstep.data import load_data
+from slimstep.errors import SlimstepError
 from slimstep.files import atomic_write
 from slimstep.methods import build_method, method_class
 from slimstep.nets import recorded_spec
+from slimstep.outdir import output_dir
 from slimstep.train import checkpoint as ckpt
 from slimstep.train import dist
 from slimstep.train.ema import EMA
 
-FORMAT = "slimstep-checkpoint/1"
+FORMAT = ckpt.FORMAT  # the schema lives with the checkpoint module
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(SlimstepError, RuntimeError):
     """A loss or gradient became NaN/inf; the last good checkpoint is kept."""
 
+    exit_code = 1  # the inputs were fine, the run failed
 
-class ResumeError(ValueError):
+
+class ResumeError(SlimstepError, ValueError):
     """``--resume`` cannot continue the run in the output directory."""
 
 
@@ -76,6 +80,17 @@ def _schedule(opt, t: dict):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
 
 
+def _row_step(line: str) -> float:
+    """A metrics line's step; a line that is not a JSON row (the torn last line of a
+    killed run, or a damaged file) counts as infinitely late, so resume drops it."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return math.inf
+    step = row.get("step", 0) if isinstance(row, dict) else None
+    return step if isinstance(step, (int, float)) else math.inf
+
+
 class Logger:
     """metrics.jsonl on rank 0, plus TensorBoard when it is installed."""
 
@@ -84,8 +99,8 @@ class Logger:
         if not main:
             return
         if self.path.exists():  # drop lines a resumed run will write again
-            keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) < start_step]
+            keep = [ln for ln in self.path.read_text(errors="replace").splitlines()
+                    if _row_step(ln) < start_step]
             atomic_write(self.path, lambda p: Path(p).write_text(
                 "".join(ln + "\n" for ln in keep)))
         try:
@@ -150,15 +165,21 @@ def _train_step(method, data, phases, ema, ctx, cfg, step):
 
 def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
           progress: bool = True) -> Path:
-    """Train ``cfg["method"]`` and write checkpoints to ``out``; returns ``out``."""
+    """Train ``cfg["method"]`` and write checkpoints to ``out``; returns ``out``.
+
+    Everything that can be checked — the config, the data, the method and its
+    inputs — is checked before ``out`` is created; then ``out`` is locked for the
+    run (:func:`slimstep.outdir.output_dir`)."""
     out = Path(out)
+    check_config(cfg)
     t = cfg["train"]
     ctx = dist.setup(t["device"])
-    if ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
     if t["batch_size"] % (ctx.world * t["accum"]):
         raise ConfigError(f"train.batch_size {t['batch_size']} must divide by "
                           f"world size x accum = {ctx.world * t['accum']}")
+    if t["precision"] == "bf16" and ctx.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision=bf16 does not run on {torch.cuda.get_device_name(ctx.device)}: "
+                          "use fp32")
     torch.manual_seed(t["seed"])  # same initial weights on every rank
     spec = method_class(cfg["method"]["name"]).data_spec(cfg)
     data = load_data(spec, **cfg["data"].get("options", {}))
@@ -171,7 +192,13 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
         opt = _optimizer(params, t, method.optimizer_options(name))
         phases[name] = (params, opt, _schedule(opt, t))
     ema = EMA(method.net, **t["ema"])
+    with output_dir(out, lock=ctx.main):
+        return _run(cfg, out, resume, method, data, phases, ema, ctx, progress)
 
+
+def _run(cfg: dict, out: Path, resume: bool, method, data, phases, ema, ctx, progress: bool) -> Path:
+    """The run itself, in a locked ``out``: resume or start, train, snapshot."""
+    t = cfg["train"]
     start = 0
     if resume:
         start = _resume(out, cfg, method, phases, ema)
@@ -232,7 +259,7 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
     except TrainingDiverged as e:
         snaps = ckpt.list_snapshots(out)
         keep = f"last good checkpoint: {snaps[-1]}" if snaps else "no checkpoint was written yet"
-        raise TrainingDiverged(f"{e}; stopped, {keep}") from None
+        raise TrainingDiverged(f"training diverged: {e}; stopped, {keep}") from None
     finally:
         if bar:
             bar.close()

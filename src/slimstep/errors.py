@@ -1,0 +1,45 @@
+"""The one error base of slimstep, at the ground floor (imports nothing of slimstep's).
+
+Every exception slimstep raises on purpose derives from :class:`SlimstepError`:
+the CLI turns any of them into one ``slimstep: error: ...`` line and the exit
+code the class carries (2, a usage error, unless a class says otherwise), so no
+module needs a broad ``except ValueError``. An exception that is *not* a
+``SlimstepError`` is a bug and keeps its traceback.
+
+The user-input errors also derive from ``ValueError``: code written against the
+older classes (``except ValueError``) keeps working.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class SlimstepError(Exception):
+    """A failure slimstep explains in one line (the CLI's ``slimstep: error: ...``)."""
+
+    #: the CLI's exit status for this error: 2 = the input was unusable
+    exit_code = 2
+
+
+class ConfigError(SlimstepError, ValueError):
+    """A config file or override a user handed in is unusable."""
+
+
+class OutputError(SlimstepError):
+    """An output location cannot be written: busy (locked), a directory, or the disk is full."""
+
+
+#: OSErrors that are the machine's state, not a bug: the CLI reports them in one line.
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def os_error(e: OSError, path=None) -> SlimstepError:
+    """One line for an ``OSError`` met while writing ``path``: no space left, no
+    permission, read-only file system... naming ``path`` (else the file the OS
+    names: for an atomic write that would be the temp file)."""
+    where = path or e.filename or "?"
+    if e.errno == errno.ENOSPC:
+        return OutputError(f"{where}: no space left on the device (the previous files are kept)")
+    reason = e.strerror or str(e)
+    return OutputError(f"{where}: {reason}")
