@@ -151,12 +151,12 @@ def test_shipped_recipes_resolve():
 
 
 def test_a_student_that_did_not_move_is_flagged(tmp_path, capsys):
-    """GDD at learning rate 0 keeps the teacher's weights: its one-step map is the teacher's
+    """GDD at learning rate 1e-12 (0 is refused) keeps the teacher's weights: its one-step map is the teacher's
     Euler-1 step, so its row equals that row and carries the badge, in the report and in
     `slimstep run`'s summary. (A student that moves is not flagged: tests/test_report.py.)"""
     stages = {"t": moons_stages(teacher_steps=60)["t"]}
     stages["frozen"] = {"method": "gdd", "config": str(CONFIGS / "toy2d/gdd.yaml"), "teacher": "t",
-                        "overrides": [*TINY, "train.lr=0"]}
+                        "overrides": [*TINY, "train.lr=1e-12"]}
     out = tmp_path / "out"
     assert main(["run", str(recipe(tmp_path, stages)), "--out", str(out), "--jobs", "1"]) == 0
     printed = capsys.readouterr().out
