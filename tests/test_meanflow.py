@@ -223,11 +223,32 @@ def test_jvp_along_t_follows_the_function_on_the_shipped_nets():
     """The check that would have caught MeanFlow's frozen one-step map: on the DiT teacher
     and the toy MLP as shipped, du/dt by JVP equals a central difference of step 1e-2
     within 5 %. With DiT's old time_scale 1000 the JVP follows the embedding instead."""
-    for path in ("digits/dit-teacher.yaml", "toy2d/meanflow.yaml"):
+    for path in ("digits/dit-teacher.yaml", "toy2d/teacher.yaml", "toy2d/meanflow.yaml"):
         err = _dudt_error(_shipped_net(path))
         assert err < 0.05, (path, err)
     sharp = _dudt_error(_shipped_net("digits/dit-teacher.yaml", time_scale=1000.0))
     assert sharp > 0.5, sharp
+
+
+def test_two_time_student_starts_as_its_teacher_for_both_mlp_embedders():
+    """The second time embedding's last layer is zeroed whichever embedder the MLP uses
+    (Linear-SiLU-Linear or one Linear), so net(x, t, s) = teacher(x, t) for every s."""
+    from slimstep.methods.flowmap import two_time_student
+
+    for kind in ("mlp", "linear"):
+        spec = {"name": "mlp", "in_shape": [2], "hidden": 32, "depth": 2, "time_scale": 1.0,
+                "time_embed": kind}
+        torch.manual_seed(0)
+        teacher = Generator(build_net(spec), DataInfo("toy2d:moons", "points", (2,)),
+                            {"kind": "velocity", "solver": "euler", "steps": 1}, {"net": spec})
+        net, got = two_time_student(teacher, "flowmap")
+        assert got["time_embed"] == kind and got["extra_time_embeds"] == 1
+        x, t = torch.randn(8, 2), torch.rand(8)
+        want = teacher.net(x, t)
+        for s in (torch.zeros(8), torch.rand(8)):
+            torch.testing.assert_close(net(x, t, s=s), want)
+    with pytest.raises(ValueError, match="time_embed"):
+        build_net({"name": "mlp", "in_shape": [2], "time_embed": "fourier"})
 
 
 def test_meanflow_refuses_a_sharp_time_embedding():

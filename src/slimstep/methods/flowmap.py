@@ -60,7 +60,7 @@ def _bc(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 #: The zero-initialised last layer of each network's second time embedding.
-_S_EMBED_OUT = {"dit": "s_embedder.mlp.2", "mlp": "s_embed.2"}
+_S_EMBED = {"dit": "s_embedder", "mlp": "s_embed"}  # the second time embedding, per net
 
 
 def two_time_student(teacher, name: str) -> tuple[torch.nn.Module, dict]:
@@ -70,15 +70,14 @@ def two_time_student(teacher, name: str) -> tuple[torch.nn.Module, dict]:
     if teacher is None:
         raise MethodError(f"method '{name}' needs a velocity teacher: pass --teacher CKPT")
     spec = dict(teacher.config.get("net") or {})
-    if spec.get("name") not in _S_EMBED_OUT:
+    if spec.get("name") not in _S_EMBED:
         raise MethodError(f"method '{name}' needs a DiT or MLP teacher, got net '{spec.get('name')}'")
     spec["extra_time_embeds"] = 1
     net = build_net(spec)
-    out = _S_EMBED_OUT[spec["name"]]
-    prefix = out.split(".")[0] + "."
+    prefix = _S_EMBED[spec["name"]] + "."
     sd = {k: v for k, v in teacher.net.state_dict().items() if not k.startswith(prefix)}
     net.load_state_dict(sd, strict=False)
-    layer = net.get_submodule(out)
+    layer = [m for m in net.get_submodule(prefix[:-1]).modules() if isinstance(m, torch.nn.Linear)][-1]
     torch.nn.init.zeros_(layer.weight)
     torch.nn.init.zeros_(layer.bias)
     return net, spec

@@ -1,6 +1,7 @@
 """Time-conditioned MLP for low-dimensional data (the 2-D toys, shape [N, 2]).
 
     emb = time_embed(sincos(1000 t, time_dim)) (+ class_embed[y])     [B, hidden]
+          time_embed = Linear -> SiLU -> Linear (``time_embed: mlp``) or one Linear (``linear``)
     h_0 = x
     h_k = SiLU(layer_k(h_{k-1}) + emb)      k = 1..depth              (every layer sees t, y)
     out = out(h_depth)
@@ -11,6 +12,10 @@ differentiates along t (MeanFlow's JVP) needs a smooth embedding: build with
 ``time_scale=1`` (t unscaled, as SiT and the official MeanFlow code feed it).
 ``extra_time_embeds=1`` adds a second scalar condition ``s`` (keyword, float [B]) with its
 own embedding ``s_embed`` summed into ``emb`` (flowmap's δ, MeanFlow's gap).
+``time_embed: linear`` drops the embedders' inner layer: with a smooth embedding
+(time_scale 1) the sinusoid features are already smooth in t, and a JVP method pays for
+every layer twice (primal and tangent); on the 3x256 toy MeanFlow step it cuts the
+time per step from 15.7 to 9.9 ms (one thread, issue 10).
 The class table has num_classes + 1 rows, the last being the null class used for
 ``y=None`` and classifier-free guidance.
 """
@@ -38,6 +43,7 @@ class MLP(nn.Module):
         time_dim: int = 64,
         time_scale: float = 1000.0,
         extra_time_embeds: int = 0,
+        time_embed: str = "mlp",
     ) -> None:
         super().__init__()
         self.in_shape = tuple(in_shape)
@@ -47,8 +53,13 @@ class MLP(nn.Module):
         self.time_scale = time_scale
         if extra_time_embeds not in (0, 1):
             raise ValueError("extra_time_embeds must be 0 or 1")
+        if time_embed not in ("mlp", "linear"):
+            raise ValueError(f"time_embed must be 'mlp' or 'linear', got {time_embed!r}")
+        self.time_embed_kind = time_embed
 
         def embedder() -> nn.Sequential:  # sinusoid features -> hidden, for t and for s
+            if time_embed == "linear":
+                return nn.Sequential(nn.Linear(time_dim, hidden))
             return nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
         self.time_embed = embedder()
