@@ -9,6 +9,7 @@
     python benchmarks/gdd.py ...        # see each script's --help
     python benchmarks/gdd_ablate.py --teacher T
     python benchmarks/slt.py ...
+    python benchmarks/meanflow.py --dit-teacher T
     python benchmarks/collect.py        # -> BENCHMARKS.md
 
 Every number in BENCHMARKS.md is copied from benchmarks/results/*.md, which
@@ -29,7 +30,7 @@ from common import RESULTS  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SUITES = [("methods.md", "Every method, one protocol"), ("core.md", "Teachers"),
           ("slimflow.md", "SlimFlow"), ("slimflow-small.md", "SlimFlow, small student"),
-          ("gdd.md", "GDD / GDD-I"), ("gdd-ablate.md", "GDD-I vs GDD ablation"),
+          ("meanflow.md", "MeanFlow"), ("gdd.md", "GDD / GDD-I"), ("gdd-ablate.md", "GDD-I vs GDD ablation"),
           ("slt.md", "SLT, FreeFlow / MeanFlow, screening")]
 
 INTRO = """# Benchmarks

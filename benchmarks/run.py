@@ -53,7 +53,8 @@ def main() -> None:
               "--pairs", "runs/bench/slimflow/digits-pairs"], env)
         step(["benchmarks/gdd.py", "--teacher", teacher], env)
         step(["benchmarks/gdd_ablate.py", "--teacher", teacher], env)
-        step(["benchmarks/slt.py", "--meanflow"], env)
+        step(["benchmarks/slt.py", "--meanflow"], env)  # trains runs/bench/slt/dit-teacher
+        step(["benchmarks/meanflow.py", "--dit-teacher", "runs/bench/slt/dit-teacher"], env)
     step(["benchmarks/methods.py", "--jobs", str(a.jobs)], env)
     step(["benchmarks/collect.py"], env)
 
