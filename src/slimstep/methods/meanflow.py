@@ -42,9 +42,10 @@ weight :math:`w = \mathrm{sg}[1/(\lVert\Delta\rVert^2 + c)^p]`. ``velocity: teac
 replaces the conditional :math:`\varepsilon - x` by the teacher's marginal velocity
 (lower variance; still needs data for :math:`z_t`). Then the r = t samples start at
 Δ ≈ 0 (the student *is* the teacher there), and c = 1e-3 with p = 1 would weigh them up
-to 1000x (issue 10 reports pre-clip gradient norms of 300-500): use p = 0 or a larger c. With a teacher, the net starts from its weights (``s_embedder``
-zeroed: :math:`\bar u(x, a, b) = v_T(x, a)`, exact at b = a); without one it is
-built from the recipe's ``net`` (from scratch).
+to 1000x (issue 10 reports pre-clip gradient norms of 300-500): use p = 0 or a larger c.
+With a teacher, the net starts from its weights (``s_embedder`` zeroed:
+:math:`\bar u(x, a, b) = v_T(x, a)`, exact at b = a); without one it is built from the
+recipe's ``net`` (from scratch).
 
 **DDP.** ``torch.func.jvp`` runs on the bare module (no DDP wrapper can be
 differentiated forward-mode); the loop averages gradients by hand
@@ -64,7 +65,6 @@ from slimstep.methods.flow_matching import net_spec
 from slimstep.methods.flowmap import gap_scale, one_step_rule, two_time_student
 from slimstep.nets import build_net
 from slimstep.nets.dit import math_attention
-
 
 #: The largest network ``time_scale`` MeanFlow accepts: the embedding's fastest term then
 #: varies by at most 10 rad per unit t, and a JVP along t agrees with a central difference
