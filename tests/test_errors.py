@@ -62,6 +62,7 @@ def test_every_exception_class_derives_from_the_base():
     ("net.bogus=1", "unknown option 'net.bogus' (valid: in_shape, num_classes, hidden"),
     ("net.name=transformer", "unknown network net.name='transformer' (valid: mlp, unet"),
     ("net.hidden=abc", "net.hidden must be an integer, not 'abc'"),
+    ("net.time_embed=fourier", "net 'mlp': time_embed must be 'mlp' or 'linear', got 'fourier'"),
     ("train.steps=abc", "train.steps must be an integer, not 'abc'"),
     ("train.steps=0", "train.steps must be at least 1, not 0"),
     ("train.lr=-1", "train.lr must be positive, not -1"),

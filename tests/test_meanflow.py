@@ -247,7 +247,7 @@ def test_two_time_student_starts_as_its_teacher_for_both_mlp_embedders():
         want = teacher.net(x, t)
         for s in (torch.zeros(8), torch.rand(8)):
             torch.testing.assert_close(net(x, t, s=s), want)
-    with pytest.raises(ValueError, match="time_embed"):
+    with pytest.raises(ValueError, match="time_embed"):  # a ConfigError: one line from the CLI
         build_net({"name": "mlp", "in_shape": [2], "time_embed": "fourier"})
 
 

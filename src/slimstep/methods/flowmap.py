@@ -59,8 +59,8 @@ def _bc(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
 
 
-#: The zero-initialised last layer of each network's second time embedding.
-_S_EMBED = {"dit": "s_embedder", "mlp": "s_embed"}  # the second time embedding, per net
+#: Each network's second time embedding; its last Linear is zero-initialised.
+_S_EMBED = {"dit": "s_embedder", "mlp": "s_embed"}
 
 
 def two_time_student(teacher, name: str) -> tuple[torch.nn.Module, dict]:

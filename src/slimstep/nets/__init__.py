@@ -39,11 +39,16 @@ def net_class(name: str) -> type[nn.Module]:
 
 def build_net(spec: dict) -> nn.Module:
     """Build a network from ``{"name": ..., **kwargs}``; options are checked against
-    the constructor's signature first, so a typo is one line naming the valid keys."""
+    the constructor's signature first, so a typo is one line naming the valid keys; a
+    value the constructor rejects (``net.time_embed=fourier``) is one line too."""
     spec = dict(spec)
-    cls = net_class(spec.pop("name", None))
+    name = spec.pop("name", None)
+    cls = net_class(name)
     check_kwargs("net", spec, cls)
-    return cls(**spec)
+    try:
+        return cls(**spec)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"net '{name}': {e}") from e
 
 
 def recorded_spec(spec: dict | None, net: nn.Module) -> dict | None:

@@ -55,7 +55,6 @@ class MLP(nn.Module):
             raise ValueError("extra_time_embeds must be 0 or 1")
         if time_embed not in ("mlp", "linear"):
             raise ValueError(f"time_embed must be 'mlp' or 'linear', got {time_embed!r}")
-        self.time_embed_kind = time_embed
 
         def embedder() -> nn.Sequential:  # sinusoid features -> hidden, for t and for s
             if time_embed == "linear":
