@@ -87,6 +87,23 @@ def test_resume_refuses_a_different_network(tmp_path, toy_cfg):
         train(other, tmp_path / "r", resume=True, progress=False)
 
 
+def test_resume_refuses_changed_training_settings_but_may_run_longer(tmp_path, toy_cfg):
+    """A resumed run restores the optimizer, scheduler and EMA, so a changed lr would be
+    recorded in config.json but never used: refused, naming the key. Length may change."""
+    short = copy.deepcopy(toy_cfg)
+    short["train"]["steps"] = 3
+    train(short, tmp_path / "r", progress=False)
+    for key, value in (("lr", 5e-3), ("batch_size", 16), ("seed", 7)):
+        other = copy.deepcopy(toy_cfg)
+        other["train"][key] = value
+        with pytest.raises(ResumeError, match=f"train.{key} .* -> {value}"):
+            train(other, tmp_path / "r", resume=True, progress=False)
+    longer = copy.deepcopy(toy_cfg)
+    longer["train"].update(log_every=2)
+    train(longer, tmp_path / "r", resume=True, progress=False)
+    assert ckpt.read_config(tmp_path / "r")["step"] == toy_cfg["train"]["steps"]
+
+
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, toy_cfg, monkeypatch):
     real_loss = flow_matching.FlowMatching.loss
 

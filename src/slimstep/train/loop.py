@@ -268,6 +268,16 @@ def _run(cfg: dict, out: Path, resume: bool, method, data, phases, ema, ctx, pro
     return out
 
 
+#: Train settings a resumed run may change: the length (the schedule is rebuilt from it)
+#: and bookkeeping. Anything else (lr, batch size, schedule, EMA, seed...) would be
+#: recorded but not used, since the optimizer, scheduler and EMA come from the snapshot.
+RESUMABLE = frozenset({"steps", "log_every", "ckpt_every", "keep", "device", "compile"})
+
+
+def _changed_train_keys(saved: dict, mine: dict) -> list[str]:
+    return sorted(k for k in set(saved) | set(mine) if k not in RESUMABLE and saved.get(k) != mine.get(k))
+
+
 def _resume(out: Path, cfg: dict, method, phases, ema) -> int:
     snaps = ckpt.list_snapshots(out)
     if not snaps:
@@ -280,6 +290,14 @@ def _resume(out: Path, cfg: dict, method, phases, ema) -> int:
             mine = {k: v for k, v in mine.items() if k != "time_scale"}  # written before it was
         if saved.get(key) != mine:
             raise ResumeError(f"--resume: the {key} section differs from the run in {out}")
+    if isinstance(saved.get("data"), dict) and saved["data"].get("spec") != cfg["data"]["spec"]:
+        raise ResumeError(f"--resume: the run in {out} trained on {saved['data'].get('spec')}, "
+                          f"not {cfg['data']['spec']}")
+    changed = _changed_train_keys(saved.get("train") or {}, cfg["train"])
+    if changed:
+        was = ", ".join(f"train.{k} {saved['train'].get(k)!r} -> {cfg['train'].get(k)!r}" for k in changed)
+        raise ResumeError(f"--resume: {was} (the run in {out} used the first); a resumed run keeps "
+                          f"its optimizer and schedule state, so only {', '.join(sorted(RESUMABLE))} may change")
     state = ckpt.load_training_state(snaps[-1])
     for k, m in method.modules().items():
         m.load_state_dict(state["modules"][k])
