@@ -169,3 +169,60 @@ def test_a_student_that_did_not_move_is_flagged(tmp_path, capsys):
     assert "frozen" in printed and "[equals its init]" in printed and "Best one-step model:" in printed
     html = (out / "report.html").read_text()
     assert "<span class='badge equals-init'>equals its init</span>" in html
+
+
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        f = task / "children"
+        if f.is_file():
+            kids |= {int(x) for x in f.read_text().split()}
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait is missing
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_killed_run_takes_its_workers_with_it(tmp_path):
+    """`kill` on `slimstep run --jobs 2` (the parent runs no cleanup): its two training
+    workers must stop too, not train on for minutes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    t = str(CONFIGS / "toy2d/teacher.yaml")
+    long = ["train.steps=200000", "train.ckpt_every=100000", "net.hidden=16"]
+    r = recipe(tmp_path, {"a": {"kind": "teacher", "config": t, "overrides": long},
+                          "b": {"kind": "teacher", "config": t, "overrides": [*long, "train.seed=1"]}})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "slimstep.cli", "run", str(r), "--out",
+                             str(tmp_path / "out"), "--jobs", "2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / "out" / s).is_dir() for s in "ab"):  # both stages started
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        workers |= _children(proc.pid)
+        assert len(workers) >= 2
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [w for w in workers if _alive(w)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for w in workers:  # a failed run of this test must not leave trainers behind
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)

@@ -271,8 +271,35 @@ def execute(out: Path, st: Stage, deps: dict[str, Path], progress: bool = False)
     return secs
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker must not outlive ``slimstep run``: killed (``kill``, a closed terminal), the
+    parent runs no cleanup, and its workers would train on for minutes. On Linux the kernel
+    sends SIGTERM when the parent dies (PR_SET_PDEATHSIG); elsewhere a thread polls."""
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # it died before the call above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def _worker(out: str, st: Stage, deps: dict[str, str]) -> tuple[float, str | None]:
@@ -303,7 +330,7 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print) -> dict
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
     # spawn, not fork: a forked child inherits the parent's OpenMP state and can hang.
     pool = (ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                initializer=_worker_init, initargs=(threads,)) if jobs > 1 else None)
+                                initializer=_worker_init, initargs=(threads, os.getpid())) if jobs > 1 else None)
     running: dict = {}
     # Longest chain first: a stage that others wait on (or a long one) starts before a leaf.
     work = _chain_work(stages)
@@ -345,6 +372,13 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print) -> dict
                     all(status.get(d, {}).get("status") in ("done", "reused") for d in s.deps.values())
                     for s in pending):
                 raise RecipeError(f"stages {', '.join(s.name for s in pending)} cannot start")
+    except BaseException:  # Ctrl-C, SIGTERM, a bug: stop the workers now, do not wait for them
+        if pool is not None:
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            pool = None
+        raise
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
