@@ -289,3 +289,25 @@ def test_student_gets_conditional_from_pairs_labels(tmp_path):
     c.update(pairs=str(p), method={"name": "reflow", "flip": True})
     m = build_method(c, data.info, torch.device("cpu"))
     assert m.net.num_classes == 10 and m.conditional
+
+
+def test_pairs_from_another_teacher_are_refused(teacher, pairs, tmp_path):
+    """The manifest records the teacher's weights digest: a student trained on pairs with
+    another --teacher (same data, same shape) would learn one teacher's map while its
+    guide term follows the other's. Another data set is refused by its spec and shape."""
+    from slimstep.data import DataError
+
+    assert json.loads((pairs / "manifest.json").read_text())["teacher_sha"]
+    cfg = load_config(None, {"data": {"spec": "toy2d:moons"}, "net": TINY_NET,
+                             "train": {"steps": 20, "batch_size": 32, "lr": 3e-3, "ckpt_every": 20,
+                                       "seed": 1}})
+    other = train(cfg, tmp_path / "other", progress=False)
+    with pytest.raises(DataError, match="made by another teacher"):
+        train(_cfg("reflow", pairs), tmp_path / "s", teacher=slimstep.load(other), progress=False)
+    assert not (tmp_path / "s").exists()
+    train(_cfg("reflow", pairs), tmp_path / "ok", teacher=slimstep.load(teacher), progress=False)
+    gauss = load_config(None, {"data": {"spec": "toy2d:8gaussians"}, "train": {"steps": 1},
+                               "net": {"name": "mlp", "hidden": 8, "depth": 1}})
+    gauss_teacher = slimstep.load(train(gauss, tmp_path / "gauss", progress=False))
+    with pytest.raises(DataError, match="pairs in .* are toy2d:moons"):
+        train(_cfg("reflow", pairs), tmp_path / "s2", teacher=gauss_teacher, progress=False)

@@ -68,6 +68,7 @@ class Generator(nn.Module):
         super().__init__()
         self.net, self.info, self.sampling = net.eval(), info, dict(sampling)
         self.config = config or {}  # the checkpoint's config.json
+        self.source: Path | None = None  # the checkpoint directory, when load() made it
         self.num_classes = getattr(net, "num_classes", 0) or 0
         self.last_nfe = 0
 
@@ -169,4 +170,6 @@ def load_net(path: str | Path, weights: str = "ema") -> tuple[nn.Module, dict]:
 def load(path: str | Path, device: str | torch.device = "cpu") -> Generator:
     """Load a checkpoint directory (``config.json`` + ``model.safetensors``)."""
     net, cfg = load_net(path)  # config.json's sections were checked there
-    return Generator(net.to(device), DataInfo.from_dict(cfg["data"]), cfg["generator"], cfg)
+    gen = Generator(net.to(device), DataInfo.from_dict(cfg["data"]), cfg["generator"], cfg)
+    gen.source = Path(path).resolve()
+    return gen

@@ -28,6 +28,7 @@ from slimstep.files import atomic_write, write_json
 from slimstep.generator import load, seeded_noise
 from slimstep.outdir import output_dir
 from slimstep.spec import PairsConfig
+from slimstep.train import checkpoint as ck
 from slimstep.train import dist
 
 
@@ -78,7 +79,8 @@ def _generate(gen, out: Path, args: dict, shards: int, labels: str, batch_size: 
                              "use another --out or the same arguments")
     elif ctx.main:
         write_json(mpath, {"args": args, "shards": shards, "complete": False,
-                           "data": gen.info.to_dict(), "num_classes": gen.num_classes})
+                           "data": gen.info.to_dict(), "num_classes": gen.num_classes,
+                           "teacher_sha": ck.weights_digest(args["teacher"])})
     if ctx.world > 1:
         torch.distributed.barrier()
 

@@ -37,7 +37,6 @@ estimates is that student's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -68,10 +67,10 @@ class RealismError(SlimstepError, ValueError):
 
 def weights_digest(ckpt: str | Path) -> str:
     """Short sha256 of a checkpoint's model.safetensors: which student a discriminator saw."""
-    p = Path(ckpt) / ck.WEIGHTS
-    if not p.is_file():
-        raise RealismError(f"{ckpt} has no {ck.WEIGHTS}")
-    return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    try:
+        return ck.weights_digest(ckpt)
+    except ck.CheckpointError as e:
+        raise RealismError(str(e)) from None
 
 
 def build_realism_disc(kind: str, shape, num_classes: int, options: dict) -> torch.nn.Module:

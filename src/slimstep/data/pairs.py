@@ -74,3 +74,27 @@ class PairsData:
         # Pairs have no held-out split; the teacher's own images are what they hold.
         x, y = self.x, self.y
         return (x, y) if n is None else (x[:n], y[:n] if y is not None else None)
+
+
+def check_teacher(data, teacher) -> None:
+    """Refuse pairs that another teacher made: the pairs' data (spec, shape, classes) must
+    be the teacher's, and when the manifest records the weights' digest (pairs made since
+    it was added), the teacher's model.safetensors must be those weights."""
+    man = getattr(data, "manifest", None)
+    if man is None or teacher is None:
+        return
+    where = data.info.options.get("pairs")
+    mine = teacher.info
+    pd = DataInfo.from_dict(man["data"])
+    if (pd.spec, tuple(pd.shape), pd.num_classes) != (mine.spec, tuple(mine.shape), mine.num_classes):
+        raise DataError(f"pairs in {where} are {pd.spec} {list(pd.shape)} with {pd.num_classes} classes, "
+                        f"the teacher's data is {mine.spec} {list(mine.shape)} with {mine.num_classes}: "
+                        "make pairs with this teacher")
+    sha, src = man.get("teacher_sha"), getattr(teacher, "source", None)
+    if sha and src is not None:
+        from slimstep.train.checkpoint import weights_digest
+
+        if weights_digest(src) != sha:
+            raise DataError(f"pairs in {where} were made by another teacher (weights {sha}, "
+                            f"{src}'s are {weights_digest(src)}): make pairs with this teacher")
+

@@ -119,6 +119,17 @@ def check_fits(module: nn.Module, sd: dict[str, torch.Tensor], where: str) -> No
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
+def weights_digest(directory: str | Path) -> str:
+    """Short sha256 of a checkpoint's model.safetensors: which weights made a product
+    (teacher pairs, a realism discriminator's student)."""
+    import hashlib
+
+    p = Path(directory) / WEIGHTS
+    if not p.is_file():
+        raise CheckpointError(f"{directory} has no {WEIGHTS}")
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+
+
 def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     p = Path(directory) / WEIGHTS
     if not p.is_file():

@@ -26,6 +26,7 @@ from torch import nn
 
 from slimstep.config import ConfigError, check_config
 from slimstep.data import load_data
+from slimstep.data.pairs import check_teacher
 from slimstep.errors import SlimstepError
 from slimstep.files import atomic_write
 from slimstep.methods import build_method, method_class
@@ -183,6 +184,7 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
     torch.manual_seed(t["seed"])  # same initial weights on every rank
     spec = method_class(cfg["method"]["name"]).data_spec(cfg)
     data = load_data(spec, **cfg["data"].get("options", {}))
+    check_teacher(data, teacher)  # pairs from another teacher, data set or shape
     method = build_method(cfg, data.info, ctx.device, teacher=teacher)
     for m in method.modules().values():
         dist.broadcast_module(m)
