@@ -3,7 +3,15 @@ __version__ = "0.1.0"
 
 
 def load(path, device="cpu"):
-    """Load a checkpoint directory as a :class:`slimstep.generator.Generator`."""
+    """Load a checkpoint directory (or a ``slimstep run`` stage folder) as a
+    :class:`slimstep.generator.Generator`."""
     from slimstep.generator import load as _load
 
     return _load(path, device)
+
+
+def save(generator, path):
+    """Write a :class:`~slimstep.generator.Generator` as a checkpoint directory."""
+    from slimstep.generator import save as _save
+
+    return _save(generator, path)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from slimstep.errors import ENVIRONMENT_ERRNOS, ConfigError, SlimstepError, os_error
+from slimstep.methods import method_names
 
 # ---------------------------------------------------------------- commands
 
@@ -290,9 +291,24 @@ class RunFailed(SlimstepError, RuntimeError):
 
 # ---------------------------------------------------------------- parser
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """``--help`` states each option's default, where it has one worth stating."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if (action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text
+                and action.option_strings and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one ``slimstep: error: ...`` line and exit 2, like
     every other user error (argparse prints the whole usage block first)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _DefaultsHelp)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"slimstep: error: {self.prog.removeprefix('slimstep ')}: {message} "
@@ -348,7 +364,7 @@ def _sampling_args(p, steps=True) -> None:
         p.add_argument("--solver", choices=["euler", "heun", "dopri5"],
                        help="ODE solver (default: the checkpoint's)")
         p.add_argument("--cfg-scale", type=_finite, help="classifier-free guidance scale")
-    p.add_argument("--batch-size", type=_count, default=256)
+    p.add_argument("--batch-size", type=_count, default=256, help="samples per network call")
     p.add_argument("--device", type=_device_name, default="auto", help="auto | cpu | cuda[:N] | mps")
 
 
@@ -369,20 +385,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="teacher checkpoint")
     p.add_argument("--n", type=_count, required=True, help="number of pairs")
     p.add_argument("--out", required=True, help="pairs directory (shards + manifest)")
-    p.add_argument("--solver", default="dopri5", choices=["euler", "heun", "dopri5"])
+    p.add_argument("--solver", default="dopri5", choices=["euler", "heun", "dopri5"], help="ODE solver")
     p.add_argument("--steps", type=_count, default=16, help="steps of euler / heun")
     p.add_argument("--rtol", type=_positive, default=1e-5, help="dopri5 tolerance")
     p.add_argument("--atol", type=_positive, default=1e-5, help="dopri5 tolerance")
     p.add_argument("--cfg-scale", type=_finite, help="guidance scale (default: the teacher's)")
     p.add_argument("--seed", type=_seed, default=0, help="pair i uses seed + i")
-    p.add_argument("--shard-size", type=_count, default=1024)
-    p.add_argument("--batch-size", type=_count, default=256)
-    p.add_argument("--device", type=_device_name, default="auto")
+    p.add_argument("--shard-size", type=_count, default=1024, help="pairs per shard file")
+    p.add_argument("--batch-size", type=_count, default=256, help="samples per network call")
+    p.add_argument("--device", type=_device_name, default="auto", help="auto | cpu | cuda[:N] | mps")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_pairs)
 
     p = sub.add_parser("distill", help="train a student with a distillation method")
-    p.add_argument("--method", required=True, help="e.g. reflow, annealing-reflow, slimflow, distill, gdd")
+    p.add_argument("--method", required=True, choices=method_names(students_only=True), metavar="METHOD",
+                   help=f"one of {', '.join(method_names(students_only=True))}")
     p.add_argument("--config", required=True, help="YAML config: a path or a shipped name, e.g. digits/slimflow")
     p.add_argument("--teacher", help="teacher checkpoint")
     p.add_argument("--pairs", help="pairs directory (from slimstep pairs)")
@@ -424,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="training steps (default 600)")
     p.add_argument("--batch-size", type=int, help="real and fake samples per step (default 128)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_screen_train)
 
@@ -433,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", help="a samples .npz (from slimstep sample)")
     p.add_argument("--data", help="digits | toy2d:NAME | folder:PATH | npz:PATH | cifar10:PATH")
     p.add_argument("--n", type=_count, help="samples to score (digits: 597, toy2d: 2000)")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="sample i uses seed + i")
     p.add_argument("--inception-weights", help="local Inception weights file (image FID)")
     p.add_argument("--ref-stats", help="reference statistics .npz (mu, sigma)")
     p.add_argument("--out", help="write the results as JSON")
@@ -442,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="speed: samples/s, latency, parameters, NFE, MACs")
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--iters", type=_count, default=10)
+    p.add_argument("--iters", type=_count, default=10, help="timed repetitions")
     _sampling_args(p)
     p.set_defaults(fn=cmd_bench)
 
@@ -461,8 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="dump real samples of a built-in data set")
     p.add_argument("name", help="digits | toy2d:NAME | ...")
     p.add_argument("--n", type=_count, help="how many (default: the whole split / 2000)")
-    p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--split", default="test", choices=["train", "test"], help="which split")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the draw")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_data)
 
@@ -479,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="every method at a small budget on digits and moons, with a report "
                                     "(slimstep run configs/demo.yaml)")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--jobs", type=int, help="stages trained at once (default: 2 on CPU, 1 on GPU)")
     p.set_defaults(fn=cmd_demo)
     return ap

@@ -167,9 +167,38 @@ def load_net(path: str | Path, weights: str = "ema") -> tuple[nn.Module, dict]:
     return net, cfg
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``path`` itself when it holds a checkpoint; a ``slimstep run`` stage folder
+    (``DIR/<stage>``, whose model lives in ``model-<hash>/``) gives its one model."""
+    p = Path(path)
+    if (p / ckpt.CONFIG).is_file() or not p.is_dir():
+        return p
+    models = sorted(d for d in p.glob("model-*") if (d / ckpt.CONFIG).is_file())
+    if len(models) == 1:
+        return models[0]
+    if models:
+        raise ckpt.CheckpointError(f"{p} is a stage folder with {len(models)} models "
+                                   f"({', '.join(m.name for m in models)}): name one")
+    return p  # load_net says what is missing
+
+
 def load(path: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """Load a checkpoint directory (``config.json`` + ``model.safetensors``)."""
+    """Load a checkpoint directory (``config.json`` + ``model.safetensors``), or a
+    ``slimstep run`` stage folder holding one."""
+    path = resolve_checkpoint(path)
     net, cfg = load_net(path)  # config.json's sections were checked there
     gen = Generator(net.to(device), DataInfo.from_dict(cfg["data"]), cfg["generator"], cfg)
     gen.source = Path(path).resolve()
     return gen
+
+
+def save(gen: Generator, path: str | Path) -> Path:
+    """Write ``gen`` as a checkpoint (``config.json`` + ``model.safetensors``) that every
+    command reads; refuses a directory that already holds one."""
+    p = Path(path)
+    if (p / ckpt.CONFIG).exists() or (p / ckpt.WEIGHTS).exists():
+        raise ckpt.CheckpointError(f"{p} already holds a checkpoint: choose another path")
+    config = {**gen.config, "data": gen.info.to_dict(), "generator": dict(gen.sampling)}
+    config.setdefault("format", ckpt.FORMAT)
+    ckpt.save_model(p, gen.net, config)
+    return p

@@ -20,6 +20,11 @@ _REGISTRY = {
 }
 
 
+def method_names(students_only: bool = False) -> list[str]:
+    """Every registered method (``students_only``: without the teacher's flow_matching)."""
+    return sorted(n for n in _REGISTRY if not (students_only and n == "flow_matching"))
+
+
 def method_class(name: str) -> type[Method]:
     if name not in _REGISTRY:
         raise MethodError(f"unknown method '{name}' (expected one of {', '.join(sorted(_REGISTRY))})")
