@@ -10,9 +10,10 @@ from slimstep.cli import main
 from slimstep.config import load_config
 from slimstep.data import DataInfo
 from slimstep.export import ExportError, export
-from slimstep.generator import Generator, register_kind, seeded_noise
+from slimstep.generator import KINDS, Generator, seeded_noise
 from slimstep.nets import build_net
 from slimstep.train import checkpoint as ckpt
+from slimstep.train.checkpoint import CheckpointError
 from slimstep.train.loop import train
 
 # torch 2.13 deprecates torch.jit.save / load; TorchScript is the format under test
@@ -117,9 +118,10 @@ def test_unknown_rules_and_formats_are_refused(teacher, tmp_path, monkeypatch):
         export(gen, tmp_path / "gen.x", fmt="tflite")
     with pytest.raises(ExportError, match="unknown generator kind 'nope'"):
         export(Generator(gen.net, gen.info, {"kind": "nope"}), tmp_path / "gen.pt")
-    register_kind("test-export-custom", lambda g, z, y: (z + g.net(z, torch.zeros(len(z)), y), 1))
-    with pytest.raises(ExportError, match="no export rule"):
-        export(Generator(gen.net, gen.info, {"kind": "test-export-custom", "nfe": 1}), tmp_path / "g.pt")
+    # the kinds are a closed set (slimstep.onestep): every one-step kind has its export rule
+    assert set(KINDS) == {"velocity", "flowmap", "meanflow", "slt"}
+    with pytest.raises(CheckpointError, match="unknown generator kind 'nope'"):
+        Generator(gen.net, gen.info, {"kind": "nope"}).generate(2)
     real = __import__("importlib.util").util.find_spec
     monkeypatch.setattr("importlib.util.find_spec", lambda n, *a: None if n == "onnxscript" else real(n, *a))
     with pytest.raises(ExportError, match="pip install .*onnxscript"):
@@ -162,3 +164,15 @@ def test_cli_export_mistakes_are_one_line_and_exit_2(argv, msg, teacher, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.startswith("slimstep: error:") and msg in err and "\n" not in err
     assert not (tmp_path / "gen.pt").exists()
+
+
+def test_sampling_needs_no_method_module():
+    """The one-step rules live in slimstep.onestep: loading and sampling a checkpoint (or
+    exporting it) imports no method, so no rule depends on an import side effect."""
+    import subprocess
+    import sys
+
+    code = ("import sys, slimstep.generator, slimstep.export; "
+            "print(sorted(m for m in sys.modules if m.startswith('slimstep.methods')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

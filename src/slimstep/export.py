@@ -54,8 +54,9 @@ from torch import nn
 
 from slimstep.errors import SlimstepError
 from slimstep.files import atomic_write
-from slimstep.generator import KINDS, Generator, _import_kind_modules, load
+from slimstep.generator import KINDS, Generator, load
 from slimstep.nets.dit import math_attention
+from slimstep.onestep import TWO_TIME_KINDS, euler_step, two_time_step
 
 FORMATS = ("torchscript", "onnx")
 
@@ -82,18 +83,10 @@ class OneStepMap(nn.Module):
         self.t, self.s = float(t), float(s)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        if self.rule == "two_time":  # slimstep.methods.flowmap.one_step_rule
-            t = torch.full((z.shape[0],), self.t, device=z.device)
-            s = torch.full((z.shape[0],), self.s, device=z.device)
-            return z + self.net(z, t, y, s=s)
+        if self.rule == "two_time":
+            return two_time_step(self.net, z, y, t=self.t, s=self.s)
         # slimstep.generator._velocity with solver=euler, steps=1: t = 0, h = 1
-        t = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-        if y is None or self.cfg_scale == 1.0:
-            return z + self.net(z, t, y)
-        out = self.net(torch.cat([z, z]), torch.cat([t, t]),
-                       torch.cat([y, torch.full_like(y, self.num_classes)]))
-        vc, vu = out[:z.shape[0]], out[z.shape[0]:]  # = out.chunk(2), without a batch guard
-        return z + (vu + self.cfg_scale * (vc - vu))
+        return euler_step(self.net, z, y, cfg_scale=self.cfg_scale, num_classes=self.num_classes)
 
 
 def one_step_map(gen: Generator) -> OneStepMap:
@@ -101,8 +94,6 @@ def one_step_map(gen: Generator) -> OneStepMap:
     ``gen`` does not sample in one network evaluation."""
     s = gen.sampling
     kind = s.get("kind")
-    if kind not in KINDS:
-        _import_kind_modules()
     if kind not in KINDS:
         raise ExportError(f"unknown generator kind '{kind}' (known: {', '.join(KINDS)})")
     if kind == "velocity":
@@ -114,14 +105,8 @@ def one_step_map(gen: Generator) -> OneStepMap:
                               f"pass a one-step checkpoint or use --steps 1 --solver euler")
         return OneStepMap(gen.net, "euler", num_classes=gen.num_classes,
                           cfg_scale=float(s.get("cfg_scale", 1.0)))
-    from slimstep.methods.flowmap import one_step_rule
-
-    rule = KINDS[kind]
-    # a rule that is one_step_rule unless told more (slt: unless --steps n) marks itself so
-    if rule is not one_step_rule and getattr(rule, "plain_rule", None) is not one_step_rule:
-        raise ExportError(f"generator kind '{kind}' has no export rule (exportable: velocity with "
-                          f"euler 1 step, and kinds sampled by flowmap.one_step_rule)")
-    if rule is not one_step_rule and s.get("steps") is not None:
+    assert kind in TWO_TIME_KINDS  # the closed set: velocity or a two-time map
+    if kind == "slt" and s.get("steps") is not None:
         raise ExportError(f"export writes the {kind} student with its own depth steps: drop --steps")
     if s.get("nfe", 1) != 1:
         raise ExportError(f"export needs a one-step generator, this checkpoint's NFE is {s.get('nfe')}: "

@@ -5,13 +5,16 @@ its noise — and, for a class-conditional model without given labels, its
 class — from a CPU generator seeded with ``seed + i``. A sample therefore never
 depends on batch size, device or the number of processes.
 
-Generator kinds (``config.json["generator"]["kind"]``) live in :data:`KINDS`:
-a function ``(generator, z, y) -> (x, nfe)``. A method that needs its own
-sampling rule registers one with :func:`register_kind`.
+Generator kinds (``config.json["generator"]["kind"]``) are a closed set, :data:`KINDS`:
+a function ``(generator, z, y) -> (x, nfe)`` each.
 
 * ``velocity`` — a velocity field ``v(x, t, y)`` integrated from ``t = 0`` to
   ``1`` (:mod:`slimstep.solvers`); with ``solver=euler, steps=1`` this is the
   one-step map ``x = z + v(z, 0)``.
+* ``flowmap``, ``meanflow``, ``slt`` — :func:`slimstep.onestep.two_time_step` with the
+  checkpoint's ``t`` and ``s`` (and, for a depth-gap SLT student, ``steps``).
+
+The generator imports no method: the rules live in :mod:`slimstep.onestep`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import nn
 from slimstep.data import DataInfo
 from slimstep.errors import ConfigError
 from slimstep.nets import build_net, count_params
+from slimstep.onestep import TWO_TIME_KINDS, two_time_step
 from slimstep.solvers import guided, integrate
 from slimstep.train import checkpoint as ckpt
 
@@ -48,12 +52,20 @@ def _velocity(gen: Generator, z: torch.Tensor, y: torch.Tensor | None) -> tuple[
                      rtol=float(s.get("rtol", 1e-5)), atol=float(s.get("atol", 1e-5)))
 
 
-KINDS: dict = {"velocity": _velocity}
+def _two_time(gen: Generator, z: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    s = gen.sampling
+    steps = s.get("steps") if s.get("kind") == "slt" else None  # a depth-gap student's jumps
+    if steps is not None:
+        if getattr(gen.net, "depth", "table") != "gap":
+            raise ConfigError(f"--steps {steps}: only a depth-gap SLT student (net.depth: gap) runs "
+                              "another number of depth steps than its K")
+        if int(steps) < 1:
+            raise ConfigError(f"--steps must be at least 1, not {steps}")
+    return two_time_step(gen.net, z, y, t=float(s.get("t", 0.0)), s=float(s.get("s", 1.0)),
+                         steps=steps), 1
 
 
-def register_kind(name: str, fn) -> None:
-    """Add a sampling rule ``fn(generator, z, y) -> (x, nfe)`` under ``name``."""
-    KINDS[name] = fn
+KINDS: dict = {"velocity": _velocity, **{k: _two_time for k in TWO_TIME_KINDS}}
 
 
 class Generator(nn.Module):
@@ -93,9 +105,7 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         kind = self.sampling["kind"]
         if kind not in KINDS:
-            _import_kind_modules()  # methods register their kinds on import
-        if kind not in KINDS:
-            raise ValueError(f"unknown generator kind '{kind}' (known: {', '.join(KINDS)})")
+            raise ckpt.CheckpointError(f"unknown generator kind '{kind}' (known: {', '.join(KINDS)})")
         if self.num_classes and y is None:
             y = torch.full((len(z),), self.num_classes, dtype=torch.long, device=z.device)
         x, self.last_nfe = KINDS[kind](self, z, y)
@@ -129,19 +139,6 @@ class Generator(nn.Module):
             yb = y[i:i + batch_size].to(device) if y is not None else None
             out.append(self(z[i:i + batch_size].to(device), yb).float().cpu())
         return torch.cat(out) if out else z[:0].cpu()
-
-
-def _import_kind_modules() -> None:
-    """Import every method module so that their ``register_kind`` calls run."""
-    import importlib
-
-    from slimstep.methods import _REGISTRY
-
-    for target in _REGISTRY.values():
-        try:
-            importlib.import_module(target.split(":")[0])
-        except ImportError:
-            pass
 
 
 def load_net(path: str | Path, weights: str = "ema") -> tuple[nn.Module, dict]:

@@ -47,7 +47,6 @@ from __future__ import annotations
 import torch
 from torch.func import jvp
 
-from slimstep.generator import register_kind
 from slimstep.methods.base import Method, MethodError
 from slimstep.methods.flow_matching import sample_time
 from slimstep.nets import build_net
@@ -112,18 +111,6 @@ def correction_lambda(weight: float, balance: bool, pred_norm: torch.Tensor,
 
 def random_labels(n: int, num_classes: int, device) -> torch.Tensor | None:
     return torch.randint(num_classes, (n,), device=device) if num_classes else None
-
-
-def one_step_rule(gen, z: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-    """``x = z + net(z, t, y, s)`` with (t, s) from the checkpoint (flowmap: t = 0, s = δ = 1;
-    meanflow: start time 0, gap 1). One network evaluation."""
-    s = gen.sampling
-    t = torch.full((len(z),), float(s.get("t", 0.0)), device=z.device)
-    d = torch.full((len(z),), float(s.get("s", 1.0)), device=z.device)
-    return z + gen.net(z, t, y, s=d), 1
-
-
-register_kind("flowmap", one_step_rule)
 
 
 class FlowMap(Method):

@@ -72,6 +72,7 @@ from slimstep.nets.discriminators import (
     build_discriminator,
     sum_head_means,
 )
+from slimstep.onestep import euler_step
 
 # ----------------------------------------------------------------------------- GDD-I freeze rule
 
@@ -282,7 +283,7 @@ class GDD(Method):
     # -- the math
     def generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The one-step generator ``G(z, y) = z + v(z, 0, y)``."""
-        return z + self.net(z, torch.zeros(len(z), device=z.device, dtype=z.dtype), y)
+        return euler_step(self.net, z, y)
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.opts["diffaugment"]) if self.opts["diffaugment"] else x

@@ -59,10 +59,9 @@ import torch
 from torch import nn
 from torch.func import jvp
 
-from slimstep.generator import register_kind
 from slimstep.methods.base import Method, MethodError
 from slimstep.methods.flow_matching import net_spec
-from slimstep.methods.flowmap import gap_scale, one_step_rule, two_time_student
+from slimstep.methods.flowmap import gap_scale, two_time_student
 from slimstep.nets import build_net
 from slimstep.nets.dit import math_attention
 
@@ -136,7 +135,6 @@ def check_smooth_time(net: nn.Module, what: str) -> None:
             f"does) or use method.init=scratch with net.time_scale=1")
 
 
-register_kind("meanflow", one_step_rule)
 
 
 class MeanFlow(Method):

@@ -27,11 +27,12 @@ from slimstep.generator import load_net
 from slimstep.losses import Distance
 from slimstep.methods.base import Method, MethodError
 from slimstep.methods.reflow import flip_pair, pairs_spec, student_net
+from slimstep.onestep import euler_step
 
 
 def one_step(net, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-    """:math:`z + v(z, 0)`: one Euler step of a velocity field over [0, 1]."""
-    return z + net(z, torch.zeros(len(z), device=z.device), y)
+    """:math:`z + v(z, 0)`: one Euler step of a velocity field over [0, 1] (unguided)."""
+    return euler_step(net, z, y)
 
 
 class SlimFlow(Method):

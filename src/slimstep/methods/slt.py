@@ -36,34 +36,11 @@ from __future__ import annotations
 
 import torch
 
-from slimstep.generator import register_kind
 from slimstep.methods.base import Method, MethodError
-from slimstep.methods.flowmap import one_step_rule, random_labels
+from slimstep.methods.flowmap import random_labels
 from slimstep.nets import build_net, count_params
 from slimstep.nets.shared_block import patch_steps
-
-
-def slt_rule(gen, z: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-    """The one-step rule; ``steps`` in the sampling settings (``--steps n``) runs a depth-gap
-    student with n depth jumps instead of its K (still one network evaluation)."""
-    n = gen.sampling.get("steps")
-    if n is None:
-        return one_step_rule(gen, z, y)
-    if getattr(gen.net, "depth", "table") != "gap":
-        raise MethodError(f"--steps {n}: only a depth-gap SLT student (net.depth: gap) runs "
-                          f"another number of depth steps than its K")
-    if int(n) < 1:
-        raise MethodError(f"--steps must be at least 1, not {n}")
-    s = gen.sampling
-    t = torch.full((len(z),), float(s.get("t", 0.0)), device=z.device)
-    d = torch.full((len(z),), float(s.get("s", 1.0)), device=z.device)
-    return z + gen.net(z, t, y, s=d, steps=int(n)), 1
-
-
-slt_rule.plain_rule = one_step_rule  # without steps it is exactly that rule: export traces it
-register_kind("slt", slt_rule)
-
-ONE_STEP_KINDS = ("flowmap", "meanflow")
+from slimstep.onestep import ONE_STEP_TEACHER_KINDS
 
 
 def layer_map(steps: int, patches: int, depth: int) -> list[tuple[int, int]]:
@@ -93,7 +70,7 @@ class SLT(Method):
 
     def __init__(self, cfg, info, *, device, teacher=None):
         super().__init__(cfg, info, device=device, teacher=teacher)
-        if teacher is None or teacher.sampling.get("kind") not in ONE_STEP_KINDS:
+        if teacher is None or teacher.sampling.get("kind") not in ONE_STEP_TEACHER_KINDS:
             raise MethodError("slt needs a one-step DiT teacher (a flowmap or meanflow "
                               "checkpoint): pass --teacher CKPT")
         tspec = teacher.config["net"]
