@@ -16,6 +16,7 @@ from pathlib import Path
 
 from slimstep.errors import ENVIRONMENT_ERRNOS, ConfigError, SlimstepError, os_error
 from slimstep.methods import method_names
+from slimstep.spec import PairsConfig
 
 # ---------------------------------------------------------------- commands
 
@@ -42,7 +43,7 @@ def cmd_pairs(a) -> None:
 
 def cmd_distill(a) -> None:
     from slimstep.config import DEFAULTS, load_config
-    from slimstep.generator import load
+    from slimstep.inputs import resolve_inputs
     from slimstep.train.loop import train
 
     cfg = load_config(a.config, a.overrides)
@@ -50,18 +51,9 @@ def cmd_distill(a) -> None:
     if named not in (a.method, DEFAULTS["method"]["name"]):
         raise ConfigError(f"{a.config} is a recipe for method '{named}', not '{a.method}'")
     cfg["method"]["name"] = a.method
-    teacher = None
-    if a.teacher:
-        teacher = load(a.teacher, _device(cfg["train"]["device"]))
-        spec = cfg["data"]["spec"]
-        if spec not in (teacher.info.spec, DEFAULTS["data"]["spec"]):
-            raise ConfigError(f"the config trains on '{spec}' but the teacher on '{teacher.info.spec}'")
-        cfg["data"]["spec"] = teacher.info.spec
-        cfg["teacher"] = str(Path(a.teacher).resolve())
-    for key in ("pairs", "init"):
-        if getattr(a, key):
-            cfg[key] = str(Path(getattr(a, key)).resolve())
-    out = train(cfg, a.out, resume=a.resume, teacher=teacher, progress=not a.quiet)
+    inputs = resolve_inputs(cfg, teacher=a.teacher, pairs=a.pairs, init=a.init,
+                            device=_device(cfg["train"]["device"]))
+    out = train(cfg, a.out, resume=a.resume, teacher=inputs.teacher, progress=not a.quiet)
     print(f"{a.method} checkpoint: {out}")
 
 
@@ -382,17 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_teacher)
 
     p = sub.add_parser("pairs", help="solve the teacher ODE from per-seed noise: reflow pairs")
+    pd = PairsConfig()  # one set of defaults for this command and a recipe's pairs stage
     p.add_argument("--teacher", required=True, help="teacher checkpoint")
     p.add_argument("--n", type=_count, required=True, help="number of pairs")
     p.add_argument("--out", required=True, help="pairs directory (shards + manifest)")
-    p.add_argument("--solver", default="dopri5", choices=["euler", "heun", "dopri5"], help="ODE solver")
-    p.add_argument("--steps", type=_count, default=16, help="steps of euler / heun")
-    p.add_argument("--rtol", type=_positive, default=1e-5, help="dopri5 tolerance")
-    p.add_argument("--atol", type=_positive, default=1e-5, help="dopri5 tolerance")
+    p.add_argument("--solver", default=pd.solver, choices=["euler", "heun", "dopri5"], help="ODE solver")
+    p.add_argument("--steps", type=_count, default=pd.steps, help="steps of euler / heun")
+    p.add_argument("--rtol", type=_positive, default=pd.rtol, help="dopri5 tolerance")
+    p.add_argument("--atol", type=_positive, default=pd.atol, help="dopri5 tolerance")
     p.add_argument("--cfg-scale", type=_finite, help="guidance scale (default: the teacher's)")
-    p.add_argument("--seed", type=_seed, default=0, help="pair i uses seed + i")
-    p.add_argument("--shard-size", type=_count, default=1024, help="pairs per shard file")
-    p.add_argument("--batch-size", type=_count, default=256, help="samples per network call")
+    p.add_argument("--seed", type=_seed, default=pd.seed,
+                   help="pair i uses seed + i (far from the evaluation's seeds)")
+    p.add_argument("--shard-size", type=_count, default=pd.shard_size, help="pairs per shard file")
+    p.add_argument("--batch-size", type=_count, default=pd.batch_size, help="samples per network call")
     p.add_argument("--device", type=_device_name, default="auto", help="auto | cpu | cuda[:N] | mps")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_pairs)

@@ -40,12 +40,16 @@ def shard_path(directory: Path, i: int) -> Path:
     return directory / f"shard-{i:05d}.safetensors"
 
 
-def generate_pairs(teacher: str | Path, out: str | Path, n: int, *, solver: str = "dopri5",
-                   steps: int = 16, rtol: float = 1e-5, atol: float = 1e-5,
-                   cfg_scale: float | None = None, seed: int = 0, shard_size: int = 1024,
-                   batch_size: int = 256, labels: str = "random", device: str = "auto",
+_D = PairsConfig()  # the defaults of this function, `slimstep pairs` and a recipe's pairs stage
+
+
+def generate_pairs(teacher: str | Path, out: str | Path, n: int, *, solver: str = _D.solver,
+                   steps: int = _D.steps, rtol: float = _D.rtol, atol: float = _D.atol,
+                   cfg_scale: float | None = None, seed: int = _D.seed, shard_size: int = _D.shard_size,
+                   batch_size: int = _D.batch_size, labels: str = "random", device: str = "auto",
                    progress: bool = True) -> Path:
-    """Solve the teacher's ODE from ``n`` per-seed noises into ``out``."""
+    """Solve the teacher's ODE from ``n`` per-seed noises into ``out`` (defaults:
+    :class:`slimstep.spec.PairsConfig`, Heun 16 steps, seeds from 10⁶)."""
     PairsConfig.from_dict({"n": n, "solver": solver, "steps": steps, "seed": seed, "rtol": rtol,
                            "atol": atol, "cfg_scale": cfg_scale, "shard_size": shard_size,
                            "batch_size": batch_size}, "pairs")

@@ -245,7 +245,7 @@ def is_done(out: Path, st: Stage) -> bool:
 def execute(out: Path, st: Stage, deps: dict[str, Path], progress: bool = False) -> float:
     """Run one stage (train or make pairs) and return its wall seconds."""
     from slimstep.files import write_json
-    from slimstep.generator import load
+    from slimstep.inputs import resolve_inputs
     from slimstep.pairs import generate_pairs
     from slimstep.train import checkpoint as ckpt
     from slimstep.train.loop import train
@@ -258,14 +258,9 @@ def execute(out: Path, st: Stage, deps: dict[str, Path], progress: bool = False)
                        seed=int(p["seed"]), progress=progress)
     elif st.trains:
         cfg = copy.deepcopy(st.cfg)
-        teacher = None
-        if "teacher" in deps:
-            teacher = load(deps["teacher"])
-            cfg["teacher"] = str(deps["teacher"].resolve())
-        for role in ("pairs", "init"):
-            if role in deps:
-                cfg[role] = str(deps[role].resolve())
-        train(cfg, d, resume=bool(ckpt.list_snapshots(d)), teacher=teacher, progress=progress)
+        inputs = resolve_inputs(cfg, teacher=deps.get("teacher"), pairs=deps.get("pairs"),
+                                init=deps.get("init"))
+        train(cfg, d, resume=bool(ckpt.list_snapshots(d)), teacher=inputs.teacher, progress=progress)
     secs = time.perf_counter() - tic
     write_json(d / "stage.json", {"stage": st.name, "kind": st.kind, "hash": st.hash, "seconds": secs})
     return secs
