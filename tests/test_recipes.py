@@ -189,9 +189,10 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
-def test_killed_run_takes_its_workers_with_it(tmp_path):
-    """`kill` on `slimstep run --jobs 2` (the parent runs no cleanup): its two training
-    workers must stop too, not train on for minutes."""
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_killed_run_takes_its_workers_with_it(tmp_path, sig):
+    """`kill` on `slimstep run --jobs 2` (the parent runs no cleanup) or Ctrl-C (one line,
+    exit 130): its two training workers must stop too, not train on for minutes."""
     import os
     import signal
     import subprocess
@@ -205,7 +206,7 @@ def test_killed_run_takes_its_workers_with_it(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "slimstep.cli", "run", str(r), "--out",
                              str(tmp_path / "out"), "--jobs", "2"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     workers: set[int] = set()
     try:
         deadline = time.monotonic() + 120
@@ -214,8 +215,10 @@ def test_killed_run_takes_its_workers_with_it(tmp_path):
             time.sleep(0.2)
         workers |= _children(proc.pid)
         assert len(workers) >= 2
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=30)
+        if sig == "SIGINT":
+            assert proc.returncode == 130 and err.strip().splitlines()[-1] == "slimstep: interrupted"
         deadline = time.monotonic() + 15
         while any(_alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
