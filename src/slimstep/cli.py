@@ -233,6 +233,14 @@ def cmd_data(a) -> None:
     print(f"{len(x)} real samples of {a.name} ({a.split}) -> {a.out}")
 
 
+def cmd_import(a) -> None:
+    from slimstep.importers import import_teacher, parse_options
+
+    opts = parse_options(a.options, a.format)
+    out = import_teacher(a.format, a.src, a.out, data=a.data, options=opts)
+    print(f"{a.format} teacher {a.src} -> {out} (use it as --teacher {out})")
+
+
 def cmd_info(a) -> None:
     from slimstep.generator import load
 
@@ -477,6 +485,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_data)
 
+    p = sub.add_parser("import", help="convert a SiT / DiT / FreeFlow state dict (or an EDM pickle, "
+                                      "read safely) into a slimstep checkpoint; see docs/teachers.md")
+    p.add_argument("--format", required=True, choices=["sit", "dit", "freeflow", "edm"],
+                   help="sit: velocity; dit: VP eps (-> velocity); freeflow: flow map; edm: refused "
+                        "(network mapping not yet supported)")
+    p.add_argument("src", help="the file: .pt / .pth / .safetensors (edm: .pkl)")
+    p.add_argument("--out", required=True, help="checkpoint directory to create")
+    p.add_argument("--data", help="the data set the teacher models, e.g. npz:latents.npz (needed to "
+                                  "train from it; its sample shape must be the network's)")
+    p.add_argument("options", nargs="*", metavar="key=value",
+                   help="num_heads=N (unpublished sizes), container=ema|model, solver/steps/cfg_scale "
+                        "(velocity teachers), num_timesteps/beta_start/beta_end (dit), "
+                        "guidance=W, time=sit|repa (freeflow)")
+    p.set_defaults(fn=cmd_import)
+
     p = sub.add_parser("info", help="what a checkpoint holds")
     p.add_argument("--ckpt", required=True)
     p.set_defaults(fn=cmd_info)
@@ -502,9 +525,21 @@ def _version() -> str:
     return f"slimstep {__version__}"
 
 
+def _parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``ap.parse_args``, except that ``slimstep import``'s key=value options may also come
+    after ``--out`` / ``--data`` (argparse fills the positionals from the first run only)."""
+    args, extra = ap.parse_known_args(argv)
+    if extra and getattr(args, "cmd", None) == "import" and all(
+            "=" in e and not e.startswith("-") for e in extra):
+        args.options = [*args.options, *extra]
+    elif extra:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(build_parser(), argv)
     except SystemExit as e:  # --help, --version, a usage error: its status, as from any command
         return e.code if isinstance(e.code, int) else 2
     if args.cmd == "data" and args.n is None and args.name.startswith("toy2d"):

@@ -26,6 +26,9 @@ _REGISTRY = {
     "unet": "slimstep.nets.unet:UNet",
     "dit": "slimstep.nets.dit:DiT",
     "shared_block": "slimstep.nets.shared_block:SharedBlockDiT",
+    # imported teachers (slimstep import): DiT layouts with their time adapters in forward
+    "dit_vp_eps": "slimstep.nets.imported:VPEpsDiT",
+    "freeflow_dit": "slimstep.nets.imported:FreeFlowDiT",
 }
 
 
