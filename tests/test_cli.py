@@ -82,3 +82,14 @@ def test_user_mistakes_are_one_line_and_exit_2(argv, msg, tmp_path, capsys):
 def test_every_subcommand_has_help(capsys):
     for cmd in ("teacher", "pairs", "distill", "sample", "eval", "bench", "data", "info", "demo"):
         assert main([cmd, "--help"]) == 0  # argparse's exit status, returned like any command's
+
+
+def test_overrides_may_be_split_by_options(tmp_path):
+    """argparse fills a `*` positional from its first run only: `key=value` after another
+    option was 'unrecognized'. Every override counts, wherever it stands."""
+    out = tmp_path / "t"
+    assert main(["teacher", "--config", "toy2d/teacher", *TINY[:2], "--out", str(out), "--quiet",
+                 *TINY[2:]]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["ckpt_every"] == 2 and cfg["net"]["hidden"] == 16 and cfg["step"] == 4
+    assert main(["teacher", "--config", "toy2d/teacher", "--out", str(tmp_path / "u"), "--bogus"]) == 2

@@ -526,12 +526,12 @@ def _version() -> str:
 
 
 def _parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """``ap.parse_args``, except that ``slimstep import``'s key=value options may also come
-    after ``--out`` / ``--data`` (argparse fills the positionals from the first run only)."""
+    """``ap.parse_args``, except that ``key=value`` overrides may come anywhere, also split
+    by options (argparse fills a ``*`` positional from its first run only)."""
     args, extra = ap.parse_known_args(argv)
-    if extra and getattr(args, "cmd", None) == "import" and all(
-            "=" in e and not e.startswith("-") for e in extra):
-        args.options = [*args.options, *extra]
+    slot = "options" if getattr(args, "cmd", None) == "import" else "overrides"
+    if extra and hasattr(args, slot) and all("=" in e and not e.startswith("-") for e in extra):
+        setattr(args, slot, [*getattr(args, slot), *extra])
     elif extra:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
