@@ -229,3 +229,19 @@ def test_killed_run_takes_its_workers_with_it(tmp_path, sig):
         for w in workers:  # a failed run of this test must not leave trainers behind
             if _alive(w):
                 os.kill(w, signal.SIGKILL)
+
+
+def test_a_moved_run_folder_is_reused(tmp_path, monkeypatch):
+    """Kept sample files were recorded by the path the run was given (relative to where it
+    ran); a run folder moved elsewhere then failed its rerun ('samples file not found')."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    stages = {k: v for k, v in moons_stages().items() if k in ("t", "gan")}
+    r = recipe(tmp_path, stages)
+    run(r, "out", jobs=1, log=lambda *_: None)
+    shutil.move("out", "moved")
+    logs = []
+    res = run(r, "moved", jobs=1, log=logs.append)
+    assert res["failed"] == [] and "[reuse] evaluation of gan" in logs
+    assert all(Path(row["files"]["samples"]).is_file() for row in res["rows"] if row.get("files"))

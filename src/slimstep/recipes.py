@@ -492,6 +492,9 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
         if saved.get("hash") == st.hash and saved.get("protocol") == proto:
             log(f"[reuse] evaluation of {st.name}")
             rows = saved["rows"]
+            for r in rows:  # kept files live in this stage's folder, wherever the run now is
+                if r.get("files"):
+                    r["files"] = {k: str(sdir / Path(v).name) for k, v in r["files"].items()}
             if st.kind == "distill" and "init_check" not in rows[0]:  # a result from before the check
                 rows[0]["init_check"] = _init_check(out, st, by_name, ev, rows[0])
                 write_json(cache, {**saved, "rows": rows})
