@@ -168,3 +168,17 @@ def test_a_seed_that_cannot_be_scored_is_flagged_not_fatal():
         score_samples(lambda s, n: (torch.full((n, 2), float("nan")), None, 0.0, {}),
                       "toy2d:moons", ev, "none", None)
     assert np.isfinite(r["metrics"]["w2"])
+
+
+def test_a_student_close_to_its_init_but_scoring_apart_is_not_flagged():
+    """Samples closer to the init's than the real/real floor, but a paired-seed metric that
+    moved beyond the seed spread (moons slimflow from annealing reflow: W2 0.133 -> 0.116,
+    sd 0.0017): the student moved. Within the spread it is still flagged."""
+    chk = {"init": "init", "shift": 0.047, "metric": "w2", "distance": 0.061, "floor": 0.0945, "equal": True}
+    init = {"name": "init", "metrics": {"w2": 0.133}, "metrics_sd": {"w2": 0.0017}}
+    moved = {"name": "s", "metrics": {"w2": 0.116}, "metrics_sd": {"w2": 0.0007}, "init_check": chk,
+             "per_seed": [{}, {}, {}]}
+    assert [f["id"] for f in row_flags(moved, 3, {"init": init})] == []
+    same = {**moved, "metrics": {"w2": 0.132}}
+    assert [f["id"] for f in row_flags(same, 3, {"init": init})] == ["equals-init"]
+    assert [f["id"] for f in row_flags(moved, 3)] == ["equals-init"]  # without the rows: as before

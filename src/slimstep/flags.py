@@ -107,12 +107,32 @@ def compare_to_init(x: torch.Tensor, x0: torch.Tensor, spec: str, floor: dict, i
     return out
 
 
-def row_flags(row: dict, seeds_asked: int) -> list[dict]:
-    """The flags of one scored row (``row["init_check"]`` from :func:`compare_to_init`)."""
+def metric_moved(row: dict, init_row: dict | None) -> bool:
+    """Did the headline metric leave its initialisation's, beyond twice the larger spread
+    over seeds? Samples closer to the init's than the real/real floor can still score
+    apart on paired seeds: a fine-tuned student that moved by 5 % of the spread and cut its
+    W2 from 0.133 to 0.116 (sd 0.0017) has moved (issue 10: moons slimflow was flagged)."""
+    from slimstep.verdict import HEADLINES
+
+    if not init_row:
+        return False
+    key = next((k for k in HEADLINES if k in row["metrics"] and k in init_row["metrics"]), None)
+    if key is None:
+        return False
+    sd = max((row.get("metrics_sd") or {}).get(key) or 0.0, (init_row.get("metrics_sd") or {}).get(key) or 0.0)
+    return sd > 0 and abs(row["metrics"][key] - init_row["metrics"][key]) > 2 * sd
+
+
+def row_flags(row: dict, seeds_asked: int, rows_by_name: dict | None = None) -> list[dict]:
+    """The flags of one scored row (``row["init_check"]`` from :func:`compare_to_init`).
+    ``rows_by_name`` (every row of the run) lets "equals its init" check the metric too."""
     from slimstep.report import fmt
 
     out = []
     chk = row.get("init_check")
+    if chk and chk["equal"] and chk["shift"] >= SHIFT_TOL and metric_moved(
+            row, (rows_by_name or {}).get(chk["init"])):
+        chk = {**chk, "equal": False}  # close in distribution, but its score moved
     if chk and chk["equal"]:
         far = (f"{chk['metric'].upper()} {fmt(chk['distance'])} from {chk['init']}'s one-step samples, "
                f"floor {fmt(chk['floor'])}" if chk["distance"] is not None

