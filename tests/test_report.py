@@ -182,3 +182,8 @@ def test_a_student_close_to_its_init_but_scoring_apart_is_not_flagged():
     same = {**moved, "metrics": {"w2": 0.132}}
     assert [f["id"] for f in row_flags(same, 3, {"init": init})] == ["equals-init"]
     assert [f["id"] for f in row_flags(moved, 3)] == ["equals-init"]  # without the rows: as before
+    one = {"name": "init", "metrics": {"fd": 12.2}, "metrics_sd": {"fd": 0.0}}  # one seed: 5 %
+    d = {**moved, "metrics": {"fd": 10.1}, "metrics_sd": {"fd": 0.0}, "per_seed": [{}],
+         "init_check": {**chk, "metric": "fd"}}
+    assert row_flags(d, 1, {"init": one}) == []
+    assert [f["id"] for f in row_flags({**d, "metrics": {"fd": 12.0}}, 1, {"init": one})] == ["equals-init"]

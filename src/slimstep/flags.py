@@ -109,7 +109,7 @@ def compare_to_init(x: torch.Tensor, x0: torch.Tensor, spec: str, floor: dict, i
 
 def metric_moved(row: dict, init_row: dict | None) -> bool:
     """Did the headline metric leave its initialisation's, beyond twice the larger spread
-    over seeds? Samples closer to the init's than the real/real floor can still score
+    over seeds (with one seed: by more than 5 %)? Samples closer to the init's than the real/real floor can still score
     apart on paired seeds: a fine-tuned student that moved by 5 % of the spread and cut its
     W2 from 0.133 to 0.116 (sd 0.0017) has moved (issue 10: moons slimflow was flagged)."""
     from slimstep.verdict import HEADLINES
@@ -120,7 +120,13 @@ def metric_moved(row: dict, init_row: dict | None) -> bool:
     if key is None:
         return False
     sd = max((row.get("metrics_sd") or {}).get(key) or 0.0, (init_row.get("metrics_sd") or {}).get(key) or 0.0)
-    return sd > 0 and abs(row["metrics"][key] - init_row["metrics"][key]) > 2 * sd
+    delta = abs(row["metrics"][key] - init_row["metrics"][key])
+    if sd > 0:
+        return delta > 2 * sd
+    # one seed, no spread: paired seeds share their noise, so a score that moved by more than
+    # 5 % of the init's moved (the demo's distill, FD 12.2 -> 10.1, was flagged; the unmoved
+    # MeanFlow of issue 10 scored 62.5 against its init's 62.8)
+    return delta > 0.05 * abs(init_row["metrics"][key])
 
 
 def row_flags(row: dict, seeds_asked: int, rows_by_name: dict | None = None) -> list[dict]:
