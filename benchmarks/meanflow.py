@@ -102,7 +102,7 @@ def main() -> None:
 
     lines = [
         verdict("moons, from scratch", m_scr["mean"] / floor_w2, 1.75, "the data/data floor")
-        + f" Trained in {times['moons scratch']:.0f} s ({a.threads} threads; target < 180 s).",
+        + f" Trained in {times['moons scratch']:.0f} s ({a.threads} thread(s) of the 2-core machine; target < 180 s).",
         f"* moons, py-meanflow's loss (p = 0.75) on our net, 20,000 steps: {m_off['mean'] / floor_w2:.2f}x "
         "the floor (the issue measured the official code at 1.61x on this budget).",
         verdict("moons, fine-tuned", m_ft["mean"] / floor_w2, 1.5, "the data/data floor"),
