@@ -31,3 +31,28 @@ def test_save_refuses_a_checkpoint_and_a_stage_folder_with_two_models(tmp_path):
         slimstep.save(gen, tmp_path / "stage" / f"model-{h}")
     with pytest.raises(CheckpointError, match="2 models"):
         slimstep.load(tmp_path / "stage")
+
+
+def test_screen_train_takes_a_stage_folder_and_fails_before_training(tmp_path):
+    """The realism scorer reads its student like every other command (a run's stage folder
+    too); a student without weights is refused before any training step, not after."""
+    import shutil
+
+    import pytest
+
+    from slimstep.config import load_config
+    from slimstep.realism import RealismError, train_realism
+    from slimstep.train.loop import train
+
+    cfg = load_config("toy2d/teacher", ["train.steps=2", "train.ckpt_every=2", "net.hidden=8",
+                                        "sample.solver=euler", "sample.steps=1"])
+    ckpt = train(cfg, tmp_path / "t", progress=False)
+    shutil.copytree(ckpt, tmp_path / "stage" / "model-0123456789")
+    out = train_realism(tmp_path / "stage", "toy2d:moons", tmp_path / "disc", log=lambda *_: None,
+                        steps=2, batch_size=8)
+    assert (out / "model.safetensors").is_file()
+    (tmp_path / "bare").mkdir()
+    shutil.copy(ckpt / "config.json", tmp_path / "bare" / "config.json")
+    with pytest.raises(RealismError, match="no model.safetensors"):
+        train_realism(tmp_path / "bare", "toy2d:moons", tmp_path / "disc2", log=lambda *_: None, steps=2)
+    assert not (tmp_path / "disc2").exists()

@@ -66,9 +66,12 @@ class RealismError(SlimstepError, ValueError):
 
 
 def weights_digest(ckpt: str | Path) -> str:
-    """Short sha256 of a checkpoint's model.safetensors: which student a discriminator saw."""
+    """Short sha256 of a checkpoint's model.safetensors: which student a discriminator saw
+    (``ckpt`` may be a run's stage folder, as everywhere a checkpoint is read)."""
+    from slimstep.generator import resolve_checkpoint
+
     try:
-        return ck.weights_digest(ckpt)
+        return ck.weights_digest(resolve_checkpoint(ckpt))
     except ck.CheckpointError as e:
         raise RealismError(str(e)) from None
 
@@ -101,7 +104,7 @@ def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
     """Train the realism discriminator of ``student_ckpt`` against ``data_spec``'s train split
     and write it to ``out``. ``options`` override :data:`DEFAULTS`."""
     from slimstep.data import load_data
-    from slimstep.generator import load
+    from slimstep.generator import load, resolve_checkpoint
     from slimstep.methods.gdd import r1_penalty
 
     unknown = sorted(set(options) - set(DEFAULTS))
@@ -110,6 +113,7 @@ def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
     o = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
     if int(o["steps"]) < 1 or int(o["batch_size"]) < 2:
         raise RealismError("screen-train needs steps >= 1 and batch_size >= 2")
+    weights_digest(student_ckpt)  # a student without weights fails now, not after training
     student = load(student_ckpt)
     if student.nfe != 1:
         raise RealismError(f"{student_ckpt} is not a one-step generator (NFE {student.nfe}): "
@@ -144,7 +148,8 @@ def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
     held = _heldout_accuracy(disc, data, student, k, g_noise)
     cfg = {"kind": KIND, "disc": {"kind": o["disc"], "options": o["disc_options"]},
            "data": {"spec": data_spec, "shape": list(shape), "num_classes": k},
-           "student": {"path": str(Path(student_ckpt).resolve()), "weights": weights_digest(student_ckpt)},
+           "student": {"path": str(resolve_checkpoint(student_ckpt).resolve()),
+                       "weights": weights_digest(student_ckpt)},
            "train": {key: o[key] for key in DEFAULTS},
            "heldout_accuracy": held, "seconds": round(time.perf_counter() - tic, 1)}
     ck.save_model(out, disc, cfg)
