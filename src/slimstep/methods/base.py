@@ -20,6 +20,7 @@ inside ``loss`` comes from torch's global RNG, which the loop reseeds from
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import ClassVar
 
@@ -31,6 +32,48 @@ from slimstep.errors import SlimstepError
 
 class MethodError(SlimstepError, ValueError):
     """A method's configuration is unusable (one clear line for the user)."""
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_POS = (lambda v: _num(v) and v > 0, "a positive number")
+_NONNEG = (lambda v: _num(v) and v >= 0, "a number, 0 or more")
+_UNIT = (lambda v: _num(v) and 0 <= v <= 1, "a number from 0 to 1")
+_POS_OR_NONE = (lambda v: v is None or (_num(v) and v > 0), "a positive number or null")
+
+#: Ranges of method options, by name (a name means the same thing in every method that has
+#: it). With the type check against each method's defaults, a nonsense value is one line
+#: before anything trains (issue 13: ``method.r_neq_t=2`` trained, ``method.lr_g=-1`` ended
+#: in torch's traceback).
+OPTION_RULES: dict[str, tuple] = {
+    **dict.fromkeys(("logit_std", "correction_logit_std", "weight_eps", "fd_eps"), _POS),
+    **dict.fromkeys(("r_logit_std", "lr_g", "lr_d"), _POS_OR_NONE),
+    **dict.fromkeys(("label_dropout", "fake_label_dropout", "r_neq_t", "delta_one",
+                     "correction_fraction", "tau_min", "tau_max"), _UNIT),
+    **dict.fromkeys(("weight_power", "r1_gamma", "r1_every", "gan_weight", "instance_weight",
+                     "pair_weight", "guide_weight", "hidden_weight", "output_weight",
+                     "correction_weight", "anneal_steps"), _NONNEG),
+}
+
+
+def check_options(method: str, opts: dict, defaults: dict) -> None:
+    """Each given option has its default's kind (number, integer, true/false) and its range."""
+    for k, v in opts.items():
+        d = defaults.get(k)
+        if isinstance(d, bool):
+            ok, want = isinstance(v, bool), "true or false"
+        elif isinstance(d, int):
+            ok, want = isinstance(v, int) and not isinstance(v, bool), "an integer"
+        elif isinstance(d, float):
+            ok, want = _num(v), "a finite number"
+        else:
+            ok, want = True, ""
+        if ok and k in OPTION_RULES:
+            ok, want = OPTION_RULES[k][0](v), OPTION_RULES[k][1]
+        if not ok:
+            raise MethodError(f"method.{k} must be {want}, not {v!r} ({method})")
 
 
 class Method:
@@ -47,6 +90,7 @@ class Method:
         if unknown:
             raise MethodError(f"method '{self.name}' has no option(s) {', '.join(unknown)}; "
                               f"known: {', '.join(sorted(self.defaults)) or 'none'}")
+        check_options(self.name, opts, self.defaults)
         self.opts = {**self.defaults, **opts}
 
     @classmethod
