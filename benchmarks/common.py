@@ -92,6 +92,20 @@ def score(ckpt: Path, name: str, spec: str, threads: int = 1, seed: int = 0, **s
 SPREAD_SEEDS = (0, 1000, 2000)
 
 
+def score_seeds(ckpt: Path, name: str, spec: str, metrics: tuple[str, ...], **sampling) -> dict:
+    """The protocol at the three sample seeds the suites use: ``metrics`` averaged over them
+    (``metrics``), their spread (``metrics_sd``) and the values per seed (``per_seed``)."""
+    import statistics
+
+    per = [score(ckpt, name, spec, seed=s, **sampling) for s in SPREAD_SEEDS]
+    out = {k: per[0][k] for k in ("name", "nfe", "params", "floor")}
+    out["per_seed"] = {m: [p["metrics"][m] for p in per] for m in metrics}
+    out["metrics"] = {m: statistics.fmean(v) for m, v in out["per_seed"].items()}
+    out["metrics_sd"] = {m: statistics.stdev(v) for m, v in out["per_seed"].items()}
+    out["ckpt"] = str(ckpt)
+    return out
+
+
 def seed_spread(runs: list[tuple[str, Path, dict]], spec: str, key: str = "fd") -> list[dict]:
     """The headline metric of each run at several sample seeds (the same seeds for
     every run, so rows are paired) and its mean: at N = 597 a single FD moves by

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SPREAD_SEEDS, Runner, finished, machine, md_table, score  # noqa: E402
+from common import RESULTS, SPREAD_SEEDS, Runner, finished, machine, md_table, score, score_seeds  # noqa: E402
 
 #: name -> (method, config, overrides, what it tests)
 ARMS = {
@@ -48,11 +47,7 @@ def main() -> None:
     teacher = str(a.teacher)
 
     def protocol(ckpt: Path, name: str, **sampling) -> dict:
-        per = [score(ckpt, name, "digits", seed=s, **sampling) for s in SPREAD_SEEDS]
-        out = {k: per[0][k] for k in ("name", "nfe", "params", "floor")}
-        out["metrics"] = {m: statistics.fmean(p["metrics"][m] for p in per) for m in METRICS}
-        out["fd_per_sample_seed"] = [p["metrics"]["fd"] for p in per]
-        return out
+        return score_seeds(ckpt, name, "digits", METRICS, **sampling)
 
     t_ref = protocol(a.teacher, "teacher heun-16 (reference)")
     t_one = protocol(a.teacher, "teacher euler-1", solver="euler", steps=1)
@@ -79,7 +74,7 @@ def main() -> None:
                 continue  # the final row above
             s = score(snap, f"{name} @{k}", "digits", seed=0)
             pts.append({"step": k, **{m: s["metrics"][m] for m in METRICS}})
-        pts.append({"step": cfg["step"], **{m: row["fd_per_sample_seed"][0] if m == "fd" else None
+        pts.append({"step": cfg["step"], **{m: row["per_seed"]["fd"][0] if m == "fd" else None
                                            for m in METRICS}})
         curves[name] = pts
     for row in rows:

@@ -14,23 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SPREAD_SEEDS, Runner, finished, machine, md_table, score  # noqa: E402
+from common import RESULTS, SPREAD_SEEDS, Runner, finished, machine, md_table, score_seeds  # noqa: E402
 
 ONE = {"solver": "euler", "steps": 1}
 
 
 def protocol(ckpt: Path, name: str, spec: str, key: str, **sampling) -> dict:
-    """The headline metric at the three sample seeds, and its mean."""
-    per = [score(ckpt, name, spec, seed=s, **sampling) for s in SPREAD_SEEDS]
-    vals = [p["metrics"][key] for p in per]
-    return {"name": name, "params": per[0]["params"], "nfe": per[0]["nfe"], "per_seed": vals,
-            "mean": statistics.fmean(vals), "sd": statistics.stdev(vals),
-            "floor": per[0]["floor"].get(key), "ckpt": str(ckpt)}
+    """The headline metric at the three sample seeds: its values, mean, sd and floor."""
+    r = score_seeds(ckpt, name, spec, (key,), **sampling)
+    return {"name": name, "params": r["params"], "nfe": r["nfe"], "per_seed": r["per_seed"][key],
+            "mean": r["metrics"][key], "sd": r["metrics_sd"][key], "floor": r["floor"].get(key),
+            "ckpt": r["ckpt"]}
 
 
 def main() -> None:

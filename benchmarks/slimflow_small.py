@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SPREAD_SEEDS, Runner, finished, machine, md_table, score  # noqa: E402
+from common import RESULTS, SPREAD_SEEDS, Runner, finished, machine, md_table, score_seeds  # noqa: E402
 
 #: The student: configs/digits/annealing-reflow.yaml's UNet at nf 8 (the recipe has nf 16).
 STUDENT = ["net.nf=8", "net.ch_mult=[1,2]", "net.num_res_blocks=2", "net.attn_resolutions=[]"]
@@ -46,12 +46,7 @@ def mse_to_teacher(ckpt: Path, teacher: Path) -> float:
 
 
 def protocol(ckpt: Path, name: str, **sampling) -> dict:
-    """The protocol at the three sample seeds the suites use; metrics averaged over them."""
-    per = [score(ckpt, name, "digits", seed=s, **sampling) for s in SPREAD_SEEDS]
-    out = {k: per[0][k] for k in ("name", "nfe", "params", "floor")}
-    out["metrics"] = {m: statistics.fmean(p["metrics"][m] for p in per) for m in METRICS}
-    out["fd_per_sample_seed"] = [p["metrics"]["fd"] for p in per]
-    return out
+    return score_seeds(ckpt, name, "digits", METRICS, **sampling)
 
 
 def main() -> None:
@@ -124,7 +119,7 @@ def main() -> None:
     sums = {arm: summary(labels[arm], rows) for arm, rows in arms.items()}
     table += list(sums.values())
     per_seed = [{"arm": arm, "seed": x["seed"], "fd": x["metrics"]["fd"],
-                 **{f"fd @{s}": v for s, v in zip(SPREAD_SEEDS, x["fd_per_sample_seed"], strict=True)},
+                 **{f"fd @{s}": v for s, v in zip(SPREAD_SEEDS, x["per_seed"]["fd"], strict=True)},
                  "precision": x["metrics"]["precision"], "recall": x["metrics"]["recall"],
                  "mse": x["metrics"]["mse_teacher"], "train_s": x["train_s"]}
                 for arm, rows in arms.items() for x in rows]
