@@ -279,15 +279,18 @@ def _die_with_parent(parent: int) -> None:
     import sys
     import threading
 
+    armed = False
     if sys.platform.startswith("linux"):
         import ctypes
 
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+        try:  # 1 = PR_SET_PDEATHSIG; 0 = done
+            armed = ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM)) == 0
         except (OSError, AttributeError):
             pass
     if os.getppid() != parent:  # it died before the call above took effect
         os._exit(1)
+    if armed:
+        return
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -30,11 +30,6 @@ from slimstep.methods.reflow import flip_pair, pairs_spec, student_net
 from slimstep.onestep import euler_step
 
 
-def one_step(net, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-    """:math:`z + v(z, 0)`: one Euler step of a velocity field over [0, 1] (unguided)."""
-    return euler_step(net, z, y)
-
-
 class SlimFlow(Method):
     name = "slimflow"
     defaults = {
@@ -76,7 +71,7 @@ class SlimFlow(Method):
         out = {}
         loss = torch.zeros((), device=x1.device)
         if self.opts["pair_weight"] > 0:
-            out["pair"] = self.distance(one_step(self.net, z, y), x1).mean()
+            out["pair"] = self.distance(euler_step(self.net, z, y), x1).mean()
             loss = loss + self.opts["pair_weight"] * out["pair"]
         if self.guide is not None:
             n = torch.randn_like(z)
