@@ -15,7 +15,7 @@ $(BIN)/python:
 # The stamp is remade whenever the package metadata changes.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,diffusers]'
 	touch $@
 
 setup: $(VENV)/.installed
