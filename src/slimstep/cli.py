@@ -74,12 +74,14 @@ def _device(name: str):
 def _labels(gen, spec: str | None, n: int):
     import torch
 
-    if spec in (None, "random", "null") or not gen.num_classes:
+    if spec in (None, "random", "null"):
         return None, (spec or "random")
     try:
         k = int(spec)
     except ValueError:
         raise ConfigError(f"--labels takes random, null or a class index, not '{spec}'") from None
+    if not gen.num_classes:
+        raise ConfigError(f"--labels {k}: the model is unconditional (it has no classes)")
     if not 0 <= k < gen.num_classes:
         raise ConfigError(f"--labels {k}: the model has classes 0..{gen.num_classes - 1}")
     return torch.full((n,), k, dtype=torch.long), "given"
@@ -98,6 +100,8 @@ def cmd_sample(a) -> None:
     from slimstep.viz import save_picture
 
     _file_out(a.out)
+    if Path(a.out).suffix != ".npz":
+        raise ConfigError(f"--out {a.out}: samples are written as .npz (name it e.g. samples.npz)")
     gen = _generator(a)
     y, mode = _labels(gen, a.labels, a.n)
     if a.screen is None and (a.scorer or a.final != "student" or a.teacher or a.discriminator
@@ -180,6 +184,8 @@ def cmd_eval(a) -> None:
         raise ConfigError("the samples file names no data set: pass --data")
     if a.ref_stats:
         _check_ref_stats(a.ref_stats, spec)
+    if a.inception_weights and spec.split(":", 1)[0] not in ("folder", "npz", "cifar10"):
+        raise ConfigError(f"--inception-weights is for image FID; {spec} is scored without it")
     res = evaluate(x, spec, labels=labels, seed=a.seed, inception_weights=a.inception_weights,
                    ref_stats=a.ref_stats)
     res = {"name": name, "nfe": nfe, **res}
@@ -214,10 +220,17 @@ def cmd_bench(a) -> None:
 def cmd_export(a) -> None:
     from slimstep.export import export
 
+    onnx_name = Path(a.out).suffix == ".onnx"
+    fmt = a.format or ("onnx" if onnx_name else "torchscript")
+    if onnx_name != (fmt == "onnx"):  # a file whose name says another format than it holds
+        raise ConfigError(f"--out {a.out}: --format {fmt} writes "
+                          f"{'a .onnx file' if fmt == 'onnx' else 'TorchScript (e.g. gen.pt)'}; "
+                          "name the file for its format")
+    _file_out(a.out)
     gen = _generator(a)
-    out = export(gen, a.out, fmt=a.format)
+    out = export(gen, a.out, fmt=fmt)
     sig = "forward(z, y)" if gen.num_classes else "forward(z)"
-    print(f"{a.format} one-step generator, {sig} -> x, {tuple(gen.info.shape)} -> {out}")
+    print(f"{fmt} one-step generator, {sig} -> x, {tuple(gen.info.shape)} -> {out}")
 
 
 def cmd_data(a) -> None:
@@ -468,8 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a one-step generator as TorchScript or ONNX")
     p.add_argument("--ckpt", required=True, help="a one-step checkpoint (NFE 1)")
     p.add_argument("--out", required=True, help="output file, e.g. gen.pt or gen.onnx")
-    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript",
-                   help="onnx needs the packages onnx and onnxscript")
+    p.add_argument("--format", choices=["torchscript", "onnx"],
+                   help="default: onnx for a .onnx --out, else torchscript; onnx needs the "
+                        "packages onnx and onnxscript")
     p.add_argument("--steps", type=_count, help="ODE steps (only 1 exports; default: the checkpoint's)")
     p.add_argument("--solver", choices=["euler", "heun", "dopri5"], help="ODE solver (only euler exports)")
     p.add_argument("--cfg-scale", type=_finite, help="classifier-free guidance scale, built into the file")
