@@ -158,11 +158,11 @@ class VPAdapter:
 
     def describe(self) -> dict:
         """The adapter for config.json's ``import`` section: name, parameters, formula."""
-        c_skip, c_out = {"epsilon": ("1/t", "-1/t"), "sample": ("-1/(1-t)", "1/(1-t)"),
-                         "v_prediction": ("(2t-1)/r^2", "-1/r")}[self.prediction]
+        v = {"epsilon": "(x_t - F(x_vp, n)) / t", "sample": "(F(x_vp, n) - x_t) / (1 - t)",
+             "v_prediction": "(2t - 1) / r^2 x_t - F(x_vp, n) / r"}[self.prediction]
         return {"name": "vp_to_velocity", "prediction": self.prediction,
                 "num_timesteps": self.num_timesteps, "t_min": self.t_min, "t_max": self.t_max,
                 "formula": f"sigma = (1-t)/t; r = sqrt(t^2 + (1-t)^2); x_vp = x_t / r "
                            f"(= sqrt(abar) x_t / t); n = interp(log sigma, log sigma_n, n); "
-                           f"v = {c_skip} x_t + {c_out} F(x_vp, n) ({self.prediction}); "
+                           f"v = {v} (F: the {self.prediction} prediction); "
                            "t clamped to [t_min, t_max], the trained sigma range"}
