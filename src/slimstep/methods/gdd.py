@@ -116,8 +116,8 @@ def gdd_i_frozen(net: nn.Module, level: int = 1) -> list[str]:
     elif isinstance(net, DiT):
         rule = {DiTBlock: (("attn.qkv",) if qkv else ()) + ("attn.proj", "mlp.fc1", "mlp.fc2")}
     else:
-        raise MethodError(f"gdd-i has a freeze rule for the unet, the dit and a diffusers network, "
-                          f"not for {type(net).__name__}")
+        raise MethodError(f"gdd-i has a freeze rule for the unet and the dit (and a wrapped diffusers "
+                          f"network), not for {type(net).__name__}")
     names = []
     for prefix, m in net.named_modules():
         for cls, layers in rule.items():
