@@ -250,7 +250,7 @@ def cmd_import(a) -> None:
     from slimstep.importers import import_teacher, parse_options
 
     opts = parse_options(a.options, a.format)
-    out = import_teacher(a.format, a.src, a.out, data=a.data, options=opts)
+    out = import_teacher(a.format, a.src, a.out, data=a.data, options=opts, scheduler=a.scheduler)
     print(f"{a.format} teacher {a.src} -> {out} (use it as --teacher {out})")
 
 
@@ -499,19 +499,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_data)
 
-    p = sub.add_parser("import", help="convert a SiT / DiT / FreeFlow state dict (or an EDM pickle, "
-                                      "read safely) into a slimstep checkpoint; see docs/teachers.md")
-    p.add_argument("--format", required=True, choices=["sit", "dit", "freeflow", "edm"],
-                   help="sit: velocity; dit: VP eps (-> velocity); freeflow: flow map; edm: refused "
-                        "(network mapping not yet supported)")
-    p.add_argument("src", help="the file: .pt / .pth / .safetensors (edm: .pkl)")
+    p = sub.add_parser("import", help="convert a SiT / DiT / FreeFlow state dict, a diffusers pipeline "
+                                      "folder (or an EDM pickle, read safely) into a slimstep "
+                                      "checkpoint; see docs/teachers.md")
+    p.add_argument("--format", required=True, choices=["sit", "dit", "freeflow", "diffusers", "edm"],
+                   help="sit: velocity; dit: VP eps (-> velocity); freeflow: flow map; diffusers: "
+                        "UNet2DModel / DiTTransformer2DModel + VP scheduler (-> velocity); edm: "
+                        "refused (network mapping not yet supported)")
+    p.add_argument("src", help="the file: .pt / .pth / .safetensors (edm: .pkl; diffusers: the "
+                               "pipeline or model folder)")
+    p.add_argument("--scheduler", help="diffusers: the scheduler folder or scheduler_config.json "
+                                       "(needed for a bare model folder; overrides a pipeline's)")
     p.add_argument("--out", required=True, help="checkpoint directory to create")
     p.add_argument("--data", help="the data set the teacher models, e.g. npz:latents.npz (needed to "
                                   "train from it; its sample shape must be the network's)")
     p.add_argument("options", nargs="*", metavar="key=value",
                    help="num_heads=N (unpublished sizes), container=ema|model, solver/steps/cfg_scale "
                         "(velocity teachers), num_timesteps/beta_start/beta_end (dit), "
-                        "guidance=W, time=sit|repa (freeflow)")
+                        "guidance=W, time=sit|repa (freeflow), variant=fp16 (diffusers)")
     p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("info", help="what a checkpoint holds")

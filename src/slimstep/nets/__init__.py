@@ -30,6 +30,8 @@ _REGISTRY = {
     # imported teachers (slimstep import): DiT layouts with their time adapters in forward
     "dit_vp_eps": "slimstep.nets.imported:VPEpsDiT",
     "freeflow_dit": "slimstep.nets.imported:FreeFlowDiT",
+    # a diffusers UNet2DModel / DiTTransformer2DModel, wrapped, behind the VP -> velocity adapter
+    "diffusers_vp": "slimstep.nets.diffusers_vp:DiffusersVP",
 }
 
 
