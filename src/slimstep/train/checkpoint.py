@@ -120,7 +120,7 @@ _VELOCITY = {"solver": (lambda v: v in ("euler", "heun", "dopri5"), "euler, heun
              "atol": (lambda v: _number(v) and v > 0, "a positive number")}
 _TWO_TIME = {"t": (_number, "a finite number"), "s": (_number, "a finite number"),
              "nfe": (_count, "an integer >= 1"), "steps": (_count, "an integer >= 1"),
-             "layer_map": (lambda v: isinstance(v, str), "a string")}
+             "layer_map": (lambda v: isinstance(v, (str, list)), "a name or a list")}  # SLT's step -> layer record
 GENERATOR_KEYS = {"velocity": _VELOCITY, "flowmap": _TWO_TIME, "meanflow": _TWO_TIME, "slt": _TWO_TIME}
 
 
