@@ -485,11 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_data)
 
-    p = sub.add_parser("import", help="convert a SiT / DiT / FreeFlow state dict (or an EDM pickle, "
-                                      "read safely) into a slimstep checkpoint; see docs/teachers.md")
+    p = sub.add_parser("import", help="convert a SiT / DiT / FreeFlow state dict or an EDM network "
+                                      "pickle (read inertly) into a slimstep checkpoint; see docs/teachers.md")
     p.add_argument("--format", required=True, choices=["sit", "dit", "freeflow", "edm"],
-                   help="sit: velocity; dit: VP eps (-> velocity); freeflow: flow map; edm: refused "
-                        "(network mapping not yet supported)")
+                   help="sit: velocity; dit: VP eps (-> velocity); freeflow: flow map; edm: EDM's "
+                        "SongUNet denoiser (-> velocity)")
     p.add_argument("src", help="the file: .pt / .pth / .safetensors (edm: .pkl)")
     p.add_argument("--out", required=True, help="checkpoint directory to create")
     p.add_argument("--data", help="the data set the teacher models, e.g. npz:latents.npz (needed to "
@@ -497,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("options", nargs="*", metavar="key=value",
                    help="num_heads=N (unpublished sizes), container=ema|model, solver/steps/cfg_scale "
                         "(velocity teachers), num_timesteps/beta_start/beta_end (dit), "
-                        "guidance=W, time=sit|repa (freeflow)")
+                        "guidance=W, time=sit|repa (freeflow), sigma_min/sigma_max (edm)")
     p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("info", help="what a checkpoint holds")

@@ -14,14 +14,18 @@ sit        SiT state dict (velocity, linear    ``dit``, time_scale 1 (SiT's time
 dit        DiT state dict (VP, ε, 1000 steps)  ``dit_vp_eps`` (ε -> velocity)    velocity
 freeflow   FreeFlow flow map (DiT code,        ``freeflow_dit`` (t, dt, gw)      flowmap
            dt + gw embedders)
-edm        EDM network pickle                  (reader only: refused, see below)  —
+edm        EDM network snapshot (``ema``:      ``edm_unet`` (EDM's tensor        velocity
+           EDMPrecond / VPPrecond / VEPrecond  names; D(x; σ) -> velocity,
+           around a SongUNet), read inertly    σ clamped to [0.002, 80])
 =========  ==================================  ================================  ==========
 
 Everything is checked before anything is written; the output appears by one rename.
+EDM's DhariwalUNet (ADM), iDDPMPrecond and EDM2 networks are refused, each in one line.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -29,7 +33,7 @@ from pathlib import Path
 
 from slimstep.data import DataError, DataInfo, load_data
 from slimstep.files import current_umask
-from slimstep.importers import dit_layout
+from slimstep.importers import dit_layout, edm_layout
 from slimstep.importers.readers import TeacherImportError, file_digest, read_state_dict, sniff
 from slimstep.importers.safe_pickle import UnsafePickleError, safe_load
 from slimstep.nets import build_net, recorded_spec
@@ -44,7 +48,7 @@ OPTIONS = {
     "sit": (),
     "dit": ("num_timesteps", "beta_start", "beta_end"),
     "freeflow": ("guidance", "time"),
-    "edm": (),
+    "edm": ("sigma_min", "sigma_max"),
 }
 
 
@@ -167,9 +171,9 @@ def _plan_dit_family(fmt: str, src: Path, opts: dict) -> tuple[dict, dict, dict,
     return spec, sd, names, {"record": record, "generator": generator}
 
 
-def _refuse_edm(src: Path) -> None:
-    """Read an EDM pickle with the restricted unpickler; always ends in one line: the
-    refusal of the code it embeds, or 'network mapping not yet supported'."""
+def _read_edm(src: Path):
+    """The EDM pickle as an inert record tree (:mod:`safe_pickle`, EDM mode); any global
+    outside that allow-list is one line naming it, before it is called."""
     kind = sniff(src)
     if kind in ("torch-zip", "safetensors"):
         raise TeacherImportError(f"{src}: a {kind} file, not an EDM network pickle "
@@ -177,31 +181,72 @@ def _refuse_edm(src: Path) -> None:
     if kind != "pickle":
         raise TeacherImportError(f"{src}: not a pickle (unrecognised first bytes)")
     try:
-        obj = safe_load(src)
+        return safe_load(src, edm=True)
     except UnsafePickleError as e:
-        hint = (" (EDM's torch_utils.persistence: the pickle embeds its network's source code)"
-                if e.module.startswith("torch_utils") else "")
         raise TeacherImportError(
-            f"{src}: refused: the pickle calls {e.module}.{e.name}{hint}; slimstep unpickles "
-            "tensors and plain containers only and never runs code from a file") from None
+            f"{src}: refused: the pickle calls {e.module}.{e.name}; slimstep reads EDM's persistence "
+            "objects inertly, torch's tensors and plain containers, and never runs code from a "
+            "file") from None
     except Exception as e:  # a truncated or corrupt pickle
         raise TeacherImportError(f"{src}: unreadable pickle ({type(e).__name__}: {e})") from None
-    n = _count_tensors(obj)
-    raise TeacherImportError(
-        f"{src}: read safely ({n} tensors), but mapping EDM's networks (SongUNet / DhariwalUNet "
-        "behind EDMPrecond) onto slimstep's is not yet supported")
 
 
-def _count_tensors(obj) -> int:
-    import torch
+#: EDM's sampler's σ range (generate.py), intersected with the network's own
+EDM_SIGMA_RANGE = (0.002, 80.0)
+_EDM_COEFFICIENTS = {
+    "edm": "c_skip = sd^2/(sigma^2+sd^2), c_out = sigma sd/sqrt(sigma^2+sd^2), "
+           "c_in = 1/sqrt(sigma^2+sd^2), c_noise = ln(sigma)/4 (sd = sigma_data)",
+    "vp": "c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2+1), "
+          "c_noise = (M-1) (sqrt(beta_min^2 + 2 beta_d ln(1+sigma^2)) - beta_min)/beta_d",
+    "ve": "c_skip = 1, c_out = sigma, c_in = 1, c_noise = ln(sigma/2)",
+}
 
-    if isinstance(obj, torch.Tensor):
-        return 1
-    if isinstance(obj, dict):
-        return sum(_count_tensors(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_count_tensors(v) for v in obj)
-    return 0
+
+def _plan_edm(src: Path, opts: dict) -> tuple[dict, dict, dict, dict]:
+    """(net spec, EDM-named tensors, renames (none), import record) for an EDM snapshot."""
+    where = str(src)
+    if "num_heads" in opts:
+        raise TeacherImportError(f"{where}: num_heads= is for DiT layouts; an EDM network's "
+                                 "attention is read off the file")
+    rec, container = edm_layout.network(_read_edm(src), opts.get("container"), where)
+    precond, model = edm_layout.check_classes(rec, where)
+    edm_layout.check_fixed(model, where)
+    sd = edm_layout.state_dict(rec, where)
+    arch = edm_layout.infer_songunet(sd, where)
+    agreed = edm_layout.check_init_kwargs(arch, model.state.get("_init_kwargs"), where)
+    st = rec.state
+    c, res, classes = arch.pop("in_channels"), arch.pop("img_resolution"), arch.pop("label_dim")
+    for attr, have in (("img_channels", c), ("img_resolution", res), ("label_dim", classes)):
+        if attr in st and st[attr] != have:
+            raise TeacherImportError(f"{where}: the network says {attr}={st[attr]!r}, its tensors {have}")
+    net_range = (float(st.get("sigma_min", 0.0)), float(st.get("sigma_max", math.inf)))
+    lo = _typed(opts, "sigma_min", float, max(EDM_SIGMA_RANGE[0], net_range[0]), where)
+    hi = _typed(opts, "sigma_max", float, min(EDM_SIGMA_RANGE[1], net_range[1]), where)
+    if not net_range[0] <= lo < hi <= net_range[1] or lo <= 0:
+        raise TeacherImportError(f"{where}: need 0 < sigma_min < sigma_max within the network's "
+                                 f"range [{net_range[0]:g}, {net_range[1]:g}], got {lo:g}, {hi:g}")
+    params = ({"sigma_data": float(st.get("sigma_data", 0.5))} if precond == "edm" else
+              {k: st[k] for k in ("beta_d", "beta_min", "M") if k in st} if precond == "vp" else {})
+    spec = {"name": "edm_unet", "in_shape": [int(c), int(res), int(res)], "num_classes": int(classes),
+            "precond": precond, "sigma_min": lo, "sigma_max": hi, **params, **arch,
+            "dropout": edm_layout.dropout(model)}
+    record = {
+        "format": "edm", "source": str(src.resolve()), "sha256": file_digest(src),
+        "container": container, "tensors": edm_layout.count_tensors(rec), "renamed": {},
+        "classes": {"precond": rec.class_name, "model": model.class_name},
+        "module_source_sha256": rec.source_sha256,  # the embedded networks.py, never executed
+        "architecture": "read off the tensor names and shapes" + (
+            "; the pickle's recorded init_kwargs agree" if agreed else " (no init_kwargs recorded)"),
+        "init_kwargs": edm_layout.plain(st.get("_init_kwargs")),
+        "adapter": {
+            "name": "edm_denoiser_to_velocity", "precond": precond, **params,
+            "sigma_min": lo, "sigma_max": hi, "network_sigma_range": [edm_layout.plain(v) for v in net_range],
+            "t_min": 1 / (1 + hi), "t_max": 1 / (1 + lo),
+            "formula": "t clamped to [1/(1+sigma_max), 1/(1+sigma_min)]; sigma = (1-t)/t; "
+                       "v = (D(x_t/t; sigma, y) - x_t)/(1-t) with D(x; sigma) = c_skip x + c_out "
+                       f"F(c_in x; c_noise, onehot(y)), {_EDM_COEFFICIENTS[precond]}; "
+                       "the null class is the zero label vector"}}
+    return spec, sd, {}, {"record": record, "generator": _sampling(opts, where)}
 
 
 # ---------------------------------------------------------------- entry point
@@ -236,9 +281,7 @@ def import_teacher(fmt: str, src: str | Path, out: str | Path, *, data: str | No
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TeacherImportError(f"--out {out} exists and is not an empty directory: choose another path")
     opts = dict(options or {})
-    if fmt == "edm":
-        _refuse_edm(src)
-    spec, sd, names, plan = _plan_dit_family(fmt, src, opts)
+    spec, sd, names, plan = _plan_edm(src, opts) if fmt == "edm" else _plan_dit_family(fmt, src, opts)
     try:
         net = build_net(spec)
     except Exception as e:  # a shape combination the constructor refuses

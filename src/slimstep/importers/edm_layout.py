@@ -1,0 +1,283 @@
+"""EDM's network pickles: the inert record tree of :mod:`safe_pickle` (EDM mode) -> EDM-named
+tensors and the kwargs of slimstep's ``edm_unet``.
+
+An EDM snapshot is ``{"ema": EDMPrecond | VPPrecond | VEPrecond, "loss_fn": ..., ...}``; each
+network object is an :class:`~slimstep.importers.safe_pickle.ObjectRecord` whose ``state`` is
+the module's ``__dict__``: ``_parameters``, ``_buffers``, ``_modules`` (child records), plain
+attributes, and the persistence decorator's ``_init_args`` / ``_init_kwargs``. The tensors are
+read the way ``torch.nn.Module.state_dict`` names them (``model.enc.32x32_block0.conv0.weight``),
+so the map onto :class:`slimstep.nets.edm_unet.EDMUNet` is the identity.
+
+The architecture is read off the tensor names and shapes (what they give below) and then
+checked against the ``_init_kwargs`` the pickle recorded, when it recorded them; a few plain
+attributes SongUNet fixes (skip scale, GroupNorm ε, the embedding's endpoint) are checked too,
+so a modified architecture is refused instead of mapped onto the wrong math.
+
+====================================  ===============================================
+``enc.{R}x{R}_conv.weight`` [C0, C]   resolution R, image channels C, model_channels C0
+levels / ``{R}x{R}_block{i}``         len(channel_mult), num_blocks (at level 0)
+``enc.{r}x{r}_block{n-1}.conv1``      channel_mult[l] = its out channels / C0
+``enc.{r}x{r}_block0.qkv``            r in attn_resolutions
+``aux_residual`` / ``aux_skip``       encoder_type residual / skip (else standard)
+``dec.*_aux_up`` or a ``dec`` aux     decoder_type skip (else standard)
+conv below R
+``map_noise.freqs``                   embedding_type fourier (else positional)
+``map_layer0.weight`` [E, N]          channel_mult_emb = E / C0, channel_mult_noise = N / C0
+``map_label`` / ``map_augment``       label_dim, augment_dim (their input widths)
+a ``resample_filter`` buffer          the 1-D filter f (the buffer is f fᵀ / (Σf)²)
+====================================  ===============================================
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from slimstep.importers.readers import TeacherImportError
+from slimstep.importers.safe_pickle import ObjectRecord
+
+#: EDM's preconditioning classes slimstep maps -> ``EDMUNet.precond``
+PRECONDS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
+#: classes that are EDM's, but not (yet) mapped: why, in one line
+NOT_YET = {
+    "DhariwalUNet": "SongUNet supported; DhariwalUNet (ADM, EDM's ImageNet-64) not yet",
+    "iDDPMPrecond": "EDMPrecond, VPPrecond and VEPrecond supported; iDDPMPrecond not yet",
+    "Precond": "an EDM2 network (networks_edm2.Precond): EDM's SongUNet supported; EDM2 not yet",
+}
+#: the layer classes a SongUNet is made of (EDM's, and torch's ModuleDict)
+LAYERS = {"SongUNet", "UNetBlock", "Conv2d", "Linear", "GroupNorm", "PositionalEmbedding",
+          "FourierEmbedding", "torch.nn.modules.container.ModuleDict"}
+#: SongUNet's constructor defaults (EDM's signature), for keys a recorded init_kwargs omits
+SONGUNET_DEFAULTS = {
+    "label_dim": 0, "augment_dim": 0, "model_channels": 128, "channel_mult": [1, 2, 2, 2],
+    "channel_mult_emb": 4, "num_blocks": 4, "attn_resolutions": [16], "dropout": 0.10,
+    "embedding_type": "positional", "channel_mult_noise": 1, "encoder_type": "standard",
+    "decoder_type": "standard", "resample_filter": [1, 1]}
+#: plain attributes SongUNet fixes and EDMUNet implements: (class, attribute, value)
+FIXED = (("UNetBlock", "skip_scale", math.sqrt(0.5)), ("UNetBlock", "adaptive_scale", False),
+         ("GroupNorm", "eps", 1e-6), ("PositionalEmbedding", "endpoint", True),
+         ("PositionalEmbedding", "max_positions", 10000))
+
+
+def _short(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def network(obj, container: str | None, where: str) -> tuple[ObjectRecord, str | None]:
+    """The network record of a snapshot (``ema`` by default, or ``container``), or the
+    top-level object when the pickle is a network itself."""
+    if isinstance(obj, ObjectRecord):
+        return obj, None
+    if not isinstance(obj, dict):
+        raise TeacherImportError(f"{where}: holds a {type(obj).__name__}, not an EDM snapshot "
+                                 "(a dict with 'ema')")
+    key = container or "ema"
+    if key not in obj:
+        keys = ", ".join(str(k) for k in list(obj)[:8]) or "none"
+        raise TeacherImportError(f"{where}: no '{key}' in the pickle (top-level keys: {keys}); "
+                                 "an EDM network snapshot holds its network under 'ema'")
+    if not isinstance(obj[key], ObjectRecord):
+        kind = "dict" if isinstance(obj[key], dict) else type(obj[key]).__name__
+        raise TeacherImportError(f"{where}: '{key}' is a {kind}, not an EDM network (a "
+                                 "torch_utils.persistence object)")
+    return obj[key], key
+
+
+def state_dict(rec: ObjectRecord, where: str) -> dict[str, torch.Tensor]:
+    """The tensors of a record tree under ``state_dict`` names; any tensor the tree holds
+    outside a ``_parameters`` / ``_buffers`` entry is one line naming it (it would be left
+    unused)."""
+    out: dict[str, torch.Tensor] = {}
+
+    def walk(r: ObjectRecord, prefix: str) -> None:
+        st = r.state
+        skip = st.get("_non_persistent_buffers_set") or set()
+        for group in ("_parameters", "_buffers"):
+            for name, v in (st.get(group) or {}).items():
+                if v is None:
+                    continue
+                if not isinstance(v, torch.Tensor) or (group == "_buffers" and name in skip):
+                    raise TeacherImportError(f"{where}: {prefix}{name} is not a tensor slimstep "
+                                             "can map (a non-persistent buffer or not a tensor)")
+                out[prefix + name] = v.detach()
+        for name, child in (st.get("_modules") or {}).items():
+            if child is None:
+                continue
+            if not isinstance(child, ObjectRecord):
+                raise TeacherImportError(f"{where}: {prefix}{name} is a {type(child).__name__}, "
+                                         "not a module record")
+            walk(child, f"{prefix}{name}.")
+        for name, v in st.items():  # plain attributes must hold no tensors
+            if name not in ("_parameters", "_buffers", "_modules") and count_tensors(v):
+                raise TeacherImportError(f"{where}: {prefix}{name} holds tensors outside the "
+                                         "module's parameters and buffers: they would be unused")
+
+    walk(rec, "")
+    return out
+
+
+def count_tensors(obj) -> int:
+    """Every tensor reachable from ``obj`` (records, dicts, lists, tuples)."""
+    if isinstance(obj, torch.Tensor):
+        return 1
+    if isinstance(obj, ObjectRecord):
+        return count_tensors(obj.state)
+    if isinstance(obj, dict):
+        return sum(count_tensors(v) for v in obj.values())
+    if isinstance(obj, (list, tuple, set)):
+        return sum(count_tensors(v) for v in obj)
+    return 0
+
+
+def _records(rec: ObjectRecord, prefix: str = ""):
+    """``(path, record)`` for ``rec`` and every module record below it."""
+    yield prefix.rstrip("."), rec
+    for name, child in (rec.state.get("_modules") or {}).items():
+        if isinstance(child, ObjectRecord):
+            yield from _records(child, f"{prefix}{name}.")
+
+
+def check_classes(rec: ObjectRecord, where: str) -> tuple[str, ObjectRecord]:
+    """``(precond name, the model's record)``: the preconditioning class must be one slimstep
+    maps, its ``model`` a SongUNet made of EDM's layer classes; otherwise one line saying
+    what is (not yet) supported."""
+    cls = _short(rec.class_name)
+    if cls in NOT_YET:
+        raise TeacherImportError(f"{where}: the network is EDM's {cls}: {NOT_YET[cls]}")
+    if cls not in PRECONDS:
+        raise TeacherImportError(f"{where}: the network is {rec.class_name}, not one of EDM's "
+                                 f"{', '.join(PRECONDS)}")
+    model = (rec.state.get("_modules") or {}).get("model")
+    mcls = _short(model.class_name) if isinstance(model, ObjectRecord) else type(model).__name__
+    if mcls in NOT_YET:
+        raise TeacherImportError(f"{where}: {cls} wraps EDM's {mcls}: {NOT_YET[mcls]}")
+    if mcls != "SongUNet":
+        raise TeacherImportError(f"{where}: {cls} wraps a {mcls}, not EDM's SongUNet")
+    for path, r in _records(model, "model."):
+        if r.class_name not in LAYERS and _short(r.class_name) not in LAYERS:
+            raise TeacherImportError(f"{where}: {path} is a {r.class_name}, not one of the layers "
+                                     "of EDM's SongUNet")
+    return PRECONDS[cls], model
+
+
+def check_fixed(model: ObjectRecord, where: str) -> None:
+    """The plain attributes of :data:`FIXED` (and one attention head) as SongUNet sets them."""
+    for path, r in _records(model, "model."):
+        cls = _short(r.class_name)
+        for c, attr, want in FIXED:
+            got = r.state.get(attr, want)
+            if c == cls and (got != want if not isinstance(want, float)
+                             else not math.isclose(float(got), want, rel_tol=1e-9)):
+                raise TeacherImportError(f"{where}: {path} ({cls}) has {attr}={got!r}, SongUNet's "
+                                         f"is {want!r}: a modified architecture slimstep does not map")
+        if cls == "UNetBlock" and r.state.get("num_heads", 0) not in (0, 1):
+            raise TeacherImportError(f"{where}: {path} has {r.state['num_heads']} attention heads; "
+                                     "SongUNet has one")
+
+
+def dropout(model: ObjectRecord) -> float:
+    """The dropout probability of the UNetBlocks (an attribute: in no tensor)."""
+    for _, r in _records(model):
+        if _short(r.class_name) == "UNetBlock":
+            return float(r.state.get("dropout", SONGUNET_DEFAULTS["dropout"]))
+    return 0.0
+
+
+def _need(sd: dict[str, torch.Tensor], key: str, where: str) -> torch.Tensor:
+    if key not in sd:
+        raise TeacherImportError(f"{where}: no tensor '{key}': not EDM's SongUNet layout")
+    return sd[key]
+
+
+def _filter_1d(buf: torch.Tensor, where: str) -> list[int]:
+    """The integer 1-D filter f of a ``resample_filter`` buffer f fᵀ / (Σf)²."""
+    g = buf.double().reshape(buf.shape[-2], buf.shape[-1]).sum(1)  # rows sum to f / Σf
+    ints = g / g.min()
+    f = [int(round(float(v))) for v in ints]
+    if (ints - torch.tensor(f, dtype=torch.float64)).abs().max() > 1e-4 or not torch.allclose(
+            torch.outer(g, g), buf.double().reshape(len(f), len(f)), atol=1e-6):
+        raise TeacherImportError(f"{where}: a resample_filter buffer that is not the outer "
+                                 "product of an integer filter")
+    return f
+
+
+def infer_songunet(sd: dict[str, torch.Tensor], where: str) -> dict:
+    """SongUNet's options read off EDM-named tensors (module docstring); the image shape as
+    ``img_resolution`` / ``in_channels``."""
+    stems = [(int(m.group(1)), k) for k in sd if (m := re.fullmatch(r"model\.enc\.(\d+)x\1_conv\.weight", k))]
+    if len(stems) != 1:
+        raise TeacherImportError(f"{where}: no single model.enc.RxR_conv.weight: not EDM's "
+                                 "SongUNet layout")
+    res, stem = stems[0]
+    mc, in_ch = int(sd[stem].shape[0]), int(sd[stem].shape[1])
+    found = {int(m.group(1)) for k in sd if (m := re.match(r"model\.enc\.(\d+)x\1_", k))}
+    levels = [res >> i for i in range(len(found))]
+    if sorted(found, reverse=True) != levels:
+        raise TeacherImportError(f"{where}: encoder resolutions {sorted(found, reverse=True)} do "
+                                 f"not halve from {res}")
+    nb = len({m.group(1) for k in sd if (m := re.match(rf"model\.enc\.{res}x{res}_block(\d+)\.", k))})
+    mult = []
+    for r in levels:
+        out = int(_need(sd, f"model.enc.{r}x{r}_block{nb - 1}.conv1.weight", where).shape[0])
+        if out % mc:
+            raise TeacherImportError(f"{where}: level {r}x{r} has {out} channels, not a multiple "
+                                     f"of model_channels {mc}")
+        mult.append(out // mc)
+    l0 = _need(sd, "model.map_layer0.weight", where)
+    emb, noise = int(l0.shape[0]), int(l0.shape[1])
+    if emb % mc or noise % mc:
+        raise TeacherImportError(f"{where}: map_layer0 is {list(l0.shape)}, not multiples of "
+                                 f"model_channels {mc}")
+    has = lambda pat: any(re.search(pat, k) for k in sd)  # noqa: E731
+    filters = [k for k in sd if k.endswith(".resample_filter")]
+    dec_skip = has(r"^model\.dec\.[^.]*_aux_up\.") or any(
+        f"model.dec.{r}x{r}_aux_conv.weight" in sd for r in levels[1:])
+    return {
+        "img_resolution": res, "in_channels": in_ch,
+        "label_dim": int(sd["model.map_label.weight"].shape[1]) if "model.map_label.weight" in sd else 0,
+        "augment_dim": int(sd["model.map_augment.weight"].shape[1]) if "model.map_augment.weight" in sd else 0,
+        "model_channels": mc, "channel_mult": mult, "channel_mult_emb": emb // mc, "num_blocks": nb,
+        "attn_resolutions": [r for r in levels if f"model.enc.{r}x{r}_block0.qkv.weight" in sd],
+        "embedding_type": "fourier" if "model.map_noise.freqs" in sd else "positional",
+        "channel_mult_noise": noise // mc,
+        "encoder_type": ("residual" if has(r"_aux_residual\.") else "skip" if has(r"_aux_skip\.")
+                         else "standard"),
+        "decoder_type": "skip" if dec_skip else "standard",
+        "resample_filter": _filter_1d(sd[filters[0]], where) if filters else [1, 1],
+    }
+
+
+def check_init_kwargs(inferred: dict, recorded, where: str) -> bool:
+    """Compare the shapes' reading with SongUNet's recorded ``_init_kwargs`` (defaults filled
+    in); ``False`` when the pickle recorded none. Attention resolutions compare as the set
+    that exists (a listed resolution the network does not have changes nothing)."""
+    if not isinstance(recorded, dict):
+        return False
+    rec = {**SONGUNET_DEFAULTS, **recorded}
+    for k, v in inferred.items():
+        want = rec.get(k, v)
+        if k == "attn_resolutions":
+            levels = {inferred["img_resolution"] >> i for i in range(len(inferred["channel_mult"]))}
+            want = sorted((set(want) & levels), reverse=True)
+            v = sorted(v, reverse=True)
+        elif isinstance(v, list):
+            want = list(want)
+        if want != v:
+            raise TeacherImportError(f"{where}: the pickle's recorded init_kwargs say {k}={want!r}, "
+                                     f"its tensors {v!r}")
+    return True
+
+
+def plain(value):
+    """``value`` as JSON can hold it (recorded init_kwargs in config.json)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return repr(value)
