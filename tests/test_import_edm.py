@@ -113,7 +113,7 @@ def linear(g, cin, cout, bias=True):
 def unet_block(g, cin, cout, emb, up=False, down=False, attn=False, filt=(1, 1)):
     """EDM's UNetBlock with SongUNet's settings (skip_scale a numpy float, as EDM's np.sqrt)."""
     m = Persistent("UNetBlock", in_channels=cin, out_channels=cout, emb_channels=emb,
-                   num_heads=1 if attn else 0, dropout=0.0, skip_scale=np.sqrt(0.5),
+                   num_heads=1 if attn else 0, dropout=0.13, skip_scale=np.sqrt(0.5),
                    adaptive_scale=False)
     m.norm0 = group_norm(g, cin)
     m.conv0 = conv(g, cin, cout, 3, up, down, filt)
@@ -134,7 +134,7 @@ def song_unet(g, arch, label_dim, augment_dim=9):
     filt, noise, emb = a["resample_filter"], MC * a["channel_mult_noise"], 4 * MC
     kwargs = dict(img_resolution=R, in_channels=C, out_channels=C, label_dim=label_dim,
                   augment_dim=augment_dim, model_channels=MC, channel_mult=list(MULT),
-                  num_blocks=NB, attn_resolutions=list(ATTN), dropout=0.0, **a)
+                  num_blocks=NB, attn_resolutions=list(ATTN), dropout=0.13, **a)
     m = Persistent("SongUNet", label_dropout=0, _init_args=(), _init_kwargs=kwargs)
     if a["embedding_type"] == "fourier":
         m.map_noise = Persistent("FourierEmbedding")
@@ -195,7 +195,7 @@ def snapshot(path, marker, monkeypatch, precond="edm", arch="ddpmpp", label_dim=
     net = Persistent(cls, img_resolution=R, img_channels=C, label_dim=label_dim, use_fp16=False,
                      **attrs, _init_args=(), _init_kwargs=dict(
                          img_resolution=R, img_channels=C, label_dim=label_dim, model_type="SongUNet",
-                         use_fp16=False, dropout=0.0, augment_dim=9, model_channels=MC,
+                         use_fp16=False, dropout=0.13, augment_dim=9, model_channels=MC,
                          channel_mult=list(MULT), num_blocks=NB, attn_resolutions=list(ATTN),
                          **ARCHS[arch]))
     net.model = song_unet(g, arch, label_dim)
@@ -529,10 +529,14 @@ def test_edm_options_and_bad_files(tmp_path, monkeypatch, capsys):
     snapshot(src, tmp_path / "m", monkeypatch, precond="ve")
     cfg = ckpt.read_config(import_teacher("edm", src, tmp_path / "a", options={"sigma_max": 50}))
     assert cfg["import"]["adapter"]["t_min"] == pytest.approx(1 / 51) and cfg["net"]["sigma_max"] == 50
+    assert cfg["net"]["dropout"] == 0.0 and cfg["import"]["dropout_in_file"] == 0.13  # EDM CIFAR-10's
+    cfg = ckpt.read_config(import_teacher("edm", src, tmp_path / "b", options={"dropout": 0.13}))
+    assert cfg["net"]["dropout"] == 0.13
     out = tmp_path / "out"
     for opt, says in (("sigma_min=0.001", "within the network's range [0.02, 100]"),
                       ("sigma_max=abc", "sigma_max='abc' must be a number"),
                       ("num_heads=4", "num_heads= is for DiT layouts"),
+                      ("dropout=1", "dropout must be in [0, 1)"),
                       ("container=loss_fn", "the network is EDMLoss, not one of EDM's EDMPrecond"),
                       ("container=dataset_kwargs", "'dataset_kwargs' is a dict, not an EDM network"),
                       ("container=opt", "no 'opt' in the pickle")):

@@ -497,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("options", nargs="*", metavar="key=value",
                    help="num_heads=N (unpublished sizes), container=ema|model, solver/steps/cfg_scale "
                         "(velocity teachers), num_timesteps/beta_start/beta_end (dit), "
-                        "guidance=W, time=sit|repa (freeflow), sigma_min/sigma_max (edm)")
+                        "guidance=W, time=sit|repa (freeflow), sigma_min/sigma_max/dropout (edm)")
     p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("info", help="what a checkpoint holds")

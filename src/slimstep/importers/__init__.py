@@ -48,7 +48,7 @@ OPTIONS = {
     "sit": (),
     "dit": ("num_timesteps", "beta_start", "beta_end"),
     "freeflow": ("guidance", "time"),
-    "edm": ("sigma_min", "sigma_max"),
+    "edm": ("sigma_min", "sigma_max", "dropout"),
 }
 
 
@@ -227,9 +227,12 @@ def _plan_edm(src: Path, opts: dict) -> tuple[dict, dict, dict, dict]:
                                  f"range [{net_range[0]:g}, {net_range[1]:g}], got {lo:g}, {hi:g}")
     params = ({"sigma_data": float(st.get("sigma_data", 0.5))} if precond == "edm" else
               {k: st[k] for k in ("beta_d", "beta_min", "M") if k in st} if precond == "vp" else {})
+    # dropout only acts in training; GDD's official code fine-tunes EDM's networks with 0
+    dropout = _typed(opts, "dropout", float, 0.0, where)
+    if not 0 <= dropout < 1:
+        raise TeacherImportError(f"{where}: dropout must be in [0, 1), got {dropout:g}")
     spec = {"name": "edm_unet", "in_shape": [int(c), int(res), int(res)], "num_classes": int(classes),
-            "precond": precond, "sigma_min": lo, "sigma_max": hi, **params, **arch,
-            "dropout": edm_layout.dropout(model)}
+            "precond": precond, "sigma_min": lo, "sigma_max": hi, **params, **arch, "dropout": dropout}
     record = {
         "format": "edm", "source": str(src.resolve()), "sha256": file_digest(src),
         "container": container, "tensors": edm_layout.count_tensors(rec), "renamed": {},
@@ -238,6 +241,7 @@ def _plan_edm(src: Path, opts: dict) -> tuple[dict, dict, dict, dict]:
         "architecture": "read off the tensor names and shapes" + (
             "; the pickle's recorded init_kwargs agree" if agreed else " (no init_kwargs recorded)"),
         "init_kwargs": edm_layout.plain(st.get("_init_kwargs")),
+        "dropout_in_file": edm_layout.dropout(model),
         "adapter": {
             "name": "edm_denoiser_to_velocity", "precond": precond, **params,
             "sigma_min": lo, "sigma_max": hi, "network_sigma_range": [edm_layout.plain(v) for v in net_range],
