@@ -8,7 +8,8 @@ noise) the one-step map is the Euler step over the whole path,
 
 read as a direct data prediction, so at step 0 ``G`` *is* the teacher's 1-step
 Euler sampler; the checkpoint exports ``kind=velocity, solver=euler, steps=1``.
-(EDM's version, σ = 80 on 80·z, is the same map for an EDM teacher.)
+(EDM's version is σ = 80 on 80·z; an imported EDM teacher, read through the
+σ-clamped adapter at t_min = 1/81, gives ``(81·D(81z; 80) − z)/80``: docs/gdd.md.)
 
 **Loss: GAN only** (distribution level, no distillation term), the
 non-saturating logistic loss with ``softplus``, against real data::
@@ -52,8 +53,9 @@ exported.
 **GDD-I** freezes, before the optimizer is built, the parameters named by
 :func:`gdd_i_frozen` (option ``freeze_level``, the official code's ``--freeze``):
 level 1 (default), in every block the 3x3 convolutions and the attention output
-projection of the UNet (~83% of the NCSN++ CIFAR UNet), and the attention
-output projection and MLP matrices of every DiT block; level 2 also the qkv.
+projection of the UNet (~83% of the NCSN++ CIFAR UNet) and of an imported EDM
+SongUNet (85.4% of EDM's CIFAR-10 DDPM++), and the attention output projection
+and MLP matrices of every DiT block; level 2 also the qkv.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def gdd_i_frozen(net: nn.Module, level: int = 1) -> list[str]:
       in every ``UNetBlock`` (``_block{i}``, ``_down``, ``_up``, ``_in0``, ``_in1``) ``conv0``
       and ``conv1`` (3x3) and, in attention blocks, ``proj``. That is the official rule
       itself — freeze a parameter whose EDM name holds ``block`` / ``up`` / ``down`` / ``in``
-      and ``conv`` / ``proj`` (tests/test_import_edm.py checks the two agree). Trainable:
+      and ``conv`` / ``proj`` (tests/test_gdd.py checks the two agree). Trainable:
       GroupNorms, ``affine`` (embedding), ``skip`` (1x1), ``qkv``, the mapping MLP and label
       map, the stem ``enc.*_conv``, NCSN++'s ``aux_residual``, the output ``dec.*_aux_*``
       (85.4% of the parameters of EDM's CIFAR-10 DDPM++, 84.4% of its NCSN++; the paper: "85%").
