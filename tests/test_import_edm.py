@@ -20,12 +20,14 @@ from slimstep.importers.safe_pickle import ObjectRecord, UnsafePickleError, safe
 from slimstep.train import checkpoint as ckpt
 
 C, R, K = 1, 8, 10  # digits-shaped: 1x8x8, 10 classes
-MC, MULT, NB, ATTN = 16, (1, 2), 1, (4,)
+MC, MULT, NB, ATTN = 16, (1, 2), 1, (4,)  # SongUNet
+ADM_MC = 64  # DhariwalUNet: 64 and 128 channels, so one and two heads (64 channels a head)
 ARCHS = {  # EDM train.py's --arch presets (model_channels / channel_mult scaled down)
     "ddpmpp": dict(embedding_type="positional", encoder_type="standard", decoder_type="standard",
                    channel_mult_noise=1, resample_filter=[1, 1]),
     "ncsnpp": dict(embedding_type="fourier", encoder_type="residual", decoder_type="standard",
                    channel_mult_noise=2, resample_filter=[1, 3, 3, 1]),
+    "adm": {},  # DhariwalUNet (model_type), no SongUNet options
 }
 
 # ----------------------------------------------------------------------------- EDM's pickle structure
@@ -95,8 +97,8 @@ def conv(g, cin, cout, k, up=False, down=False, filt=(1, 1), fused=False, bias=T
     return m
 
 
-def group_norm(g, ch):
-    m = Persistent("GroupNorm", num_groups=min(32, ch // 4), eps=1e-6)
+def group_norm(g, ch, eps=1e-6):
+    m = Persistent("GroupNorm", num_groups=min(32, ch // 4), eps=eps)
     m.weight, m.bias = _param(g, ch, std=0.1), _param(g, ch, std=0.1)
     with torch.no_grad():
         m.weight += 1
@@ -110,21 +112,66 @@ def linear(g, cin, cout, bias=True):
     return m
 
 
-def unet_block(g, cin, cout, emb, up=False, down=False, attn=False, filt=(1, 1)):
-    """EDM's UNetBlock with SongUNet's settings (skip_scale a numpy float, as EDM's np.sqrt)."""
+def unet_block(g, cin, cout, emb, up=False, down=False, attn=False, filt=(1, 1), adm=False):
+    """EDM's UNetBlock with SongUNet's settings (skip_scale a numpy float, as EDM's np.sqrt),
+    or ADM's (``adm``: skip scale 1, ε 1e-5, scale-and-shift affine, a head per 64
+    channels, and a skip without weights where only the resolution changes)."""
+    heads = (cout // 64 if adm else 1) if attn else 0
+    eps = 1e-5 if adm else 1e-6
     m = Persistent("UNetBlock", in_channels=cin, out_channels=cout, emb_channels=emb,
-                   num_heads=1 if attn else 0, dropout=0.13, skip_scale=np.sqrt(0.5),
-                   adaptive_scale=False)
-    m.norm0 = group_norm(g, cin)
+                   num_heads=heads, dropout=0.13, skip_scale=1 if adm else np.sqrt(0.5),
+                   adaptive_scale=adm)
+    m.norm0 = group_norm(g, cin, eps)
     m.conv0 = conv(g, cin, cout, 3, up, down, filt)
-    m.affine = linear(g, emb, cout)
-    m.norm1 = group_norm(g, cout)
+    m.affine = linear(g, emb, 2 * cout if adm else cout)
+    m.norm1 = group_norm(g, cout, eps)
     m.conv1 = conv(g, cout, cout, 3)
-    m.skip = conv(g, cin, cout, 1, up, down, filt) if cout != cin or up or down else None
-    if attn:
-        m.norm2 = group_norm(g, cout)
+    kernel = 0 if adm and cin == cout else 1
+    m.skip = conv(g, cin, cout, kernel, up, down, filt) if cout != cin or up or down else None
+    if heads:
+        m.norm2 = group_norm(g, cout, eps)
         m.qkv = conv(g, cout, 3 * cout, 1)
         m.proj = conv(g, cout, cout, 1)
+    return m
+
+
+def adm_unet(g, label_dim, augment_dim=9):
+    """A DhariwalUNet in EDM's layout: attention at 4x4 (and the deepest in0)."""
+    mc, emb = ADM_MC, 4 * ADM_MC
+    kwargs = dict(img_resolution=R, in_channels=C, out_channels=C, label_dim=label_dim,
+                  augment_dim=augment_dim, model_channels=mc, channel_mult=list(MULT),
+                  num_blocks=NB, attn_resolutions=list(ATTN), dropout=0.13)
+    m = Persistent("DhariwalUNet", label_dropout=0, _init_args=(), _init_kwargs=kwargs)
+    m.map_noise = Persistent("PositionalEmbedding", num_channels=mc, max_positions=10000, endpoint=False)
+    m.map_augment = linear(g, augment_dim, mc, bias=False) if augment_dim else None
+    m.map_layer0, m.map_layer1 = linear(g, mc, emb), linear(g, emb, emb)
+    m.map_label = linear(g, label_dim, emb, bias=False) if label_dim else None
+    m.enc, m.dec = torch.nn.ModuleDict(), torch.nn.ModuleDict()
+    cout, skips = C, []
+    for level, mult in enumerate(MULT):
+        r = R >> level
+        if level == 0:
+            m.enc[f"{r}x{r}_conv"] = conv(g, cout, mc * mult, 3)
+            cout = mc * mult
+        else:
+            m.enc[f"{r}x{r}_down"] = unet_block(g, cout, cout, emb, down=True, adm=True)
+        skips.append(cout)
+        for i in range(NB):
+            m.enc[f"{r}x{r}_block{i}"] = unet_block(g, cout, mc * mult, emb, attn=r in ATTN, adm=True)
+            cout = mc * mult
+            skips.append(cout)
+    for level, mult in reversed(list(enumerate(MULT))):
+        r = R >> level
+        if level == len(MULT) - 1:
+            m.dec[f"{r}x{r}_in0"] = unet_block(g, cout, cout, emb, attn=True, adm=True)
+            m.dec[f"{r}x{r}_in1"] = unet_block(g, cout, cout, emb, adm=True)
+        else:
+            m.dec[f"{r}x{r}_up"] = unet_block(g, cout, cout, emb, up=True, adm=True)
+        for i in range(NB + 1):
+            cin, cout = cout + skips.pop(), mc * mult
+            m.dec[f"{r}x{r}_block{i}"] = unet_block(g, cin, cout, emb, attn=r in ATTN, adm=True)
+    m.out_norm = group_norm(g, cout, eps=1e-5)
+    m.out_conv = conv(g, cout, C, 3)
     return m
 
 
@@ -192,13 +239,15 @@ def snapshot(path, marker, monkeypatch, precond="edm", arch="ddpmpp", label_dim=
     Persistent.reconstruct, Persistent.module_src = persistence._reconstruct_persistent_obj, src
     g = torch.Generator().manual_seed(seed)
     cls, attrs = PRECONDS[precond]
+    adm = arch == "adm"
     net = Persistent(cls, img_resolution=R, img_channels=C, label_dim=label_dim, use_fp16=False,
                      **attrs, _init_args=(), _init_kwargs=dict(
-                         img_resolution=R, img_channels=C, label_dim=label_dim, model_type="SongUNet",
-                         use_fp16=False, dropout=0.13, augment_dim=9, model_channels=MC,
+                         img_resolution=R, img_channels=C, label_dim=label_dim,
+                         model_type="DhariwalUNet" if adm else "SongUNet", use_fp16=False,
+                         dropout=0.13, augment_dim=9, model_channels=ADM_MC if adm else MC,
                          channel_mult=list(MULT), num_blocks=NB, attn_resolutions=list(ATTN),
                          **ARCHS[arch]))
-    net.model = song_unet(g, arch, label_dim)
+    net.model = adm_unet(g, label_dim) if adm else song_unet(g, arch, label_dim)
     if edit:
         edit(net)
     data = dict(ema=net.eval(), loss_fn=Persistent("EDMLoss", P_mean=-1.2, P_std=1.2, sigma_data=0.5),
@@ -233,8 +282,9 @@ def ref_resample(x, f, up, p=None):
 
 
 def reference_denoiser(sd, precond, arch, x, sigma, y, label_dim=K):
-    """EDM's D(x; σ, y) from the tensors alone, float64: preconditioning, SongUNet."""
-    a = ARCHS[arch]
+    """EDM's D(x; σ, y) from the tensors alone, float64: preconditioning, SongUNet (DDPM++,
+    NCSN++) or DhariwalUNet (``arch="adm"``)."""
+    a, adm = ARCHS[arch], arch == "adm"
     sd = {k: v.double() for k, v in sd.items()}
     x, sigma = x.double(), sigma.double().reshape(-1, 1, 1, 1)
     if precond == "edm":
@@ -246,6 +296,7 @@ def reference_denoiser(sd, precond, arch, x, sigma, y, label_dim=K):
     else:
         c_skip, c_out, c_in, c_noise = 1.0, sigma, 1.0, (sigma / 2).log()
     c_noise = c_noise.flatten()
+    skip_scale, eps = (1.0, 1e-5) if adm else (1 / math.sqrt(2), 1e-6)
 
     def cv(p, h, up=False, down=False, fused=False):
         w, b = sd.get(p + ".weight"), sd.get(p + ".bias")
@@ -261,36 +312,51 @@ def reference_denoiser(sd, precond, arch, x, sigma, y, label_dim=K):
         return h + b.reshape(1, -1, 1, 1) if b is not None else h
 
     def gn(p, h):
-        return F.group_norm(h, min(32, h.shape[1] // 4), sd[p + ".weight"], sd[p + ".bias"], eps=1e-6)
+        return F.group_norm(h, min(32, h.shape[1] // 4), sd[p + ".weight"], sd[p + ".bias"], eps=eps)
 
     def lin(p, h):
         return F.linear(h, sd[p + ".weight"], sd.get(p + ".bias"))
 
     def block(p, h, emb, up=False, down=False):
         o = cv(p + ".conv0", F.silu(gn(p + ".norm0", h)), up, down)
-        o = F.silu(gn(p + ".norm1", o + lin(p + ".affine", emb)[:, :, None, None]))
+        e = lin(p + ".affine", emb)[:, :, None, None]
+        if adm:  # scale and shift of the normalised state
+            scale, shift = e[:, :o.shape[1]], e[:, o.shape[1]:]
+            o = F.silu(gn(p + ".norm1", o) * (1 + scale) + shift)
+        else:
+            o = F.silu(gn(p + ".norm1", o + e))
         o = cv(p + ".conv1", o)
-        o = (o + (cv(p + ".skip", h, up, down) if p + ".skip.weight" in sd else h)) / math.sqrt(2)
-        if p + ".qkv.weight" in sd:  # one head; qkv channels interleaved as [C, 3]
+        has_skip = p + ".skip.weight" in sd or p + ".skip.resample_filter" in sd
+        o = (o + (cv(p + ".skip", h, up, down) if has_skip else h)) * skip_scale
+        if p + ".qkv.weight" in sd:  # qkv channels interleaved as [head, C/heads, 3]
+            b, c = o.shape[:2]
+            nh = c // 64 if adm else 1
             qkv = cv(p + ".qkv", gn(p + ".norm2", o)).flatten(2)
-            q, k, v = qkv[:, 0::3], qkv[:, 1::3], qkv[:, 2::3]
-            w = torch.softmax(torch.einsum("bci,bcj->bij", q, k) / math.sqrt(q.shape[1]), dim=-1)
-            att = torch.einsum("bij,bcj->bci", w, v).reshape(o.shape)
-            o = (cv(p + ".proj", att) + o) / math.sqrt(2)
+            q, k, v = (qkv[:, j::3].reshape(b, nh, c // nh, -1) for j in range(3))
+            w = torch.softmax(torch.einsum("bhci,bhcj->bhij", q, k) / math.sqrt(c // nh), dim=-1)
+            att = torch.einsum("bhij,bhcj->bhci", w, v).reshape(o.shape)
+            o = (cv(p + ".proj", att) + o) * skip_scale
         return o
 
     n = sd["model.map_layer0.weight"].shape[1]
-    if a["embedding_type"] == "fourier":
+    if a.get("embedding_type") == "fourier":
         ang = 2 * math.pi * c_noise[:, None] * sd["model.map_noise.freqs"][None]
     else:
-        ang = c_noise[:, None] * 10000.0 ** (-torch.arange(n // 2, dtype=torch.float64) / (n // 2 - 1))[None]
-    emb = torch.cat([ang.sin(), ang.cos()], dim=1)
+        steps = n // 2 if adm else n // 2 - 1
+        ang = c_noise[:, None] * 10000.0 ** (-torch.arange(n // 2, dtype=torch.float64) / steps)[None]
+    emb = torch.cat([ang.cos(), ang.sin()] if adm else [ang.sin(), ang.cos()], dim=1)
+    onehot = None
     if label_dim:
         onehot = torch.zeros(len(x), label_dim, dtype=torch.float64)
         real = y < label_dim  # the null class is the zero vector
         onehot[real.nonzero()[:, 0], y[real]] = 1
-        emb = emb + lin("model.map_label", onehot * math.sqrt(label_dim))
-    emb = F.silu(lin("model.map_layer1", F.silu(lin("model.map_layer0", emb))))
+    if adm:  # the label joins after the MLP, unscaled
+        emb = lin("model.map_layer1", F.silu(lin("model.map_layer0", emb)))
+        emb = F.silu(emb + (lin("model.map_label", onehot) if label_dim else 0))
+    else:
+        if label_dim:
+            emb = emb + lin("model.map_label", onehot * math.sqrt(label_dim))
+        emb = F.silu(lin("model.map_layer1", F.silu(lin("model.map_layer0", emb))))
     h = c_in * x
     aux, skips = h, []
     for level in range(len(MULT)):
@@ -299,7 +365,7 @@ def reference_denoiser(sd, precond, arch, x, sigma, y, label_dim=K):
             h = cv(f"model.enc.{r}x{r}_conv", h)
         else:
             h = block(f"model.enc.{r}x{r}_down", h, emb, down=True)
-            if a["encoder_type"] == "residual":
+            if a.get("encoder_type") == "residual":
                 h = aux = (h + cv(f"model.enc.{r}x{r}_aux_residual", aux, fused=True)) / math.sqrt(2)
         skips.append(h)
         for i in range(NB):
@@ -313,7 +379,8 @@ def reference_denoiser(sd, precond, arch, x, sigma, y, label_dim=K):
             h = block(f"model.dec.{r}x{r}_up", h, emb, up=True)
         for i in range(NB + 1):
             h = block(f"model.dec.{r}x{r}_block{i}", torch.cat([h, skips.pop()], dim=1), emb)
-    f_x = cv(f"model.dec.{R}x{R}_aux_conv", F.silu(gn(f"model.dec.{R}x{R}_aux_norm", h)))
+    out = "model.out" if adm else f"model.dec.{R}x{R}_aux"
+    f_x = cv(out + "_conv", F.silu(gn(out + "_norm", h)))
     return c_skip * x + c_out * f_x
 
 
@@ -383,9 +450,10 @@ def test_snapshot_is_read_inertly(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("precond, arch, label_dim", [("edm", "ddpmpp", K), ("edm", "ncsnpp", 0),
-                                                      ("vp", "ddpmpp", K), ("ve", "ncsnpp", 0)])
+                                                      ("vp", "ddpmpp", K), ("ve", "ncsnpp", 0),
+                                                      ("edm", "adm", K), ("vp", "adm", 0)])
 def test_velocity_matches_reference(tmp_path, monkeypatch, precond, arch, label_dim):
-    """EDM's DDPM++ / NCSN++ presets behind the three preconditionings, with and without
+    """EDM's DDPM++ / NCSN++ / ADM presets behind the three preconditionings, with and without
     labels; VE is pickled with protocol 2 (``__builtin__.set``, ``_codecs.encode`` bytes)."""
     marker = tmp_path / "marker.txt"
     src = tmp_path / f"edm-{precond}-{arch}.pkl"
@@ -398,10 +466,12 @@ def test_velocity_matches_reference(tmp_path, monkeypatch, precond, arch, label_
     imp, net = cfg["import"], cfg["net"]
     assert imp["tensors"] == imp["tensors_used"] == len(sd) and imp["container"] == "ema"
     assert "init_kwargs agree" in imp["architecture"]
-    assert imp["classes"] == {"precond": PRECONDS[precond][0], "model": "SongUNet"}
-    assert net["name"] == "edm_unet" and net["precond"] == precond
+    model_type = "DhariwalUNet" if arch == "adm" else "SongUNet"
+    assert imp["classes"] == {"precond": PRECONDS[precond][0], "model": model_type}
+    assert net["name"] == "edm_unet" and net["precond"] == precond and net["model_type"] == model_type
     assert {k: net[k] for k in ARCHS[arch]} == ARCHS[arch]
-    assert (net["model_channels"], net["channel_mult"], net["attn_resolutions"]) == (MC, list(MULT), list(ATTN))
+    mc = ADM_MC if arch == "adm" else MC
+    assert (net["model_channels"], net["channel_mult"], net["attn_resolutions"]) == (mc, list(MULT), list(ATTN))
     lo, hi = {"edm": (0.002, 80.0), "vp": (0.002, 80.0), "ve": (0.02, 80.0)}[precond]
     assert (imp["adapter"]["sigma_min"], imp["adapter"]["sigma_max"]) == (lo, hi)
     gen = slimstep.load(out)
@@ -492,10 +562,10 @@ class _WritesAFile:
 
 
 @pytest.mark.parametrize("edit, says", [
-    (_rename("DhariwalUNet"), "SongUNet supported; DhariwalUNet (ADM, EDM's ImageNet-64) not yet"),
+    (_rename("DhariwalUNet"), "model.map_noise (PositionalEmbedding) has endpoint=True, DhariwalUNet's is False"),
     (_precond("iDDPMPrecond"), "iDDPMPrecond not yet"),
     (_precond("Precond"), "EDM2 not yet"),
-    (_rename("MyUNet"), "EDMPrecond wraps a MyUNet, not EDM's SongUNet"),
+    (_rename("MyUNet"), "EDMPrecond wraps a MyUNet, not EDM's SongUNet or DhariwalUNet"),
     (_layer, "model.enc.8x8_block0.norm0 is a LayerNorm, not one of the layers of EDM's SongUNet"),
     (_skip_scale, "model.dec.8x8_block0 (UNetBlock) has skip_scale=1.0"),
     (_recorded, "recorded init_kwargs say model_channels=32, its tensors 16"),

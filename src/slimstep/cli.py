@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "pickle (read inertly) into a slimstep checkpoint; see docs/teachers.md")
     p.add_argument("--format", required=True, choices=["sit", "dit", "freeflow", "edm"],
                    help="sit: velocity; dit: VP eps (-> velocity); freeflow: flow map; edm: EDM's "
-                        "SongUNet denoiser (-> velocity)")
+                        "SongUNet / DhariwalUNet denoiser (-> velocity)")
     p.add_argument("src", help="the file: .pt / .pth / .safetensors (edm: .pkl)")
     p.add_argument("--out", required=True, help="checkpoint directory to create")
     p.add_argument("--data", help="the data set the teacher models, e.g. npz:latents.npz (needed to "

@@ -16,11 +16,12 @@ freeflow   FreeFlow flow map (DiT code,        ``freeflow_dit`` (t, dt, gw)     
            dt + gw embedders)
 edm        EDM network snapshot (``ema``:      ``edm_unet`` (EDM's tensor        velocity
            EDMPrecond / VPPrecond / VEPrecond  names; D(x; σ) -> velocity,
-           around a SongUNet), read inertly    σ clamped to [0.002, 80])
+           around a SongUNet or DhariwalUNet)  σ clamped to [0.002, 80])
+           read inertly
 =========  ==================================  ================================  ==========
 
 Everything is checked before anything is written; the output appears by one rename.
-EDM's DhariwalUNet (ADM), iDDPMPrecond and EDM2 networks are refused, each in one line.
+EDM's iDDPMPrecond and EDM2 networks are refused, each in one line.
 """
 
 from __future__ import annotations
@@ -209,11 +210,11 @@ def _plan_edm(src: Path, opts: dict) -> tuple[dict, dict, dict, dict]:
         raise TeacherImportError(f"{where}: num_heads= is for DiT layouts; an EDM network's "
                                  "attention is read off the file")
     rec, container = edm_layout.network(_read_edm(src), opts.get("container"), where)
-    precond, model = edm_layout.check_classes(rec, where)
-    edm_layout.check_fixed(model, where)
+    precond, model, model_type = edm_layout.check_classes(rec, where)
+    edm_layout.check_fixed(model, model_type, where)
     sd = edm_layout.state_dict(rec, where)
-    arch = edm_layout.infer_songunet(sd, where)
-    agreed = edm_layout.check_init_kwargs(arch, model.state.get("_init_kwargs"), where)
+    arch = edm_layout.infer_architecture(sd, model_type, where)
+    agreed = edm_layout.check_init_kwargs(arch, model.state.get("_init_kwargs"), model_type, where)
     st = rec.state
     c, res, classes = arch.pop("in_channels"), arch.pop("img_resolution"), arch.pop("label_dim")
     for attr, have in (("img_channels", c), ("img_resolution", res), ("label_dim", classes)):
@@ -232,7 +233,8 @@ def _plan_edm(src: Path, opts: dict) -> tuple[dict, dict, dict, dict]:
     if not 0 <= dropout < 1:
         raise TeacherImportError(f"{where}: dropout must be in [0, 1), got {dropout:g}")
     spec = {"name": "edm_unet", "in_shape": [int(c), int(res), int(res)], "num_classes": int(classes),
-            "precond": precond, "sigma_min": lo, "sigma_max": hi, **params, **arch, "dropout": dropout}
+            "precond": precond, "sigma_min": lo, "sigma_max": hi, **params, "model_type": model_type,
+            **arch, "dropout": dropout}
     record = {
         "format": "edm", "source": str(src.resolve()), "sha256": file_digest(src),
         "container": container, "tensors": edm_layout.count_tensors(rec), "renamed": {},

@@ -1,7 +1,8 @@
 """EDM's network pickles: the inert record tree of :mod:`safe_pickle` (EDM mode) -> EDM-named
 tensors and the kwargs of slimstep's ``edm_unet``.
 
-An EDM snapshot is ``{"ema": EDMPrecond | VPPrecond | VEPrecond, "loss_fn": ..., ...}``; each
+An EDM snapshot is ``{"ema": EDMPrecond | VPPrecond | VEPrecond, "loss_fn": ..., ...}``, the
+precond's ``model`` a ``SongUNet`` or a ``DhariwalUNet``; each
 network object is an :class:`~slimstep.importers.safe_pickle.ObjectRecord` whose ``state`` is
 the module's ``__dict__``: ``_parameters``, ``_buffers``, ``_modules`` (child records), plain
 attributes, and the persistence decorator's ``_init_args`` / ``_init_kwargs``. The tensors are
@@ -11,7 +12,9 @@ so the map onto :class:`slimstep.nets.edm_unet.EDMUNet` is the identity.
 The architecture is read off the tensor names and shapes (what they give below) and then
 checked against the ``_init_kwargs`` the pickle recorded, when it recorded them; a few plain
 attributes SongUNet fixes (skip scale, GroupNorm ε, the embedding's endpoint) are checked too,
-so a modified architecture is refused instead of mapped onto the wrong math.
+so a modified architecture is refused instead of mapped onto the wrong math. The table is
+SongUNet's; a DhariwalUNet's stem has model_channels·channel_mult[0] outputs, so there
+model_channels is ``map_layer0``'s input width, and it has no SongUNet-only options.
 
 ====================================  ===============================================
 ``enc.{R}x{R}_conv.weight`` [C0, C]   resolution R, image channels C, model_channels C0
@@ -42,23 +45,40 @@ from slimstep.importers.safe_pickle import ObjectRecord
 PRECONDS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
 #: classes that are EDM's, but not (yet) mapped: why, in one line
 NOT_YET = {
-    "DhariwalUNet": "SongUNet supported; DhariwalUNet (ADM, EDM's ImageNet-64) not yet",
     "iDDPMPrecond": "EDMPrecond, VPPrecond and VEPrecond supported; iDDPMPrecond not yet",
-    "Precond": "an EDM2 network (networks_edm2.Precond): EDM's SongUNet supported; EDM2 not yet",
+    "Precond": "an EDM2 network (networks_edm2.Precond): EDM's SongUNet and DhariwalUNet "
+               "supported; EDM2 not yet",
 }
-#: the layer classes a SongUNet is made of (EDM's, and torch's ModuleDict)
-LAYERS = {"SongUNet", "UNetBlock", "Conv2d", "Linear", "GroupNorm", "PositionalEmbedding",
+#: the layer classes EDM's U-Nets are made of (EDM's, and torch's ModuleDict)
+LAYERS = {"UNetBlock", "Conv2d", "Linear", "GroupNorm", "PositionalEmbedding",
           "FourierEmbedding", "torch.nn.modules.container.ModuleDict"}
-#: SongUNet's constructor defaults (EDM's signature), for keys a recorded init_kwargs omits
-SONGUNET_DEFAULTS = {
-    "label_dim": 0, "augment_dim": 0, "model_channels": 128, "channel_mult": [1, 2, 2, 2],
-    "channel_mult_emb": 4, "num_blocks": 4, "attn_resolutions": [16], "dropout": 0.10,
-    "embedding_type": "positional", "channel_mult_noise": 1, "encoder_type": "standard",
-    "decoder_type": "standard", "resample_filter": [1, 1]}
-#: plain attributes SongUNet fixes and EDMUNet implements: (class, attribute, value)
-FIXED = (("UNetBlock", "skip_scale", math.sqrt(0.5)), ("UNetBlock", "adaptive_scale", False),
-         ("GroupNorm", "eps", 1e-6), ("PositionalEmbedding", "endpoint", True),
-         ("PositionalEmbedding", "max_positions", 10000))
+#: the U-Nets' constructor defaults (EDM's signatures), for keys a recorded init_kwargs omits
+DEFAULTS = {
+    "SongUNet": {
+        "label_dim": 0, "augment_dim": 0, "model_channels": 128, "channel_mult": [1, 2, 2, 2],
+        "channel_mult_emb": 4, "num_blocks": 4, "attn_resolutions": [16], "dropout": 0.10,
+        "embedding_type": "positional", "channel_mult_noise": 1, "encoder_type": "standard",
+        "decoder_type": "standard", "resample_filter": [1, 1]},
+    "DhariwalUNet": {
+        "label_dim": 0, "augment_dim": 0, "model_channels": 192, "channel_mult": [1, 2, 3, 4],
+        "channel_mult_emb": 4, "num_blocks": 3, "attn_resolutions": [32, 16, 8], "dropout": 0.10},
+}
+#: plain attributes each U-Net fixes and EDMUNet implements: (class, attribute, value)
+FIXED = {
+    "SongUNet": (("UNetBlock", "skip_scale", math.sqrt(0.5)), ("UNetBlock", "adaptive_scale", False),
+                 ("GroupNorm", "eps", 1e-6), ("PositionalEmbedding", "endpoint", True),
+                 ("PositionalEmbedding", "max_positions", 10000)),
+    "DhariwalUNet": (("UNetBlock", "skip_scale", 1.0), ("UNetBlock", "adaptive_scale", True),
+                     ("GroupNorm", "eps", 1e-5), ("PositionalEmbedding", "endpoint", False),
+                     ("PositionalEmbedding", "max_positions", 10000)),
+}
+
+
+def heads(model_type: str, attends: bool, channels: int) -> int:
+    """Attention heads of a block: SongUNet one, DhariwalUNet one per 64 channels."""
+    if not attends:
+        return 0
+    return 1 if model_type == "SongUNet" else channels // 64
 
 
 def _short(name: str) -> str:
@@ -139,10 +159,10 @@ def _records(rec: ObjectRecord, prefix: str = ""):
             yield from _records(child, f"{prefix}{name}.")
 
 
-def check_classes(rec: ObjectRecord, where: str) -> tuple[str, ObjectRecord]:
-    """``(precond name, the model's record)``: the preconditioning class must be one slimstep
-    maps, its ``model`` a SongUNet made of EDM's layer classes; otherwise one line saying
-    what is (not yet) supported."""
+def check_classes(rec: ObjectRecord, where: str) -> tuple[str, ObjectRecord, str]:
+    """``(precond name, the model's record, its class)``: the preconditioning class must be one
+    slimstep maps, its ``model`` a SongUNet or DhariwalUNet made of EDM's layer classes;
+    otherwise one line saying what is (not yet) supported."""
     cls = _short(rec.class_name)
     if cls in NOT_YET:
         raise TeacherImportError(f"{where}: the network is EDM's {cls}: {NOT_YET[cls]}")
@@ -151,37 +171,45 @@ def check_classes(rec: ObjectRecord, where: str) -> tuple[str, ObjectRecord]:
                                  f"{', '.join(PRECONDS)}")
     model = (rec.state.get("_modules") or {}).get("model")
     mcls = _short(model.class_name) if isinstance(model, ObjectRecord) else type(model).__name__
-    if mcls in NOT_YET:
-        raise TeacherImportError(f"{where}: {cls} wraps EDM's {mcls}: {NOT_YET[mcls]}")
-    if mcls != "SongUNet":
-        raise TeacherImportError(f"{where}: {cls} wraps a {mcls}, not EDM's SongUNet")
+    if mcls not in DEFAULTS:
+        raise TeacherImportError(f"{where}: {cls} wraps a {mcls}, not EDM's SongUNet or DhariwalUNet")
     for path, r in _records(model, "model."):
-        if r.class_name not in LAYERS and _short(r.class_name) not in LAYERS:
+        if path != "model" and r.class_name not in LAYERS and _short(r.class_name) not in LAYERS:
             raise TeacherImportError(f"{where}: {path} is a {r.class_name}, not one of the layers "
-                                     "of EDM's SongUNet")
-    return PRECONDS[cls], model
+                                     f"of EDM's {mcls}")
+    return PRECONDS[cls], model, mcls
 
 
-def check_fixed(model: ObjectRecord, where: str) -> None:
-    """The plain attributes of :data:`FIXED` (and one attention head) as SongUNet sets them."""
+def _same(got, want) -> bool:
+    if isinstance(want, bool):
+        return got == want
+    try:
+        return math.isclose(float(got), want, rel_tol=1e-9)
+    except (TypeError, ValueError):
+        return False
+
+
+def check_fixed(model: ObjectRecord, model_type: str, where: str) -> None:
+    """The plain attributes of :data:`FIXED` and the attention heads as the U-Net sets them."""
     for path, r in _records(model, "model."):
         cls = _short(r.class_name)
-        for c, attr, want in FIXED:
+        for c, attr, want in FIXED[model_type]:
             got = r.state.get(attr, want)
-            if c == cls and (got != want if not isinstance(want, float)
-                             else not math.isclose(float(got), want, rel_tol=1e-9)):
-                raise TeacherImportError(f"{where}: {path} ({cls}) has {attr}={got!r}, SongUNet's "
+            if c == cls and not _same(got, want):
+                raise TeacherImportError(f"{where}: {path} ({cls}) has {attr}={got!r}, {model_type}'s "
                                          f"is {want!r}: a modified architecture slimstep does not map")
-        if cls == "UNetBlock" and r.state.get("num_heads", 0) not in (0, 1):
-            raise TeacherImportError(f"{where}: {path} has {r.state['num_heads']} attention heads; "
-                                     "SongUNet has one")
+        if cls == "UNetBlock":
+            n, ch = r.state.get("num_heads", 0), r.state.get("out_channels", 0)
+            if n not in (0, heads(model_type, True, ch)):
+                raise TeacherImportError(f"{where}: {path} has {n} attention heads for {ch} channels; "
+                                         f"{model_type} has {heads(model_type, True, ch)}")
 
 
 def dropout(model: ObjectRecord) -> float:
     """The dropout probability of the UNetBlocks (an attribute: in no tensor)."""
     for _, r in _records(model):
         if _short(r.class_name) == "UNetBlock":
-            return float(r.state.get("dropout", SONGUNET_DEFAULTS["dropout"]))
+            return float(r.state.get("dropout", 0.1))
     return 0.0
 
 
@@ -203,15 +231,19 @@ def _filter_1d(buf: torch.Tensor, where: str) -> list[int]:
     return f
 
 
-def infer_songunet(sd: dict[str, torch.Tensor], where: str) -> dict:
-    """SongUNet's options read off EDM-named tensors (module docstring); the image shape as
+def infer_architecture(sd: dict[str, torch.Tensor], model_type: str, where: str) -> dict:
+    """The U-Net's options read off EDM-named tensors (module docstring); the image shape as
     ``img_resolution`` / ``in_channels``."""
     stems = [(int(m.group(1)), k) for k in sd if (m := re.fullmatch(r"model\.enc\.(\d+)x\1_conv\.weight", k))]
     if len(stems) != 1:
         raise TeacherImportError(f"{where}: no single model.enc.RxR_conv.weight: not EDM's "
-                                 "SongUNet layout")
+                                 f"{model_type} layout")
     res, stem = stems[0]
-    mc, in_ch = int(sd[stem].shape[0]), int(sd[stem].shape[1])
+    in_ch = int(sd[stem].shape[1])
+    l0 = _need(sd, "model.map_layer0.weight", where)
+    emb, noise = int(l0.shape[0]), int(l0.shape[1])
+    # SongUNet's stem has model_channels outputs; ADM's model_channels x channel_mult[0]
+    mc = int(sd[stem].shape[0]) if model_type == "SongUNet" else noise
     found = {int(m.group(1)) for k in sd if (m := re.match(r"model\.enc\.(\d+)x\1_", k))}
     levels = [res >> i for i in range(len(found))]
     if sorted(found, reverse=True) != levels:
@@ -225,42 +257,44 @@ def infer_songunet(sd: dict[str, torch.Tensor], where: str) -> dict:
             raise TeacherImportError(f"{where}: level {r}x{r} has {out} channels, not a multiple "
                                      f"of model_channels {mc}")
         mult.append(out // mc)
-    l0 = _need(sd, "model.map_layer0.weight", where)
-    emb, noise = int(l0.shape[0]), int(l0.shape[1])
     if emb % mc or noise % mc:
         raise TeacherImportError(f"{where}: map_layer0 is {list(l0.shape)}, not multiples of "
                                  f"model_channels {mc}")
+    width = lambda key: int(sd[key].shape[1]) if key in sd else 0  # noqa: E731
+    arch = {"img_resolution": res, "in_channels": in_ch, "label_dim": width("model.map_label.weight"),
+            "augment_dim": width("model.map_augment.weight"), "model_channels": mc,
+            "channel_mult": mult, "channel_mult_emb": emb // mc, "num_blocks": nb,
+            "attn_resolutions": [r for r in levels if f"model.enc.{r}x{r}_block0.qkv.weight" in sd]}
+    if model_type == "DhariwalUNet":
+        return arch
     has = lambda pat: any(re.search(pat, k) for k in sd)  # noqa: E731
     filters = [k for k in sd if k.endswith(".resample_filter")]
     dec_skip = has(r"^model\.dec\.[^.]*_aux_up\.") or any(
         f"model.dec.{r}x{r}_aux_conv.weight" in sd for r in levels[1:])
-    return {
-        "img_resolution": res, "in_channels": in_ch,
-        "label_dim": int(sd["model.map_label.weight"].shape[1]) if "model.map_label.weight" in sd else 0,
-        "augment_dim": int(sd["model.map_augment.weight"].shape[1]) if "model.map_augment.weight" in sd else 0,
-        "model_channels": mc, "channel_mult": mult, "channel_mult_emb": emb // mc, "num_blocks": nb,
-        "attn_resolutions": [r for r in levels if f"model.enc.{r}x{r}_block0.qkv.weight" in sd],
-        "embedding_type": "fourier" if "model.map_noise.freqs" in sd else "positional",
-        "channel_mult_noise": noise // mc,
-        "encoder_type": ("residual" if has(r"_aux_residual\.") else "skip" if has(r"_aux_skip\.")
-                         else "standard"),
-        "decoder_type": "skip" if dec_skip else "standard",
-        "resample_filter": _filter_1d(sd[filters[0]], where) if filters else [1, 1],
-    }
+    return {**arch,
+            "embedding_type": "fourier" if "model.map_noise.freqs" in sd else "positional",
+            "channel_mult_noise": noise // mc,
+            "encoder_type": ("residual" if has(r"_aux_residual\.") else "skip" if has(r"_aux_skip\.")
+                             else "standard"),
+            "decoder_type": "skip" if dec_skip else "standard",
+            "resample_filter": _filter_1d(sd[filters[0]], where) if filters else [1, 1]}
 
 
-def check_init_kwargs(inferred: dict, recorded, where: str) -> bool:
-    """Compare the shapes' reading with SongUNet's recorded ``_init_kwargs`` (defaults filled
+def check_init_kwargs(inferred: dict, recorded, model_type: str, where: str) -> bool:
+    """Compare the shapes' reading with the U-Net's recorded ``_init_kwargs`` (defaults filled
     in); ``False`` when the pickle recorded none. Attention resolutions compare as the set
-    that exists (a listed resolution the network does not have changes nothing)."""
+    that attends (a listed resolution the network lacks, or where an ADM level has fewer
+    than 64 channels and so no head, changes nothing)."""
     if not isinstance(recorded, dict):
         return False
-    rec = {**SONGUNET_DEFAULTS, **recorded}
+    rec = {**DEFAULTS[model_type], **recorded}
     for k, v in inferred.items():
         want = rec.get(k, v)
         if k == "attn_resolutions":
-            levels = {inferred["img_resolution"] >> i for i in range(len(inferred["channel_mult"]))}
-            want = sorted((set(want) & levels), reverse=True)
+            width = {inferred["img_resolution"] >> i: inferred["model_channels"] * m
+                     for i, m in enumerate(inferred["channel_mult"])}
+            want = sorted((r for r in set(want) if r in width and heads(model_type, True, width[r])),
+                          reverse=True)
             v = sorted(v, reverse=True)
         elif isinstance(v, list):
             want = list(want)

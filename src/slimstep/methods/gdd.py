@@ -54,7 +54,7 @@ exported.
 :func:`gdd_i_frozen` (option ``freeze_level``, the official code's ``--freeze``):
 level 1 (default), in every block the 3x3 convolutions and the attention output
 projection of the UNet (~83% of the NCSN++ CIFAR UNet) and of an imported EDM
-SongUNet (85.4% of EDM's CIFAR-10 DDPM++), and the attention output projection
+U-Net (85.4% of EDM's CIFAR-10 DDPM++), and the attention output projection
 and MLP matrices of every DiT block; level 2 also the qkv.
 """
 
@@ -97,15 +97,17 @@ def gdd_i_frozen(net: nn.Module, level: int = 1) -> list[str]:
       DiT's counterpart of the 3x3 convolutions). Trainable: ``attn.qkv``,
       ``adaLN_modulation``, embedders, ``final_layer`` (its LayerNorms have no
       parameters). Level 2 adds ``attn.qkv``.
-    * EDM's SongUNet (``edm_unet``, imported EDM teachers: the paper's own networks), level 1:
-      in every ``UNetBlock`` (``_block{i}``, ``_down``, ``_up``, ``_in0``, ``_in1``) ``conv0``
+    * EDM's SongUNet / DhariwalUNet (``edm_unet``, imported EDM teachers: the paper's own
+      networks), level 1: in every ``UNetBlock`` (``_block{i}``, ``_down``, ``_up``, ``_in0``,
+      ``_in1``) ``conv0``
       and ``conv1`` (3x3) and, in attention blocks, ``proj``. That is the official rule
       itself — freeze a parameter whose EDM name holds ``block`` / ``up`` / ``down`` / ``in``
       and ``conv`` / ``proj`` (tests/test_gdd.py checks the two agree). Trainable:
       GroupNorms, ``affine`` (embedding), ``skip`` (1x1), ``qkv``, the mapping MLP and label
-      map, the stem ``enc.*_conv``, NCSN++'s ``aux_residual``, the output ``dec.*_aux_*``
-      (85.4% of the parameters of EDM's CIFAR-10 DDPM++, 84.4% of its NCSN++; the paper: "85%").
-      Level 2 adds ``qkv`` (87.5% / 86.5%).
+      map, the stem ``enc.*_conv``, NCSN++'s ``aux_residual``, the output (``dec.*_aux_*``,
+      ADM's ``out_norm`` / ``out_conv``). Frozen: 85.4% of the parameters of EDM's CIFAR-10
+      DDPM++, 84.4% of its NCSN++ (the paper: "85%"), 78.8% of its ImageNet-64 ADM. Level 2
+      adds ``qkv`` (87.5% / 86.5% / 87.0%).
 
     Weights and biases of a frozen layer are both frozen.
     """
@@ -124,7 +126,7 @@ def gdd_i_frozen(net: nn.Module, level: int = 1) -> list[str]:
     elif isinstance(net, EDMUNet):
         rule = {EDMBlock: ("conv0", "conv1", "proj") + (("qkv",) if qkv else ())}
     else:
-        raise MethodError(f"gdd-i has a freeze rule for the unet and the dit (and EDM's SongUNet), "
+        raise MethodError(f"gdd-i has a freeze rule for the unet and the dit (and EDM's U-Nets), "
                           f"not for {type(net).__name__}")
     names = []
     for prefix, m in net.named_modules():

@@ -29,7 +29,7 @@ _REGISTRY = {
     # imported teachers (slimstep import): DiT layouts with their time adapters in forward
     "dit_vp_eps": "slimstep.nets.imported:VPEpsDiT",
     "freeflow_dit": "slimstep.nets.imported:FreeFlowDiT",
-    # EDM's preconditioned SongUNet under EDM's tensor names (slimstep import --format edm)
+    # EDM's preconditioned SongUNet / DhariwalUNet under EDM's names (slimstep import --format edm)
     "edm_unet": "slimstep.nets.edm_unet:EDMUNet",
 }
 

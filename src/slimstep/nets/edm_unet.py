@@ -4,7 +4,8 @@ denoiser read as a slimstep velocity. Written from the architecture's descriptio
 checks it against an independent reference forward, docs/teachers.md against EDM's own code.
 
 **The network is the denoiser** :math:`D(x; \sigma, y)` of EDM's preconditioning classes
-(``EDMPrecond`` / ``VPPrecond`` / ``VEPrecond``) around a ``SongUNet`` ``F``:
+(``EDMPrecond`` / ``VPPrecond`` / ``VEPrecond``) around a ``SongUNet`` or ``DhariwalUNet`` ``F``
+(``model_type``):
 
 .. math:: D(x; \sigma) = c_{skip}(\sigma)\,x + c_{out}(\sigma)\,F\big(c_{in}(\sigma)\,x;\ c_{noise}(\sigma), y\big)
 
@@ -45,10 +46,21 @@ levels; level ``l`` works at ``res = R >> l`` with ``model_channels·channel_mul
     attention: qkv (1x1, channels interleaved per head as [C/heads, 3]), softmax(qᵀk/√c) over
     the H·W positions, h = (proj(a) + h) · √½
 
+**DhariwalUNet** (ADM, Dhariwal & Nichol 2021, EDM's ImageNet-64 network), the differences::
+
+    emb  = [cos, sin](c_noise·w_i), w_i = 10^(-4 i/(n/2)), n = model_channels
+    emb  = SiLU(map_layer1(SiLU(map_layer0(emb))) + map_label(onehot(y)))   label: no bias, unscaled
+    enc  {R}x{R}_conv to model_channels·channel_mult[0]; attention in every block at an
+         attn_resolutions level; no aux paths
+    dec  as SongUNet's, attention in every block at those levels; out_norm -> SiLU -> out_conv
+    UNetBlock: skip scale 1, GroupNorm ε 1e-5, h = SiLU(norm1(h)·(1 + scale) + shift) with
+    (scale, shift) = affine(emb), one head per 64 channels, and a re-sampling skip without
+    weights where the channels stay (EDM's resample_proj=False)
+
 Re-sampling by the separable filter ``f = resample_filter / sum``: down = depthwise conv with
 ``f fᵀ``, stride 2; up = transposed depthwise conv with ``4 f fᵀ``, stride 2 (``[1, 1]``:
 2x2 average pooling / nearest; ``[1, 3, 3, 1]``: NCSN++'s FIR blur). GroupNorm:
-``min(32, C // 4)`` groups, ε = 1e-6. ``map_augment`` (EDM's augmentation-label input) is kept
+``min(32, C // 4)`` groups, ε = 1e-6 (ADM 1e-5). ``map_augment`` (EDM's augmentation-label input) is kept
 as a buffer and never applied: no slimstep caller has augmentation labels (EDM's sampler
 passes none either), and a buffer gets neither gradient nor optimizer state.
 
@@ -134,32 +146,42 @@ class Conv2d(nn.Module):
 
 
 class UNetBlock(nn.Module):
-    """EDM's U-Net block with SongUNet's settings (module docstring)."""
+    """EDM's U-Net block (module docstring). SongUNet's settings are the defaults; ADM's
+    (DhariwalUNet) are ``skip_scale=1, eps=1e-5, resample_proj=False, adaptive_scale=True``
+    and ``num_heads = out_channels // 64`` where it attends."""
 
     def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False,
-                 down: bool = False, attention: bool = False, dropout: float = 0.0,
-                 resample_filter=(1, 1)) -> None:
+                 down: bool = False, num_heads: int = 0, dropout: float = 0.0,
+                 skip_scale: float = math.sqrt(0.5), eps: float = 1e-6, resample_filter=(1, 1),
+                 resample_proj: bool = True, adaptive_scale: bool = False) -> None:
         super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.num_heads = 1 if attention else 0
-        self.dropout, self.skip_scale = dropout, math.sqrt(0.5)
-        self.norm0 = group_norm(in_channels)
+        self.in_channels, self.out_channels, self.num_heads = in_channels, out_channels, num_heads
+        self.dropout, self.skip_scale, self.adaptive_scale = dropout, skip_scale, adaptive_scale
+        self.norm0 = group_norm(in_channels, eps)
         self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down, resample_filter=resample_filter)
-        self.affine = nn.Linear(emb_channels, out_channels)
-        self.norm1 = group_norm(out_channels)
+        # adaptive: (scale, shift) of the normalised state; else a shift added before the norm
+        self.affine = nn.Linear(emb_channels, out_channels * (2 if adaptive_scale else 1))
+        self.norm1 = group_norm(out_channels, eps)
         self.conv1 = Conv2d(out_channels, out_channels, 3)
         self.skip = None
-        if out_channels != in_channels or up or down:  # SongUNet projects every re-sampled skip
-            self.skip = Conv2d(in_channels, out_channels, 1, up=up, down=down, resample_filter=resample_filter)
-        if self.num_heads:
-            self.norm2 = group_norm(out_channels)
+        if out_channels != in_channels or up or down:  # kernel 0: re-sampling only, no weights
+            kernel = 1 if resample_proj or out_channels != in_channels else 0
+            self.skip = Conv2d(in_channels, out_channels, kernel, up=up, down=down,
+                               resample_filter=resample_filter)
+        if num_heads:
+            self.norm2 = group_norm(out_channels, eps)
             self.qkv = Conv2d(out_channels, 3 * out_channels, 1)
             self.proj = Conv2d(out_channels, out_channels, 1)
         self.attn_mode = "sdpa"
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv0(F.silu(self.norm0(x)))
-        h = F.silu(self.norm1(h + self.affine(emb).to(h.dtype)[:, :, None, None]))
+        params = self.affine(emb).to(h.dtype)[:, :, None, None]
+        if self.adaptive_scale:
+            scale, shift = params.chunk(2, dim=1)
+            h = F.silu(shift + self.norm1(h) * (scale + 1))
+        else:
+            h = F.silu(self.norm1(h + params))
         h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
         h = (h + (self.skip(x) if self.skip is not None else x)) * self.skip_scale
         if self.num_heads:
@@ -173,15 +195,16 @@ class UNetBlock(nn.Module):
 
 
 class PositionalEmbedding(nn.Module):
-    """DDPM++'s noise embedding: [sin, cos](x·w_i), w_i = 10^(-4 i/(n/2 - 1)) (no tensors)."""
+    """The positional noise embedding (no tensors): DDPM++'s [sin, cos](x·w_i) with
+    w_i = 10^(-4 i/(n/2 - 1)) (SongUNet swaps EDM's [cos, sin] halves), or ADM's
+    [cos, sin](x·w_i) with w_i = 10^(-4 i/(n/2)) (``endpoint=False``, ``cos_first=True``)."""
 
-    def __init__(self, num_channels: int) -> None:
+    def __init__(self, num_channels: int, endpoint: bool = True, cos_first: bool = False) -> None:
         super().__init__()
-        self.num_channels = num_channels
+        self.num_channels, self.endpoint, self.cos_first = num_channels, endpoint, cos_first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # sin first: SongUNet swaps the [cos, sin] halves of its embedding
-        return timestep_embedding(x, self.num_channels, cos_first=False, endpoint=True)
+        return timestep_embedding(x, self.num_channels, cos_first=self.cos_first, endpoint=self.endpoint)
 
 
 class FourierEmbedding(nn.Module):
@@ -245,6 +268,7 @@ class SongUNet(nn.Module):
         emb_ch, noise_ch = model_channels * channel_mult_emb, model_channels * channel_mult_noise
         self.label_dim = label_dim
         blk = dict(emb_channels=emb_ch, dropout=dropout, resample_filter=resample_filter)
+        heads = lambda attend: 1 if attend else 0  # noqa: E731  (SongUNet: one head)
 
         self.map_noise = (PositionalEmbedding(noise_ch) if embedding_type == "positional"
                           else FourierEmbedding(noise_ch))
@@ -274,7 +298,7 @@ class SongUNet(nn.Module):
             skips.append(cout)
             for i in range(num_blocks):
                 self.enc[at + f"block{i}"] = UNetBlock(cout, model_channels * mult,
-                                                       attention=r in attn_resolutions, **blk)
+                                                       num_heads=heads(r in attn_resolutions), **blk)
                 cout = model_channels * mult
                 skips.append(cout)
 
@@ -283,14 +307,14 @@ class SongUNet(nn.Module):
             r = img_resolution >> level
             at = f"{r}x{r}_"
             if level == len(channel_mult) - 1:
-                self.dec[at + "in0"] = UNetBlock(cout, cout, attention=True, **blk)
+                self.dec[at + "in0"] = UNetBlock(cout, cout, num_heads=1, **blk)
                 self.dec[at + "in1"] = UNetBlock(cout, cout, **blk)
             else:
                 self.dec[at + "up"] = UNetBlock(cout, cout, up=True, **blk)
             for i in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), model_channels * mult
                 self.dec[at + f"block{i}"] = UNetBlock(
-                    cin, cout, attention=i == num_blocks and r in attn_resolutions, **blk)
+                    cin, cout, num_heads=heads(i == num_blocks and r in attn_resolutions), **blk)
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(channel_mult) - 1:
                     self.dec[at + "aux_up"] = Conv2d(out_channels, out_channels, 0, up=True,
@@ -341,16 +365,98 @@ class SongUNet(nn.Module):
         return out
 
 
+class DhariwalUNet(nn.Module):
+    """ADM (Dhariwal & Nichol 2021) as EDM writes it (module docstring),
+    ``forward(x, c_noise, labels)`` like :class:`SongUNet`."""
+
+    def __init__(self, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0,
+                 augment_dim: int = 0, model_channels: int = 192, channel_mult=(1, 2, 3, 4),
+                 channel_mult_emb: int = 4, num_blocks: int = 3, attn_resolutions=(32, 16, 8),
+                 dropout: float = 0.10) -> None:
+        super().__init__()
+        if img_resolution % 2 ** (len(channel_mult) - 1):
+            raise ValueError(f"resolution {img_resolution} is not divisible by 2^{len(channel_mult) - 1}")
+        emb_ch = model_channels * channel_mult_emb
+        blk = dict(emb_channels=emb_ch, dropout=dropout, skip_scale=1.0, eps=1e-5,
+                   resample_proj=False, adaptive_scale=True)
+        heads = lambda attend, ch: ch // 64 if attend else 0  # noqa: E731  (64 channels a head)
+        self.map_noise = PositionalEmbedding(model_channels, endpoint=False, cos_first=True)
+        self.map_augment = AugmentMap(augment_dim, model_channels) if augment_dim else None
+        self.map_layer0 = nn.Linear(model_channels, emb_ch)
+        self.map_layer1 = nn.Linear(emb_ch, emb_ch)
+        self.map_label = nn.Linear(label_dim, emb_ch, bias=False) if label_dim else None
+
+        self.enc = nn.ModuleDict()
+        cout, skips = in_channels, []
+        for level, mult in enumerate(channel_mult):
+            r = img_resolution >> level
+            at = f"{r}x{r}_"
+            if level == 0:
+                self.enc[at + "conv"] = Conv2d(cout, model_channels * mult, 3)
+                cout = model_channels * mult
+            else:
+                self.enc[at + "down"] = UNetBlock(cout, cout, down=True, **blk)
+            skips.append(cout)
+            for i in range(num_blocks):
+                c = model_channels * mult
+                self.enc[at + f"block{i}"] = UNetBlock(cout, c, num_heads=heads(r in attn_resolutions, c), **blk)
+                cout = c
+                skips.append(cout)
+        self.dec = nn.ModuleDict()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            r = img_resolution >> level
+            at = f"{r}x{r}_"
+            if level == len(channel_mult) - 1:
+                self.dec[at + "in0"] = UNetBlock(cout, cout, num_heads=heads(True, cout), **blk)
+                self.dec[at + "in1"] = UNetBlock(cout, cout, **blk)
+            else:
+                self.dec[at + "up"] = UNetBlock(cout, cout, up=True, **blk)
+            for i in range(num_blocks + 1):
+                cin, cout = cout + skips.pop(), model_channels * mult
+                self.dec[at + f"block{i}"] = UNetBlock(cin, cout, num_heads=heads(r in attn_resolutions, cout),
+                                                       **blk)
+        self.out_norm = group_norm(cout, eps=1e-5)
+        self.out_conv = Conv2d(cout, out_channels, 3)
+        self._feature_at = {name for d in (self.enc, self.dec) for name in _last_per_resolution(d)}
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None,
+                features: list | None = None) -> torch.Tensor:
+        emb = self.map_layer1(F.silu(self.map_layer0(self.map_noise(c_noise).to(x.dtype))))
+        if self.map_label is not None and labels is not None:  # ADM adds the label after the MLP
+            emb = emb + self.map_label(labels.to(x.dtype))
+        emb = F.silu(emb)
+        skips = []
+        for name, block in self.enc.items():
+            x = block(x) if _role(name) == "conv" else block(x, emb)
+            skips.append(x)
+            if features is not None and name in self._feature_at:
+                features.append(x)
+        for name, block in self.dec.items():
+            if _role(name) == "block":
+                x = torch.cat([x, skips.pop()], dim=1)
+            x = block(x, emb)
+            if features is not None and name in self._feature_at:
+                features.append(x)
+        return self.out_conv(F.silu(self.out_norm(x)))
+
+
 # ----------------------------------------------------------------------------- the teacher
 
 
+MODEL_TYPES = ("SongUNet", "DhariwalUNet")
+#: SongUNet's options DhariwalUNet does not have, with the one value it fixes them to
+_SONG_ONLY = {"embedding_type": "positional", "channel_mult_noise": 1, "encoder_type": "standard",
+              "decoder_type": "standard", "resample_filter": [1, 1]}
+
+
 class EDMUNet(nn.Module):
-    """EDM's preconditioned SongUNet as a slimstep velocity network (module docstring).
+    """EDM's preconditioned SongUNet or DhariwalUNet (``model_type``) as a slimstep velocity
+    network (module docstring).
 
     ``sigma_min`` / ``sigma_max`` are the σ range the velocity clamps to (EDM's sampler's
     default, [0.002, 80], within the network's own range); ``sigma_data`` is EDM's, and
     ``beta_d``, ``beta_min``, ``M`` are the VP preconditioning's. The architecture options
-    are SongUNet's, under its names."""
+    are EDM's, under its names; ``embedding_type`` ... ``resample_filter`` are SongUNet's only."""
 
     def __init__(
         self,
@@ -363,6 +469,7 @@ class EDMUNet(nn.Module):
         beta_d: float = 19.9,
         beta_min: float = 0.1,
         M: int = 1000,
+        model_type: str = "SongUNet",
         augment_dim: int = 0,
         model_channels: int = 128,
         channel_mult: list[int] | tuple[int, ...] = (2, 2, 2),
@@ -389,9 +496,23 @@ class EDMUNet(nn.Module):
         self.beta_d, self.beta_min, self.M = float(beta_d), float(beta_min), int(M)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.t_min, self.t_max = t_from_sigma(self.sigma_max), t_from_sigma(self.sigma_min)
-        self.model = SongUNet(h, c, c, num_classes, augment_dim, model_channels, channel_mult,
-                              channel_mult_emb, num_blocks, attn_resolutions, dropout, embedding_type,
-                              channel_mult_noise, encoder_type, decoder_type, resample_filter)
+        arch = dict(img_resolution=h, in_channels=c, out_channels=c, label_dim=num_classes,
+                    augment_dim=augment_dim, model_channels=model_channels, channel_mult=channel_mult,
+                    channel_mult_emb=channel_mult_emb, num_blocks=num_blocks,
+                    attn_resolutions=attn_resolutions, dropout=dropout)
+        song = dict(embedding_type=embedding_type, channel_mult_noise=channel_mult_noise,
+                    encoder_type=encoder_type, decoder_type=decoder_type,
+                    resample_filter=list(resample_filter))
+        if model_type == "SongUNet":
+            self.model = SongUNet(**arch, **song)
+        elif model_type == "DhariwalUNet":
+            other = {k: v for k, v in song.items() if v != _SONG_ONLY[k]}
+            if other:
+                raise ValueError(f"{', '.join(other)}: SongUNet options, not DhariwalUNet's")
+            self.model = DhariwalUNet(**arch)
+        else:
+            raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, not {model_type!r}")
+        self.model_type = model_type
 
     def set_attention(self, mode: str) -> EDMUNet:
         """"sdpa" (default) or "math" (explicit softmax: double backward, torch.func.jvp)."""
