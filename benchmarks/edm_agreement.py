@@ -1,4 +1,5 @@
 """slimstep's EDM import against EDM's own code (issue 12): side by side, not in CI.
+SongUNet (DDPM++, NCSN++) and DhariwalUNet (ADM) behind EDMPrecond / VPPrecond / VEPrecond.
 
 Builds networks with EDM's ``training/networks.py`` from a local EDM checkout (never
 vendored: EDM is CC BY-NC-SA), gives them random weights (EDM zero-initialises some
@@ -40,14 +41,21 @@ ARCHS = {  # EDM train.py's --arch presets
                    channel_mult_noise=1, resample_filter=[1, 1]),
     "ncsnpp": dict(embedding_type="fourier", encoder_type="residual", decoder_type="standard",
                    channel_mult_noise=2, resample_filter=[1, 3, 3, 1]),
+    "adm": dict(model_type="DhariwalUNet"),
 }
-TINY = dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
-CIFAR = dict(model_channels=128, channel_mult=[2, 2, 2], num_blocks=4, attn_resolutions=[16])
+SIZES = {
+    "tiny": dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4]),
+    "tiny-adm": dict(model_channels=64, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8, 4]),
+    "cifar10": dict(model_channels=128, channel_mult=[2, 2, 2], num_blocks=4, attn_resolutions=[16]),
+    # ImageNet-64's ADM layout (4 levels, 1 to 4 heads) at a third of its width: 296M -> 33M
+    "adm-64": dict(model_channels=64, channel_mult=[1, 2, 3, 4], num_blocks=3, attn_resolutions=[32, 16, 8]),
+}
 CASES = [  # (precond, arch, label_dim, size, image shape)
-    *[(p, a, k, "tiny", (1, 8, 8)) for p in ("EDMPrecond", "VPPrecond", "VEPrecond")
-      for a in ARCHS for k in (0, 10)],
+    *[(p, a, k, "tiny-adm" if a == "adm" else "tiny", (1, 8, 8))
+      for p in ("EDMPrecond", "VPPrecond", "VEPrecond") for a in ARCHS for k in (0, 10)],
     ("EDMPrecond", "ddpmpp", 10, "cifar10", (3, 32, 32)),   # edm-cifar10-32x32-cond-*.pkl's shape
     ("VEPrecond", "ncsnpp", 0, "cifar10", (3, 32, 32)),
+    ("EDMPrecond", "adm", 1000, "adm-64", (3, 64, 64)),     # edm-imagenet-64x64-cond-adm.pkl's
 ]
 
 
@@ -81,14 +89,14 @@ def edm_network(precond, arch, label_dim, size, shape, seed=0):
     import dnnlib
 
     torch.manual_seed(seed)
-    kw = dict(model_type="SongUNet", **ARCHS[arch], **(TINY if size == "tiny" else CIFAR),
-              augment_dim=9, dropout=0.0, use_fp16=False)
+    kw = {"model_type": "SongUNet", **ARCHS[arch], **SIZES[size], "augment_dim": 9, "dropout": 0.0,
+          "use_fp16": False}
     net = dnnlib.util.construct_class_by_name(
         class_name=f"training.networks.{precond}", img_resolution=shape[1],
         img_channels=shape[0], label_dim=label_dim, **kw)
     with torch.no_grad():
         for p in net.parameters():
-            p.copy_(torch.randn_like(p) * (0.2 if size == "tiny" else 0.05))
+            p.copy_(torch.randn_like(p) * (0.2 if size.startswith("tiny") else 0.05))
     return net.eval().requires_grad_(False)
 
 
@@ -107,7 +115,7 @@ def compare(case, workdir: Path) -> dict:
     n = 4
     x = torch.randn(n, *shape, generator=g) * 2
     sigma = torch.tensor([0.002, 0.5, 5.0, 80.0])
-    y = torch.tensor([0, 3, 9, 1]) if label_dim else None
+    y = torch.tensor([0, 3, 9, label_dim - 1]) if label_dim else None
     onehot = torch.nn.functional.one_hot(y, label_dim).float() if label_dim else None
     with torch.no_grad():
         d_edm, d_mine = net(x, sigma, onehot), mine.denoise(x, sigma, y)
