@@ -135,93 +135,63 @@ def unet_block(g, cin, cout, emb, up=False, down=False, attn=False, filt=(1, 1),
     return m
 
 
-def adm_unet(g, label_dim, augment_dim=9):
-    """A DhariwalUNet in EDM's layout: attention at 4x4 (and the deepest in0)."""
-    mc, emb = ADM_MC, 4 * ADM_MC
+def unet(g, arch, label_dim, augment_dim=9):
+    """A SongUNet (``ddpmpp``, ``ncsnpp``) or DhariwalUNet (``adm``: attention in every block
+    at 4x4 and in in0) in EDM's layout, written from the architectures' description."""
+    a, adm = ARCHS[arch], arch == "adm"
+    mc = ADM_MC if adm else MC
+    filt, emb = a.get("resample_filter", [1, 1]), 4 * mc
+    noise = mc * a.get("channel_mult_noise", 1)
     kwargs = dict(img_resolution=R, in_channels=C, out_channels=C, label_dim=label_dim,
                   augment_dim=augment_dim, model_channels=mc, channel_mult=list(MULT),
-                  num_blocks=NB, attn_resolutions=list(ATTN), dropout=0.13)
-    m = Persistent("DhariwalUNet", label_dropout=0, _init_args=(), _init_kwargs=kwargs)
-    m.map_noise = Persistent("PositionalEmbedding", num_channels=mc, max_positions=10000, endpoint=False)
-    m.map_augment = linear(g, augment_dim, mc, bias=False) if augment_dim else None
-    m.map_layer0, m.map_layer1 = linear(g, mc, emb), linear(g, emb, emb)
-    m.map_label = linear(g, label_dim, emb, bias=False) if label_dim else None
-    m.enc, m.dec = torch.nn.ModuleDict(), torch.nn.ModuleDict()
-    cout, skips = C, []
-    for level, mult in enumerate(MULT):
-        r = R >> level
-        if level == 0:
-            m.enc[f"{r}x{r}_conv"] = conv(g, cout, mc * mult, 3)
-            cout = mc * mult
-        else:
-            m.enc[f"{r}x{r}_down"] = unet_block(g, cout, cout, emb, down=True, adm=True)
-        skips.append(cout)
-        for i in range(NB):
-            m.enc[f"{r}x{r}_block{i}"] = unet_block(g, cout, mc * mult, emb, attn=r in ATTN, adm=True)
-            cout = mc * mult
-            skips.append(cout)
-    for level, mult in reversed(list(enumerate(MULT))):
-        r = R >> level
-        if level == len(MULT) - 1:
-            m.dec[f"{r}x{r}_in0"] = unet_block(g, cout, cout, emb, attn=True, adm=True)
-            m.dec[f"{r}x{r}_in1"] = unet_block(g, cout, cout, emb, adm=True)
-        else:
-            m.dec[f"{r}x{r}_up"] = unet_block(g, cout, cout, emb, up=True, adm=True)
-        for i in range(NB + 1):
-            cin, cout = cout + skips.pop(), mc * mult
-            m.dec[f"{r}x{r}_block{i}"] = unet_block(g, cin, cout, emb, attn=r in ATTN, adm=True)
-    m.out_norm = group_norm(g, cout, eps=1e-5)
-    m.out_conv = conv(g, cout, C, 3)
-    return m
-
-
-def song_unet(g, arch, label_dim, augment_dim=9):
-    """A SongUNet in EDM's layout, written from the architecture's description."""
-    a = ARCHS[arch]
-    filt, noise, emb = a["resample_filter"], MC * a["channel_mult_noise"], 4 * MC
-    kwargs = dict(img_resolution=R, in_channels=C, out_channels=C, label_dim=label_dim,
-                  augment_dim=augment_dim, model_channels=MC, channel_mult=list(MULT),
                   num_blocks=NB, attn_resolutions=list(ATTN), dropout=0.13, **a)
-    m = Persistent("SongUNet", label_dropout=0, _init_args=(), _init_kwargs=kwargs)
-    if a["embedding_type"] == "fourier":
+    m = Persistent("DhariwalUNet" if adm else "SongUNet", label_dropout=0, _init_args=(),
+                   _init_kwargs=kwargs)
+    if a.get("embedding_type") == "fourier":
         m.map_noise = Persistent("FourierEmbedding")
         m.map_noise.register_buffer("freqs", torch.randn(noise // 2, generator=g) * 2)
     else:
         m.map_noise = Persistent("PositionalEmbedding", num_channels=noise, max_positions=10000,
-                                 endpoint=True)
-    m.map_label = linear(g, label_dim, noise) if label_dim else None
+                                 endpoint=not adm)
+    if label_dim:  # ADM adds the label to the embedding after the MLP, without a bias
+        m.map_label = linear(g, label_dim, emb, bias=False) if adm else linear(g, label_dim, noise)
     m.map_augment = linear(g, augment_dim, noise, bias=False) if augment_dim else None
     m.map_layer0, m.map_layer1 = linear(g, noise, emb), linear(g, emb, emb)
     m.enc, m.dec = torch.nn.ModuleDict(), torch.nn.ModuleDict()
+    blk = dict(filt=filt, adm=adm)
     cout, caux, skips = C, C, []
-    for level, mult in enumerate(MULT):
+    for level, mult in enumerate(MULT):  # MULT[0] = 1: both stems have mc outputs
         r = R >> level
         if level == 0:
-            m.enc[f"{r}x{r}_conv"] = conv(g, cout, MC, 3)
-            cout = MC
+            m.enc[f"{r}x{r}_conv"] = conv(g, cout, mc, 3)
+            cout = mc
         else:
-            m.enc[f"{r}x{r}_down"] = unet_block(g, cout, cout, emb, down=True, filt=filt)
-            if a["encoder_type"] == "residual":
+            m.enc[f"{r}x{r}_down"] = unet_block(g, cout, cout, emb, down=True, **blk)
+            if a.get("encoder_type") == "residual":
                 m.enc[f"{r}x{r}_aux_residual"] = conv(g, caux, cout, 3, down=True, filt=filt, fused=True)
                 caux = cout
         skips.append(cout)
         for i in range(NB):
-            m.enc[f"{r}x{r}_block{i}"] = unet_block(g, cout, MC * mult, emb, attn=r in ATTN, filt=filt)
-            cout = MC * mult
+            m.enc[f"{r}x{r}_block{i}"] = unet_block(g, cout, mc * mult, emb, attn=r in ATTN, **blk)
+            cout = mc * mult
             skips.append(cout)
     for level, mult in reversed(list(enumerate(MULT))):
         r = R >> level
         if level == len(MULT) - 1:
-            m.dec[f"{r}x{r}_in0"] = unet_block(g, cout, cout, emb, attn=True, filt=filt)
-            m.dec[f"{r}x{r}_in1"] = unet_block(g, cout, cout, emb, filt=filt)
+            m.dec[f"{r}x{r}_in0"] = unet_block(g, cout, cout, emb, attn=True, **blk)
+            m.dec[f"{r}x{r}_in1"] = unet_block(g, cout, cout, emb, **blk)
         else:
-            m.dec[f"{r}x{r}_up"] = unet_block(g, cout, cout, emb, up=True, filt=filt)
+            m.dec[f"{r}x{r}_up"] = unet_block(g, cout, cout, emb, up=True, **blk)
         for i in range(NB + 1):
-            cin, cout = cout + skips.pop(), MC * mult
-            m.dec[f"{r}x{r}_block{i}"] = unet_block(g, cin, cout, emb, attn=i == NB and r in ATTN, filt=filt)
-        if level == 0:
+            cin, cout = cout + skips.pop(), mc * mult
+            attn = r in ATTN and (adm or i == NB)  # SongUNet: the last block of a level only
+            m.dec[f"{r}x{r}_block{i}"] = unet_block(g, cin, cout, emb, attn=attn, **blk)
+        if level == 0 and not adm:
             m.dec[f"{r}x{r}_aux_norm"] = group_norm(g, cout)
             m.dec[f"{r}x{r}_aux_conv"] = conv(g, cout, C, 3)
+    if adm:
+        m.out_norm = group_norm(g, cout, eps=1e-5)
+        m.out_conv = conv(g, cout, C, 3)
     return m
 
 
@@ -247,7 +217,7 @@ def snapshot(path, marker, monkeypatch, precond="edm", arch="ddpmpp", label_dim=
                          dropout=0.13, augment_dim=9, model_channels=ADM_MC if adm else MC,
                          channel_mult=list(MULT), num_blocks=NB, attn_resolutions=list(ATTN),
                          **ARCHS[arch]))
-    net.model = adm_unet(g, label_dim) if adm else song_unet(g, arch, label_dim)
+    net.model = unet(g, arch, label_dim)
     if edit:
         edit(net)
     data = dict(ema=net.eval(), loss_fn=Persistent("EDMLoss", P_mean=-1.2, P_std=1.2, sigma_data=0.5),
