@@ -238,6 +238,15 @@ def _role(name: str) -> str:
     return "block" if role.startswith("block") else role
 
 
+def _levels(resolution: int, channel_mult, decoding: bool = False):
+    """``(level, mult, res, key prefix "{res}x{res}_")`` of every level, deepest first when
+    decoding: how EDM names a U-Net's entries."""
+    levels = list(enumerate(channel_mult))
+    for level, mult in reversed(levels) if decoding else levels:
+        r = resolution >> level
+        yield level, mult, r, f"{r}x{r}_"
+
+
 def _last_per_resolution(entries) -> set[str]:
     last = {}
     for name in entries:
@@ -280,9 +289,7 @@ class SongUNet(nn.Module):
         self.enc = nn.ModuleDict()
         cout = caux = in_channels
         skips = []
-        for level, mult in enumerate(channel_mult):
-            r = img_resolution >> level
-            at = f"{r}x{r}_"
+        for level, mult, r, at in _levels(img_resolution, channel_mult, decoding=False):
             if level == 0:
                 self.enc[at + "conv"] = Conv2d(cout, model_channels, 3)
                 cout = model_channels
@@ -303,9 +310,7 @@ class SongUNet(nn.Module):
                 skips.append(cout)
 
         self.dec = nn.ModuleDict()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            r = img_resolution >> level
-            at = f"{r}x{r}_"
+        for level, mult, r, at in _levels(img_resolution, channel_mult, decoding=True):
             if level == len(channel_mult) - 1:
                 self.dec[at + "in0"] = UNetBlock(cout, cout, num_heads=1, **blk)
                 self.dec[at + "in1"] = UNetBlock(cout, cout, **blk)
@@ -388,9 +393,7 @@ class DhariwalUNet(nn.Module):
 
         self.enc = nn.ModuleDict()
         cout, skips = in_channels, []
-        for level, mult in enumerate(channel_mult):
-            r = img_resolution >> level
-            at = f"{r}x{r}_"
+        for level, mult, r, at in _levels(img_resolution, channel_mult, decoding=False):
             if level == 0:
                 self.enc[at + "conv"] = Conv2d(cout, model_channels * mult, 3)
                 cout = model_channels * mult
@@ -403,9 +406,7 @@ class DhariwalUNet(nn.Module):
                 cout = c
                 skips.append(cout)
         self.dec = nn.ModuleDict()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            r = img_resolution >> level
-            at = f"{r}x{r}_"
+        for level, mult, r, at in _levels(img_resolution, channel_mult, decoding=True):
             if level == len(channel_mult) - 1:
                 self.dec[at + "in0"] = UNetBlock(cout, cout, num_heads=heads(True, cout), **blk)
                 self.dec[at + "in1"] = UNetBlock(cout, cout, **blk)
