@@ -511,6 +511,18 @@ def _recorded(net):
     net.model._init_kwargs["model_channels"] = 32
 
 
+def _junk_sigma_data(net):
+    net.sigma_data = "half"
+
+
+def _junk_heads(net):
+    net.model.dec["4x4_in0"].out_channels = "many"
+
+
+def _flat_stem(net):
+    net.model.enc["8x8_conv"].weight = torch.nn.Parameter(torch.zeros(3), requires_grad=False)
+
+
 def _no_recorded(net):
     net.model._init_kwargs = None
 
@@ -539,7 +551,10 @@ class _WritesAFile:
     (_layer, "model.enc.8x8_block0.norm0 is a LayerNorm, not one of the layers of EDM's SongUNet"),
     (_skip_scale, "model.dec.8x8_block0 (UNetBlock) has skip_scale=1.0"),
     (_recorded, "recorded init_kwargs say model_channels=32, its tensors 16"),
-    (_malicious, "refused: the pickle calls pathlib.Path.write_text")])
+    (_malicious, "refused: the pickle calls pathlib.Path.write_text"),
+    (_junk_sigma_data, "the network's sigma_data is 'half', not a number"),
+    (_junk_heads, "model.dec.4x4_in0 has 1 attention heads for 'many' channels"),
+    (_flat_stem, "tensor shapes that do not fit EDM's SongUNet layout")])
 def test_unsupported_or_unsafe_networks_are_one_line(tmp_path, monkeypatch, capsys, edit, says):
     src, marker = tmp_path / "edm.pkl", tmp_path / "marker.txt"
 

@@ -220,14 +220,19 @@ def _plan_edm(src: Path, opts: dict) -> tuple[dict, dict, dict, dict]:
     for attr, have in (("img_channels", c), ("img_resolution", res), ("label_dim", classes)):
         if attr in st and st[attr] != have:
             raise TeacherImportError(f"{where}: the network says {attr}={st[attr]!r}, its tensors {have}")
-    net_range = (float(st.get("sigma_min", 0.0)), float(st.get("sigma_max", math.inf)))
+    net_range = (edm_layout.number(st, "sigma_min", 0.0, where),
+                 edm_layout.number(st, "sigma_max", math.inf, where))
     lo = _typed(opts, "sigma_min", float, max(EDM_SIGMA_RANGE[0], net_range[0]), where)
     hi = _typed(opts, "sigma_max", float, min(EDM_SIGMA_RANGE[1], net_range[1]), where)
     if not net_range[0] <= lo < hi <= net_range[1] or lo <= 0:
         raise TeacherImportError(f"{where}: need 0 < sigma_min < sigma_max within the network's "
                                  f"range [{net_range[0]:g}, {net_range[1]:g}], got {lo:g}, {hi:g}")
-    params = ({"sigma_data": float(st.get("sigma_data", 0.5))} if precond == "edm" else
-              {k: st[k] for k in ("beta_d", "beta_min", "M") if k in st} if precond == "vp" else {})
+    params = {}  # the preconditioning's own constants (EDMPrecond / VPPrecond attributes)
+    if precond == "edm":
+        params = {"sigma_data": edm_layout.number(st, "sigma_data", 0.5, where)}
+    elif precond == "vp":
+        params = {k: edm_layout.number(st, k, d, where) for k, d in (("beta_d", 19.9), ("beta_min", 0.1))}
+        params["M"] = int(edm_layout.number(st, "M", 1000, where))
     # dropout only acts in training; GDD's official code fine-tunes EDM's networks with 0
     dropout = _typed(opts, "dropout", float, 0.0, where)
     if not 0 <= dropout < 1:
@@ -243,7 +248,7 @@ def _plan_edm(src: Path, opts: dict) -> tuple[dict, dict, dict, dict]:
         "architecture": "read off the tensor names and shapes" + (
             "; the pickle's recorded init_kwargs agree" if agreed else " (no init_kwargs recorded)"),
         "init_kwargs": edm_layout.plain(st.get("_init_kwargs")),
-        "dropout_in_file": edm_layout.dropout(model),
+        "dropout_in_file": edm_layout.dropout(model, where),
         "adapter": {
             "name": "edm_denoiser_to_velocity", "precond": precond, **params,
             "sigma_min": lo, "sigma_max": hi, "network_sigma_range": [edm_layout.plain(v) for v in net_range],

@@ -200,22 +200,31 @@ def check_fixed(model: ObjectRecord, model_type: str, where: str) -> None:
                                          f"is {want!r}: a modified architecture slimstep does not map")
         if cls == "UNetBlock":
             n, ch = r.state.get("num_heads", 0), r.state.get("out_channels", 0)
-            if n not in (0, heads(model_type, True, ch)):
-                raise TeacherImportError(f"{where}: {path} has {n} attention heads for {ch} channels; "
-                                         f"{model_type} has {heads(model_type, True, ch)}")
+            want = heads(model_type, True, ch) if isinstance(ch, int) else None
+            if n not in (0, want):
+                raise TeacherImportError(f"{where}: {path} has {n!r} attention heads for {ch!r} "
+                                         f"channels; {model_type} has {want}")
 
 
-def dropout(model: ObjectRecord) -> float:
+def number(state: dict, key: str, default: float, where: str) -> float:
+    """A numeric attribute of a record, or one line saying it is not a number."""
+    v = state.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TeacherImportError(f"{where}: the network's {key} is {v!r}, not a number")
+    return float(v)
+
+
+def dropout(model: ObjectRecord, where: str) -> float:
     """The dropout probability of the UNetBlocks (an attribute: in no tensor)."""
     for _, r in _records(model):
         if _short(r.class_name) == "UNetBlock":
-            return float(r.state.get("dropout", 0.1))
+            return number(r.state, "dropout", 0.1, where)
     return 0.0
 
 
 def _need(sd: dict[str, torch.Tensor], key: str, where: str) -> torch.Tensor:
     if key not in sd:
-        raise TeacherImportError(f"{where}: no tensor '{key}': not EDM's SongUNet layout")
+        raise TeacherImportError(f"{where}: no tensor '{key}': not EDM's U-Net layout")
     return sd[key]
 
 
@@ -233,7 +242,16 @@ def _filter_1d(buf: torch.Tensor, where: str) -> list[int]:
 
 def infer_architecture(sd: dict[str, torch.Tensor], model_type: str, where: str) -> dict:
     """The U-Net's options read off EDM-named tensors (module docstring); the image shape as
-    ``img_resolution`` / ``in_channels``."""
+    ``img_resolution`` / ``in_channels``. Shapes that do not fit (a tensor of too few
+    dimensions, zero channels) are one line."""
+    try:
+        return _infer(sd, model_type, where)
+    except (IndexError, ValueError, ZeroDivisionError, RuntimeError) as e:
+        raise TeacherImportError(f"{where}: tensor shapes that do not fit EDM's {model_type} "
+                                 f"layout ({type(e).__name__}: {e})") from None
+
+
+def _infer(sd: dict[str, torch.Tensor], model_type: str, where: str) -> dict:
     stems = [(int(m.group(1)), k) for k in sd if (m := re.fullmatch(r"model\.enc\.(\d+)x\1_conv\.weight", k))]
     if len(stems) != 1:
         raise TeacherImportError(f"{where}: no single model.enc.RxR_conv.weight: not EDM's "
@@ -288,16 +306,19 @@ def check_init_kwargs(inferred: dict, recorded, model_type: str, where: str) -> 
     if not isinstance(recorded, dict):
         return False
     rec = {**DEFAULTS[model_type], **recorded}
+    width = {inferred["img_resolution"] >> i: inferred["model_channels"] * m
+             for i, m in enumerate(inferred["channel_mult"])}
     for k, v in inferred.items():
         want = rec.get(k, v)
-        if k == "attn_resolutions":
-            width = {inferred["img_resolution"] >> i: inferred["model_channels"] * m
-                     for i, m in enumerate(inferred["channel_mult"])}
-            want = sorted((r for r in set(want) if r in width and heads(model_type, True, width[r])),
-                          reverse=True)
-            v = sorted(v, reverse=True)
-        elif isinstance(v, list):
-            want = list(want)
+        try:
+            if k == "attn_resolutions":
+                want = sorted((r for r in set(want) if r in width and heads(model_type, True, width[r])),
+                              reverse=True)
+                v = sorted(v, reverse=True)
+            elif isinstance(v, list):
+                want = list(want)
+        except TypeError:  # a recorded value of the wrong kind: it disagrees
+            pass
         if want != v:
             raise TeacherImportError(f"{where}: the pickle's recorded init_kwargs say {k}={want!r}, "
                                      f"its tensors {v!r}")
