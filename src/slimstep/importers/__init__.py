@@ -203,6 +203,19 @@ _EDM_COEFFICIENTS = {
 }
 
 
+def _edm_sigma_range(state: dict, opts: dict, where: str):
+    """``((network σ_min, σ_max), clamp low, clamp high)``: EDM's sampler's range within the
+    network's own, or ``sigma_min=`` / ``sigma_max=`` (inside the network's)."""
+    net = (edm_layout.number(state, "sigma_min", 0.0, where),
+           edm_layout.number(state, "sigma_max", math.inf, where))
+    lo = _typed(opts, "sigma_min", float, max(EDM_SIGMA_RANGE[0], net[0]), where)
+    hi = _typed(opts, "sigma_max", float, min(EDM_SIGMA_RANGE[1], net[1]), where)
+    if not net[0] <= lo < hi <= net[1] or lo <= 0:
+        raise TeacherImportError(f"{where}: need 0 < sigma_min < sigma_max within the network's "
+                                 f"range [{net[0]:g}, {net[1]:g}], got {lo:g}, {hi:g}")
+    return net, lo, hi
+
+
 def _plan_edm(src: Path, opts: dict) -> tuple[dict, dict, dict, dict]:
     """(net spec, EDM-named tensors, renames (none), import record) for an EDM snapshot."""
     where = str(src)
@@ -220,19 +233,8 @@ def _plan_edm(src: Path, opts: dict) -> tuple[dict, dict, dict, dict]:
     for attr, have in (("img_channels", c), ("img_resolution", res), ("label_dim", classes)):
         if attr in st and st[attr] != have:
             raise TeacherImportError(f"{where}: the network says {attr}={st[attr]!r}, its tensors {have}")
-    net_range = (edm_layout.number(st, "sigma_min", 0.0, where),
-                 edm_layout.number(st, "sigma_max", math.inf, where))
-    lo = _typed(opts, "sigma_min", float, max(EDM_SIGMA_RANGE[0], net_range[0]), where)
-    hi = _typed(opts, "sigma_max", float, min(EDM_SIGMA_RANGE[1], net_range[1]), where)
-    if not net_range[0] <= lo < hi <= net_range[1] or lo <= 0:
-        raise TeacherImportError(f"{where}: need 0 < sigma_min < sigma_max within the network's "
-                                 f"range [{net_range[0]:g}, {net_range[1]:g}], got {lo:g}, {hi:g}")
-    params = {}  # the preconditioning's own constants (EDMPrecond / VPPrecond attributes)
-    if precond == "edm":
-        params = {"sigma_data": edm_layout.number(st, "sigma_data", 0.5, where)}
-    elif precond == "vp":
-        params = {k: edm_layout.number(st, k, d, where) for k, d in (("beta_d", 19.9), ("beta_min", 0.1))}
-        params["M"] = int(edm_layout.number(st, "M", 1000, where))
+    net_range, lo, hi = _edm_sigma_range(st, opts, where)
+    params = edm_layout.precond_params(precond, st, where)
     # dropout only acts in training; GDD's official code fine-tunes EDM's networks with 0
     dropout = _typed(opts, "dropout", float, 0.0, where)
     if not 0 <= dropout < 1:

@@ -214,6 +214,17 @@ def number(state: dict, key: str, default: float, where: str) -> float:
     return float(v)
 
 
+def precond_params(precond: str, state: dict, where: str) -> dict:
+    """The preconditioning's own constants, from the EDMPrecond / VPPrecond attributes."""
+    if precond == "edm":
+        return {"sigma_data": number(state, "sigma_data", 0.5, where)}
+    if precond == "vp":
+        return {"beta_d": number(state, "beta_d", 19.9, where),
+                "beta_min": number(state, "beta_min", 0.1, where),
+                "M": int(number(state, "M", 1000, where))}
+    return {}
+
+
 def dropout(model: ObjectRecord, where: str) -> float:
     """The dropout probability of the UNetBlocks (an attribute: in no tensor)."""
     for _, r in _records(model):
