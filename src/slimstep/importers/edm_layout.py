@@ -40,6 +40,7 @@ import torch
 
 from slimstep.importers.readers import TeacherImportError
 from slimstep.importers.safe_pickle import ObjectRecord
+from slimstep.nets.edm_unet import attention_heads
 
 #: EDM's preconditioning classes slimstep maps -> ``EDMUNet.precond``
 PRECONDS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
@@ -72,13 +73,6 @@ FIXED = {
                      ("GroupNorm", "eps", 1e-5), ("PositionalEmbedding", "endpoint", False),
                      ("PositionalEmbedding", "max_positions", 10000)),
 }
-
-
-def heads(model_type: str, attends: bool, channels: int) -> int:
-    """Attention heads of a block: SongUNet one, DhariwalUNet one per 64 channels."""
-    if not attends:
-        return 0
-    return 1 if model_type == "SongUNet" else channels // 64
 
 
 def _short(name: str) -> str:
@@ -200,7 +194,7 @@ def check_fixed(model: ObjectRecord, model_type: str, where: str) -> None:
                                          f"is {want!r}: a modified architecture slimstep does not map")
         if cls == "UNetBlock":
             n, ch = r.state.get("num_heads", 0), r.state.get("out_channels", 0)
-            want = heads(model_type, True, ch) if isinstance(ch, int) else None
+            want = attention_heads(model_type, True, ch) if isinstance(ch, int) else None
             if n not in (0, want):
                 raise TeacherImportError(f"{where}: {path} has {n!r} attention heads for {ch!r} "
                                          f"channels; {model_type} has {want}")
@@ -323,7 +317,7 @@ def check_init_kwargs(inferred: dict, recorded, model_type: str, where: str) -> 
         want = rec.get(k, v)
         try:
             if k == "attn_resolutions":
-                want = sorted((r for r in set(want) if r in width and heads(model_type, True, width[r])),
+                want = sorted((r for r in set(want) if r in width and attention_heads(model_type, True, width[r])),
                               reverse=True)
                 v = sorted(v, reverse=True)
             elif isinstance(v, list):

@@ -30,8 +30,9 @@ levels; level ``l`` works at ``res = R >> l`` with ``model_channels·channel_mul
            (+ map_label(√K · onehot(y)))     n = model_channels·channel_mult_noise
     emb  = SiLU(map_layer1(SiLU(map_layer0(emb))))
     enc  {R}x{R}_conv (3x3), then per level l > 0 {res}_down (a UNetBlock that halves), then
-         num_blocks x {res}_block{i}; NCSN++'s residual encoder adds {res}_aux_residual:
-         a 3x3 conv of the previous level's input that halves, merged as (h + aux)/√2
+         num_blocks x {res}_block{i}; NCSN++'s residual encoder adds {res}_aux_residual after
+         the down block: aux (first the image) through a 3x3 conv that halves (filtered after
+         the conv), h = aux = (h + that)/√2
     dec  at the deepest level {res}_in0 (with attention), {res}_in1; elsewhere {res}_up
          (a UNetBlock that doubles); then num_blocks + 1 x {res}_block{i} on concat(h, skip),
          attention in the last one where res is in attn_resolutions; the output
@@ -238,6 +239,14 @@ def _role(name: str) -> str:
     return "block" if role.startswith("block") else role
 
 
+def attention_heads(model_type: str, attends: bool, channels: int) -> int:
+    """Heads of a block that ``attends``: SongUNet one, DhariwalUNet one per 64 channels (so
+    none below 64: EDM's ``channels_per_head``)."""
+    if not attends:
+        return 0
+    return 1 if model_type == "SongUNet" else channels // 64
+
+
 def _levels(resolution: int, channel_mult, decoding: bool = False):
     """``(level, mult, res, key prefix "{res}x{res}_")`` of every level, deepest first when
     decoding: how EDM names a U-Net's entries."""
@@ -277,7 +286,7 @@ class SongUNet(nn.Module):
         emb_ch, noise_ch = model_channels * channel_mult_emb, model_channels * channel_mult_noise
         self.label_dim = label_dim
         blk = dict(emb_channels=emb_ch, dropout=dropout, resample_filter=resample_filter)
-        heads = lambda attend: 1 if attend else 0  # noqa: E731  (SongUNet: one head)
+        # SongUNet attends with one head (num_heads = 1 where it attends)
 
         self.map_noise = (PositionalEmbedding(noise_ch) if embedding_type == "positional"
                           else FourierEmbedding(noise_ch))
@@ -305,7 +314,7 @@ class SongUNet(nn.Module):
             skips.append(cout)
             for i in range(num_blocks):
                 self.enc[at + f"block{i}"] = UNetBlock(cout, model_channels * mult,
-                                                       num_heads=heads(r in attn_resolutions), **blk)
+                                                       num_heads=int(r in attn_resolutions), **blk)
                 cout = model_channels * mult
                 skips.append(cout)
 
@@ -319,7 +328,7 @@ class SongUNet(nn.Module):
             for i in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), model_channels * mult
                 self.dec[at + f"block{i}"] = UNetBlock(
-                    cin, cout, num_heads=heads(i == num_blocks and r in attn_resolutions), **blk)
+                    cin, cout, num_heads=int(i == num_blocks and r in attn_resolutions), **blk)
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(channel_mult) - 1:
                     self.dec[at + "aux_up"] = Conv2d(out_channels, out_channels, 0, up=True,
@@ -384,7 +393,7 @@ class DhariwalUNet(nn.Module):
         emb_ch = model_channels * channel_mult_emb
         blk = dict(emb_channels=emb_ch, dropout=dropout, skip_scale=1.0, eps=1e-5,
                    resample_proj=False, adaptive_scale=True)
-        heads = lambda attend, ch: ch // 64 if attend else 0  # noqa: E731  (64 channels a head)
+        heads = lambda attends, ch: attention_heads("DhariwalUNet", attends, ch)  # noqa: E731
         self.map_noise = PositionalEmbedding(model_channels, endpoint=False, cos_first=True)
         self.map_augment = AugmentMap(augment_dim, model_channels) if augment_dim else None
         self.map_layer0 = nn.Linear(model_channels, emb_ch)
