@@ -295,6 +295,34 @@ def test_gdd_i_dit_rule_freezes_mlp_and_attention_matrices(level):
         gdd_i_frozen(build_net(TOY_NET))
 
 
+@pytest.mark.parametrize("arch, fraction", [
+    ({}, (85.4, 87.5)),
+    ({"embedding_type": "fourier", "channel_mult_noise": 2, "encoder_type": "residual",
+      "resample_filter": [1, 3, 3, 1]}, (84.4, 86.5)),
+    ({"model_type": "DhariwalUNet", "model_channels": 64, "channel_mult": [1, 2, 2],
+      "num_blocks": 2, "attn_resolutions": [16, 8]}, None)])
+def test_gdd_i_edm_rule_is_the_official_name_rule(arch, fraction):
+    """GDD's training loop (--freeze 1 / 2) freezes a parameter whose EDM name holds
+    block / up / down / in and conv / proj (/ qkv). On EDM's CIFAR-10 DDPM++ / NCSN++
+    (3x32x32, 128 channels, mult 2,2,2, 4 blocks, attention at 16) slimstep's rule names
+    the same set: 85.4% / 84.4% of the parameters (the paper: "85%"); on a (small) ADM too."""
+    net = build_net({"name": "edm_unet", "in_shape": [3, 32, 32], "num_classes": 10,
+                     "augment_dim": 9, **arch})
+    names = [n for n, _ in net.named_parameters()]
+    for level, words in ((1, ("conv", "proj")), (2, ("conv", "proj", "qkv"))):
+        official = {n for n in names if any(s in n for s in ("block", "up", "down", "in"))
+                    and any(s in n for s in words)}
+        assert set(gdd_i_frozen(net, level)) == official
+        if fraction:
+            assert round(100 * frozen_fraction(net, level), 1) == fraction[level - 1]
+    trainable = set(names) - set(gdd_i_frozen(net, 2))
+    adm = arch.get("model_type") == "DhariwalUNet"
+    out, skip = (("model.out_", "model.enc.16x16_block0.skip") if adm else
+                 ("model.dec.32x32_aux_", "model.enc.32x32_block0.skip"))
+    assert {"model.enc.32x32_conv.weight", out + "conv.weight", out + "norm.weight",
+            skip + ".weight", "model.dec.8x8_in0.norm2.weight", "model.map_layer0.weight"} <= trainable
+
+
 def test_gdd_i_freeze_level_option_reaches_the_generator(dit_teacher):
     for level in (1, 2):
         m, _ = method_for(dit_teacher, "digits", "gdd-i", freeze_level=level)

@@ -65,21 +65,34 @@ def t_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
     return 1 / (1 + sigma)
 
 
-class EDMVelocity(nn.Module):
-    r"""Wrap an EDM denoiser ``D(x, sigma, y)`` as a velocity field ``v(x_t, t, y)``.
+def velocity_from_denoiser(denoise, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                           *, t_min: float = 1 / 81, t_max: float = 1 - 1e-5, **kw) -> torch.Tensor:
+    r"""The velocity of an EDM denoiser ``denoise(x_sigma, sigma, y, **kw)`` at ``(x_t, t)``:
 
-    With :math:`\sigma = (1-t)/t` and :math:`x_\sigma = x_t / t`, the denoiser
-    predicts :math:`\hat x_1 = D(x_\sigma; \sigma)` and the velocity follows
-    from :func:`velocity_from_x1`. ``t`` is clamped to ``[t_min, 1 - 1e-5]``:
-    ``t_min = 1/(1+80)`` matches EDM's σ_max = 80.
+    .. math:: t' = \mathrm{clamp}(t, t_{min}, t_{max}),\quad \sigma = \frac{1-t'}{t'},\quad
+              v = \frac{D(x_t / t';\ \sigma) - x_t}{1 - t'}
+
+    (:func:`velocity_from_x1` of the data prediction at the same state: ``x_t / t`` is
+    ``x1 + σ·x0`` on the linear path). The clamp is the denoiser's trained σ range,
+    ``t = 1 / (1 + σ)``: ``t_min = 1/81`` is EDM's σ_max = 80; ``t_max`` keeps ``1 − t``
+    off zero. At ``t < t_min`` (the noise end, ``t = 0``) the input is still ``x_t / t_min``:
+    ``z`` read as ``81·z`` at σ = 80."""
+    t = t.expand(x.shape[0]) if t.ndim == 0 else t
+    t = t.clamp(t_min, t_max)
+    x1 = denoise(x / _bcast(t, x), sigma_from_t(t), y, **kw)
+    return velocity_from_x1(x, x1, t)
+
+
+class EDMVelocity(nn.Module):
+    r"""Wrap an EDM denoiser ``D(x, sigma, y)`` as a velocity field ``v(x_t, t, y)``
+    (:func:`velocity_from_denoiser`): with :math:`\sigma = (1-t)/t` and
+    :math:`x_\sigma = x_t / t` the denoiser predicts :math:`\hat x_1 = D(x_\sigma; \sigma)`,
+    and ``t`` is clamped to ``[t_min, t_max]`` (``t_min = 1/(1+80)``: EDM's σ_max = 80).
     """
 
-    def __init__(self, denoiser: nn.Module, t_min: float = 1 / 81):
+    def __init__(self, denoiser: nn.Module, t_min: float = 1 / 81, t_max: float = 1 - 1e-5):
         super().__init__()
-        self.denoiser, self.t_min = denoiser, t_min
+        self.denoiser, self.t_min, self.t_max = denoiser, t_min, t_max
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **kw):
-        t = t.clamp(self.t_min, 1 - 1e-5)
-        sigma = sigma_from_t(t)
-        x1 = self.denoiser(x / _bcast(t, x), sigma, y, **kw)
-        return velocity_from_x1(x, x1, t)
+        return velocity_from_denoiser(self.denoiser, x, t, y, t_min=self.t_min, t_max=self.t_max, **kw)

@@ -17,14 +17,19 @@ freeflow   FreeFlow flow map (DiT code,        ``freeflow_dit`` (t, dt, gw)     
 diffusers  diffusers pipeline / model folder   ``diffusers_vp``: the diffusers     velocity
            (UNet2DModel, DiTTransformer2DModel  model wrapped, VP ε / v / x0 ->
            + a VP scheduler config)            velocity (``nets.vp.VPAdapter``)
-edm        EDM network pickle                  (reader only: refused, see below)  —
+edm        EDM network snapshot (``ema``:      ``edm_unet`` (EDM's tensor        velocity
+           EDMPrecond / VPPrecond / VEPrecond  names; D(x; σ) -> velocity,
+           around a SongUNet or DhariwalUNet)  σ clamped to [0.002, 80])
+           read inertly
 =========  ==================================  ================================  ==========
 
 Everything is checked before anything is written; the output appears by one rename.
+EDM's iDDPMPrecond and EDM2 networks are refused, each in one line.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -32,7 +37,7 @@ from pathlib import Path
 
 from slimstep.data import DataError, DataInfo, load_data
 from slimstep.files import current_umask
-from slimstep.importers import diffusers_folder, dit_layout
+from slimstep.importers import diffusers_folder, dit_layout, edm_layout
 from slimstep.importers.readers import TeacherImportError, file_digest, read_state_dict, sniff
 from slimstep.importers.safe_pickle import UnsafePickleError, safe_load
 from slimstep.nets import build_net, recorded_spec
@@ -49,7 +54,7 @@ OPTIONS = {
     "dit": _STATE_DICT + _SAMPLING + ("num_timesteps", "beta_start", "beta_end"),
     "freeflow": _STATE_DICT + _SAMPLING + ("guidance", "time"),  # sampling keys: refused, with why
     "diffusers": _SAMPLING + ("variant",),
-    "edm": _STATE_DICT + _SAMPLING,  # read, then refused
+    "edm": ("container",) + _SAMPLING + ("sigma_min", "sigma_max", "dropout"),
 }
 
 
@@ -172,9 +177,9 @@ def _plan_dit_family(fmt: str, src: Path, opts: dict) -> tuple[dict, dict, dict,
     return spec, sd, names, {"record": record, "generator": generator}
 
 
-def _refuse_edm(src: Path) -> None:
-    """Read an EDM pickle with the restricted unpickler; always ends in one line: the
-    refusal of the code it embeds, or 'network mapping not yet supported'."""
+def _read_edm(src: Path):
+    """The EDM pickle as an inert record tree (:mod:`safe_pickle`, EDM mode); any global
+    outside that allow-list is one line naming it, before it is called."""
     kind = sniff(src)
     if kind in ("torch-zip", "safetensors"):
         raise TeacherImportError(f"{src}: a {kind} file, not an EDM network pickle "
@@ -182,31 +187,84 @@ def _refuse_edm(src: Path) -> None:
     if kind != "pickle":
         raise TeacherImportError(f"{src}: not a pickle (unrecognised first bytes)")
     try:
-        obj = safe_load(src)
+        return safe_load(src, edm=True)
     except UnsafePickleError as e:
-        hint = (" (EDM's torch_utils.persistence: the pickle embeds its network's source code)"
-                if e.module.startswith("torch_utils") else "")
         raise TeacherImportError(
-            f"{src}: refused: the pickle calls {e.module}.{e.name}{hint}; slimstep unpickles "
-            "tensors and plain containers only and never runs code from a file") from None
+            f"{src}: refused: the pickle calls {e.module}.{e.name}; slimstep reads EDM's persistence "
+            "objects inertly, torch's tensors and plain containers, and never runs code from a "
+            "file") from None
     except Exception as e:  # a truncated or corrupt pickle
         raise TeacherImportError(f"{src}: unreadable pickle ({type(e).__name__}: {e})") from None
-    n = _count_tensors(obj)
-    raise TeacherImportError(
-        f"{src}: read safely ({n} tensors), but mapping EDM's networks (SongUNet / DhariwalUNet "
-        "behind EDMPrecond) onto slimstep's is not yet supported")
 
 
-def _count_tensors(obj) -> int:
-    import torch
+#: EDM's sampler's σ range (generate.py), intersected with the network's own
+EDM_SIGMA_RANGE = (0.002, 80.0)
+_EDM_COEFFICIENTS = {
+    "edm": "c_skip = sd^2/(sigma^2+sd^2), c_out = sigma sd/sqrt(sigma^2+sd^2), "
+           "c_in = 1/sqrt(sigma^2+sd^2), c_noise = ln(sigma)/4 (sd = sigma_data)",
+    "vp": "c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2+1), "
+          "c_noise = (M-1) (sqrt(beta_min^2 + 2 beta_d ln(1+sigma^2)) - beta_min)/beta_d",
+    "ve": "c_skip = 1, c_out = sigma, c_in = 1, c_noise = ln(sigma/2)",
+}
 
-    if isinstance(obj, torch.Tensor):
-        return 1
-    if isinstance(obj, dict):
-        return sum(_count_tensors(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_count_tensors(v) for v in obj)
-    return 0
+
+def _edm_sigma_range(state: dict, opts: dict, where: str):
+    """``((network σ_min, σ_max), clamp low, clamp high)``: EDM's sampler's range within the
+    network's own, or ``sigma_min=`` / ``sigma_max=`` (inside the network's)."""
+    net = (edm_layout.number(state, "sigma_min", 0.0, where),
+           edm_layout.number(state, "sigma_max", math.inf, where))
+    lo = _typed(opts, "sigma_min", float, max(EDM_SIGMA_RANGE[0], net[0]), where)
+    hi = _typed(opts, "sigma_max", float, min(EDM_SIGMA_RANGE[1], net[1]), where)
+    if not net[0] <= lo < hi <= net[1] or lo <= 0:
+        raise TeacherImportError(f"{where}: need 0 < sigma_min < sigma_max within the network's "
+                                 f"range [{net[0]:g}, {net[1]:g}], got {lo:g}, {hi:g}")
+    return net, lo, hi
+
+
+def _plan_edm(src: Path, opts: dict) -> tuple[dict, dict, dict, dict]:
+    """(net spec, EDM-named tensors, renames (none), import record) for an EDM snapshot."""
+    where = str(src)
+    if "num_heads" in opts:
+        raise TeacherImportError(f"{where}: num_heads= is for DiT layouts; an EDM network's "
+                                 "attention is read off the file")
+    rec, container = edm_layout.network(_read_edm(src), opts.get("container"), where)
+    precond, model, model_type = edm_layout.check_classes(rec, where)
+    edm_layout.check_fixed(model, model_type, where)
+    sd = edm_layout.state_dict(rec, where)
+    arch = edm_layout.infer_architecture(sd, model_type, where)
+    agreed = edm_layout.check_init_kwargs(arch, model.state.get("_init_kwargs"), model_type, where)
+    st = rec.state
+    c, res, classes = arch.pop("in_channels"), arch.pop("img_resolution"), arch.pop("label_dim")
+    for attr, have in (("img_channels", c), ("img_resolution", res), ("label_dim", classes)):
+        if attr in st and st[attr] != have:
+            raise TeacherImportError(f"{where}: the network says {attr}={st[attr]!r}, its tensors {have}")
+    net_range, lo, hi = _edm_sigma_range(st, opts, where)
+    params = edm_layout.precond_params(precond, st, where)
+    # dropout only acts in training; GDD's official code fine-tunes EDM's networks with 0
+    dropout = _typed(opts, "dropout", float, 0.0, where)
+    if not 0 <= dropout < 1:
+        raise TeacherImportError(f"{where}: dropout must be in [0, 1), got {dropout:g}")
+    spec = {"name": "edm_unet", "in_shape": [int(c), int(res), int(res)], "num_classes": int(classes),
+            "precond": precond, "sigma_min": lo, "sigma_max": hi, **params, "model_type": model_type,
+            **arch, "dropout": dropout}
+    record = {
+        "format": "edm", "source": str(src.resolve()), "sha256": file_digest(src),
+        "container": container, "tensors": edm_layout.count_tensors(rec), "renamed": {},
+        "classes": {"precond": rec.class_name, "model": model.class_name},
+        "module_source_sha256": rec.source_sha256,  # the embedded networks.py, never executed
+        "architecture": "read off the tensor names and shapes" + (
+            "; the pickle's recorded init_kwargs agree" if agreed else " (no init_kwargs recorded)"),
+        "init_kwargs": edm_layout.plain(st.get("_init_kwargs")),
+        "dropout_in_file": edm_layout.dropout(model, where),
+        "adapter": {
+            "name": "edm_denoiser_to_velocity", "precond": precond, **params,
+            "sigma_min": lo, "sigma_max": hi, "network_sigma_range": [edm_layout.plain(v) for v in net_range],
+            "t_min": 1 / (1 + hi), "t_max": 1 / (1 + lo),
+            "formula": "t clamped to [1/(1+sigma_max), 1/(1+sigma_min)]; sigma = (1-t)/t; "
+                       "v = (D(x_t/t; sigma, y) - x_t)/(1-t) with D(x; sigma) = c_skip x + c_out "
+                       f"F(c_in x; c_noise, onehot(y)), {_EDM_COEFFICIENTS[precond]}; "
+                       "the null class is the zero label vector"}}
+    return spec, sd, {}, {"record": record, "generator": _sampling(opts, where)}
 
 
 # ---------------------------------------------------------------- entry point
@@ -247,14 +305,12 @@ def import_teacher(fmt: str, src: str | Path, out: str | Path, *, data: str | No
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TeacherImportError(f"--out {out} exists and is not an empty directory: choose another path")
     opts = dict(options or {})
-    if fmt == "edm":
-        _refuse_edm(src)
     if fmt == "diffusers":  # the diffusers model is wrapped: its tensors fill net.model, names kept
         variant = _typed(opts, "variant", str, None, str(src))
         spec, sd, record = diffusers_folder.plan(src, scheduler, variant)
         names, target, plan = {}, "model", {"record": record, "generator": _sampling(opts, str(src))}
     else:
-        spec, sd, names, plan = _plan_dit_family(fmt, src, opts)
+        spec, sd, names, plan = _plan_edm(src, opts) if fmt == "edm" else _plan_dit_family(fmt, src, opts)
         target = ""
     try:
         net = build_net(spec)

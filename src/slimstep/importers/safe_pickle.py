@@ -19,15 +19,46 @@ overrides ``find_class`` with an allow-list, so the only callables a file can re
 Any other global — a class, a function, ``builtins.eval`` — ends the read *before it
 is called*, with :class:`UnsafePickleError` naming it. The check happens at lookup, so
 nothing of the file's choosing ever runs.
+
+**EDM mode** (``TensorUnpickler(f, edm=True)``, asked for by ``slimstep import --format
+edm`` only). An EDM network snapshot (``network-snapshot-*.pkl``: a dict with ``ema``,
+``loss_fn``, ``augment_pipe``, ``dataset_kwargs``) names, besides tensors, exactly these
+globals (listed by running EDM's own pickling on its networks, protocols 2 and 4):
+
+=================================================  ==============================================
+global                                             served by (inert: records, never runs)
+=================================================  ==============================================
+``torch_utils.persistence._reconstruct_persistent  :func:`_persistent_record`: returns an
+_obj``                                             :class:`ObjectRecord` of ``meta`` — the class
+                                                   name, the ``state`` dict, the sha256 of
+                                                   ``meta["module_src"]`` — and never executes
+                                                   that source (EDM's function runs it)
+``torch.nn.modules.container.ModuleDict`` (and     a stand-in class whose instances only record
+``ModuleList``, ``Sequential``, ``Module``)        the state ``BUILD`` hands them
+``dnnlib.util.EasyDict``                           a ``dict``
+``numpy.dtype``, ``numpy.core.multiarray.scalar``  a numeric numpy scalar (``UNetBlock.skip_scale
+(``numpy._core`` under numpy 2)                    = np.sqrt(0.5)``) decoded from its bytes
+``builtins.set`` (``__builtin__`` in protocol 2)   ``set`` (a module's ``_non_persistent_buffers_
+                                                   set``)
+=================================================  ==============================================
+
+A snapshot's networks thus come back as a tree of records whose ``state`` holds
+``_parameters`` / ``_buffers`` / ``_modules`` exactly as ``torch.nn.Module.__dict__``
+had them; :mod:`slimstep.importers.edm_layout` reads the tensors out of it. The reader
+imports no module named in the file: every stand-in is defined here.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import io
 import pickle
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch._utils
 
@@ -64,12 +95,118 @@ _ALLOWED = {
 }
 
 
+# ----------------------------------------------------------------------------- EDM mode
+
+
+@dataclass(eq=False)  # records hold tensors: compare them by identity
+class ObjectRecord:
+    """What an object of the file would have been, never built: its class's name and the
+    state the pickle hands it. ``source_sha256`` (EDM persistence objects only) is the hash
+    of the module source the pickle embeds — kept to identify it, never run."""
+
+    class_name: str
+    state: dict = field(default_factory=dict)
+    source_sha256: str | None = None
+    version: int | None = None
+
+
+def _persistent_record(meta) -> ObjectRecord:
+    """Stand-in for ``torch_utils.persistence._reconstruct_persistent_obj(meta)``: EDM's
+    function executes ``meta["module_src"]`` and builds the class; this one records."""
+    if not isinstance(meta, dict) or meta.get("type") != "class":
+        raise pickle.UnpicklingError("a torch_utils.persistence object whose meta is not "
+                                     "{type: 'class', ...}")
+    src = meta.get("module_src")
+    digest = hashlib.sha256(src.encode()).hexdigest() if isinstance(src, str) else None
+    state = meta.get("state")
+    return ObjectRecord(str(meta.get("class_name")), state if isinstance(state, dict) else {},
+                        digest, meta.get("version"))
+
+
+class _ModuleStandIn(ObjectRecord):
+    """Base of the stand-ins for torch's container modules, which a pickle names by
+    reference: ``NEWOBJ`` calls ``cls.__new__(cls)``, then ``BUILD`` hands the module's
+    ``__dict__`` to ``__setstate__``. Both only fill the record."""
+
+    qualname = "?"
+
+    def __new__(cls, *args):
+        obj = object.__new__(cls)
+        ObjectRecord.__init__(obj, cls.qualname)
+        return obj
+
+    def __init__(self, *args) -> None:  # the record is filled by __new__ / __setstate__
+        pass
+
+    def __setstate__(self, state) -> None:
+        self.state = state if isinstance(state, dict) else {}
+
+
+def _module_stand_in(qualname: str) -> type:
+    return type(qualname.rsplit(".", 1)[1], (_ModuleStandIn,), {"qualname": qualname})
+
+
+class _AttrDict(dict):
+    """Stand-in for ``dnnlib.util.EasyDict`` (a dict whose attributes are its items)."""
+
+    def __setstate__(self, state):
+        if isinstance(state, dict):
+            self.update(state)
+
+
+class _NumpyDType:
+    """Stand-in for ``numpy.dtype(name, align, copy)``: remembers the name and the byte
+    order ``BUILD`` gives; only :func:`_numpy_scalar` reads it."""
+
+    def __init__(self, name, align=False, copy=True):
+        self.name, self.order = str(name), "|"
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "|", "="):
+            self.order = state[1]
+
+
+_NUMERIC = re.compile(r"^(b1|[iu][1248]|f[248])$")
+
+
+def _numpy_scalar(dtype, data=b""):
+    """Stand-in for ``numpy.core.multiarray.scalar(dtype, bytes)``: a Python number read
+    from the bytes, for bool / int / uint / float dtypes only."""
+    if not isinstance(dtype, _NumpyDType) or not _NUMERIC.match(dtype.name) \
+            or not isinstance(data, bytes):
+        raise pickle.UnpicklingError(f"a numpy scalar of dtype {getattr(dtype, 'name', dtype)!r}: "
+                                     "only numeric scalars are read")
+    dt = np.dtype(dtype.name).newbyteorder(dtype.order if dtype.order != "|" else "=")
+    return np.frombuffer(data, dtype=dt, count=1)[0].item()
+
+
+_EDM_ALLOWED = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
+    **{("torch.nn.modules.container", n): _module_stand_in(f"torch.nn.modules.container.{n}")
+       for n in ("ModuleDict", "ModuleList", "Sequential")},
+    ("torch.nn.modules.module", "Module"): _module_stand_in("torch.nn.modules.module.Module"),
+    ("dnnlib.util", "EasyDict"): _AttrDict,
+    ("numpy", "dtype"): _NumpyDType,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("builtins", "set"): set,
+    ("__builtin__", "set"): set,
+}
+
+
 class TensorUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` whose ``find_class`` serves only :data:`_ALLOWED` (and torch
-    dtypes); anything else raises :class:`UnsafePickleError` before it is called."""
+    dtypes), plus :data:`_EDM_ALLOWED` when built with ``edm=True``; anything else raises
+    :class:`UnsafePickleError` before it is called."""
+
+    def __init__(self, file, *, edm: bool = False) -> None:
+        super().__init__(file)
+        self.edm = edm
 
     def find_class(self, module: str, name: str):
         fn = _ALLOWED.get((module, name))
+        if fn is None and self.edm:
+            fn = _EDM_ALLOWED.get((module, name))
         if fn is not None:
             return fn
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
@@ -82,7 +219,8 @@ class TensorUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not supported")
 
 
-def safe_load(path: str | Path):
-    """Unpickle ``path`` with :class:`TensorUnpickler` (tensors on the CPU)."""
+def safe_load(path: str | Path, *, edm: bool = False):
+    """Unpickle ``path`` with :class:`TensorUnpickler` (tensors on the CPU); ``edm=True``
+    reads EDM's persistence objects as inert :class:`ObjectRecord` trees."""
     with open(path, "rb") as f:
-        return TensorUnpickler(f).load()
+        return TensorUnpickler(f, edm=edm).load()

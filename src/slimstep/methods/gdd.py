@@ -8,7 +8,8 @@ noise) the one-step map is the Euler step over the whole path,
 
 read as a direct data prediction, so at step 0 ``G`` *is* the teacher's 1-step
 Euler sampler; the checkpoint exports ``kind=velocity, solver=euler, steps=1``.
-(EDM's version, σ = 80 on 80·z, is the same map for an EDM teacher.)
+(EDM's version is σ = 80 on 80·z; an imported EDM teacher, read through the
+σ-clamped adapter at t_min = 1/81, gives ``(81·D(81z; 80) − z)/80``: docs/gdd.md.)
 
 **Loss: GAN only** (distribution level, no distillation term), the
 non-saturating logistic loss with ``softplus``, against real data::
@@ -52,9 +53,10 @@ exported.
 **GDD-I** freezes, before the optimizer is built, the parameters named by
 :func:`gdd_i_frozen` (option ``freeze_level``, the official code's ``--freeze``):
 level 1 (default), in every block the 3x3 convolutions and the attention output
-projection of the UNet (~83% of the NCSN++ CIFAR UNet), and the attention
-output projection and MLP matrices of every DiT block (the same two rules on a wrapped
-diffusers UNet2DModel / DiTTransformer2DModel); level 2 also the qkv.
+projection of the UNet (~83% of the NCSN++ CIFAR UNet) and of an imported EDM
+U-Net (85.4% of EDM's CIFAR-10 DDPM++), and the attention output projection
+and MLP matrices of every DiT block (the same two rules on a wrapped diffusers
+UNet2DModel / DiTTransformer2DModel); level 2 also the qkv.
 """
 
 from __future__ import annotations
@@ -99,11 +101,24 @@ def gdd_i_frozen(net: nn.Module, level: int = 1) -> list[str]:
       parameters). Level 2 adds ``attn.qkv``.
     * a wrapped diffusers network (``diffusers_vp``, :func:`_diffusers_frozen`): the same
       two rules on diffusers' modules.
+    * EDM's SongUNet / DhariwalUNet (``edm_unet``, imported EDM teachers: the paper's own
+      networks), level 1: in every ``UNetBlock`` (``_block{i}``, ``_down``, ``_up``, ``_in0``,
+      ``_in1``) ``conv0``
+      and ``conv1`` (3x3) and, in attention blocks, ``proj``. That is the official rule
+      itself — freeze a parameter whose EDM name holds ``block`` / ``up`` / ``down`` / ``in``
+      and ``conv`` / ``proj`` (tests/test_gdd.py checks the two agree). Trainable:
+      GroupNorms, ``affine`` (embedding), ``skip`` (1x1), ``qkv``, the mapping MLP and label
+      map, the stem ``enc.*_conv``, NCSN++'s ``aux_residual``, the output (``dec.*_aux_*``,
+      ADM's ``out_norm`` / ``out_conv``). Frozen: 85.4% of the parameters of EDM's CIFAR-10
+      DDPM++, 84.4% of its NCSN++ (the paper: "85%"), 78.8% of its ImageNet-64 ADM. Level 2
+      adds ``qkv`` (87.5% / 86.5% / 87.0%).
 
     Weights and biases of a frozen layer are both frozen.
     """
     from slimstep.nets.diffusers_vp import DiffusersVP
     from slimstep.nets.dit import DiT, DiTBlock
+    from slimstep.nets.edm_unet import EDMUNet
+    from slimstep.nets.edm_unet import UNetBlock as EDMBlock
     from slimstep.nets.unet import AttnBlock, ResBlock, UNet
 
     if isinstance(level, bool) or level not in FREEZE_LEVELS:
@@ -115,15 +130,19 @@ def gdd_i_frozen(net: nn.Module, level: int = 1) -> list[str]:
         rule = {ResBlock: ("conv1", "conv2"), AttnBlock: ("proj_out",) + (("qkv",) if qkv else ())}
     elif isinstance(net, DiT):
         rule = {DiTBlock: (("attn.qkv",) if qkv else ()) + ("attn.proj", "mlp.fc1", "mlp.fc2")}
+    elif isinstance(net, EDMUNet):
+        rule = {EDMBlock: ("conv0", "conv1", "proj") + (("qkv",) if qkv else ())}
     else:
-        raise MethodError(f"gdd-i has a freeze rule for the unet and the dit (and a wrapped diffusers "
-                          f"network), not for {type(net).__name__}")
+        raise MethodError(f"gdd-i has a freeze rule for the unet and the dit (a wrapped diffusers "
+                          f"network, EDM's U-Nets), not for {type(net).__name__}")
     names = []
     for prefix, m in net.named_modules():
         for cls, layers in rule.items():
             if isinstance(m, cls):
                 for layer in layers:
-                    sub = m.get_submodule(layer)
+                    sub = getattr(m, layer, None) if "." not in layer else m.get_submodule(layer)
+                    if sub is None:  # an EDM UNetBlock without attention has no proj / qkv
+                        continue
                     names += [f"{prefix}.{layer}.{n}" for n, _ in sub.named_parameters()]
     return names
 

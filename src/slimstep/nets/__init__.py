@@ -32,6 +32,8 @@ _REGISTRY = {
     "freeflow_dit": "slimstep.nets.imported:FreeFlowDiT",
     # a diffusers UNet2DModel / DiTTransformer2DModel, wrapped, behind the VP -> velocity adapter
     "diffusers_vp": "slimstep.nets.diffusers_vp:DiffusersVP",
+    # EDM's preconditioned SongUNet / DhariwalUNet under EDM's names (slimstep import --format edm)
+    "edm_unet": "slimstep.nets.edm_unet:EDMUNet",
 }
 
 

@@ -82,16 +82,18 @@ def set_attention(net: nn.Module, mode: str) -> nn.Module:
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0,
-                       cos_first: bool = True) -> torch.Tensor:
+                       cos_first: bool = True, endpoint: bool = False) -> torch.Tensor:
     """[cos(t w_i), sin(t w_i)], w_i = max_period^(-i/half), i < half; odd ``dim`` pads a zero.
 
     DiT / SiT weights expect cos first; ``cos_first=False`` gives the transformer
     positional order (sin first) that slimstep's UNet and MLP were trained with.
+    ``endpoint=True`` spaces the exponents over [0, 1] inclusive, w_i =
+    max_period^(-i/(half-1)) (EDM's DDPM++ embedding, so the slowest is 1/max_period).
     """
     half = dim // 2
     t = t if t.dtype == torch.float64 else t.float()  # never embed in half precision
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=t.dtype, device=t.device)
-                      / half)
+                      / (half - 1 if endpoint else half))
     args = t[:, None] * freqs[None]
     pair = (torch.cos(args), torch.sin(args)) if cos_first else (torch.sin(args), torch.cos(args))
     emb = torch.cat(pair, dim=-1)
