@@ -45,6 +45,24 @@ def test_eval_from_samples_and_from_ckpt(teacher, tmp_path, capsys):
     assert "w2" in capsys.readouterr().out
 
 
+def test_eval_images_without_weights_reports_swd(tmp_path, capsys, image_folder):
+    """No Inception weights: the image protocol scores SWD and says that FID needs the file;
+    FID asked for without a usable file is one error line naming torch-fidelity's file."""
+    from slimstep.eval.features import INCEPTION_FILE
+
+    spec = f"folder:{image_folder(tmp_path / 'imgs', size=16)}"
+    assert main(["data", spec, "--n", "12", "--out", str(tmp_path / "real.npz")]) == 0
+    assert main(["eval", "--samples", str(tmp_path / "real.npz"), "--out", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "swd" in out and "(floor " in out and "note: no FID: it needs Inception weights" in out
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["metrics"]["swd"] >= 0 and "swd_16" in res["floor"] and "fid" not in res["metrics"]
+    for extra in (["--ref-stats", str(tmp_path / "ref.npz")], ["--inception-weights", str(tmp_path / "no.pth")]):
+        assert main(["eval", "--samples", str(tmp_path / "real.npz"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("slimstep: error:") and INCEPTION_FILE in err and "\n" not in err
+
+
 def test_data_bench_info(teacher, tmp_path, capsys):
     assert main(["data", "digits", "--out", str(tmp_path / "real.npz")]) == 0
     z = np.load(tmp_path / "real.npz")

@@ -294,33 +294,6 @@ def test_npz_rejects_pickled_objects(tmp_path):
 # --- CIFAR-10 --------------------------------------------------------------------------
 
 
-def write_batch(path: Path, x: np.ndarray, labels: list[int], name: bytes) -> None:
-    """A batch as in the real files: protocol 2, bytes keys, data uint8 [N, 3072]."""
-    d = {
-        b"batch_label": name, b"labels": labels, b"data": x.reshape(len(x), 3072),
-        b"filenames": [b"img_%d.png" % i for i in range(len(x))],
-    }
-    with open(path, "wb") as f:
-        pickle.dump(d, f, protocol=2)
-
-
-@pytest.fixture
-def cifar_dir(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (30, 3, 32, 32), dtype=np.uint8)
-    y = rng.integers(0, 10, 30)
-    root = tmp_path / "cifar-10-batches-py"
-    root.mkdir()
-    write_batch(root / "data_batch_1", x[:12], y[:12].tolist(), b"training batch 1 of 5")
-    write_batch(root / "data_batch_2", x[12:20], y[12:20].tolist(), b"training batch 2 of 5")
-    write_batch(root / "test_batch", x[20:], y[20:].tolist(), b"testing batch 1 of 1")
-    meta = {b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_cases_per_batch": 10000,
-            b"num_vis": 3072}
-    with open(root / "batches.meta", "wb") as f:
-        pickle.dump(meta, f, protocol=2)
-    return root, x, y
-
-
 def test_cifar10(cifar_dir):
     root, x, y = cifar_dir
     ds = load_data(f"cifar10:{root.parent}")  # the parent directory works too

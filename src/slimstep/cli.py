@@ -94,7 +94,7 @@ def _file_out(path: str) -> None:
 
 
 def cmd_sample(a) -> None:
-    from slimstep.files import write_npz
+    from slimstep.files import data_fields, write_npz
     from slimstep.viz import save_picture
 
     _file_out(a.out)
@@ -130,7 +130,7 @@ def cmd_sample(a) -> None:
     secs = time.perf_counter() - tic
     nfe = gen.nfe if nfe is None else nfe
     arrays = {"samples": x.numpy(), "seeds": list(range(a.seed, a.seed + a.n)),
-              "nfe": nfe, "data": gen.info.spec, **extra}
+              "nfe": nfe, **data_fields(gen.info), **extra}
     if ys is not None:
         arrays["labels"] = ys.numpy()
     write_npz(a.out, **arrays)
@@ -151,8 +151,9 @@ def cmd_screen_train(a) -> None:
 def cmd_eval(a) -> None:
     import torch
 
+    from slimstep.data import loader_options
     from slimstep.eval import evaluate, format_table
-    from slimstep.files import read_samples, write_json
+    from slimstep.files import read_samples, samples_data_options, write_json
     from slimstep.recipes import default_n
 
     if (a.ckpt is None) == (a.samples is None):
@@ -165,6 +166,7 @@ def cmd_eval(a) -> None:
         x = torch.from_numpy(d["samples"]).float()
         labels = torch.from_numpy(d["labels"]) if "labels" in d else None
         spec = a.data or (str(d["data"]) if "data" in d else None)
+        options = samples_data_options(d, a.samples) if "data" in d and spec == str(d["data"]) else {}
         name, nfe = Path(a.samples).name, int(d["nfe"]) if "nfe" in d else None
         if a.n:
             if a.n > len(x):
@@ -173,15 +175,16 @@ def cmd_eval(a) -> None:
     else:
         gen = _generator(a)
         spec = a.data or gen.info.spec
+        options = loader_options(gen.info.options) if spec == gen.info.spec else {}
         n = a.n or default_n(spec)
         x, labels = gen.generate(n, seed=a.seed, batch_size=a.batch_size)
         name, nfe = Path(a.ckpt).name, gen.nfe
     if not spec:
         raise ConfigError("the samples file names no data set: pass --data")
     if a.ref_stats:
-        _check_ref_stats(a.ref_stats, spec)
+        _check_ref_stats(a.ref_stats, spec, a.inception_weights)
     res = evaluate(x, spec, labels=labels, seed=a.seed, inception_weights=a.inception_weights,
-                   ref_stats=a.ref_stats)
+                   ref_stats=a.ref_stats, data_options=options)
     res = {"name": name, "nfe": nfe, **res}
     print(format_table([res]))
     for note in res.get("notes", []):
@@ -191,11 +194,17 @@ def cmd_eval(a) -> None:
         print(f"-> {a.out}")
 
 
-def _check_ref_stats(path: str, spec: str) -> None:
+def _check_ref_stats(path: str, spec: str, weights: str | None) -> None:
     """``--ref-stats`` is read when it exists and written (a cache) when it does not;
     either way only image FID uses it, so elsewhere it is a mistake, not a no-op."""
-    if spec.split(":", 1)[0] not in ("folder", "npz", "cifar10"):
+    from slimstep.eval import IMAGE_KINDS
+    from slimstep.eval.features import INCEPTION_FILE
+
+    if spec.split(":", 1)[0] not in IMAGE_KINDS:
         raise ConfigError(f"--ref-stats is for image FID; {spec} is scored without it")
+    if weights is None:
+        raise ConfigError(f"--ref-stats holds Inception statistics for FID: it goes with --inception-weights "
+                          f"(torch-fidelity's {INCEPTION_FILE})")
     p = Path(path)
     if not p.is_file() and not p.parent.is_dir():
         raise ConfigError(f"--ref-stats {path}: no such file, and its folder {p.parent} does not exist "
@@ -453,8 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="digits | toy2d:NAME | folder:PATH | npz:PATH | cifar10:PATH")
     p.add_argument("--n", type=_count, help="samples to score (digits: 597, toy2d: 2000)")
     p.add_argument("--seed", type=_seed, default=0, help="sample i uses seed + i")
-    p.add_argument("--inception-weights", help="local Inception weights file (image FID)")
-    p.add_argument("--ref-stats", help="reference statistics .npz (mu, sigma)")
+    p.add_argument("--inception-weights",
+                   help="local Inception weights file, torch-fidelity's weights-inception-2015-12-05-6726825d.pth: "
+                        "adds FID (images are always scored by SWD, which needs no weights)")
+    p.add_argument("--ref-stats", help="FID reference statistics .npz (mu, sigma): read, or written when missing")
     p.add_argument("--out", help="write the results as JSON")
     _sampling_args(p)
     p.set_defaults(fn=cmd_eval)

@@ -417,28 +417,32 @@ def _mean_metrics(results: list[dict]) -> tuple[dict, dict]:
     return mean, sd
 
 
-def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None) -> dict:
+def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None,
+                  data_options: dict | None = None) -> dict:
     """``make(seed, n) -> (x, y, seconds, extra arrays)``; score on every protocol seed, keep
     the first seed's samples (``samples.npz`` + ``samples.png``) under ``keep``. A seed whose
     samples cannot be scored (NaN, ...) is left out and listed in ``failed_seeds``; when
-    every seed fails the row cannot exist and the evaluation error is raised."""
+    every seed fails the row cannot exist and the evaluation error is raised.
+    ``data_options``: the model's image loader options (:func:`slimstep.data.loader_options`)."""
     from slimstep.eval import EvalError, evaluate
     from slimstep.files import write_npz
     from slimstep.viz import save_picture
 
     n = int(ev["n"] or default_n(spec))
+    data_options = data_options or {}
     results, failed, secs = [], [], 0.0
     for i, seed in enumerate(ev["seeds"]):
         x, y, s, extra = make(int(seed), n)
         secs += s
         if i == 0 and keep is not None:  # kept before scoring: a broken model's samples are evidence too
-            arrays = {"samples": x.numpy(), "seeds": list(range(seed, seed + n)), "data": spec}
+            arrays = {"samples": x.numpy(), "seeds": list(range(seed, seed + n)), "data": spec,
+                      "data_options": json.dumps(data_options, sort_keys=True)}
             if y is not None:
                 arrays["labels"] = y.numpy()
             write_npz(keep / "samples.npz", **arrays, **extra)
             save_picture(x[:100], keep / "samples.png", title=name)
         try:
-            results.append(evaluate(x, spec, labels=y, seed=int(seed)))
+            results.append(evaluate(x, spec, labels=y, seed=int(seed), data_options=data_options))
         except EvalError as e:
             failed.append({"seed": int(seed), "error": str(e)})
     if not results:
@@ -461,9 +465,15 @@ def score(gen, spec: str, name: str, n: int | None = None, seed: int = 0) -> dic
     tic = time.perf_counter()
     x, y = gen.generate(n, seed=seed)
     secs = time.perf_counter() - tic
-    res = evaluate(x, spec, labels=y, seed=seed)
+    res = evaluate(x, spec, labels=y, seed=seed, data_options=_options(gen))
     res.update(name=name, nfe=gen.nfe, params=gen.params, samples_per_s=round(n / secs, 1))
     return res
+
+
+def _options(gen) -> dict:
+    from slimstep.data import loader_options
+
+    return loader_options(gen.info.options)
 
 
 def _speed(gen, ev: dict) -> dict:
@@ -508,10 +518,11 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
         gen = load(model_dir(out, st))
         for k in ev["teacher_nfes"]:
             g = gen.with_sampling(solver="euler", steps=int(k))
-            r = score_samples(_generate(g), st.spec, ev, f"{st.name} euler-{k}", sdir / f"euler-{k}")
+            r = score_samples(_generate(g), st.spec, ev, f"{st.name} euler-{k}", sdir / f"euler-{k}", _options(gen))
             rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params})
         s = gen.sampling
-        r = score_samples(_generate(gen), st.spec, ev, f"{st.name} {s['solver']}-{s['steps']} (reference)", sdir)
+        r = score_samples(_generate(gen), st.spec, ev, f"{st.name} {s['solver']}-{s['steps']} (reference)", sdir,
+                          _options(gen))
         rows.append({**r, "reference": True, "nfe": gen.nfe, "params": gen.params, **_speed(gen, ev)})
         for row in rows[:-1]:  # the curve's speed: same network, NFE-proportional
             row["samples_per_s"] = None
@@ -520,7 +531,7 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
             one.update(_speed(gen.with_sampling(solver="euler", steps=1), ev))
     elif st.kind == "distill":
         gen = load(model_dir(out, st))
-        r = score_samples(_generate(gen), st.spec, ev, st.name, sdir)
+        r = score_samples(_generate(gen), st.spec, ev, st.name, sdir, _options(gen))
         rows.append({**r, "nfe": gen.nfe, "params": gen.params, **_speed(gen, ev)})
         rows[0]["init_check"] = _init_check(out, st, by_name, ev, rows[0])
     elif st.kind == "screen":
@@ -576,7 +587,7 @@ def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, 
 
     how = p["scorer"] if select == "argmax" else f"{p['scorer']} resample T={p.get('temperature', 1.0):g}"
     name = f"{st.name} ({st.deps['student']} x{n_c}, {how}, final {p['final']})"
-    r = score_samples(make, st.spec, ev, name, sdir)
+    r = score_samples(make, st.spec, ev, name, sdir, _options(student))
     final = teacher if p["final"] == "teacher" else student
     params = student.params + (teacher.params if teacher is not None and p["final"] == "teacher" else 0)
     secs_per_sample = r["sample_seconds"] / (r["n"] * len(ev["seeds"]))
@@ -652,12 +663,14 @@ def _run(recipe: str | Path, out: str | Path, jobs: int | None, log) -> dict:
 
 def _add_ratios(rows: list[dict]) -> None:
     """Each row over its root teacher's reference row: quality, size and speed."""
+    from slimstep.verdict import HEADLINES
+
     refs = {r["stage"]: r for r in rows if r.get("reference")}
     for r in rows:
         ref = refs.get(r.get("teacher"))
         if ref is None:
             continue
-        key = next(k for k in ("fd", "fid", "w2", "mmd") if k in r["metrics"])
+        key = next(k for k in HEADLINES if k in r["metrics"])
         r["headline"] = key
         r["quality_ratio"] = r["metrics"][key] / ref["metrics"][key] if ref["metrics"][key] else None
         r["params_ratio"] = r["params"] / ref["params"] if ref.get("params") else None

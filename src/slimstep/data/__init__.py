@@ -66,6 +66,17 @@ class Dataset(Protocol):
         for an infinite one."""
 
 
+#: Image loader options that change the images themselves (``flip`` only augments training).
+IMAGE_OPTIONS = ("resolution", "center_crop")
+
+
+def loader_options(options: dict) -> dict:
+    """The options (``DataInfo.options`` or a config's ``data.options``) that re-open
+    the images a model trained on, at its resolution and crop: what evaluation passes
+    to :func:`load_data` so its real images match the samples."""
+    return {k: options[k] for k in IMAGE_OPTIONS if options.get(k)}
+
+
 def load_data(spec: str, **options) -> Dataset:
     """Open the data set named by ``spec``. ``options`` are loader options
     (``resolution``, ``center_crop``, ``flip``) passed to image loaders."""
@@ -95,4 +106,4 @@ def load_data(spec: str, **options) -> Dataset:
     )
 
 
-__all__ = ["DataError", "DataInfo", "Dataset", "load_data"]
+__all__ = ["DataError", "DataInfo", "Dataset", "load_data", "loader_options"]

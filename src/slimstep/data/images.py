@@ -79,13 +79,25 @@ class ImageData:
     def reference(
         self, n: int | None = None, *, split: str = "test", seed: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, y = self._split(split)
+        x, y = x[:n], None if y is None else y[:n]
+        return _to_float(x), y
+
+    def split_size(self, split: str) -> int:
+        return len(self._split(split)[0])
+
+    def take(self, index: torch.Tensor, split: str = "train") -> torch.Tensor:
+        """The images at ``index`` of ``split`` in data space: a subset is converted to
+        float, not the whole split first (CIFAR-10's train split is 600 MB as float)."""
+        return _to_float(self._split(split)[0][index])
+
+    def _split(self, split: str) -> tuple:
         if split not in self._splits:
             raise DataError(f"unknown split '{split}' of {self.info.spec} (expected train, test)")
         x, y = self._splits[split]
         if callable(x):  # a lazily loaded split
             x, y = self._splits[split] = x()
-        x, y = x[:n], None if y is None else y[:n]
-        return _to_float(x), y
+        return x, y
 
 
 def _to_float(x: torch.Tensor) -> torch.Tensor:
