@@ -291,6 +291,52 @@ def test_npz_rejects_pickled_objects(tmp_path):
             load_data(f"npz:{tmp_path / f}")
 
 
+# --- latents ---------------------------------------------------------------------------
+
+
+def test_latents_are_loaded_as_stored(tmp_path):
+    rng = np.random.default_rng(0)
+    z = (rng.normal(size=(6, 4, 4, 4)) * 5).astype(np.float32)  # SD-VAE-like: 4 channels, past ±1
+    y = np.array([0, 1, 2, 0, 1, 2])
+    np.savez(tmp_path / "lat.npz", latents=z, y=y)
+    ds = load_data(f"latents:{tmp_path / 'lat.npz'}", flip=True)
+    assert ds.info.kind == "latent" and ds.info.shape == (4, 4, 4) and ds.info.num_classes == 3
+    assert "as stored" in ds.info.scaling and ds.info.options == {"flip": True}
+    xr, yr = ds.reference()
+    assert torch.equal(xr, torch.from_numpy(z)) and yr.tolist() == y.tolist()  # no clamp, no rescale
+    xb, _ = ds.draw(64, gen(0))
+    assert xb.abs().max() > 1 and {tuple(v.shape) for v in xb} == {(4, 4, 4)}
+    info = DataInfo.from_dict(ds.info.to_dict())
+    assert info == ds.info
+
+
+@pytest.mark.parametrize("arrays, options, match", [
+    ({"x": np.zeros((2, 4, 3, 3), np.uint8)}, {}, "float array NCHW"),
+    ({"x": np.zeros((2, 9), np.float32)}, {}, "float array NCHW"),
+    ({"x": np.full((2, 4, 3, 3), np.nan, np.float32)}, {}, "NaN or inf"),
+    ({"z": np.zeros((2, 4, 3, 3), np.float32)}, {}, "no latent array"),
+    ({"x": np.zeros((2, 4, 3, 3), np.float32)}, {"resolution": 8}, "flip only"),
+])
+def test_latents_errors(tmp_path, arrays, options, match):
+    np.savez(tmp_path / "e.npz", **arrays)
+    with pytest.raises(DataError, match=match):
+        load_data(f"latents:{tmp_path / 'e.npz'}", **options)
+    with pytest.raises(DataError, match="does not exist"):
+        load_data(f"latents:{tmp_path / 'missing.npz'}")
+
+
+def test_npz_refuses_latents_with_a_pointer_to_latents_spec(tmp_path):
+    """Float images outside [-1, 1] (or with 4 channels) are not silently clamped: one line
+    saying what npz: takes and where such data goes."""
+    np.savez(tmp_path / "wide.npz", x=np.full((2, 3, 4, 4), 3.5, np.float32))
+    np.savez(tmp_path / "four.npz", x=np.zeros((2, 4, 4, 4), np.float32))
+    for f in ("wide.npz", "four.npz"):
+        with pytest.raises(DataError, match="latents:PATH") as e:
+            load_data(f"npz:{tmp_path / f}")
+        assert "\n" not in str(e.value)
+    assert load_data(f"latents:{tmp_path / 'wide.npz'}").reference()[0].max() == 3.5
+
+
 # --- CIFAR-10 --------------------------------------------------------------------------
 
 

@@ -254,6 +254,12 @@ def test_image_fid_beside_swd_with_weights(tmp_path, monkeypatch, image_folder):
         evaluate(x, spec, ref_stats=stats)
 
 
+def test_latents_have_no_image_protocol(tmp_path):
+    np.savez(tmp_path / "lat.npz", x=np.zeros((10, 4, 8, 8), np.float32))
+    with pytest.raises(EvalError, match="holds latents, not images"):
+        evaluate(torch.zeros(10, 4, 8, 8), f"latents:{tmp_path / 'lat.npz'}")
+
+
 def test_missing_inception_weights_names_torch_fidelitys_file(tmp_path):
     from slimstep.eval.features import INCEPTION_FILE, InceptionFeatures
 

@@ -503,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(network mapping not yet supported)")
     p.add_argument("src", help="the file: .pt / .pth / .safetensors (edm: .pkl)")
     p.add_argument("--out", required=True, help="checkpoint directory to create")
-    p.add_argument("--data", help="the data set the teacher models, e.g. npz:latents.npz (needed to "
+    p.add_argument("--data", help="the data set the teacher models, e.g. latents:latents.npz (needed to "
                                   "train from it; its sample shape must be the network's)")
     p.add_argument("options", nargs="*", metavar="key=value",
                    help="num_heads=N (unpublished sizes), container=ema|model, solver/steps/cfg_scale "

@@ -1,11 +1,13 @@
 """Data sets, all behind one small protocol.
 
 A *spec* string names a data set: ``digits`` (the embedded default),
-``toy2d:NAME``, ``folder:PATH``, ``npz:PATH``, ``cifar10:PATH``, and
-``pairs:DIR`` (teacher pairs, see :mod:`slimstep.pairs`).
+``toy2d:NAME``, ``folder:PATH``, ``npz:PATH``, ``cifar10:PATH``,
+``latents:PATH`` (float NCHW in any range, as stored: :mod:`slimstep.data.latents`)
+and ``pairs:DIR`` (teacher pairs, see :mod:`slimstep.pairs`).
 
 Every data set returns samples in slimstep's data space: images NCHW float32
-in [-1, 1], 2-D toys ``(N, 2)`` float32; labels int64 or ``None``.
+in [-1, 1], latents NCHW float32 as stored, 2-D toys ``(N, 2)`` float32; labels
+int64 or ``None``.
 
 Training batches are drawn by :meth:`Dataset.draw` from a ``torch.Generator``
 the training loop seeds from (run seed, rank, step). Drawing is therefore a
@@ -33,7 +35,7 @@ class DataInfo:
     """What a checkpoint records about the data its model was trained on."""
 
     spec: str  # e.g. "digits", "toy2d:moons", "folder:/data/afhq"
-    kind: str  # "image" or "points"
+    kind: str  # "image", "latent" (NCHW, not in [-1, 1]) or "points"
     shape: tuple[int, ...]  # one sample: (C, H, W) or (2,)
     num_classes: int = 0  # 0 = unconditional
     scaling: str = ""  # how raw values map to data space, e.g. "uint8/127.5-1"
@@ -101,8 +103,15 @@ def load_data(spec: str, **options) -> Dataset:
         from slimstep.data import images
 
         return images.open_image_data(kind, arg, **options)
+    if kind == "latents":
+        if not arg:
+            raise DataError("data spec 'latents' needs a path: latents:PATH")
+        from slimstep.data.latents import open_latents
+
+        return open_latents(arg, **options)
     raise DataError(
-        f"unknown data spec '{spec}' (expected digits, toy2d:NAME, folder:PATH, npz:PATH, cifar10:PATH)"
+        f"unknown data spec '{spec}' (expected digits, toy2d:NAME, folder:PATH, npz:PATH, cifar10:PATH, "
+        "latents:PATH)"
     )
 
 

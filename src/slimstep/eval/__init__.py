@@ -213,6 +213,9 @@ def evaluate(
         out = _evaluate_digits(samples, labels, n_ref, seed, k, notes)
     elif kind == "toy2d":
         out = _evaluate_toy(data_spec, samples, n_ref, seed, notes)
+    elif kind == "latents":
+        raise EvalError(f"{data_spec} holds latents, not images: SWD and FID score images, so there is no "
+                        "protocol for them; decode the samples to images and score those (docs/data.md)")
     elif kind in IMAGE_KINDS:
         from slimstep.eval.images import evaluate_images
 
