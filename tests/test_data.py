@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from slimstep.data import DataError, DataInfo, load_data, toy2d
+from slimstep.data import DataError, DataInfo, load_data, loader_options, student_data, toy2d
 from slimstep.data.digits import N_TEST, load_digits_split
 from slimstep.data.images import CIFAR10_CLASSES, open_image_data, safe_unpickle
 
@@ -406,3 +406,15 @@ def test_safe_unpickle_refuses_other_globals(tmp_path):
     f.write_bytes(pickle.dumps([np.arange(3, dtype=np.int16), b"ok"], protocol=4))
     a, b = safe_unpickle(f)
     assert a.tolist() == [0, 1, 2] and b == b"ok"
+
+
+def test_a_student_sees_its_teachers_images():
+    """A student's data is its teacher's spec at the teacher's resolution and crop (GDD on a
+    16 x 16 teacher drew 20 x 20 images before); flip stays the student's own choice."""
+    teacher = {"resolution": 16, "center_crop": True, "flip": True, "classes": ["a", "b"]}
+    assert loader_options(teacher) == {"resolution": 16, "center_crop": True}
+    assert loader_options({"resolution": None, "center_crop": False}) == {}
+    got = student_data({"spec": "digits", "options": {"flip": False}}, "folder:/x", teacher)
+    assert got == {"spec": "folder:/x", "options": {"flip": False, "resolution": 16, "center_crop": True}}
+    with pytest.raises(DataError, match="resolution=32.*16"):
+        student_data({"spec": "digits", "options": {"resolution": 32}}, "folder:/x", teacher)

@@ -283,7 +283,7 @@ def _finish_run(res: dict) -> None:
 def cmd_run(a) -> None:
     from slimstep.recipes import run
 
-    _finish_run(run(a.recipe, a.out, jobs=a.jobs))
+    _finish_run(run(a.recipe, a.out, jobs=a.jobs, data=a.data))
 
 
 def cmd_demo(a) -> None:
@@ -520,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="a recipe: a path or a shipped name, e.g. digits/all")
     p.add_argument("--out", required=True, help="run directory (rerun to reuse what finished)")
     p.add_argument("--jobs", type=int, help="stages trained at once (default: 2 on CPU, 1 on GPU)")
+    p.add_argument("--data", metavar="SPEC", help="the data set of every teacher stage, e.g. folder:PATH "
+                                                  "for a generic recipe such as images/run-16 (docs/data.md)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("demo", help="every method at a small budget on digits and moons, with a report "

@@ -51,6 +51,7 @@ import torch
 import yaml
 
 from slimstep.config import CONFIGS, DEFAULTS, ConfigError, _yaml, find_config, load_config
+from slimstep.data import FILE_KINDS, SPEC_KINDS, DataError, student_data
 from slimstep.errors import SlimstepError, os_error
 from slimstep.outdir import output_dir
 from slimstep.spec import PairsConfig
@@ -106,8 +107,11 @@ def default_n(spec: str) -> int:
 
 # ---------------------------------------------------------------- the recipe
 
-def load_recipe(path: str | Path) -> tuple[dict, list[Stage]]:
-    """Read and resolve a recipe: (eval settings, stages in file order)."""
+def load_recipe(path: str | Path, data: str | None = None) -> tuple[dict, list[Stage]]:
+    """Read and resolve a recipe: (eval settings, stages in file order). ``data``, when
+    given, is the data spec of every teacher stage (``slimstep run --data``: a generic
+    recipe such as ``images/run-16`` names no data set of its own); the students take
+    their teacher's."""
     try:
         path = find_config(path, "recipe")
     except ConfigError as e:
@@ -127,11 +131,11 @@ def load_recipe(path: str | Path) -> tuple[dict, list[Stage]]:
     ev["title"] = raw.get("title") or path.stem
     stages: dict[str, Stage] = {}
     for name, body in raw["stages"].items():
-        stages[name] = _resolve(path, str(name), body or {}, stages)
+        stages[name] = _resolve(path, str(name), body or {}, stages, data)
     return ev, list(stages.values())
 
 
-def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage]) -> Stage:
+def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage], data: str | None = None) -> Stage:
     where = f"{path}: stage '{name}'"
     if not isinstance(body, dict):
         raise RecipeError(f"{where} must be a mapping")
@@ -168,14 +172,22 @@ def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage]) -> Stage
         if kind == "teacher" and cfg["method"]["name"] != "flow_matching":
             raise RecipeError(f"{where}: a teacher trains flow_matching, its config names "
                               f"'{cfg['method']['name']}'")
+        if kind == "teacher":
+            if data is not None:
+                cfg["data"]["spec"] = data
+            _check_data_path(where, cfg["data"]["spec"])
         if kind == "distill":
             method = body.get("method") or cfg["method"]["name"]
             named = cfg["method"]["name"]
             if named not in (method, DEFAULTS["method"]["name"]):
                 raise RecipeError(f"{where}: {body['config']} is a recipe for '{named}', not '{method}'")
             cfg["method"]["name"] = method
-            if dep("teacher") is not None:
-                cfg["data"]["spec"] = dep("teacher").spec
+            if dep("teacher") is not None:  # its teacher's data, at the teacher's resolution and crop
+                try:
+                    cfg["data"] = student_data(cfg["data"], dep("teacher").spec,
+                                               dep("teacher").cfg["data"].get("options") or {})
+                except DataError as e:
+                    raise RecipeError(f"{where}: {e}") from None
         st.cfg, st.spec = cfg, cfg["data"]["spec"]
         own = config_hash(cfg)
     else:
@@ -199,6 +211,18 @@ def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage]) -> Stage
         own = _digest(body)
     st.hash = _digest([kind, own, {r: done[d].hash for r, d in sorted(st.deps.items())}])
     return st
+
+
+def _check_data_path(where: str, spec: str) -> None:
+    """A teacher's data must be a known kind and its files must exist before anything
+    trains (a generic recipe's placeholder path is caught here, not after the stages
+    before it have run)."""
+    kind, _, arg = spec.partition(":")
+    if kind not in SPEC_KINDS:
+        raise RecipeError(f"{where}: unknown data spec '{spec}' (a kind of {', '.join(SPEC_KINDS)})")
+    if kind in FILE_KINDS and not Path(arg).expanduser().exists():
+        raise RecipeError(f"{where}: its data {spec} does not exist (slimstep run RECIPE --data SPEC "
+                          "names the data set of every teacher)")
 
 
 def stage_dir(out: Path, st: Stage) -> Path:
@@ -599,15 +623,16 @@ def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, 
 
 # ---------------------------------------------------------------- the whole run
 
-def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print) -> dict:
+def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print, data: str | None = None) -> dict:
     """Train what is missing, evaluate everything with one protocol, write the
     report. Returns the results (also in ``DIR/results.json``). One run at a time
-    per ``out`` (its lock); a recipe that fails to load leaves no folder."""
+    per ``out`` (its lock); a recipe that fails to load leaves no folder. ``data``: the
+    data spec of every teacher stage (:func:`load_recipe`)."""
     with output_dir(out):
-        return _run(recipe, out, jobs, log)
+        return _run(recipe, out, jobs, log, data)
 
 
-def _run(recipe: str | Path, out: str | Path, jobs: int | None, log) -> dict:
+def _run(recipe: str | Path, out: str | Path, jobs: int | None, log, data: str | None = None) -> dict:
     from slimstep.eval import EvalError
     from slimstep.files import write_json
     from slimstep.flags import row_flags
@@ -615,7 +640,7 @@ def _run(recipe: str | Path, out: str | Path, jobs: int | None, log) -> dict:
 
     tic = time.perf_counter()
     out = Path(out)
-    ev, stages = load_recipe(recipe)
+    ev, stages = load_recipe(recipe, data)
     by_name = {s.name: s for s in stages}
     if jobs is None:
         jobs = 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))

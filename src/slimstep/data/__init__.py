@@ -79,6 +79,23 @@ def loader_options(options: dict) -> dict:
     return {k: options[k] for k in IMAGE_OPTIONS if options.get(k)}
 
 
+def student_data(data: dict, spec: str, options: dict) -> dict:
+    """A config's ``data`` section made its teacher's: the teacher's ``spec`` and its
+    resolution / crop (a student must see the images its teacher saw), the config's other
+    options (``flip``) kept. A config that sets another resolution or crop is refused."""
+    own = dict(data.get("options") or {})
+    for key, value in loader_options(options).items():
+        if own.get(key) and own[key] != value:
+            raise DataError(f"the config sets data.options.{key}={own[key]!r}, its teacher trained with {value!r}")
+        own[key] = value
+    return {**data, "spec": spec, "options": own}
+
+
+#: The kinds a spec may name (``KIND`` or ``KIND:ARG``); the last four read files at ARG.
+SPEC_KINDS = ("digits", "toy2d", "pairs", "folder", "npz", "cifar10", "latents")
+FILE_KINDS = ("folder", "npz", "cifar10", "latents")
+
+
 def load_data(spec: str, **options) -> Dataset:
     """Open the data set named by ``spec``. ``options`` are loader options
     (``resolution``, ``center_crop``, ``flip``) passed to image loaders."""
@@ -115,4 +132,5 @@ def load_data(spec: str, **options) -> Dataset:
     )
 
 
-__all__ = ["DataError", "DataInfo", "Dataset", "load_data", "loader_options"]
+__all__ = ["FILE_KINDS", "SPEC_KINDS", "DataError", "DataInfo", "Dataset", "load_data", "loader_options",
+           "student_data"]

@@ -183,7 +183,8 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
                           "use fp32")
     torch.manual_seed(t["seed"])  # same initial weights on every rank
     spec = method_class(cfg["method"]["name"]).data_spec(cfg)
-    data = load_data(spec, **cfg["data"].get("options", {}))
+    # The options are those of the config's data set; pairs carry their teacher's shapes.
+    data = load_data(spec, **(cfg["data"].get("options", {}) if spec == cfg["data"]["spec"] else {}))
     check_teacher(data, teacher)  # pairs from another teacher, data set or shape
     method = build_method(cfg, data.info, ctx.device, teacher=teacher)
     for m in method.modules().values():
