@@ -129,8 +129,15 @@ def cmd_sample(a) -> None:
         x, ys = gen.generate(a.n, seed=a.seed, y=y, batch_size=a.batch_size, labels=mode)
     secs = time.perf_counter() - tic
     nfe = gen.nfe if nfe is None else nfe
+    fields = data_fields(gen.info)
+    kind, _, arg = gen.info.spec.partition(":")
+    if kind == "vae":  # a latent model's samples are the images its VAE decodes them to
+        from slimstep.data.vae import decode, parse
+
+        extra.update(latents=x.numpy(), latent_data=gen.info.spec)
+        x, fields["data"] = decode(x, arg), parse(arg)[1]
     arrays = {"samples": x.numpy(), "seeds": list(range(a.seed, a.seed + a.n)),
-              "nfe": nfe, **data_fields(gen.info), **extra}
+              "nfe": nfe, **fields, **extra}
     if ys is not None:
         arrays["labels"] = ys.numpy()
     write_npz(a.out, **arrays)
@@ -200,7 +207,7 @@ def _check_ref_stats(path: str, spec: str, weights: str | None) -> None:
     from slimstep.eval import IMAGE_KINDS
     from slimstep.eval.features import INCEPTION_FILE
 
-    if spec.split(":", 1)[0] not in IMAGE_KINDS:
+    if spec.split(":", 1)[0] not in (*IMAGE_KINDS, "vae"):
         raise ConfigError(f"--ref-stats is for image FID; {spec} is scored without it")
     if weights is None:
         raise ConfigError(f"--ref-stats holds Inception statistics for FID: it goes with --inception-weights "

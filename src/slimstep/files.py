@@ -7,7 +7,9 @@ fsync'ed and renamed over the target, so a kill never leaves half a file.
 ``samples`` float32 in data space (NCHW in [-1, 1] or (N, 2)), ``seeds`` int64,
 ``labels`` int64 (conditional models only), ``nfe``, ``data`` (the data
 spec the model was trained on) and ``data_options`` (a JSON string: the loader
-options that give its images, e.g. ``{"resolution": 16}``). Read with
+options that give its images, e.g. ``{"resolution": 16}``). A model trained on
+``vae:`` latents writes its decoded images as ``samples`` (``data`` is then the image
+data set) and the latents as ``latents`` with their spec in ``latent_data``. Read with
 ``allow_pickle=False``.
 """
 

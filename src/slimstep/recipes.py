@@ -51,7 +51,7 @@ import torch
 import yaml
 
 from slimstep.config import CONFIGS, DEFAULTS, ConfigError, _yaml, find_config, load_config
-from slimstep.data import FILE_KINDS, SPEC_KINDS, DataError, student_data
+from slimstep.data import SPEC_KINDS, DataError, missing_path, student_data
 from slimstep.errors import SlimstepError, os_error
 from slimstep.outdir import output_dir
 from slimstep.spec import PairsConfig
@@ -217,10 +217,9 @@ def _check_data_path(where: str, spec: str) -> None:
     """A teacher's data must be a known kind and its files must exist before anything
     trains (a generic recipe's placeholder path is caught here, not after the stages
     before it have run)."""
-    kind, _, arg = spec.partition(":")
-    if kind not in SPEC_KINDS:
+    if spec.partition(":")[0] not in SPEC_KINDS:
         raise RecipeError(f"{where}: unknown data spec '{spec}' (a kind of {', '.join(SPEC_KINDS)})")
-    if kind in FILE_KINDS and not Path(arg).expanduser().exists():
+    if missing_path(spec) is not None:
         raise RecipeError(f"{where}: its data {spec} does not exist (slimstep run RECIPE --data SPEC "
                           "names the data set of every teacher)")
 
@@ -448,6 +447,7 @@ def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None,
     samples cannot be scored (NaN, ...) is left out and listed in ``failed_seeds``; when
     every seed fails the row cannot exist and the evaluation error is raised.
     ``data_options``: the model's image loader options (:func:`slimstep.data.loader_options`)."""
+    from slimstep.data.vae import as_images
     from slimstep.eval import EvalError, evaluate
     from slimstep.files import write_npz
     from slimstep.viz import save_picture
@@ -464,7 +464,7 @@ def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None,
             if y is not None:
                 arrays["labels"] = y.numpy()
             write_npz(keep / "samples.npz", **arrays, **extra)
-            save_picture(x[:100], keep / "samples.png", title=name)
+            save_picture(as_images(x[:100], spec), keep / "samples.png", title=name)
         try:
             results.append(evaluate(x, spec, labels=y, seed=int(seed), data_options=data_options))
         except EvalError as e:

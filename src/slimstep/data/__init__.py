@@ -2,7 +2,8 @@
 
 A *spec* string names a data set: ``digits`` (the embedded default),
 ``toy2d:NAME``, ``folder:PATH``, ``npz:PATH``, ``cifar10:PATH``,
-``latents:PATH`` (float NCHW in any range, as stored: :mod:`slimstep.data.latents`)
+``latents:PATH`` (float NCHW in any range, as stored: :mod:`slimstep.data.latents`),
+``vae:VAE_DIR:DATA`` (an image set encoded by a local VAE: :mod:`slimstep.data.vae`)
 and ``pairs:DIR`` (teacher pairs, see :mod:`slimstep.pairs`).
 
 Every data set returns samples in slimstep's data space: images NCHW float32
@@ -19,6 +20,7 @@ indices uniformly with replacement (a stateless stand-in for epoch shuffling).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -70,6 +72,8 @@ class Dataset(Protocol):
 
 #: Image loader options that change the images themselves (``flip`` only augments training).
 IMAGE_OPTIONS = ("resolution", "center_crop")
+#: The data specs whose samples are images in [-1, 1] scored by the image protocol.
+IMAGE_KINDS = ("folder", "npz", "cifar10")
 
 
 def loader_options(options: dict) -> dict:
@@ -91,9 +95,20 @@ def student_data(data: dict, spec: str, options: dict) -> dict:
     return {**data, "spec": spec, "options": own}
 
 
-#: The kinds a spec may name (``KIND`` or ``KIND:ARG``); the last four read files at ARG.
-SPEC_KINDS = ("digits", "toy2d", "pairs", "folder", "npz", "cifar10", "latents")
-FILE_KINDS = ("folder", "npz", "cifar10", "latents")
+#: The kinds a spec may name (``KIND`` or ``KIND:ARG``).
+SPEC_KINDS = ("digits", "toy2d", "pairs", "folder", "npz", "cifar10", "latents", "vae")
+
+
+def missing_path(spec: str) -> str | None:
+    """The file or folder a spec names that does not exist (None: all there, or no files):
+    what a recipe checks before anything trains."""
+    kind, _, arg = spec.partition(":")
+    if kind == "vae":
+        vae, _, inner = arg.partition(":")
+        return vae if not Path(vae).expanduser().is_dir() else missing_path(inner)
+    if kind in (*IMAGE_KINDS, "latents") and not Path(arg).expanduser().exists():
+        return arg
+    return None
 
 
 def load_data(spec: str, **options) -> Dataset:
@@ -126,11 +141,15 @@ def load_data(spec: str, **options) -> Dataset:
         from slimstep.data.latents import open_latents
 
         return open_latents(arg, **options)
+    if kind == "vae":
+        from slimstep.data.vae import open_vae_data
+
+        return open_vae_data(arg, **options)
     raise DataError(
         f"unknown data spec '{spec}' (expected digits, toy2d:NAME, folder:PATH, npz:PATH, cifar10:PATH, "
-        "latents:PATH)"
+        "latents:PATH, vae:VAE_DIR:DATA)"
     )
 
 
-__all__ = ["FILE_KINDS", "SPEC_KINDS", "DataError", "DataInfo", "Dataset", "load_data", "loader_options",
-           "student_data"]
+__all__ = ["IMAGE_KINDS", "SPEC_KINDS", "DataError", "DataInfo", "Dataset", "load_data", "loader_options",
+           "missing_path", "student_data"]

@@ -18,6 +18,7 @@ same sizes, i.e. the best a perfect generator could expect to score.
   ``accuracy_vs_labels`` is the classifier's own test accuracy).
 - ``toy2d:NAME`` (``[N, 2]``): ``w2`` (exact W2) and ``mmd`` (unbiased RBF-MMD²) against
   N fresh test draws; floor = N fresh train draws against the same test draws.
+- ``vae:VAE_DIR:DATA`` (latents): decoded by the VAE, then scored as images of ``DATA``.
 - images (``folder:``, ``npz:``, ``cifar10:``; :mod:`slimstep.eval.images`): ``swd`` (sliced
   Wasserstein distance of Laplacian-pyramid patches, :mod:`slimstep.eval.swd`: no weights)
   with ``swd_<H>`` per pyramid level, and ``fid`` in Inception-v3 features when a local
@@ -45,6 +46,7 @@ from typing import Any
 
 import torch
 
+from slimstep.data import IMAGE_KINDS
 from slimstep.errors import SlimstepError
 
 
@@ -54,7 +56,6 @@ class EvalError(SlimstepError, ValueError):
 
 DIGITS_FLOOR_N = 597  # size of the digits test split (slimstep.data.digits.N_TEST)
 HEADLINE = ("fd", "fid", "swd", "w2", "mmd", "precision", "recall")  # shown with their floor
-IMAGE_KINDS = ("folder", "npz", "cifar10")  # data specs scored by the image protocol
 
 
 def _as_samples(samples: Any, shape: tuple[int, ...] | None, what: str) -> torch.Tensor:
@@ -215,11 +216,20 @@ def evaluate(
         out = _evaluate_toy(data_spec, samples, n_ref, seed, notes)
     elif kind == "latents":
         raise EvalError(f"{data_spec} holds latents, not images: SWD and FID score images, so there is no "
-                        "protocol for them; decode the samples to images and score those (docs/data.md)")
+                        "protocol for them; decode the samples and score the images, or train on "
+                        "vae:VAE_DIR:DATA, whose models are scored on their decoded images (docs/data.md)")
     elif kind in IMAGE_KINDS:
         from slimstep.eval.images import evaluate_images
 
         out = evaluate_images(data_spec, samples, n_ref, data_options or {}, inception_weights, ref_stats, notes)
+    elif kind == "vae":  # latent samples: decoded, then scored as images of the data behind the VAE
+        from slimstep.data.vae import decode, parse
+        from slimstep.eval.images import evaluate_images
+
+        vae_dir, images = parse(data_spec[len("vae:"):])
+        x = decode(_as_samples(samples, None, "latent"), data_spec[len("vae:"):])
+        notes.append(f"latent samples decoded by the VAE in {vae_dir}, scored as images of {images}")
+        out = evaluate_images(images, x, n_ref, data_options or {}, inception_weights, ref_stats, notes)
     else:
         raise EvalError(f"no evaluation protocol for data spec '{data_spec}'")
     return {"data": data_spec, "n": len(samples), **out, "seed": seed, "notes": notes}
@@ -269,4 +279,4 @@ def format_table(rows: list[dict[str, Any]], name_key: str = "name") -> str:
     return "\n".join(text)
 
 
-__all__ = ["DIGITS_FLOOR_N", "EvalError", "evaluate", "format_table"]
+__all__ = ["DIGITS_FLOOR_N", "IMAGE_KINDS", "EvalError", "evaluate", "format_table"]
