@@ -62,6 +62,9 @@ def test_every_exception_class_derives_from_the_base():
     ("net.bogus=1", "unknown option 'net.bogus' (valid: in_shape, num_classes, hidden"),
     ("net.name=transformer", "unknown network net.name='transformer' (valid: mlp, unet"),
     ("net.hidden=abc", "net.hidden must be an integer, not 'abc'"),
+    ("net.hidden=0", "net.hidden must be an integer >= 1, not 0 (net 'mlp')"),
+    ("net.depth=-2", "net.depth must be an integer >= 1, not -2"),
+    ("net.in_shape=[3]", "net.in_shape=[3] but the data toy2d:moons has samples of shape [2]"),
     ("net.time_embed=fourier", "net 'mlp': time_embed must be 'mlp' or 'linear', got 'fourier'"),
     ("method.label_dropout=2", "method.label_dropout must be a number from 0 to 1, not 2"),
     ("method.logit_std=0", "method.logit_std must be a positive number, not 0"),
@@ -104,6 +107,12 @@ def test_data_shorthand_then_its_options(tmp_path, capsys):
     (["eval", "--ckpt", "{t}", "--n", "-5"], "--n: must be at least 1, got -5"),
     (["eval", "--ckpt", "{t}", "--n", "4", "--ref-stats", "/nonexistent.npz"], "--ref-stats is for image FID"),
     (["info", "--ckpt", "{t}/nope"], "not a slimstep checkpoint"),
+    (["sample", "--ckpt", "{t}", "--n", "2", "--labels", "3", "--out", "{o}/s.npz"], "the model is unconditional"),
+    (["sample", "--ckpt", "{t}", "--n", "2", "--labels", "bogus", "--out", "{o}/s.npz"], "--labels takes random"),
+    (["sample", "--ckpt", "{t}", "--n", "2", "--out", "{o}/s.txt"], "samples are written as .npz"),
+    (["eval", "--ckpt", "{t}", "--n", "4", "--inception-weights", "/nope.pth"], "--inception-weights is for image"),
+    (["export", "--ckpt", "{t}", "--format", "torchscript", "--out", "{o}/g.onnx"], "name the file for its format"),
+    (["export", "--ckpt", "{t}", "--format", "onnx", "--out", "{o}/g.pt"], "name the file for its format"),
 ])
 def test_bad_command_line_values(argv, message, teacher, tmp_path, capsys):
     argv = [a.replace("{t}", str(teacher)).replace("{o}", str(tmp_path)) for a in argv]
@@ -132,6 +141,9 @@ def _copy(teacher, tmp_path):
     (lambda c: {**c, "net": {**c["net"], "hidden": 24}}, "weights of another shape"),
     (lambda c: {**c, "net": {**c["net"], "bogus": 1}}, "unknown option 'net.bogus'"),
     (lambda c: {**c, "generator": None}, "no 'generator' section"),
+    (lambda c: {**c, "generator": {"kind": "bogus"}}, "unknown generator kind 'bogus'"),
+    (lambda c: {**c, "generator": {**c["generator"], "t": "x"}}, "has no key 't'"),
+    (lambda c: {**c, "generator": {**c["generator"], "steps": 0}}, "generator.steps must be an integer >= 1"),
 ])
 def test_damaged_checkpoints_are_one_line(edit, message, teacher, tmp_path, capsys):
     d, cfg = _copy(teacher, tmp_path)

@@ -417,6 +417,30 @@ def test_distill_from_an_imported_teacher(sit_teacher, tmp_path, method, config,
     assert ckpt.read_config(out)["teacher"] == str(Path(sit_teacher).resolve())
 
 
+def test_data_free_methods_train_from_a_teacher_imported_without_data(tmp_path, capsys):
+    """flowmap and SLT read no data set (FreeFlow's point): a teacher imported without
+    --data trains them; GDD, which needs real data, says so in one line."""
+    src = tmp_path / "SiT-tiny.pt"
+    torch.save(official_state_dict(std=0.05), src)
+    sit = import_teacher("sit", src, tmp_path / "sit", options={"num_heads": 4})
+    assert ckpt.read_config(sit)["data"]["spec"] == "none"
+    tiny = ["--quiet", "train.steps=2", "train.batch_size=8", "train.ckpt_every=2"]
+    fm = tmp_path / "fm"
+    assert main(["distill", "--method", "flowmap", "--config", "digits/flowmap", "--teacher", str(sit),
+                 "--out", str(fm), *tiny]) == 0, capsys.readouterr().err
+    st = tmp_path / "slt"
+    assert main(["distill", "--method", "slt", "--config", "digits/slt", "--teacher", str(fm),
+                 "--out", str(st), *tiny, "net.patches=2", "net.steps=2"]) == 0, capsys.readouterr().err
+    for out in (fm, st):
+        x, _ = slimstep.load(out).generate(2, seed=0)
+        assert x.shape == (2, C, SIDE, SIDE) and torch.isfinite(x).all()
+        assert ckpt.read_config(out)["data"]["spec"] == "none"
+    assert main(["distill", "--method", "gdd", "--config", "digits/gdd", "--teacher", str(sit),
+                 "--out", str(tmp_path / "gdd"), *tiny]) == 2
+    assert "imported without its data set" in one_error_line(capsys)
+    assert not (tmp_path / "gdd").exists()
+
+
 def test_sample_from_imported_dit_and_freeflow(tmp_path, capsys):
     src = tmp_path / "dit.pt"
     torch.save(official_state_dict(seed=2, std=0.05), src)

@@ -74,12 +74,14 @@ def _device(name: str):
 def _labels(gen, spec: str | None, n: int):
     import torch
 
-    if spec in (None, "random", "null") or not gen.num_classes:
+    if spec in (None, "random", "null"):
         return None, (spec or "random")
     try:
         k = int(spec)
     except ValueError:
         raise ConfigError(f"--labels takes random, null or a class index, not '{spec}'") from None
+    if not gen.num_classes:
+        raise ConfigError(f"--labels {k}: the model is unconditional (it has no classes)")
     if not 0 <= k < gen.num_classes:
         raise ConfigError(f"--labels {k}: the model has classes 0..{gen.num_classes - 1}")
     return torch.full((n,), k, dtype=torch.long), "given"
@@ -98,6 +100,8 @@ def cmd_sample(a) -> None:
     from slimstep.viz import save_picture
 
     _file_out(a.out)
+    if Path(a.out).suffix != ".npz":
+        raise ConfigError(f"--out {a.out}: samples are written as .npz (name it e.g. samples.npz)")
     gen = _generator(a)
     y, mode = _labels(gen, a.labels, a.n)
     if a.screen is None and (a.scorer or a.final != "student" or a.teacher or a.discriminator
@@ -158,7 +162,7 @@ def cmd_screen_train(a) -> None:
 def cmd_eval(a) -> None:
     import torch
 
-    from slimstep.data import loader_options
+    from slimstep.data import IMAGE_KINDS, loader_options
     from slimstep.eval import evaluate, format_table
     from slimstep.files import read_samples, samples_data_options, write_json
     from slimstep.recipes import default_n
@@ -190,6 +194,8 @@ def cmd_eval(a) -> None:
         raise ConfigError("the samples file names no data set: pass --data")
     if a.ref_stats:
         _check_ref_stats(a.ref_stats, spec, a.inception_weights)
+    if a.inception_weights and spec.split(":", 1)[0] not in (*IMAGE_KINDS, "vae"):
+        raise ConfigError(f"--inception-weights is for image FID; {spec} is scored without it")
     res = evaluate(x, spec, labels=labels, seed=a.seed, inception_weights=a.inception_weights,
                    ref_stats=a.ref_stats, data_options=options)
     res = {"name": name, "nfe": nfe, **res}
@@ -204,7 +210,7 @@ def cmd_eval(a) -> None:
 def _check_ref_stats(path: str, spec: str, weights: str | None) -> None:
     """``--ref-stats`` is read when it exists and written (a cache) when it does not;
     either way only image FID uses it, so elsewhere it is a mistake, not a no-op."""
-    from slimstep.eval import IMAGE_KINDS
+    from slimstep.data import IMAGE_KINDS
     from slimstep.eval.features import INCEPTION_FILE
 
     if spec.split(":", 1)[0] not in (*IMAGE_KINDS, "vae"):
@@ -230,10 +236,17 @@ def cmd_bench(a) -> None:
 def cmd_export(a) -> None:
     from slimstep.export import export
 
+    onnx_name = Path(a.out).suffix == ".onnx"
+    fmt = a.format or ("onnx" if onnx_name else "torchscript")
+    if onnx_name != (fmt == "onnx"):  # a file whose name says another format than it holds
+        raise ConfigError(f"--out {a.out}: --format {fmt} writes "
+                          f"{'a .onnx file' if fmt == 'onnx' else 'TorchScript (e.g. gen.pt)'}; "
+                          "name the file for its format")
+    _file_out(a.out)
     gen = _generator(a)
-    out = export(gen, a.out, fmt=a.format)
+    out = export(gen, a.out, fmt=fmt)
     sig = "forward(z, y)" if gen.num_classes else "forward(z)"
-    print(f"{a.format} one-step generator, {sig} -> x, {tuple(gen.info.shape)} -> {out}")
+    print(f"{fmt} one-step generator, {sig} -> x, {tuple(gen.info.shape)} -> {out}")
 
 
 def cmd_data(a) -> None:
@@ -253,7 +266,7 @@ def cmd_import(a) -> None:
     from slimstep.importers import import_teacher, parse_options
 
     opts = parse_options(a.options, a.format)
-    out = import_teacher(a.format, a.src, a.out, data=a.data, options=opts)
+    out = import_teacher(a.format, a.src, a.out, data=a.data, options=opts, scheduler=a.scheduler)
     print(f"{a.format} teacher {a.src} -> {out} (use it as --teacher {out})")
 
 
@@ -486,8 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a one-step generator as TorchScript or ONNX")
     p.add_argument("--ckpt", required=True, help="a one-step checkpoint (NFE 1)")
     p.add_argument("--out", required=True, help="output file, e.g. gen.pt or gen.onnx")
-    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript",
-                   help="onnx needs the packages onnx and onnxscript")
+    p.add_argument("--format", choices=["torchscript", "onnx"],
+                   help="default: onnx for a .onnx --out, else torchscript; onnx needs the "
+                        "packages onnx and onnxscript")
     p.add_argument("--steps", type=_count, help="ODE steps (only 1 exports; default: the checkpoint's)")
     p.add_argument("--solver", choices=["euler", "heun", "dopri5"], help="ODE solver (only euler exports)")
     p.add_argument("--cfg-scale", type=_finite, help="classifier-free guidance scale, built into the file")
@@ -503,19 +517,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_data)
 
-    p = sub.add_parser("import", help="convert a SiT / DiT / FreeFlow state dict (or an EDM pickle, "
-                                      "read safely) into a slimstep checkpoint; see docs/teachers.md")
-    p.add_argument("--format", required=True, choices=["sit", "dit", "freeflow", "edm"],
-                   help="sit: velocity; dit: VP eps (-> velocity); freeflow: flow map; edm: refused "
-                        "(network mapping not yet supported)")
-    p.add_argument("src", help="the file: .pt / .pth / .safetensors (edm: .pkl)")
+    p = sub.add_parser("import", help="convert a SiT / DiT / FreeFlow state dict, a diffusers pipeline "
+                                      "folder (or an EDM pickle, read safely) into a slimstep "
+                                      "checkpoint; see docs/teachers.md")
+    p.add_argument("--format", required=True, choices=["sit", "dit", "freeflow", "diffusers", "edm"],
+                   help="sit: velocity; dit: VP eps (-> velocity); freeflow: flow map; diffusers: "
+                        "UNet2DModel / DiTTransformer2DModel + VP scheduler (-> velocity); edm: "
+                        "refused (network mapping not yet supported)")
+    p.add_argument("src", help="the file: .pt / .pth / .safetensors (edm: .pkl; diffusers: the "
+                               "pipeline or model folder)")
+    p.add_argument("--scheduler", help="diffusers: the scheduler folder or scheduler_config.json "
+                                       "(needed for a bare model folder; overrides a pipeline's)")
     p.add_argument("--out", required=True, help="checkpoint directory to create")
     p.add_argument("--data", help="the data set the teacher models, e.g. latents:latents.npz (needed to "
                                   "train from it; its sample shape must be the network's)")
     p.add_argument("options", nargs="*", metavar="key=value",
                    help="num_heads=N (unpublished sizes), container=ema|model, solver/steps/cfg_scale "
                         "(velocity teachers), num_timesteps/beta_start/beta_end (dit), "
-                        "guidance=W, time=sit|repa (freeflow)")
+                        "guidance=W, time=sit|repa (freeflow), variant=fp16 (diffusers)")
     p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("info", help="what a checkpoint holds")

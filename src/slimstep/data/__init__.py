@@ -70,6 +70,22 @@ class Dataset(Protocol):
         for an infinite one."""
 
 
+class ShapeOnly:
+    """The data of a data-free method (flowmap, SLT): the teacher fixes the sample shape
+    and the classes, nothing is read. ``draw`` gives placeholders of the right shape (the
+    methods take only the batch size, shape and device from a batch and draw their own
+    noise and labels), so a teacher imported without its data set trains them."""
+
+    def __init__(self, info: DataInfo) -> None:
+        self.info = info
+
+    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+        return torch.zeros(n, *self.info.shape), None
+
+    def reference(self, n=None, *, split="test", seed=0):
+        raise DataError("a data-free run reads no data set: name one (--data) to evaluate against")
+
+
 #: Image loader options that change the images themselves (``flip`` only augments training).
 IMAGE_OPTIONS = ("resolution", "center_crop")
 #: The data specs whose samples are images in [-1, 1] scored by the image protocol.
@@ -114,6 +130,10 @@ def missing_path(spec: str) -> str | None:
 def load_data(spec: str, **options) -> Dataset:
     """Open the data set named by ``spec``. ``options`` are loader options
     (``resolution``, ``center_crop``, ``flip``) passed to image loaders."""
+    if spec == "none":  # what `slimstep import` records without --data
+        raise DataError("data 'none': the teacher was imported without its data set, and this "
+                        "method trains on real data: import it with --data SPEC (the data-free "
+                        "methods flowmap and slt need none)")
     kind, _, arg = spec.partition(":")
     if kind == "digits" and not arg:
         from slimstep.data.digits import Digits
@@ -149,6 +169,9 @@ def load_data(spec: str, **options) -> Dataset:
         f"unknown data spec '{spec}' (expected digits, toy2d:NAME, folder:PATH, npz:PATH, cifar10:PATH, "
         "latents:PATH, vae:VAE_DIR:DATA)"
     )
+
+
+__all__ = ["DataError", "DataInfo", "Dataset", "ShapeOnly", "load_data"]
 
 
 __all__ = ["IMAGE_KINDS", "SPEC_KINDS", "DataError", "DataInfo", "Dataset", "load_data", "loader_options",

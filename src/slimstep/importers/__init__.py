@@ -14,6 +14,9 @@ sit        SiT state dict (velocity, linear    ``dit``, time_scale 1 (SiT's time
 dit        DiT state dict (VP, ε, 1000 steps)  ``dit_vp_eps`` (ε -> velocity)    velocity
 freeflow   FreeFlow flow map (DiT code,        ``freeflow_dit`` (t, dt, gw)      flowmap
            dt + gw embedders)
+diffusers  diffusers pipeline / model folder   ``diffusers_vp``: the diffusers     velocity
+           (UNet2DModel, DiTTransformer2DModel  model wrapped, VP ε / v / x0 ->
+           + a VP scheduler config)            velocity (``nets.vp.VPAdapter``)
 edm        EDM network pickle                  (reader only: refused, see below)  —
 =========  ==================================  ================================  ==========
 
@@ -29,29 +32,31 @@ from pathlib import Path
 
 from slimstep.data import DataError, DataInfo, load_data
 from slimstep.files import current_umask
-from slimstep.importers import dit_layout
+from slimstep.importers import diffusers_folder, dit_layout
 from slimstep.importers.readers import TeacherImportError, file_digest, read_state_dict, sniff
 from slimstep.importers.safe_pickle import UnsafePickleError, safe_load
 from slimstep.nets import build_net, recorded_spec
 from slimstep.spec import SampleConfig
 from slimstep.train import checkpoint as ckpt
 
-FORMATS = ("sit", "dit", "freeflow", "edm")
+FORMATS = ("sit", "dit", "freeflow", "diffusers", "edm")
 
+_STATE_DICT = ("container", "num_heads")
+_SAMPLING = ("solver", "steps", "cfg_scale")
 #: key=value options each format takes (value parsed as JSON-ish scalars)
 OPTIONS = {
-    "common": ("container", "num_heads", "solver", "steps", "cfg_scale"),
-    "sit": (),
-    "dit": ("num_timesteps", "beta_start", "beta_end"),
-    "freeflow": ("guidance", "time"),
-    "edm": (),
+    "sit": _STATE_DICT + _SAMPLING,
+    "dit": _STATE_DICT + _SAMPLING + ("num_timesteps", "beta_start", "beta_end"),
+    "freeflow": _STATE_DICT + _SAMPLING + ("guidance", "time"),  # sampling keys: refused, with why
+    "diffusers": _SAMPLING + ("variant",),
+    "edm": _STATE_DICT + _SAMPLING,  # read, then refused
 }
 
 
 def parse_options(pairs: list[str], fmt: str) -> dict:
     """``["num_heads=4", "time=repa"]`` -> ``{"num_heads": 4, "time": "repa"}``; unknown
     keys are one line naming the valid ones."""
-    valid = OPTIONS["common"] + OPTIONS.get(fmt, ())
+    valid = OPTIONS.get(fmt, ())
     out: dict = {}
     for item in pairs:
         key, eq, text = item.partition("=")
@@ -217,7 +222,8 @@ def _data_info(data: str | None, shape: list[int], num_classes: int) -> DataInfo
     if tuple(info.shape) != tuple(shape):
         raise TeacherImportError(f"--data {data} has samples of shape {tuple(info.shape)}, the "
                                  f"network takes {tuple(shape)}")
-    if info.num_classes and info.num_classes != num_classes:
+    # an unconditional teacher (num_classes 0) models a labelled set too: it ignores the labels
+    if info.num_classes and num_classes and info.num_classes != num_classes:
         raise TeacherImportError(f"--data {data} has {info.num_classes} classes, the network "
                                  f"{num_classes}")
     return DataInfo(spec=info.spec, kind=info.kind, shape=tuple(shape), num_classes=num_classes,
@@ -225,25 +231,37 @@ def _data_info(data: str | None, shape: list[int], num_classes: int) -> DataInfo
 
 
 def import_teacher(fmt: str, src: str | Path, out: str | Path, *, data: str | None = None,
-                   options: dict | None = None) -> Path:
+                   options: dict | None = None, scheduler: str | Path | None = None) -> Path:
     """Convert ``src`` (format ``fmt``) into a slimstep checkpoint directory ``out``.
-    Every check runs first; on any error nothing is written."""
+    Every check runs first; on any error nothing is written. ``scheduler`` (diffusers
+    only) names the scheduler folder or config of a bare model folder."""
     if fmt not in FORMATS:
         raise TeacherImportError(f"unknown format '{fmt}' (known: {', '.join(FORMATS)})")
     src, out = Path(src), Path(out)
-    if not src.is_file():
+    if fmt == "diffusers" and not src.is_dir():
+        raise TeacherImportError(f"{src}: no such folder (a diffusers pipeline or model folder)")
+    if fmt != "diffusers" and not src.is_file():
         raise TeacherImportError(f"{src}: no such file")
+    if scheduler is not None and fmt != "diffusers":
+        raise TeacherImportError("--scheduler is for --format diffusers")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TeacherImportError(f"--out {out} exists and is not an empty directory: choose another path")
     opts = dict(options or {})
     if fmt == "edm":
         _refuse_edm(src)
-    spec, sd, names, plan = _plan_dit_family(fmt, src, opts)
+    if fmt == "diffusers":  # the diffusers model is wrapped: its tensors fill net.model, names kept
+        variant = _typed(opts, "variant", str, None, str(src))
+        spec, sd, record = diffusers_folder.plan(src, scheduler, variant)
+        names, target, plan = {}, "model", {"record": record, "generator": _sampling(opts, str(src))}
+    else:
+        spec, sd, names, plan = _plan_dit_family(fmt, src, opts)
+        target = ""
     try:
         net = build_net(spec)
     except Exception as e:  # a shape combination the constructor refuses
         raise TeacherImportError(f"{src}: the inferred network cannot be built ({e})") from None
-    plan["record"]["tensors_used"] = dit_layout.assign_exactly_once(net, sd, names, str(src))
+    plan["record"]["tensors_used"] = dit_layout.assign_exactly_once(net.get_submodule(target), sd,
+                                                                    names, str(src))
     info = _data_info(data, spec["in_shape"], spec["num_classes"])
     config = {"format": ckpt.FORMAT, "net": recorded_spec(spec, net), "generator": plan["generator"],
               "method": {"name": "import", "format": fmt}, "data": info.to_dict(),

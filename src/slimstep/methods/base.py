@@ -81,6 +81,8 @@ class Method:
     phases: ClassVar[tuple[str, ...]] = ("main",)
     #: method-section keys and their defaults; others are rejected
     defaults: ClassVar[dict] = {}
+    #: trains from the teacher alone (noise in, teacher out): the loop reads no data set
+    data_free: ClassVar[bool] = False
     net: nn.Module
 
     def __init__(self, cfg: dict, info, *, device: torch.device, teacher=None):

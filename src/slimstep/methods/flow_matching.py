@@ -30,7 +30,12 @@ def sample_time(n: int, kind: str, mean: float, std: float, device) -> torch.Ten
 
 
 def net_spec(cfg: dict, info, conditional: bool) -> dict:
-    """The network section completed with what the data fixes."""
+    """The network section completed with what the data fixes (a net.in_shape that
+    contradicts the data is a mistake, not something to overwrite quietly)."""
+    given = cfg["net"].get("in_shape")
+    if given is not None and list(given) != list(info.shape):
+        raise MethodError(f"net.in_shape={list(given)} but the data {info.spec} has samples of shape "
+                          f"{list(info.shape)}: leave net.in_shape out, the data sets it")
     return {**cfg["net"], "in_shape": list(info.shape),
             "num_classes": info.num_classes if conditional else 0}
 

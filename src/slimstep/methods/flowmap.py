@@ -115,6 +115,7 @@ def random_labels(n: int, num_classes: int, device) -> torch.Tensor | None:
 
 class FlowMap(Method):
     name = "flowmap"
+    data_free = True  # the teacher fixes shape and classes; nothing is read
     defaults = {
         "derivative": "jvp",  # jvp | fd (central finite difference, step fd_eps)
         "fd_eps": 1e-3,

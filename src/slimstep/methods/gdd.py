@@ -53,12 +53,14 @@ exported.
 :func:`gdd_i_frozen` (option ``freeze_level``, the official code's ``--freeze``):
 level 1 (default), in every block the 3x3 convolutions and the attention output
 projection of the UNet (~83% of the NCSN++ CIFAR UNet), and the attention
-output projection and MLP matrices of every DiT block; level 2 also the qkv.
+output projection and MLP matrices of every DiT block (the same two rules on a wrapped
+diffusers UNet2DModel / DiTTransformer2DModel); level 2 also the qkv.
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -95,22 +97,27 @@ def gdd_i_frozen(net: nn.Module, level: int = 1) -> list[str]:
       DiT's counterpart of the 3x3 convolutions). Trainable: ``attn.qkv``,
       ``adaLN_modulation``, embedders, ``final_layer`` (its LayerNorms have no
       parameters). Level 2 adds ``attn.qkv``.
+    * a wrapped diffusers network (``diffusers_vp``, :func:`_diffusers_frozen`): the same
+      two rules on diffusers' modules.
 
     Weights and biases of a frozen layer are both frozen.
     """
+    from slimstep.nets.diffusers_vp import DiffusersVP
     from slimstep.nets.dit import DiT, DiTBlock
     from slimstep.nets.unet import AttnBlock, ResBlock, UNet
 
     if isinstance(level, bool) or level not in FREEZE_LEVELS:
         raise MethodError(f"freeze_level must be one of {FREEZE_LEVELS}, not {level!r}")
     qkv = level >= 2
+    if isinstance(net, DiffusersVP):
+        return _diffusers_frozen(net, qkv)
     if isinstance(net, UNet):
         rule = {ResBlock: ("conv1", "conv2"), AttnBlock: ("proj_out",) + (("qkv",) if qkv else ())}
     elif isinstance(net, DiT):
         rule = {DiTBlock: (("attn.qkv",) if qkv else ()) + ("attn.proj", "mlp.fc1", "mlp.fc2")}
     else:
-        raise MethodError(f"gdd-i has a freeze rule for the unet and the dit, not for "
-                          f"{type(net).__name__}")
+        raise MethodError(f"gdd-i has a freeze rule for the unet and the dit (and a wrapped diffusers "
+                          f"network), not for {type(net).__name__}")
     names = []
     for prefix, m in net.named_modules():
         for cls, layers in rule.items():
@@ -119,6 +126,36 @@ def gdd_i_frozen(net: nn.Module, level: int = 1) -> list[str]:
                     sub = m.get_submodule(layer)
                     names += [f"{prefix}.{layer}.{n}" for n, _ in sub.named_parameters()]
     return names
+
+
+def _diffusers_frozen(net: nn.Module, qkv: bool) -> list[str]:
+    """GDD-I's rule on a wrapped diffusers model (names under ``model.``):
+
+    * UNet2DModel: every 3x3 ``Conv2d`` inside ``down_blocks`` / ``mid_block`` / ``up_blocks``
+      (the ResnetBlock2D ``conv1`` / ``conv2`` and the down- / upsamplers' convolutions — EDM's
+      resampling blocks hold theirs inside the block too) and every attention's output
+      projection ``to_out.0``; level 2 adds ``to_q`` / ``to_k`` / ``to_v``. Trainable: GroupNorms,
+      ``time_emb_proj``, the 1x1 ``conv_shortcut``, ``conv_in``, ``time_embedding``,
+      ``conv_norm_out``, ``conv_out``.
+    * DiTTransformer2DModel: in every transformer block ``attn1.to_out.0``, ``ff.net.0.proj``
+      and ``ff.net.2`` (DiT's attn.proj, mlp.fc1, mlp.fc2); level 2 adds ``attn1.to_q/k/v``.
+      Trainable: ``norm1`` (adaLN and the block's embedders), ``pos_embed.proj``, ``proj_out_*``.
+    """
+    from diffusers.models.attention_processor import Attention
+
+    attn = ["to_out.0", *(["to_q", "to_k", "to_v"] if qkv else [])]
+    layers: list[str] = []
+    for prefix, m in net.model.named_modules():
+        if net.model_class == "UNet2DModel":
+            in_block = prefix.startswith(("down_blocks.", "mid_block.", "up_blocks."))
+            if in_block and isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (3, 3):
+                layers.append(prefix)
+            elif isinstance(m, Attention):
+                layers += [f"{prefix}.{a}" for a in attn]
+        elif re.fullmatch(r"transformer_blocks\.\d+", prefix):
+            layers += [f"{prefix}.attn1.{a}" for a in attn] + [f"{prefix}.ff.net.0.proj", f"{prefix}.ff.net.2"]
+    return [f"model.{layer}.{n}" for layer in layers
+            for n, _ in net.model.get_submodule(layer).named_parameters()]
 
 
 def frozen_fraction(net: nn.Module, level: int = 1) -> float:

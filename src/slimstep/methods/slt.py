@@ -60,6 +60,7 @@ def gap_layer_map(steps: int, patches: int, depth: int) -> list[tuple[int, int]]
 
 class SLT(Method):
     name = "slt"
+    data_free = True  # the teacher fixes shape and classes; nothing is read
     defaults = {
         "hidden_weight": 1.0,  # w_h
         "output_weight": 1.0,  # w_o

@@ -15,6 +15,7 @@ on a conditional net means the null class for the whole batch.
 from __future__ import annotations
 
 import importlib
+import math
 
 from torch import nn
 
@@ -29,6 +30,8 @@ _REGISTRY = {
     # imported teachers (slimstep import): DiT layouts with their time adapters in forward
     "dit_vp_eps": "slimstep.nets.imported:VPEpsDiT",
     "freeflow_dit": "slimstep.nets.imported:FreeFlowDiT",
+    # a diffusers UNet2DModel / DiTTransformer2DModel, wrapped, behind the VP -> velocity adapter
+    "diffusers_vp": "slimstep.nets.diffusers_vp:DiffusersVP",
 }
 
 
@@ -40,14 +43,54 @@ def net_class(name: str) -> type[nn.Module]:
     return getattr(importlib.import_module(module), cls)
 
 
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _sizes(v) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(_positive_int(x) for x in v)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+#: ranges of the size options, by name, for every network (the constructors trust them:
+#: torch builds a zero-width Linear silently and fails on a negative one with a traceback)
+VALUE_RULES: dict[str, tuple] = {
+    **dict.fromkeys(("hidden", "time_dim", "nf", "num_res_blocks", "patch_size", "hidden_size",
+                     "num_heads", "steps", "patches", "frequency_embedding_size", "teacher_hidden",
+                     "num_timesteps"), (_positive_int, "an integer >= 1")),
+    "depth": (lambda v: _positive_int(v) or isinstance(v, str), "an integer >= 1"),
+    **dict.fromkeys(("in_shape", "ch_mult"), (_sizes, "a non-empty list of integers >= 1")),
+    "attn_resolutions": (lambda v: isinstance(v, (list, tuple)) and all(_positive_int(x) for x in v),
+                         "a list of integers >= 1"),
+    **dict.fromkeys(("num_classes", "extra_time_embeds"),
+                    (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                     "an integer >= 0")),
+    **dict.fromkeys(("mlp_ratio", "time_scale", "depth_scale"),
+                    (lambda v: _finite(v) and v > 0, "a positive number")),
+    **dict.fromkeys(("dropout", "class_dropout_prob"), (lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)")),
+}
+
+
+def check_values(name: str, spec: dict) -> None:
+    """Each size option in its range, one line naming the key (``net.hidden=0``)."""
+    for k, v in spec.items():
+        if k in VALUE_RULES and v is not None and not VALUE_RULES[k][0](v):
+            raise ConfigError(f"net.{k} must be {VALUE_RULES[k][1]}, not {v!r} (net '{name}')")
+
+
 def build_net(spec: dict) -> nn.Module:
     """Build a network from ``{"name": ..., **kwargs}``; options are checked against
     the constructor's signature first, so a typo is one line naming the valid keys; a
-    value the constructor rejects (``net.time_embed=fourier``) is one line too."""
+    value out of range (``net.hidden=0``) or one the constructor rejects
+    (``net.time_embed=fourier``) is one line too."""
     spec = dict(spec)
     name = spec.pop("name", None)
     cls = net_class(name)
     check_kwargs("net", spec, cls)
+    check_values(name, spec)
     try:
         return cls(**spec)
     except (ValueError, TypeError) as e:

@@ -8,21 +8,19 @@ written out here and recorded in the checkpoint's ``config.json`` by
 
 **VPEpsDiT** — the original DiT (Peebles & Xie): an ε-prediction model on the
 variance-preserving discrete path :math:`x_n = \sqrt{\bar\alpha_n}\,x_1 + \sqrt{1-\bar\alpha_n}\,\varepsilon`,
-``n = 0..N-1`` (N = 1000, linear β from 1e-4 to 0.02, ``n = N-1`` the noisiest), time
-input the raw timestep ``n``. As a slimstep velocity :math:`v(x_t, t)`:
+``n = 0..N-1`` (N = 1000, linear β from 1e-4 to 0.02, ADM's float64 table, ``n = N-1`` the
+noisiest), time input the raw timestep ``n``. It is read as a slimstep velocity by
+:class:`slimstep.nets.vp.VPAdapter` (the one VP -> velocity map, shared with the diffusers
+import), here with ε-prediction:
 
 .. math::
-   \sigma = \frac{1-t}{t},\quad \bar\alpha = \frac{1}{1+\sigma^2},\quad
+   \sigma = \frac{1-t}{t},\quad
    x_{vp} = \frac{\sqrt{\bar\alpha}}{t}\,x_t,\quad
    n(t) = \mathrm{interp}\big(\log\sigma;\ \log\sigma_n,\ n\big),\quad
    v = \frac{x_t - \hat\varepsilon(x_{vp}, n(t))}{t}
 
-(same signal-to-noise ratio on both paths: :math:`x_t / t = x_1 + \sigma\varepsilon`;
-then :math:`\hat x_1 = (x_t - (1-t)\hat\varepsilon)/t` and :math:`v = \hat x_1 - \hat\varepsilon`).
-``n`` is interpolated linearly in :math:`\log\sigma` between the trained timesteps, and
-``t`` is clamped to the trained range :math:`[1/(1+\sigma_{N-1}),\ 1/(1+\sigma_0)]`
-(≈ [0.0063, 0.990] for the linear schedule), where ε̂ carries information: at ``t → 0``
-ε̂ → x_t and the quotient is 0/0. The learn-σ channels are dropped (the ODE needs ε only).
+``t`` is clamped to the trained range (≈ [0.0063, 0.990] for the linear schedule); the
+learn-σ channels are dropped (the ODE needs ε only).
 
 **FreeFlowDiT** — a FreeFlow flow map (Tong et al. 2025, DiT code): a DiT whose
 conditioning sums four embeddings, :math:`c = e_t(t') + e_y(y) + e_{dt}(\delta) + e_{gw}(w)`,
@@ -41,30 +39,16 @@ In slimstep's flow-map form :math:`f(z, \delta) = z + \delta\,F(z, \delta)` with
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from slimstep.nets.dit import DiT, TimestepEmbedder
-
-
-def linear_alphas_cumprod(num_timesteps: int = 1000, beta_start: float = 1e-4,
-                          beta_end: float = 0.02) -> torch.Tensor:
-    """:math:`\\bar\\alpha_n = \\prod_{i \\le n}(1 - \\beta_i)` of DiT's (ADM's) linear schedule,
-    float64; the β end points are given for N = 1000 and scaled by 1000 / N, as ADM does."""
-    scale = 1000.0 / num_timesteps
-    betas = torch.linspace(scale * beta_start, scale * beta_end, num_timesteps, dtype=torch.float64)
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
-def _bc(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+from slimstep.nets.vp import VPAdapter, linear_alphas_cumprod
 
 
 class VPEpsDiT(DiT):
     """DiT's ε-prediction network on the VP discrete path, read as a slimstep velocity
-    (module docstring). Same parameters and keys as :class:`DiT`; the schedule tables
-    are non-persistent buffers rebuilt from the constructor's options."""
+    (module docstring). Same parameters and keys as :class:`DiT`; the schedule table
+    lives in the adapter, rebuilt from the constructor's options (no tensor of its own)."""
 
     def __init__(
         self,
@@ -86,34 +70,22 @@ class VPEpsDiT(DiT):
             raise ValueError("num_timesteps must be at least 2")
         super().__init__(in_shape, num_classes, patch_size, hidden_size, depth, num_heads,
                          mlp_ratio, class_dropout_prob, learn_sigma, 0, time_scale)
-        abar = linear_alphas_cumprod(num_timesteps, beta_start, beta_end)
-        log_sigmas = 0.5 * torch.log((1 - abar) / abar)  # increasing in n
-        # float64: the scalars below are per sample (cheap), and 1/t reaches ~157 at the
-        # noise end, so float32 rounding of t, σ or n would show in the velocity
-        self.register_buffer("log_sigmas", log_sigmas, persistent=False)
-        # the trained range of slimstep time: t = 1 / (1 + sigma)
-        self.t_min = 1.0 / (1.0 + math.exp(float(log_sigmas[-1])))
-        self.t_max = 1.0 / (1.0 + math.exp(float(log_sigmas[0])))
+        self.vp = VPAdapter(linear_alphas_cumprod(num_timesteps, beta_start, beta_end), "epsilon")
 
-    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Fractional DiT timestep of noise level σ: linear in log σ between the table's rows."""
-        table = self.log_sigmas
-        ls = torch.log(sigma.to(table.dtype))
-        hi = torch.searchsorted(table, ls.contiguous()).clamp(1, len(table) - 1)
-        lo = hi - 1
-        w = ((ls - table[lo]) / (table[hi] - table[lo])).clamp(0.0, 1.0)
-        return lo.to(ls.dtype) + w
+    @property
+    def t_min(self) -> float:
+        return self.vp.t_min
+
+    @property
+    def t_max(self) -> float:
+        return self.vp.t_max
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 return_features: bool = False, **cond: torch.Tensor):
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        t = t.to(torch.float64).clamp(self.t_min, self.t_max)
-        sigma = (1 - t) / t
-        x_vp = x * _bc(1.0 / (t * torch.sqrt(1 + sigma * sigma)), x)  # sqrt(abar) / t
-        out = super().forward(x_vp, self.timestep(sigma), y, return_features, **cond)
-        eps, feats = out if return_features else (out, None)
-        v = (x - eps) * _bc(1.0 / t, x)
-        return (v, feats) if return_features else v
+        def eps(x_vp, n):  # DiT's own forward at the VP state and its raw timestep
+            return super(VPEpsDiT, self).forward(x_vp, n, y, return_features, **cond)
+
+        return self.vp.velocity(x, t, eps, return_features)
 
 
 class FreeFlowDiT(DiT):

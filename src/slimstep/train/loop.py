@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from slimstep.config import ConfigError, check_config
-from slimstep.data import load_data
+from slimstep.data import ShapeOnly, load_data
 from slimstep.data.pairs import check_teacher
 from slimstep.errors import SlimstepError
 from slimstep.files import atomic_write
@@ -182,9 +182,13 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
         raise ConfigError(f"train.precision=bf16 does not run on {torch.cuda.get_device_name(ctx.device)}: "
                           "use fp32")
     torch.manual_seed(t["seed"])  # same initial weights on every rank
-    spec = method_class(cfg["method"]["name"]).data_spec(cfg)
-    # The options are those of the config's data set; pairs carry their teacher's shapes.
-    data = load_data(spec, **(cfg["data"].get("options", {}) if spec == cfg["data"]["spec"] else {}))
+    mcls = method_class(cfg["method"]["name"])
+    if mcls.data_free and teacher is not None:
+        data = ShapeOnly(teacher.info)
+    else:
+        spec = mcls.data_spec(cfg)
+        # The options are those of the config's data set; pairs carry their teacher's shapes.
+        data = load_data(spec, **(cfg["data"].get("options", {}) if spec == cfg["data"]["spec"] else {}))
     check_teacher(data, teacher)  # pairs from another teacher, data set or shape
     method = build_method(cfg, data.info, ctx.device, teacher=teacher)
     for m in method.modules().values():

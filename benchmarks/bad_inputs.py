@@ -1,0 +1,494 @@
+"""A catalogue of bad inputs and damaged files against the command line.
+
+    python benchmarks/bad_inputs.py [--work DIR] [FILTER ...]
+
+Each case runs ``slimstep`` as a user would (a subprocess, no standard input) and
+must end in exit 2 with its last stderr line ``slimstep: error: ...`` and no
+traceback (the few marked ``want=0`` must succeed). Prints one line per case and
+the count that failed; exits 1 if any did. About 180 cases, ~8 min on one thread
+(each case starts a Python with torch). FILTER words keep the cases whose name
+contains one of them.
+"""
+
+import argparse
+import json as _j
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--work", help="scratch folder (default: a fresh temporary one)")
+ap.add_argument("only", nargs="*")
+args = ap.parse_args()
+B = str(Path(sys.executable).with_name("slimstep"))
+W = Path(args.work or tempfile.mkdtemp(prefix="slimstep-bad-inputs-"))
+W.mkdir(parents=True, exist_ok=True)
+env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true"}
+TINY = ["train.steps=2", "train.batch_size=16", "train.ckpt_every=2", "net.hidden=16", "net.depth=2"]
+
+
+def sh(argv, cwd=W):
+    p = subprocess.run([B, *argv], capture_output=True, text=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
+    return p.returncode, p.stdout, p.stderr
+
+
+T = W / "t"
+if not (T / "model.safetensors").exists():
+    rc, o, e = sh(["teacher", "--config", "toy2d/teacher", "--out", str(T), "--quiet", *TINY])
+    assert rc == 0, e
+P = W / "p"
+if not (P / "manifest.json").exists():
+    rc, o, e = sh(
+        ["pairs", "--teacher", str(T), "--n", "64", "--out", str(P), "--quiet", "--steps", "2", "--solver", "euler"]
+    )
+    assert rc == 0, e
+G = W / "g"
+if not (G / "model.safetensors").exists():
+    rc, o, e = sh(
+        [
+            "distill",
+            "--method",
+            "gdd",
+            "--config",
+            "toy2d/gdd",
+            "--teacher",
+            str(T),
+            "--out",
+            str(G),
+            "--quiet",
+            *TINY[:3],
+        ]
+    )
+    assert rc == 0, e
+
+
+def damaged(name, edit=None, weights=None):
+    d = W / "dmg" / name
+    if d.exists():
+        shutil.rmtree(d)
+    shutil.copytree(G, d)
+    if edit is not None:
+        cfgp = d / "config.json"
+        cfgp.write_text(edit(cfgp.read_text()))
+    if weights is not None:
+        wp = d / "model.safetensors"
+        wp.write_bytes(weights(wp.read_bytes()))
+    return str(d)
+
+
+(W / "bad.yaml").write_text("stages: [1, 2\n")
+(W / "text.txt").write_text("hello\n")
+(W / "recipe_badkind.yaml").write_text("stages:\n  a:\n    kind: bogus\n")
+(W / "recipe_badref.yaml").write_text("stages:\n  a:\n    method: gdd\n    config: toy2d/gdd.yaml\n    teacher: nope\n")
+(W / "recipe_empty.yaml").write_text("")
+(W / "recipe_list.yaml").write_text("- 1\n- 2\n")
+np.savez(W / "nokey.npz", foo=np.zeros(3))
+np.savez(W / "nan.npz", samples=np.full((10, 2), np.nan, dtype=np.float32))
+np.savez(W / "wrongshape.npz", samples=np.zeros((10, 3, 4), dtype=np.float32))
+(W / "trunc.npz").write_bytes(b"PK\x03\x04garbage")
+D = ["distill", "--teacher", str(T), "--quiet"]
+cases = []
+
+
+def c(name, argv, want=2):
+    cases.append((name, argv, want))
+
+
+tch = ["teacher", "--config", "toy2d/teacher", "--quiet", *TINY]
+for ov in [
+    "train.steps=-3",
+    "train.steps=1.5",
+    "train.steps=true",
+    "train.lr=0",
+    "train.lr=inf",
+    "train.lr=nan",
+    "train.batch_size=-1",
+    "train.ema=2",
+    "train.ema=-0.1",
+    "train.ckpt_every=0",
+    "train.log_every=0",
+    "train.precision=bogus",
+    "train.seed=abc",
+    "train.seed=-1",
+    "train.grad_clip=-1",
+    "train.warmup=-5",
+    "train.schedule=bogus",
+    "train.optimizer=bogus",
+    "train.weight_decay=-1",
+    "net.hidden=0",
+    "net.hidden=-4",
+    "net.depth=0",
+    "net.name=bogus",
+    "net=5",
+    "net.time_embed=bogus",
+    "data=bogus",
+    "data=toy2d:bogus",
+    "data=folder:/nonexistent",
+    "data=npz:/nonexistent.npz",
+    "data=cifar10:/nonexistent",
+    "method.x=1",
+    "bogus=1",
+    "train.bogus=1",
+    "train.steps",
+    "=5",
+    "train.steps=",
+    "eval.n=0",
+    "sample.steps=0",
+    "sample.solver=bogus",
+    "sample.cfg_scale=nan",
+    "generator.kind=bogus",
+    "train.lr=[1,2]",
+    "train={a: 1}",
+    "data.options.n=-5",
+    "train.device=bogus",
+    "train.batch_size=1e9",
+]:
+    c(f"teacher {ov}", [*tch, "--out", str(W / "o" / ov.replace("/", "_")), ov])
+c("teacher --config nonexistent", ["teacher", "--config", "nope/nope", "--out", str(W / "o/x")])
+c("teacher --config bad yaml", ["teacher", "--config", str(W / "bad.yaml"), "--out", str(W / "o/x")])
+c("teacher --config text", ["teacher", "--config", str(W / "text.txt"), "--out", str(W / "o/x")])
+c("teacher --out a file", [*tch, "--out", str(W / "text.txt")])
+c("teacher --resume nothing", [*tch, "--out", str(W / "o/nores"), "--resume"])
+for a in [
+    ["--n", "abc"],
+    ["--seed", "-1"],
+    ["--seed", "abc"],
+    ["--labels", "bogus"],
+    ["--labels", "99"],
+    ["--steps", "-1"],
+    ["--solver", "bogus"],
+    ["--cfg-scale", "inf"],
+    ["--screen", "0"],
+    ["--screen", "4"],
+    ["--temperature", "0"],
+    ["--temperature", "-1"],
+    ["--select", "resample"],
+    ["--final", "teacher"],
+]:
+    c(f"sample {' '.join(a)}", ["sample", "--ckpt", str(T), "--n", "4", "--out", str(W / "o/s.npz"), *a])
+c("sample --ckpt nonexistent", ["sample", "--ckpt", "/nonexistent", "--n", "4", "--out", str(W / "o/s.npz")])
+c("sample --ckpt file", ["sample", "--ckpt", str(W / "text.txt"), "--n", "4", "--out", str(W / "o/s.npz")])
+c("sample --ckpt pairs dir", ["sample", "--ckpt", str(P), "--n", "4", "--out", str(W / "o/s.npz")])
+c("sample --out .txt", ["sample", "--ckpt", str(T), "--n", "4", "--out", str(W / "o/s.txt")])
+c(
+    "sample --out in missing dir (parents made)",
+    ["sample", "--ckpt", str(T), "--n", "4", "--out", str(W / "o/new/dir/s.npz")],
+    want=0,
+)
+for a in [
+    ["--steps", "0"],
+    ["--rtol", "-1"],
+    ["--atol", "0"],
+    ["--seed", "-5"],
+    ["--batch-size", "0"],
+    ["--n", "1e3"],
+    ["--cfg-scale", "nan"],
+]:
+    c(
+        f"pairs {' '.join(a)}",
+        ["pairs", "--teacher", str(T), "--n", "4", "--out", str(W / "o/pp" / a[0]), "--quiet", *a],
+    )
+c("pairs --teacher nonexistent", ["pairs", "--teacher", "/nope", "--n", "4", "--out", str(W / "o/pp2")])
+c("pairs --out existing file", ["pairs", "--teacher", str(T), "--n", "4", "--out", str(W / "text.txt")])
+c("distill --method bogus", [*D, "--method", "bogus", "--config", "toy2d/gdd", "--out", str(W / "o/d1")])
+c(
+    "distill slimflow no pairs",
+    [*D, "--method", "annealing-reflow", "--config", "toy2d/annealing-reflow", "--out", str(W / "o/d2"), *TINY[:3]],
+)
+c(
+    "distill --pairs file",
+    [
+        *D,
+        "--method",
+        "annealing-reflow",
+        "--config",
+        "toy2d/annealing-reflow",
+        "--pairs",
+        str(W / "text.txt"),
+        "--out",
+        str(W / "o/d3"),
+    ],
+)
+c(
+    "distill --pairs teacher dir",
+    [
+        *D,
+        "--method",
+        "annealing-reflow",
+        "--config",
+        "toy2d/annealing-reflow",
+        "--pairs",
+        str(T),
+        "--out",
+        str(W / "o/d4"),
+    ],
+)
+c(
+    "distill --init nonexistent",
+    [*D, "--method", "gdd", "--config", "toy2d/gdd", "--init", "/nope", "--out", str(W / "o/d5")],
+)
+c(
+    "distill --teacher pairs",
+    ["distill", "--method", "gdd", "--config", "toy2d/gdd", "--teacher", str(P), "--out", str(W / "o/d6")],
+)
+c("distill no teacher", ["distill", "--method", "gdd", "--config", "toy2d/gdd", "--out", str(W / "o/d7")])
+c(
+    "distill method/config mismatch",
+    [
+        *D,
+        "--method",
+        "gdd",
+        "--config",
+        "toy2d/annealing-reflow",
+        "--pairs",
+        str(P),
+        "--out",
+        str(W / "o/d8"),
+        *TINY[:3],
+    ],
+)
+for ov in ["method.schedule=bogus", "method.loss=bogus", "method.lpips=abc", "method.bogus=1", "method=5"]:
+    c(
+        f"distill reflow {ov}",
+        [
+            *D,
+            "--method",
+            "annealing-reflow",
+            "--config",
+            "toy2d/annealing-reflow",
+            "--pairs",
+            str(P),
+            "--out",
+            str(W / "o/d9" / ov),
+            *TINY[:3],
+            ov,
+        ],
+    )
+for ov in ["method.r1_gamma=-1", "method.n_critic=0", "method.loss=bogus", "method.freeze_level=7", "method.lr_d=abc"]:
+    c(
+        f"distill gdd {ov}",
+        [*D, "--method", "gdd", "--config", "toy2d/gdd", "--out", str(W / "o/d10" / ov), *TINY[:3], ov],
+    )
+for ov in ["method.p=-1", "method.r_neq_t=1.5", "method.time_sampler=bogus", "method.target=bogus"]:
+    c(
+        f"distill meanflow {ov}",
+        [*D, "--method", "meanflow", "--config", "toy2d/meanflow", "--out", str(W / "o/d11" / ov), *TINY[:3], ov],
+    )
+for a in [
+    ["--samples", "/nope.npz"],
+    ["--samples", str(W / "text.txt")],
+    ["--samples", str(W / "nokey.npz")],
+    ["--samples", str(W / "nan.npz"), "--data", "toy2d:moons"],
+    ["--samples", str(W / "wrongshape.npz"), "--data", "toy2d:moons"],
+    ["--samples", str(W / "trunc.npz")],
+    ["--ckpt", str(T), "--data", "bogus"],
+    ["--ckpt", str(T), "--data", "digits"],
+    ["--ckpt", str(T), "--samples", str(W / "nan.npz")],
+    [],
+    ["--ckpt", str(T), "--out", str(W)],
+    ["--ckpt", str(T), "--inception-weights", "/nope.pth"],
+]:
+    c(f"eval {' '.join(a)}", ["eval", "--n", "10", *a])
+c("bench --iters 0", ["bench", "--ckpt", str(T), "--iters", "0"])
+c("bench --batch-size -1", ["bench", "--ckpt", str(T), "--batch-size", "-1"])
+c("export teacher (multi-step)", ["export", "--ckpt", str(T), "--out", str(W / "o/g.pt")])
+c("export --out dir", ["export", "--ckpt", str(T), "--steps", "1", "--out", str(W)])
+c(
+    "export onnx without onnx",
+    ["export", "--ckpt", str(T), "--steps", "1", "--format", "onnx", "--out", str(W / "o/g.onnx")],
+)
+c("data bogus", ["data", "bogus", "--out", str(W / "o/d.npz")])
+c("data --n 0", ["data", "toy2d:moons", "--n", "0", "--out", str(W / "o/d.npz")])
+c("info file", ["info", "--ckpt", str(W / "text.txt")])
+c("info pairs dir", ["info", "--ckpt", str(P)])
+for r in [
+    "nope/nope",
+    str(W / "bad.yaml"),
+    str(W / "recipe_badkind.yaml"),
+    str(W / "recipe_badref.yaml"),
+    str(W / "recipe_empty.yaml"),
+    str(W / "recipe_list.yaml"),
+]:
+    c(f"run {Path(r).name}", ["run", r, "--out", str(W / "o/run" / Path(r).name)])
+c("run --jobs 0", ["run", "toy2d/all", "--jobs", "0", "--out", str(W / "o/runj")])
+c("run no --out", ["run", "toy2d/all"])
+c("import bogus format", ["import", "--format", "bogus", str(W / "text.txt"), "--out", str(W / "o/imp")])
+c("import text as sit", ["import", "--format", "sit", str(W / "text.txt"), "--out", str(W / "o/imp")])
+c("import nonexistent", ["import", "--format", "dit", "/nope.pt", "--out", str(W / "o/imp")])
+c(
+    "screen-train teacher",
+    ["screen-train", "--ckpt", str(T), "--data", "toy2d:moons", "--out", str(W / "o/disc"), "--steps", "2"],
+)
+c(
+    "screen-train --steps 0",
+    ["screen-train", "--ckpt", str(T), "--data", "toy2d:moons", "--out", str(W / "o/disc"), "--steps", "0"],
+)
+c("demo --out file", ["demo", "--out", str(W / "text.txt")])
+c("no command", [])
+c("bogus command", ["bogus"])
+for nm, kw in [
+    ("format99", dict(edit=lambda t: t.replace("slimstep-checkpoint/1", "slimstep-checkpoint/99"))),
+    ("cfg5", dict(edit=lambda t: "5")),
+    ("cfgjunk", dict(edit=lambda t: t[:40])),
+    ("cfgnull", dict(edit=lambda t: "null")),
+    ("trunc", dict(weights=lambda b: b[: len(b) // 2])),
+    ("zero", dict(weights=lambda b: b"")),
+    ("junkw", dict(weights=lambda b: b"\x00" * 64)),
+    ("nogen", dict(edit=lambda t: _j.dumps({k: v for k, v in _j.loads(t).items() if k != "generator"}))),
+    ("badgen", dict(edit=lambda t: _j.dumps({**_j.loads(t), "generator": {"kind": "bogus"}}))),
+    ("badnfe", dict(edit=lambda t: _j.dumps({**_j.loads(t), "generator": {**_j.loads(t)["generator"], "t": "x"}}))),
+]:
+    d = damaged(nm, **kw)
+    for cmd in (
+        ["info", "--ckpt", d],
+        ["sample", "--ckpt", d, "--n", "2", "--out", str(W / "o/ds.npz")],
+        ["export", "--ckpt", d, "--out", str(W / "o/dg.pt")],
+    ):
+        c(f"damaged {nm} {cmd[0]}", cmd)
+c(
+    "screen realism no disc",
+    ["sample", "--ckpt", str(G), "--n", "4", "--screen", "4", "--scorer", "realism", "--out", str(W / "o/s.npz")],
+)
+c(
+    "screen final teacher no teacher",
+    [
+        "sample",
+        "--ckpt",
+        str(G),
+        "--n",
+        "4",
+        "--screen",
+        "4",
+        "--scorer",
+        "density",
+        "--final",
+        "teacher",
+        "--out",
+        str(W / "o/s.npz"),
+    ],
+)
+c(
+    "screen --discriminator nonexistent",
+    [
+        "sample",
+        "--ckpt",
+        str(G),
+        "--n",
+        "4",
+        "--screen",
+        "4",
+        "--scorer",
+        "realism",
+        "--discriminator",
+        "/nope",
+        "--out",
+        str(W / "o/s.npz"),
+    ],
+)
+c(
+    "screen --teacher multi-step",
+    [
+        "sample",
+        "--ckpt",
+        str(G),
+        "--n",
+        "4",
+        "--screen",
+        "4",
+        "--scorer",
+        "teacher",
+        "--teacher",
+        str(T),
+        "--out",
+        str(W / "o/s.npz"),
+    ],
+)
+c(
+    "screen temperature 0",
+    [
+        "sample",
+        "--ckpt",
+        str(G),
+        "--n",
+        "4",
+        "--screen",
+        "4",
+        "--scorer",
+        "density",
+        "--select",
+        "resample",
+        "--temperature",
+        "0",
+        "--out",
+        str(W / "o/s.npz"),
+    ],
+)
+c(
+    "screen temperature nan",
+    [
+        "sample",
+        "--ckpt",
+        str(G),
+        "--n",
+        "4",
+        "--screen",
+        "4",
+        "--scorer",
+        "density",
+        "--select",
+        "resample",
+        "--temperature",
+        "nan",
+        "--out",
+        str(W / "o/s.npz"),
+    ],
+)
+c("export onnx (onnx missing)", ["export", "--ckpt", str(G), "--format", "onnx", "--out", str(W / "o/g.onnx")])
+c("export ok", ["export", "--ckpt", str(G), "--out", str(W / "o/g.pt")], want=0)
+c(
+    "export --format torchscript --out .onnx",
+    ["export", "--ckpt", str(G), "--format", "torchscript", "--out", str(W / "o/g2.onnx")],
+)
+c("export --format onnx --out .pt", ["export", "--ckpt", str(G), "--format", "onnx", "--out", str(W / "o/g2.pt")])
+c("export --out .onnx infers onnx", ["export", "--ckpt", str(G), "--out", str(W / "o/g.onnx")])
+c("bench one-step --steps 0", ["bench", "--ckpt", str(G), "--steps", "0"])
+c("distill --init teacher for gdd resume", [*D, "--method", "gdd", "--config", "toy2d/gdd", "--out", str(G), *TINY[:3]])
+c(
+    "teacher --resume changed lr",
+    ["teacher", "--config", "toy2d/teacher", "--quiet", *TINY, "--out", str(T), "--resume", "train.lr=1"],
+)
+only = args.only
+bad = 0
+for name, argv, want in cases:
+    if only and not any(o in name for o in only):
+        continue
+    rc, o, e = sh(argv)
+    lines = [ln for ln in e.strip().splitlines() if ln.strip()]
+    ok = (
+        rc == want
+        and ("Traceback" not in e)
+        and (want == 0 or (len(lines) >= 1 and lines[-1].startswith("slimstep: error:") or "usage:" in e))
+    )
+    if (
+        want == 2
+        and rc == 2
+        and len([ln for ln in lines if not ln.startswith("usage") and not ln.startswith("  ")]) > 1
+        and "usage:" not in e
+    ):
+        ok = False
+    if not ok:
+        bad += 1
+        print(
+            f"FAIL [{rc}] {name}\n    "
+            + "\n    ".join((e.strip().splitlines() or ["<no stderr>"])[-4:])
+            + (f"\n    stdout: {o.strip()[-200:]}" if rc == 0 else "")
+        )
+    else:
+        print(f"ok   [{rc}] {name}: {lines[-1][:150] if lines else ''}")
+print(f"{bad} failing of {len(cases)}")
+sys.exit(1 if bad else 0)
