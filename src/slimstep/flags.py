@@ -75,7 +75,7 @@ def initialisation(method: str, method_opts: dict, deps: dict) -> str | None:
 def _distance(x: torch.Tensor, x0: torch.Tensor, spec: str) -> tuple[str, float] | None:
     """(metric, value) between two sample sets in the protocol's own space (images: SWD,
     with the initialisation's samples as the reference), or None where there is none."""
-    from slimstep.eval import IMAGE_KINDS
+    from slimstep.data import IMAGE_KINDS
 
     if spec == "digits":
         from slimstep.eval.fd import feature_stats, frechet_distance

@@ -4,10 +4,10 @@
 (:mod:`slimstep.recipes`) both call :func:`resolve_inputs`, so the two paths cannot
 assemble a run differently. It loads the teacher, makes the config's data set the
 teacher's, at the teacher's resolution and crop (a config that names another one is
-refused), checks that the pairs and the
-init exist in their formats, and writes the resolved absolute paths into the config
-(config.json records them). Pairs made by another teacher are refused by the training
-loop itself (:func:`slimstep.data.pairs.check_teacher`), which every path goes through.
+refused), checks that the pairs and the init exist in their formats, and writes the
+resolved absolute paths into the config (config.json records them). Pairs made by
+another teacher are refused by the training loop itself
+(:func:`slimstep.data.pairs.check_teacher`), which every path goes through.
 """
 
 from __future__ import annotations
