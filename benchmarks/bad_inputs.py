@@ -294,6 +294,34 @@ for a in [
     ["--ckpt", str(T), "--inception-weights", "/nope.pth"],
 ]:
     c(f"eval {' '.join(a)}", ["eval", "--n", "10", *a])
+# own images offline (SWD), latents, vae: data sets
+(W / "imgs").mkdir(exist_ok=True)
+for i in range(12):
+    from PIL import Image
+
+    px = np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(px).save(W / "imgs" / f"{i}.png")
+np.savez(W / "wide.npz", x=np.full((12, 3, 16, 16), 3.0, np.float32))
+np.savez(W / "lat.npz", x=np.full((12, 4, 8, 8), 3.0, np.float32))
+np.savez(W / "imgsamples.npz", samples=np.zeros((12, 3, 16, 16), np.float32), data=f"folder:{W / 'imgs'}")
+np.savez(W / "latsamples.npz", samples=np.zeros((12, 4, 8, 8), np.float32), data=f"latents:{W / 'lat.npz'}")
+c("eval images without weights (SWD)", ["eval", "--samples", str(W / "imgsamples.npz")], want=0)
+c("eval images --ref-stats without weights", ["eval", "--samples", str(W / "imgsamples.npz"), "--ref-stats",
+                                              str(W / "o/ref.npz")])
+c("eval images --inception-weights missing", ["eval", "--samples", str(W / "imgsamples.npz"),
+                                              "--inception-weights", "/nope.pth"])
+c("eval images --data npz without images", ["eval", "--samples", str(W / "imgsamples.npz"), "--data",
+                                            f"npz:{W / 'nokey.npz'}"])
+c("eval latents", ["eval", "--samples", str(W / "latsamples.npz")])
+c("data npz float outside [-1, 1]", ["data", f"npz:{W / 'wide.npz'}", "--out", str(W / "o/w.npz")])
+c("data latents ok", ["data", f"latents:{W / 'lat.npz'}", "--out", str(W / "o/l.npz")], want=0)
+c("data latents of a text file", ["data", f"latents:{W / 'text.txt'}", "--out", str(W / "o/l2.npz")])
+c("data vae hub id", ["data", f"vae:stabilityai/sd-vae-ft-mse:folder:{W / 'imgs'}", "--out", str(W / "o/v.npz")])
+c("data vae without data", ["data", f"vae:{W}", "--out", str(W / "o/v.npz")])
+c("data vae folder without weights", ["data", f"vae:{W}:folder:{W / 'imgs'}", "--out", str(W / "o/v.npz")])
+c("run images/run-16 without --data", ["run", "images/run-16", "--out", str(W / "o/run16")])
+c("run images/run-16 --data bogus", ["run", "images/run-16", "--data", "bogus", "--out", str(W / "o/run16")])
+c("run images/run-16 --data missing", ["run", "images/run-16", "--data", "folder:/nope", "--out", str(W / "o/run16")])
 c("bench --iters 0", ["bench", "--ckpt", str(T), "--iters", "0"])
 c("bench --batch-size -1", ["bench", "--ckpt", str(T), "--batch-size", "-1"])
 c("export teacher (multi-step)", ["export", "--ckpt", str(T), "--out", str(W / "o/g.pt")])

@@ -1,6 +1,9 @@
 import os
+import pickle
 import socket
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,3 +31,53 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def write_batch(path: Path, x: np.ndarray, labels: list[int], name: bytes) -> None:
+    """A batch as in the real files: protocol 2, bytes keys, data uint8 [N, 3072]."""
+    d = {
+        b"batch_label": name, b"labels": labels, b"data": x.reshape(len(x), 3072),
+        b"filenames": [b"img_%d.png" % i for i in range(len(x))],
+    }
+    with open(path, "wb") as f:
+        pickle.dump(d, f, protocol=2)
+
+
+@pytest.fixture
+def cifar_dir(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """CIFAR-10 python batches in the real format: 20 train images (two batches), 10 test."""
+    from slimstep.data.images import CIFAR10_CLASSES
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (30, 3, 32, 32), dtype=np.uint8)
+    y = rng.integers(0, 10, 30)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    write_batch(root / "data_batch_1", x[:12], y[:12].tolist(), b"training batch 1 of 5")
+    write_batch(root / "data_batch_2", x[12:20], y[12:20].tolist(), b"training batch 2 of 5")
+    write_batch(root / "test_batch", x[20:], y[20:].tolist(), b"testing batch 1 of 1")
+    meta = {b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_cases_per_batch": 10000,
+            b"num_vis": 3072}
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump(meta, f, protocol=2)
+    return root, x, y
+
+
+def _image_folder(root: Path, n: int = 24, size: int = 20, seed: int = 0) -> Path:
+    """``n`` smooth RGB PNGs in two class subfolders (white noise has no structure to compare)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        coarse = torch.rand(3, 4, 4, generator=g)
+        img = torch.nn.functional.interpolate(coarse[None], size=size, mode="bilinear")[0]
+        sub = root / ("cats" if i % 2 else "dogs")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img.permute(1, 2, 0) * 255).round().byte().numpy()).save(sub / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder():
+    """``image_folder(root, n=24, size=20, seed=0)`` writes a small image folder (above)."""
+    return _image_folder

@@ -45,6 +45,41 @@ def test_eval_from_samples_and_from_ckpt(teacher, tmp_path, capsys):
     assert "w2" in capsys.readouterr().out
 
 
+def test_eval_images_without_weights_reports_swd(tmp_path, capsys, image_folder):
+    """No Inception weights: the image protocol scores SWD and says that FID needs the file;
+    FID asked for without a usable file is one error line naming torch-fidelity's file."""
+    from slimstep.eval.features import INCEPTION_FILE
+
+    spec = f"folder:{image_folder(tmp_path / 'imgs', size=16)}"
+    assert main(["data", spec, "--n", "12", "--out", str(tmp_path / "real.npz")]) == 0
+    assert main(["eval", "--samples", str(tmp_path / "real.npz"), "--out", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "swd" in out and "(floor " in out and "note: no FID: it needs Inception weights" in out
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["metrics"]["swd"] >= 0 and "swd_16" in res["floor"] and "fid" not in res["metrics"]
+    for extra in (["--ref-stats", str(tmp_path / "ref.npz")], ["--inception-weights", str(tmp_path / "no.pth")]):
+        assert main(["eval", "--samples", str(tmp_path / "real.npz"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("slimstep: error:") and INCEPTION_FILE in err and "\n" not in err
+
+
+def test_a_teacher_trains_on_latents_and_eval_refuses_them(tmp_path, capsys):
+    z = (np.random.default_rng(0).normal(size=(16, 4, 8, 8)) * 3).astype(np.float32)
+    np.savez(tmp_path / "lat.npz", x=z)
+    spec = f"latents:{tmp_path / 'lat.npz'}"
+    assert main(["teacher", "--config", "digits/teacher", "--out", str(tmp_path / "t"), "--quiet",
+                 f"data.spec={spec}", "net.nf=8", "net.ch_mult=[1]", "net.num_res_blocks=1",
+                 "net.attn_resolutions=[]", "train.steps=2", "train.batch_size=4", "train.warmup=0"]) == 0
+    assert main(["sample", "--ckpt", str(tmp_path / "t"), "--n", "4", "--out", str(tmp_path / "s.npz")]) == 0
+    s = np.load(tmp_path / "s.npz")
+    assert s["samples"].shape == (4, 4, 8, 8) and str(s["data"]) == spec
+    assert (tmp_path / "s.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["eval", "--samples", str(tmp_path / "s.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("slimstep: error:") and "holds latents, not images" in err and "\n" not in err
+
+
 def test_data_bench_info(teacher, tmp_path, capsys):
     assert main(["data", "digits", "--out", str(tmp_path / "real.npz")]) == 0
     z = np.load(tmp_path / "real.npz")

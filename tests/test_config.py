@@ -40,3 +40,8 @@ def test_shipped_configs_load():
     for name in ("configs/toy2d/teacher.yaml", "configs/digits/teacher.yaml"):
         cfg = load_config(name)
         assert cfg["method"]["name"] == "flow_matching"
+    for res in (16, 32, 64):  # the generic image teachers: sized by their resolution, data to be named
+        cfg = load_config(f"images/teacher-{res}", [f"data.spec=folder:/data/x{res}"])
+        assert cfg["data"] == {"spec": f"folder:/data/x{res}",
+                               "options": {"resolution": res, "center_crop": True, "flip": True}}
+        assert cfg["net"]["attn_resolutions"] == [8 if res == 16 else 16]

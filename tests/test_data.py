@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from slimstep.data import DataError, DataInfo, load_data, toy2d
+from slimstep.data import DataError, DataInfo, load_data, loader_options, student_data, toy2d
 from slimstep.data.digits import N_TEST, load_digits_split
 from slimstep.data.images import CIFAR10_CLASSES, open_image_data, safe_unpickle
 
@@ -291,34 +291,53 @@ def test_npz_rejects_pickled_objects(tmp_path):
             load_data(f"npz:{tmp_path / f}")
 
 
-# --- CIFAR-10 --------------------------------------------------------------------------
+# --- latents ---------------------------------------------------------------------------
 
 
-def write_batch(path: Path, x: np.ndarray, labels: list[int], name: bytes) -> None:
-    """A batch as in the real files: protocol 2, bytes keys, data uint8 [N, 3072]."""
-    d = {
-        b"batch_label": name, b"labels": labels, b"data": x.reshape(len(x), 3072),
-        b"filenames": [b"img_%d.png" % i for i in range(len(x))],
-    }
-    with open(path, "wb") as f:
-        pickle.dump(d, f, protocol=2)
-
-
-@pytest.fixture
-def cifar_dir(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+def test_latents_are_loaded_as_stored(tmp_path):
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (30, 3, 32, 32), dtype=np.uint8)
-    y = rng.integers(0, 10, 30)
-    root = tmp_path / "cifar-10-batches-py"
-    root.mkdir()
-    write_batch(root / "data_batch_1", x[:12], y[:12].tolist(), b"training batch 1 of 5")
-    write_batch(root / "data_batch_2", x[12:20], y[12:20].tolist(), b"training batch 2 of 5")
-    write_batch(root / "test_batch", x[20:], y[20:].tolist(), b"testing batch 1 of 1")
-    meta = {b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_cases_per_batch": 10000,
-            b"num_vis": 3072}
-    with open(root / "batches.meta", "wb") as f:
-        pickle.dump(meta, f, protocol=2)
-    return root, x, y
+    z = (rng.normal(size=(6, 4, 4, 4)) * 5).astype(np.float32)  # SD-VAE-like: 4 channels, past ±1
+    y = np.array([0, 1, 2, 0, 1, 2])
+    np.savez(tmp_path / "lat.npz", latents=z, y=y)
+    ds = load_data(f"latents:{tmp_path / 'lat.npz'}", flip=True)
+    assert ds.info.kind == "latent" and ds.info.shape == (4, 4, 4) and ds.info.num_classes == 3
+    assert "as stored" in ds.info.scaling and ds.info.options == {"flip": True}
+    xr, yr = ds.reference()
+    assert torch.equal(xr, torch.from_numpy(z)) and yr.tolist() == y.tolist()  # no clamp, no rescale
+    xb, _ = ds.draw(64, gen(0))
+    assert xb.abs().max() > 1 and {tuple(v.shape) for v in xb} == {(4, 4, 4)}
+    info = DataInfo.from_dict(ds.info.to_dict())
+    assert info == ds.info
+
+
+@pytest.mark.parametrize("arrays, options, match", [
+    ({"x": np.zeros((2, 4, 3, 3), np.uint8)}, {}, "float array NCHW"),
+    ({"x": np.zeros((2, 9), np.float32)}, {}, "float array NCHW"),
+    ({"x": np.full((2, 4, 3, 3), np.nan, np.float32)}, {}, "NaN or inf"),
+    ({"z": np.zeros((2, 4, 3, 3), np.float32)}, {}, "no latent array"),
+    ({"x": np.zeros((2, 4, 3, 3), np.float32)}, {"resolution": 8}, "flip only"),
+])
+def test_latents_errors(tmp_path, arrays, options, match):
+    np.savez(tmp_path / "e.npz", **arrays)
+    with pytest.raises(DataError, match=match):
+        load_data(f"latents:{tmp_path / 'e.npz'}", **options)
+    with pytest.raises(DataError, match="does not exist"):
+        load_data(f"latents:{tmp_path / 'missing.npz'}")
+
+
+def test_npz_refuses_latents_with_a_pointer_to_latents_spec(tmp_path):
+    """Float images outside [-1, 1] (or with 4 channels) are not silently clamped: one line
+    saying what npz: takes and where such data goes."""
+    np.savez(tmp_path / "wide.npz", x=np.full((2, 3, 4, 4), 3.5, np.float32))
+    np.savez(tmp_path / "four.npz", x=np.zeros((2, 4, 4, 4), np.float32))
+    for f in ("wide.npz", "four.npz"):
+        with pytest.raises(DataError, match="latents:PATH") as e:
+            load_data(f"npz:{tmp_path / f}")
+        assert "\n" not in str(e.value)
+    assert load_data(f"latents:{tmp_path / 'wide.npz'}").reference()[0].max() == 3.5
+
+
+# --- CIFAR-10 --------------------------------------------------------------------------
 
 
 def test_cifar10(cifar_dir):
@@ -387,3 +406,15 @@ def test_safe_unpickle_refuses_other_globals(tmp_path):
     f.write_bytes(pickle.dumps([np.arange(3, dtype=np.int16), b"ok"], protocol=4))
     a, b = safe_unpickle(f)
     assert a.tolist() == [0, 1, 2] and b == b"ok"
+
+
+def test_a_student_sees_its_teachers_images():
+    """A student's data is its teacher's spec at the teacher's resolution and crop (GDD on a
+    16 x 16 teacher drew 20 x 20 images before); flip stays the student's own choice."""
+    teacher = {"resolution": 16, "center_crop": True, "flip": True, "classes": ["a", "b"]}
+    assert loader_options(teacher) == {"resolution": 16, "center_crop": True}
+    assert loader_options({"resolution": None, "center_crop": False}) == {}
+    got = student_data({"spec": "digits", "options": {"flip": False}}, "folder:/x", teacher)
+    assert got == {"spec": "folder:/x", "options": {"flip": False, "resolution": 16, "center_crop": True}}
+    with pytest.raises(DataError, match="resolution=32.*16"):
+        student_data({"spec": "digits", "options": {"resolution": 32}}, "folder:/x", teacher)

@@ -181,10 +181,103 @@ def test_macs_params_and_timers():
 
 # ----------------------------------------------------------------------------- images
 
-def test_missing_inception_weights(tmp_path):
-    from slimstep.eval.features import InceptionFeatures
+def test_image_eval_without_weights_is_swd_with_its_floor(tmp_path, image_folder):
+    from slimstep.data import load_data
+    from slimstep.eval.features import INCEPTION_FILE
+    from slimstep.eval.images import real_pools
 
-    with pytest.raises(EvalError, match="--inception-weights"):
+    spec = f"folder:{image_folder(tmp_path / 'imgs')}"
+    opts = {"resolution": 16}
+    ds = load_data(spec, **opts)
+    _, (split, held) = real_pools(ds, "folder")
+    real = ds.take(held, split)  # the held-out half itself: it scores exactly the floor
+    r = evaluate(real, spec, data_options=opts)
+    json.dumps(r)
+    assert set(r["metrics"]) == {"swd", "swd_16"} and r["metrics"] == r["floor"]
+    assert r["floor_n"] == len(real) == 12 and r["reference_n"] == 12
+    assert any(INCEPTION_FILE in n and "no FID" in n for n in r["notes"])
+    noise = evaluate(torch.rand(12, 3, 16, 16) * 2 - 1, spec, data_options=opts)
+    assert noise["metrics"]["swd"] > 2 * noise["floor"]["swd"]
+    assert "swd" in format_table([noise]) and "(floor " in format_table([noise])
+    more = evaluate(torch.rand(20, 3, 16, 16) * 2 - 1, spec, data_options=opts)
+    assert more["floor_n"] == 12 and any("only 12 held-out" in n for n in more["notes"])
+    with pytest.raises(EvalError, match=r"samples are \(3, 16, 16\).*\(3, 20, 20\)"):
+        evaluate(real, spec)  # the real images at their own size: not the model's
+    few = image_folder(tmp_path / "few", n=8)
+    with pytest.raises(EvalError, match="needs at least 10"):
+        evaluate(torch.zeros(8, 3, 20, 20), f"folder:{few}")
+
+
+def test_cifar10_floor_is_the_test_split(cifar_dir):
+    root, x, _ = cifar_dir
+    test = torch.from_numpy(x[20:]).float() / 127.5 - 1
+    r = evaluate(test, f"cifar10:{root}")
+    assert r["metrics"] == r["floor"] and r["floor_n"] == 10 and set(r["metrics"]) == {"swd", "swd_32", "swd_16"}
+    train = torch.from_numpy(x[:10]).float() / 127.5 - 1
+    copied = evaluate(train, f"cifar10:{root}", n_ref=20)  # the whole reference pool: copies score lower
+    assert copied["metrics"]["swd"] < copied["floor"]["swd"]
+
+
+class FakeInception:
+    """Stands in for torch-fidelity's network (not installed in tests): 12-d colour features."""
+
+    dim = 12
+    name = "fake inception"
+
+    def __init__(self, weights_path):
+        from slimstep.eval.features import INCEPTION_HINT
+
+        if weights_path is None or not (p := __import__("pathlib").Path(weights_path)).is_file():
+            raise EvalError(f"Inception weights file not found ({weights_path}): {INCEPTION_HINT}")
+        self.path = p
+
+    def features(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1) + 0.01 * x[:, 0, :12, 0]
+
+
+def test_image_fid_beside_swd_with_weights(tmp_path, monkeypatch, image_folder):
+    import slimstep.eval.features as features
+
+    monkeypatch.setattr(features, "InceptionFeatures", FakeInception)
+    spec = f"folder:{image_folder(tmp_path / 'imgs', n=30)}"
+    weights = tmp_path / features.INCEPTION_FILE
+    weights.write_bytes(b"stand-in")
+    x = torch.rand(15, 3, 20, 20) * 2 - 1
+    stats = tmp_path / "ref.npz"
+    r = evaluate(x, spec, inception_weights=weights, ref_stats=stats)
+    assert list(r["metrics"])[:2] == ["fid", "swd"] and {"fid", "swd"} <= set(r["floor"])
+    assert r["floor"]["fid"] < r["metrics"]["fid"] and stats.is_file()
+    assert not any("no FID" in n for n in r["notes"])
+    again = evaluate(x, spec, inception_weights=weights, ref_stats=stats)  # read back, same numbers
+    assert again["metrics"] == r["metrics"] and again["floor"] == r["floor"]
+    with pytest.raises(EvalError, match="give the Inception weights"):
+        evaluate(x, spec, ref_stats=stats)
+
+
+def test_latents_have_no_image_protocol(tmp_path):
+    np.savez(tmp_path / "lat.npz", x=np.zeros((10, 4, 8, 8), np.float32))
+    with pytest.raises(EvalError, match="holds latents, not images"):
+        evaluate(torch.zeros(10, 4, 8, 8), f"latents:{tmp_path / 'lat.npz'}")
+
+
+def test_missing_inception_weights_names_torch_fidelitys_file(tmp_path):
+    from slimstep.eval.features import INCEPTION_FILE, InceptionFeatures
+
+    with pytest.raises(EvalError, match="--inception-weights") as e:
         InceptionFeatures(tmp_path / "nope.pth")
-    with pytest.raises(EvalError, match="--inception-weights"):
-        evaluate(torch.zeros(8, 3, 8, 8), "npz:" + str(tmp_path / "x.npz"), inception_weights=None)
+    assert INCEPTION_FILE == "weights-inception-2015-12-05-6726825d.pth" and INCEPTION_FILE in str(e.value)
+    with pytest.raises(EvalError, match=INCEPTION_FILE):  # before any data is read
+        evaluate(torch.zeros(8, 3, 8, 8), "npz:" + str(tmp_path / "x.npz"), inception_weights=tmp_path / "no")
+
+
+def test_docs_name_the_inception_file_torch_fidelity_loads():
+    """The README once named pytorch-fid's pt_inception-2015-12-05.pth, which torch-fidelity's
+    network does not load, while the error named torch-fidelity's own file."""
+    from pathlib import Path
+
+    from slimstep.eval.features import INCEPTION_FILE
+
+    root = Path(__file__).resolve().parent.parent
+    for doc in ("README.md", "docs/evaluation.md"):
+        text = (root / doc).read_text()
+        assert INCEPTION_FILE in text and "pt_inception" not in text, doc

@@ -245,3 +245,44 @@ def test_a_moved_run_folder_is_reused(tmp_path, monkeypatch):
     res = run(r, "moved", jobs=1, log=logs.append)
     assert res["failed"] == [] and "[reuse] evaluation of gan" in logs
     assert all(Path(row["files"]["samples"]).is_file() for row in res["rows"] if row.get("files"))
+
+
+def test_generic_image_recipe_runs_on_a_small_folder(tmp_path, image_folder, capsys):
+    """images/run-16 as shipped (its stages and configs), at a budget of two steps, on 24
+    PNGs of 20 x 20 in two class folders: the teacher and GDD train at 16 x 16, every row
+    is scored by SWD beside its floor, and the kept samples re-evaluate to the same SWD."""
+    import yaml
+
+    from slimstep.config import find_config
+
+    shipped = find_config("images/run-16")
+    body = yaml.safe_load(shipped.read_text())
+    tiny = ["train.steps=2", "train.batch_size=8", "train.ckpt_every=2", "train.warmup=0"]
+    for st in body["stages"].values():
+        st["config"] = str(shipped.parent / st["config"])
+        st["overrides"] = tiny + (["net.nf=8", "net.attn_resolutions=[]"] if st.get("kind") == "teacher" else [])
+    body["eval"] = {**body["eval"], "n": 12, "seeds": [0], "teacher_nfes": [1], "speed_batch": 4}
+    r = tmp_path / "run-16.yaml"
+    r.write_text(yaml.safe_dump(body, sort_keys=False))
+    folder = image_folder(tmp_path / "imgs", n=24, size=20)
+    out = tmp_path / "out"
+    assert main(["run", str(r), "--out", str(out), "--data", f"folder:{folder}", "--jobs", "1"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [row["stage"] for row in res["rows"]] == ["teacher", "teacher", "gdd"]
+    for row in res["rows"]:
+        assert row["data"] == f"folder:{folder}" and {"swd", "swd_16"} <= set(row["metrics"])
+        assert row["floor"]["swd"] > 0 and row["headline"] == "swd"
+    gdd = res["stages"]["gdd"]["config"]["data"]
+    assert gdd["options"]["resolution"] == 16 and gdd["options"]["center_crop"] is True  # the teacher's
+    kept = read_samples(out / "gdd" / "samples.npz")
+    assert kept["samples"].shape == (12, 3, 16, 16)
+    assert json.loads(str(kept["data_options"])) == {"center_crop": True, "resolution": 16}
+    assert main(["eval", "--samples", str(out / "gdd" / "samples.npz"), "--out", str(tmp_path / "e.json")]) == 0
+    again = json.loads((tmp_path / "e.json").read_text())
+    gdd_row = next(row for row in res["rows"] if row["stage"] == "gdd")
+    assert again["metrics"]["swd"] == pytest.approx(gdd_row["metrics"]["swd"], rel=1e-9)
+    assert (out / "report.html").is_file() and "SWD" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["run", "images/run-16", "--out", str(tmp_path / "o2")]) == 2  # no --data: before training
+    err = capsys.readouterr().err
+    assert "folder:PATH does not exist" in err and "--data SPEC" in err and not (tmp_path / "o2").exists()

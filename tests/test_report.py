@@ -138,9 +138,19 @@ def test_equals_init_is_no_move_within_the_floor():
     assert nudged["equal"] and nudged["distance"] < FLOOR["w2"]
     moved = compare_to_init(x0 * 0.5 + 1.0, x0, "toy2d:moons", FLOOR, "t euler-1")
     assert not moved["equal"] and moved["distance"] > FLOOR["w2"]
-    # no floor (image folders): only paired equality counts
-    assert not compare_to_init(x0 + 0.01, x0, "folder:x", {}, "i")["equal"]
-    assert compare_to_init(x0 + 1e-6, x0, "folder:x", {}, "i")["equal"]
+    # no protocol distance (an imported teacher's data "none"): only paired equality counts
+    assert not compare_to_init(x0 + 0.01, x0, "none", {}, "i")["equal"]
+    assert compare_to_init(x0 + 1e-6, x0, "none", {}, "i")["equal"]
+
+
+def test_equals_init_on_images_is_swd_within_the_floor():
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.nn.functional.interpolate(torch.rand(40, 3, 4, 4, generator=g), size=16, mode="bilinear") * 2 - 1
+    floor = {"swd": 0.1}
+    nudged = compare_to_init(x0 + 0.002 * torch.randn(x0.shape, generator=g), x0, "folder:x", floor, "t euler-1")
+    assert nudged["metric"] == "swd" and nudged["equal"] and nudged["distance"] < floor["swd"]
+    moved = compare_to_init(torch.rand(x0.shape, generator=g) * 2 - 1, x0, "folder:x", floor, "t euler-1")
+    assert not moved["equal"] and moved["distance"] > floor["swd"]
 
 
 def test_what_a_student_starts_from():

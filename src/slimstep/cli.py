@@ -96,7 +96,7 @@ def _file_out(path: str) -> None:
 
 
 def cmd_sample(a) -> None:
-    from slimstep.files import write_npz
+    from slimstep.files import data_fields, write_npz
     from slimstep.viz import save_picture
 
     _file_out(a.out)
@@ -133,8 +133,15 @@ def cmd_sample(a) -> None:
         x, ys = gen.generate(a.n, seed=a.seed, y=y, batch_size=a.batch_size, labels=mode)
     secs = time.perf_counter() - tic
     nfe = gen.nfe if nfe is None else nfe
+    fields = data_fields(gen.info)
+    kind, _, arg = gen.info.spec.partition(":")
+    if kind == "vae":  # a latent model's samples are the images its VAE decodes them to
+        from slimstep.data.vae import decode, parse
+
+        extra.update(latents=x.numpy(), latent_data=gen.info.spec)
+        x, fields["data"] = decode(x, arg), parse(arg)[1]
     arrays = {"samples": x.numpy(), "seeds": list(range(a.seed, a.seed + a.n)),
-              "nfe": nfe, "data": gen.info.spec, **extra}
+              "nfe": nfe, **fields, **extra}
     if ys is not None:
         arrays["labels"] = ys.numpy()
     write_npz(a.out, **arrays)
@@ -155,8 +162,9 @@ def cmd_screen_train(a) -> None:
 def cmd_eval(a) -> None:
     import torch
 
+    from slimstep.data import IMAGE_KINDS, loader_options
     from slimstep.eval import evaluate, format_table
-    from slimstep.files import read_samples, write_json
+    from slimstep.files import read_samples, samples_data_options, write_json
     from slimstep.recipes import default_n
 
     if (a.ckpt is None) == (a.samples is None):
@@ -169,6 +177,7 @@ def cmd_eval(a) -> None:
         x = torch.from_numpy(d["samples"]).float()
         labels = torch.from_numpy(d["labels"]) if "labels" in d else None
         spec = a.data or (str(d["data"]) if "data" in d else None)
+        options = samples_data_options(d, a.samples) if "data" in d and spec == str(d["data"]) else {}
         name, nfe = Path(a.samples).name, int(d["nfe"]) if "nfe" in d else None
         if a.n:
             if a.n > len(x):
@@ -177,17 +186,18 @@ def cmd_eval(a) -> None:
     else:
         gen = _generator(a)
         spec = a.data or gen.info.spec
+        options = loader_options(gen.info.options) if spec == gen.info.spec else {}
         n = a.n or default_n(spec)
         x, labels = gen.generate(n, seed=a.seed, batch_size=a.batch_size)
         name, nfe = Path(a.ckpt).name, gen.nfe
     if not spec:
         raise ConfigError("the samples file names no data set: pass --data")
     if a.ref_stats:
-        _check_ref_stats(a.ref_stats, spec)
-    if a.inception_weights and spec.split(":", 1)[0] not in ("folder", "npz", "cifar10"):
+        _check_ref_stats(a.ref_stats, spec, a.inception_weights)
+    if a.inception_weights and spec.split(":", 1)[0] not in (*IMAGE_KINDS, "vae"):
         raise ConfigError(f"--inception-weights is for image FID; {spec} is scored without it")
     res = evaluate(x, spec, labels=labels, seed=a.seed, inception_weights=a.inception_weights,
-                   ref_stats=a.ref_stats)
+                   ref_stats=a.ref_stats, data_options=options)
     res = {"name": name, "nfe": nfe, **res}
     print(format_table([res]))
     for note in res.get("notes", []):
@@ -197,11 +207,17 @@ def cmd_eval(a) -> None:
         print(f"-> {a.out}")
 
 
-def _check_ref_stats(path: str, spec: str) -> None:
+def _check_ref_stats(path: str, spec: str, weights: str | None) -> None:
     """``--ref-stats`` is read when it exists and written (a cache) when it does not;
     either way only image FID uses it, so elsewhere it is a mistake, not a no-op."""
-    if spec.split(":", 1)[0] not in ("folder", "npz", "cifar10"):
+    from slimstep.data import IMAGE_KINDS
+    from slimstep.eval.features import INCEPTION_FILE
+
+    if spec.split(":", 1)[0] not in (*IMAGE_KINDS, "vae"):
         raise ConfigError(f"--ref-stats is for image FID; {spec} is scored without it")
+    if weights is None:
+        raise ConfigError(f"--ref-stats holds Inception statistics for FID: it goes with --inception-weights "
+                          f"(torch-fidelity's {INCEPTION_FILE})")
     p = Path(path)
     if not p.is_file() and not p.parent.is_dir():
         raise ConfigError(f"--ref-stats {path}: no such file, and its folder {p.parent} does not exist "
@@ -287,7 +303,7 @@ def _finish_run(res: dict) -> None:
 def cmd_run(a) -> None:
     from slimstep.recipes import run
 
-    _finish_run(run(a.recipe, a.out, jobs=a.jobs))
+    _finish_run(run(a.recipe, a.out, jobs=a.jobs, data=a.data))
 
 
 def cmd_demo(a) -> None:
@@ -466,8 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="digits | toy2d:NAME | folder:PATH | npz:PATH | cifar10:PATH")
     p.add_argument("--n", type=_count, help="samples to score (digits: 597, toy2d: 2000)")
     p.add_argument("--seed", type=_seed, default=0, help="sample i uses seed + i")
-    p.add_argument("--inception-weights", help="local Inception weights file (image FID)")
-    p.add_argument("--ref-stats", help="reference statistics .npz (mu, sigma)")
+    p.add_argument("--inception-weights",
+                   help="local Inception weights file, torch-fidelity's weights-inception-2015-12-05-6726825d.pth: "
+                        "adds FID (images are always scored by SWD, which needs no weights)")
+    p.add_argument("--ref-stats", help="FID reference statistics .npz (mu, sigma): read, or written when missing")
     p.add_argument("--out", help="write the results as JSON")
     _sampling_args(p)
     p.set_defaults(fn=cmd_eval)
@@ -511,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help="diffusers: the scheduler folder or scheduler_config.json "
                                        "(needed for a bare model folder; overrides a pipeline's)")
     p.add_argument("--out", required=True, help="checkpoint directory to create")
-    p.add_argument("--data", help="the data set the teacher models, e.g. npz:latents.npz (needed to "
+    p.add_argument("--data", help="the data set the teacher models, e.g. latents:latents.npz (needed to "
                                   "train from it; its sample shape must be the network's)")
     p.add_argument("options", nargs="*", metavar="key=value",
                    help="num_heads=N (unpublished sizes), container=ema|model, solver/steps/cfg_scale "
@@ -529,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="a recipe: a path or a shipped name, e.g. digits/all")
     p.add_argument("--out", required=True, help="run directory (rerun to reuse what finished)")
     p.add_argument("--jobs", type=int, help="stages trained at once (default: 2 on CPU, 1 on GPU)")
+    p.add_argument("--data", metavar="SPEC", help="the data set of every teacher stage, e.g. folder:PATH "
+                                                  "for a generic recipe such as images/run-16 (docs/data.md)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("demo", help="every method at a small budget on digits and moons, with a report "

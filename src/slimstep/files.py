@@ -5,8 +5,12 @@ fsync'ed and renamed over the target, so a kill never leaves half a file.
 
 ``samples.npz`` (written by ``slimstep sample``, read by ``slimstep eval``):
 ``samples`` float32 in data space (NCHW in [-1, 1] or (N, 2)), ``seeds`` int64,
-``labels`` int64 (conditional models only), ``nfe`` and ``data`` (the data
-spec the model was trained on). Read with ``allow_pickle=False``.
+``labels`` int64 (conditional models only), ``nfe``, ``data`` (the data
+spec the model was trained on) and ``data_options`` (a JSON string: the loader
+options that give its images, e.g. ``{"resolution": 16}``). A model trained on
+``vae:`` latents writes its decoded images as ``samples`` (``data`` is then the image
+data set) and the latents as ``latents`` with their spec in ``latent_data``. Read with
+``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -111,3 +115,24 @@ def read_samples(path: str | Path) -> dict[str, np.ndarray]:
     if x.dtype.kind != "f" or x.ndim not in (2, 4):
         raise FileFormatError(f"{p}: 'samples' must be float (N,2) or NCHW, got {x.dtype} {x.shape}")
     return d
+
+
+def data_fields(info) -> dict[str, str]:
+    """The ``data`` and ``data_options`` entries of a samples file, from a model's
+    :class:`~slimstep.data.DataInfo`: what ``slimstep eval --samples`` re-opens."""
+    from slimstep.data import loader_options
+
+    return {"data": info.spec, "data_options": json.dumps(loader_options(info.options), sort_keys=True)}
+
+
+def samples_data_options(d: dict[str, np.ndarray], path: str | Path) -> dict:
+    """The loader options a samples file records (none in files from before they were)."""
+    if "data_options" not in d:
+        return {}
+    try:
+        opts = json.loads(str(d["data_options"]))
+    except json.JSONDecodeError:
+        opts = None
+    if not isinstance(opts, dict):
+        raise FileFormatError(f"{path}: 'data_options' is not a JSON mapping of loader options")
+    return opts

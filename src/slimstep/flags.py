@@ -13,10 +13,10 @@ that carry it:
   The student's samples for the protocol's first seed are compared with the
   initialisation's one-step samples from the *same* seeds (so the same noise):
   the row is flagged when they are closer to each other — FD in the digits
-  classifier's features, W2 on 2-D toys — than held-out real data is to the
-  reference (the row's real/real floor), i.e. no measurement at this N can tell
-  the student from where it started; or, where a data set has no floor (image
-  folders), when the paired samples agree to ``SHIFT_TOL`` of their spread.
+  classifier's features, W2 on 2-D toys, SWD on images — than held-out real data
+  is to the reference (the row's real/real floor), i.e. no measurement at this N
+  can tell the student from where it started; or, where a data set has no floor,
+  when the paired samples agree to ``SHIFT_TOL`` of their spread.
 * ``below-floor`` — the headline metric is below the real/real floor: closer to
   the training split than fresh data is, which is copying unless the copy rate
   says otherwise.
@@ -73,8 +73,10 @@ def initialisation(method: str, method_opts: dict, deps: dict) -> str | None:
 
 
 def _distance(x: torch.Tensor, x0: torch.Tensor, spec: str) -> tuple[str, float] | None:
-    """(metric, value) between two sample sets in the protocol's own space, or None
-    where the protocol has no cheap one (image folders: Inception)."""
+    """(metric, value) between two sample sets in the protocol's own space (images: SWD,
+    with the initialisation's samples as the reference), or None where there is none."""
+    from slimstep.data import IMAGE_KINDS
+
     if spec == "digits":
         from slimstep.eval.fd import feature_stats, frechet_distance
         from slimstep.eval.features import DigitsClassifier
@@ -86,6 +88,10 @@ def _distance(x: torch.Tensor, x0: torch.Tensor, spec: str) -> tuple[str, float]
         from slimstep.eval.toy import w2
 
         return "w2", float(w2(x, x0))
+    if spec.partition(":")[0] in IMAGE_KINDS:
+        from slimstep.eval.swd import patch_swd
+
+        return "swd", patch_swd(x0.clamp(-1, 1), x.clamp(-1, 1))[0]["swd"]
     return None
 
 

@@ -3,10 +3,11 @@
 ``slimstep distill`` (:mod:`slimstep.cli`) and a ``slimstep run`` stage
 (:mod:`slimstep.recipes`) both call :func:`resolve_inputs`, so the two paths cannot
 assemble a run differently. It loads the teacher, makes the config's data set the
-teacher's (a config that names another one is refused), checks that the pairs and the
-init exist in their formats, and writes the resolved absolute paths into the config
-(config.json records them). Pairs made by another teacher are refused by the training
-loop itself (:func:`slimstep.data.pairs.check_teacher`), which every path goes through.
+teacher's, at the teacher's resolution and crop (a config that names another one is
+refused), checks that the pairs and the init exist in their formats, and writes the
+resolved absolute paths into the config (config.json records them). Pairs made by
+another teacher are refused by the training loop itself
+(:func:`slimstep.data.pairs.check_teacher`), which every path goes through.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slimstep.config import DEFAULTS
+from slimstep.data import student_data
 from slimstep.data.pairs import read_manifest
 from slimstep.errors import ConfigError
 from slimstep.generator import Generator, load, resolve_checkpoint
@@ -41,7 +43,7 @@ def resolve_inputs(cfg: dict, *, teacher: str | Path | None = None, pairs: str |
         spec = cfg["data"]["spec"]
         if spec not in (gen.info.spec, DEFAULTS["data"]["spec"]):
             raise ConfigError(f"the config trains on '{spec}' but the teacher on '{gen.info.spec}'")
-        cfg["data"]["spec"] = gen.info.spec
+        cfg["data"] = student_data(cfg["data"], gen.info.spec, gen.info.options)
         cfg["teacher"] = str(gen.source)
     pairs_dir = None
     if pairs is not None:

@@ -103,7 +103,7 @@ def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
                   log=print, **options) -> Path:
     """Train the realism discriminator of ``student_ckpt`` against ``data_spec``'s train split
     and write it to ``out``. ``options`` override :data:`DEFAULTS`."""
-    from slimstep.data import load_data
+    from slimstep.data import load_data, loader_options
     from slimstep.generator import load, resolve_checkpoint
     from slimstep.methods.gdd import r1_penalty
 
@@ -118,7 +118,7 @@ def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
     if student.nfe != 1:
         raise RealismError(f"{student_ckpt} is not a one-step generator (NFE {student.nfe}): "
                            f"screening maps every candidate with a cheap one-step student")
-    data = load_data(data_spec)
+    data = load_data(data_spec, **(loader_options(student.info.options) if data_spec == student.info.spec else {}))
     if tuple(data.info.shape) != tuple(student.info.shape):
         raise RealismError(f"data '{data_spec}' has shape {tuple(data.info.shape)}, the student "
                            f"makes {tuple(student.info.shape)}")

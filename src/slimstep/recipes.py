@@ -51,6 +51,7 @@ import torch
 import yaml
 
 from slimstep.config import CONFIGS, DEFAULTS, ConfigError, _yaml, find_config, load_config
+from slimstep.data import SPEC_KINDS, DataError, missing_path, student_data
 from slimstep.errors import SlimstepError, os_error
 from slimstep.outdir import output_dir
 from slimstep.spec import PairsConfig
@@ -106,8 +107,11 @@ def default_n(spec: str) -> int:
 
 # ---------------------------------------------------------------- the recipe
 
-def load_recipe(path: str | Path) -> tuple[dict, list[Stage]]:
-    """Read and resolve a recipe: (eval settings, stages in file order)."""
+def load_recipe(path: str | Path, data: str | None = None) -> tuple[dict, list[Stage]]:
+    """Read and resolve a recipe: (eval settings, stages in file order). ``data``, when
+    given, is the data spec of every teacher stage (``slimstep run --data``: a generic
+    recipe such as ``images/run-16`` names no data set of its own); the students take
+    their teacher's."""
     try:
         path = find_config(path, "recipe")
     except ConfigError as e:
@@ -127,11 +131,11 @@ def load_recipe(path: str | Path) -> tuple[dict, list[Stage]]:
     ev["title"] = raw.get("title") or path.stem
     stages: dict[str, Stage] = {}
     for name, body in raw["stages"].items():
-        stages[name] = _resolve(path, str(name), body or {}, stages)
+        stages[name] = _resolve(path, str(name), body or {}, stages, data)
     return ev, list(stages.values())
 
 
-def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage]) -> Stage:
+def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage], data: str | None = None) -> Stage:
     where = f"{path}: stage '{name}'"
     if not isinstance(body, dict):
         raise RecipeError(f"{where} must be a mapping")
@@ -168,14 +172,22 @@ def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage]) -> Stage
         if kind == "teacher" and cfg["method"]["name"] != "flow_matching":
             raise RecipeError(f"{where}: a teacher trains flow_matching, its config names "
                               f"'{cfg['method']['name']}'")
+        if kind == "teacher":
+            if data is not None:
+                cfg["data"]["spec"] = data
+            _check_data_path(where, cfg["data"]["spec"])
         if kind == "distill":
             method = body.get("method") or cfg["method"]["name"]
             named = cfg["method"]["name"]
             if named not in (method, DEFAULTS["method"]["name"]):
                 raise RecipeError(f"{where}: {body['config']} is a recipe for '{named}', not '{method}'")
             cfg["method"]["name"] = method
-            if dep("teacher") is not None:
-                cfg["data"]["spec"] = dep("teacher").spec
+            if dep("teacher") is not None:  # its teacher's data, at the teacher's resolution and crop
+                try:
+                    cfg["data"] = student_data(cfg["data"], dep("teacher").spec,
+                                               dep("teacher").cfg["data"].get("options") or {})
+                except DataError as e:
+                    raise RecipeError(f"{where}: {e}") from None
         st.cfg, st.spec = cfg, cfg["data"]["spec"]
         own = config_hash(cfg)
     else:
@@ -199,6 +211,17 @@ def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage]) -> Stage
         own = _digest(body)
     st.hash = _digest([kind, own, {r: done[d].hash for r, d in sorted(st.deps.items())}])
     return st
+
+
+def _check_data_path(where: str, spec: str) -> None:
+    """A teacher's data must be a known kind and its files must exist before anything
+    trains (a generic recipe's placeholder path is caught here, not after the stages
+    before it have run)."""
+    if spec.partition(":")[0] not in SPEC_KINDS:
+        raise RecipeError(f"{where}: unknown data spec '{spec}' (a kind of {', '.join(SPEC_KINDS)})")
+    if missing_path(spec) is not None:
+        raise RecipeError(f"{where}: its data {spec} does not exist (slimstep run RECIPE --data SPEC "
+                          "names the data set of every teacher)")
 
 
 def stage_dir(out: Path, st: Stage) -> Path:
@@ -417,28 +440,33 @@ def _mean_metrics(results: list[dict]) -> tuple[dict, dict]:
     return mean, sd
 
 
-def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None) -> dict:
+def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None,
+                  data_options: dict | None = None) -> dict:
     """``make(seed, n) -> (x, y, seconds, extra arrays)``; score on every protocol seed, keep
     the first seed's samples (``samples.npz`` + ``samples.png``) under ``keep``. A seed whose
     samples cannot be scored (NaN, ...) is left out and listed in ``failed_seeds``; when
-    every seed fails the row cannot exist and the evaluation error is raised."""
+    every seed fails the row cannot exist and the evaluation error is raised.
+    ``data_options``: the model's image loader options (:func:`slimstep.data.loader_options`)."""
+    from slimstep.data.vae import as_images
     from slimstep.eval import EvalError, evaluate
     from slimstep.files import write_npz
     from slimstep.viz import save_picture
 
     n = int(ev["n"] or default_n(spec))
+    data_options = data_options or {}
     results, failed, secs = [], [], 0.0
     for i, seed in enumerate(ev["seeds"]):
         x, y, s, extra = make(int(seed), n)
         secs += s
         if i == 0 and keep is not None:  # kept before scoring: a broken model's samples are evidence too
-            arrays = {"samples": x.numpy(), "seeds": list(range(seed, seed + n)), "data": spec}
+            arrays = {"samples": x.numpy(), "seeds": list(range(seed, seed + n)), "data": spec,
+                      "data_options": json.dumps(data_options, sort_keys=True)}
             if y is not None:
                 arrays["labels"] = y.numpy()
             write_npz(keep / "samples.npz", **arrays, **extra)
-            save_picture(x[:100], keep / "samples.png", title=name)
+            save_picture(as_images(x[:100], spec), keep / "samples.png", title=name)
         try:
-            results.append(evaluate(x, spec, labels=y, seed=int(seed)))
+            results.append(evaluate(x, spec, labels=y, seed=int(seed), data_options=data_options))
         except EvalError as e:
             failed.append({"seed": int(seed), "error": str(e)})
     if not results:
@@ -461,9 +489,15 @@ def score(gen, spec: str, name: str, n: int | None = None, seed: int = 0) -> dic
     tic = time.perf_counter()
     x, y = gen.generate(n, seed=seed)
     secs = time.perf_counter() - tic
-    res = evaluate(x, spec, labels=y, seed=seed)
+    res = evaluate(x, spec, labels=y, seed=seed, data_options=_options(gen))
     res.update(name=name, nfe=gen.nfe, params=gen.params, samples_per_s=round(n / secs, 1))
     return res
+
+
+def _options(gen) -> dict:
+    from slimstep.data import loader_options
+
+    return loader_options(gen.info.options)
 
 
 def _speed(gen, ev: dict) -> dict:
@@ -508,10 +542,11 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
         gen = load(model_dir(out, st))
         for k in ev["teacher_nfes"]:
             g = gen.with_sampling(solver="euler", steps=int(k))
-            r = score_samples(_generate(g), st.spec, ev, f"{st.name} euler-{k}", sdir / f"euler-{k}")
+            r = score_samples(_generate(g), st.spec, ev, f"{st.name} euler-{k}", sdir / f"euler-{k}", _options(gen))
             rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params})
         s = gen.sampling
-        r = score_samples(_generate(gen), st.spec, ev, f"{st.name} {s['solver']}-{s['steps']} (reference)", sdir)
+        r = score_samples(_generate(gen), st.spec, ev, f"{st.name} {s['solver']}-{s['steps']} (reference)", sdir,
+                          _options(gen))
         rows.append({**r, "reference": True, "nfe": gen.nfe, "params": gen.params, **_speed(gen, ev)})
         for row in rows[:-1]:  # the curve's speed: same network, NFE-proportional
             row["samples_per_s"] = None
@@ -520,7 +555,7 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
             one.update(_speed(gen.with_sampling(solver="euler", steps=1), ev))
     elif st.kind == "distill":
         gen = load(model_dir(out, st))
-        r = score_samples(_generate(gen), st.spec, ev, st.name, sdir)
+        r = score_samples(_generate(gen), st.spec, ev, st.name, sdir, _options(gen))
         rows.append({**r, "nfe": gen.nfe, "params": gen.params, **_speed(gen, ev)})
         rows[0]["init_check"] = _init_check(out, st, by_name, ev, rows[0])
     elif st.kind == "screen":
@@ -576,7 +611,7 @@ def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, 
 
     how = p["scorer"] if select == "argmax" else f"{p['scorer']} resample T={p.get('temperature', 1.0):g}"
     name = f"{st.name} ({st.deps['student']} x{n_c}, {how}, final {p['final']})"
-    r = score_samples(make, st.spec, ev, name, sdir)
+    r = score_samples(make, st.spec, ev, name, sdir, _options(student))
     final = teacher if p["final"] == "teacher" else student
     params = student.params + (teacher.params if teacher is not None and p["final"] == "teacher" else 0)
     secs_per_sample = r["sample_seconds"] / (r["n"] * len(ev["seeds"]))
@@ -588,15 +623,16 @@ def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, 
 
 # ---------------------------------------------------------------- the whole run
 
-def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print) -> dict:
+def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print, data: str | None = None) -> dict:
     """Train what is missing, evaluate everything with one protocol, write the
     report. Returns the results (also in ``DIR/results.json``). One run at a time
-    per ``out`` (its lock); a recipe that fails to load leaves no folder."""
+    per ``out`` (its lock); a recipe that fails to load leaves no folder. ``data``: the
+    data spec of every teacher stage (:func:`load_recipe`)."""
     with output_dir(out):
-        return _run(recipe, out, jobs, log)
+        return _run(recipe, out, jobs, log, data)
 
 
-def _run(recipe: str | Path, out: str | Path, jobs: int | None, log) -> dict:
+def _run(recipe: str | Path, out: str | Path, jobs: int | None, log, data: str | None = None) -> dict:
     from slimstep.eval import EvalError
     from slimstep.files import write_json
     from slimstep.flags import row_flags
@@ -604,7 +640,7 @@ def _run(recipe: str | Path, out: str | Path, jobs: int | None, log) -> dict:
 
     tic = time.perf_counter()
     out = Path(out)
-    ev, stages = load_recipe(recipe)
+    ev, stages = load_recipe(recipe, data)
     by_name = {s.name: s for s in stages}
     if jobs is None:
         jobs = 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
@@ -652,12 +688,14 @@ def _run(recipe: str | Path, out: str | Path, jobs: int | None, log) -> dict:
 
 def _add_ratios(rows: list[dict]) -> None:
     """Each row over its root teacher's reference row: quality, size and speed."""
+    from slimstep.verdict import HEADLINES
+
     refs = {r["stage"]: r for r in rows if r.get("reference")}
     for r in rows:
         ref = refs.get(r.get("teacher"))
         if ref is None:
             continue
-        key = next(k for k in ("fd", "fid", "w2", "mmd") if k in r["metrics"])
+        key = next(k for k in HEADLINES if k in r["metrics"])
         r["headline"] = key
         r["quality_ratio"] = r["metrics"][key] / ref["metrics"][key] if ref["metrics"][key] else None
         r["params_ratio"] = r["params"] / ref["params"] if ref.get("params") else None

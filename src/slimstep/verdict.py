@@ -1,7 +1,7 @@
 """The verdict: which one-step model to take, per data set, in two lines.
 
 * **Best one-step model**: the student (a trained stage, NFE 1) with the lowest
-  headline metric (FD / FID / W2 / MMD, all lower-is-better), with its ratios
+  headline metric (FD / FID / SWD / W2 / MMD, all lower-is-better), with its ratios
   to its teacher at the teacher's reference sampler: quality, parameters,
   samples/s.
 * **Within noise**: the other one-step students whose mean ± sd over the
@@ -18,7 +18,7 @@ and ``slimstep run``'s summary print the same lines.
 from __future__ import annotations
 
 SMALL = 0.25  # a "small" student has at most this fraction of its teacher's parameters
-HEADLINES = ("fd", "fid", "w2", "mmd")
+HEADLINES = ("fd", "fid", "swd", "w2", "mmd")  # the first a row has is its headline
 
 
 def _key(rows: list[dict]) -> str | None:

@@ -12,10 +12,15 @@ from slimstep.files import atomic_write
 
 
 def image_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1):
-    """NCHW in [-1, 1] -> a PIL image grid (``scale`` enlarges tiny images)."""
+    """NCHW in [-1, 1] -> a PIL image grid (``scale`` enlarges tiny images). Other channel
+    counts than 1 and 3 (latents, any range) show their first channel in grey, ±3
+    standard deviations to black / white: a look at the samples, not a decoding."""
     from PIL import Image
 
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    x = x.detach().float().cpu()
+    if x.shape[1] not in (1, 3):
+        x = x[:, :1] / (3 * x[:, :1].std().clamp_min(1e-12))
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
     n, c, h, w = x.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / nrow)

@@ -1,11 +1,14 @@
 """Data sets, all behind one small protocol.
 
 A *spec* string names a data set: ``digits`` (the embedded default),
-``toy2d:NAME``, ``folder:PATH``, ``npz:PATH``, ``cifar10:PATH``, and
-``pairs:DIR`` (teacher pairs, see :mod:`slimstep.pairs`).
+``toy2d:NAME``, ``folder:PATH``, ``npz:PATH``, ``cifar10:PATH``,
+``latents:PATH`` (float NCHW in any range, as stored: :mod:`slimstep.data.latents`),
+``vae:VAE_DIR:DATA`` (an image set encoded by a local VAE: :mod:`slimstep.data.vae`)
+and ``pairs:DIR`` (teacher pairs, see :mod:`slimstep.pairs`).
 
 Every data set returns samples in slimstep's data space: images NCHW float32
-in [-1, 1], 2-D toys ``(N, 2)`` float32; labels int64 or ``None``.
+in [-1, 1], latents NCHW float32 as stored, 2-D toys ``(N, 2)`` float32; labels
+int64 or ``None``.
 
 Training batches are drawn by :meth:`Dataset.draw` from a ``torch.Generator``
 the training loop seeds from (run seed, rank, step). Drawing is therefore a
@@ -17,6 +20,7 @@ indices uniformly with replacement (a stateless stand-in for epoch shuffling).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -33,7 +37,7 @@ class DataInfo:
     """What a checkpoint records about the data its model was trained on."""
 
     spec: str  # e.g. "digits", "toy2d:moons", "folder:/data/afhq"
-    kind: str  # "image" or "points"
+    kind: str  # "image", "latent" (NCHW, not in [-1, 1]) or "points"
     shape: tuple[int, ...]  # one sample: (C, H, W) or (2,)
     num_classes: int = 0  # 0 = unconditional
     scaling: str = ""  # how raw values map to data space, e.g. "uint8/127.5-1"
@@ -82,6 +86,47 @@ class ShapeOnly:
         raise DataError("a data-free run reads no data set: name one (--data) to evaluate against")
 
 
+#: Image loader options that change the images themselves (``flip`` only augments training).
+IMAGE_OPTIONS = ("resolution", "center_crop")
+#: The data specs whose samples are images in [-1, 1] scored by the image protocol.
+IMAGE_KINDS = ("folder", "npz", "cifar10")
+
+
+def loader_options(options: dict) -> dict:
+    """The options (``DataInfo.options`` or a config's ``data.options``) that re-open
+    the images a model trained on, at its resolution and crop: what evaluation passes
+    to :func:`load_data` so its real images match the samples."""
+    return {k: options[k] for k in IMAGE_OPTIONS if options.get(k)}
+
+
+def student_data(data: dict, spec: str, options: dict) -> dict:
+    """A config's ``data`` section made its teacher's: the teacher's ``spec`` and its
+    resolution / crop (a student must see the images its teacher saw), the config's other
+    options (``flip``) kept. A config that sets another resolution or crop is refused."""
+    own = dict(data.get("options") or {})
+    for key, value in loader_options(options).items():
+        if own.get(key) and own[key] != value:
+            raise DataError(f"the config sets data.options.{key}={own[key]!r}, its teacher trained with {value!r}")
+        own[key] = value
+    return {**data, "spec": spec, "options": own}
+
+
+#: The kinds a spec may name (``KIND`` or ``KIND:ARG``).
+SPEC_KINDS = ("digits", "toy2d", "pairs", "folder", "npz", "cifar10", "latents", "vae")
+
+
+def missing_path(spec: str) -> str | None:
+    """The file or folder a spec names that does not exist (None: all there, or no files):
+    what a recipe checks before anything trains."""
+    kind, _, arg = spec.partition(":")
+    if kind == "vae":
+        vae, _, inner = arg.partition(":")
+        return vae if not Path(vae).expanduser().is_dir() else missing_path(inner)
+    if kind in (*IMAGE_KINDS, "latents") and not Path(arg).expanduser().exists():
+        return arg
+    return None
+
+
 def load_data(spec: str, **options) -> Dataset:
     """Open the data set named by ``spec``. ``options`` are loader options
     (``resolution``, ``center_crop``, ``flip``) passed to image loaders."""
@@ -110,9 +155,24 @@ def load_data(spec: str, **options) -> Dataset:
         from slimstep.data import images
 
         return images.open_image_data(kind, arg, **options)
+    if kind == "latents":
+        if not arg:
+            raise DataError("data spec 'latents' needs a path: latents:PATH")
+        from slimstep.data.latents import open_latents
+
+        return open_latents(arg, **options)
+    if kind == "vae":
+        from slimstep.data.vae import open_vae_data
+
+        return open_vae_data(arg, **options)
     raise DataError(
-        f"unknown data spec '{spec}' (expected digits, toy2d:NAME, folder:PATH, npz:PATH, cifar10:PATH)"
+        f"unknown data spec '{spec}' (expected digits, toy2d:NAME, folder:PATH, npz:PATH, cifar10:PATH, "
+        "latents:PATH, vae:VAE_DIR:DATA)"
     )
 
 
 __all__ = ["DataError", "DataInfo", "Dataset", "ShapeOnly", "load_data"]
+
+
+__all__ = ["IMAGE_KINDS", "SPEC_KINDS", "DataError", "DataInfo", "Dataset", "load_data", "loader_options",
+           "missing_path", "student_data"]

@@ -79,13 +79,25 @@ class ImageData:
     def reference(
         self, n: int | None = None, *, split: str = "test", seed: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, y = self._split(split)
+        x, y = x[:n], None if y is None else y[:n]
+        return _to_float(x), y
+
+    def split_size(self, split: str) -> int:
+        return len(self._split(split)[0])
+
+    def take(self, index: torch.Tensor, split: str = "train") -> torch.Tensor:
+        """The images at ``index`` of ``split`` in data space: a subset is converted to
+        float, not the whole split first (CIFAR-10's train split is 600 MB as float)."""
+        return _to_float(self._split(split)[0][index])
+
+    def _split(self, split: str) -> tuple:
         if split not in self._splits:
             raise DataError(f"unknown split '{split}' of {self.info.spec} (expected train, test)")
         x, y = self._splits[split]
         if callable(x):  # a lazily loaded split
             x, y = self._splits[split] = x()
-        x, y = x[:n], None if y is None else y[:n]
-        return _to_float(x), y
+        return x, y
 
 
 def _to_float(x: torch.Tensor) -> torch.Tensor:
@@ -214,15 +226,37 @@ def _load_folder(p: Path, res: int | None, center_crop: bool, fit):
 # --- npz -------------------------------------------------------------------------------
 
 
-def _load_npz(p: Path, res: int | None, center_crop: bool, fit):
+def read_npz(p: Path, keys: tuple[str, ...], what: str) -> tuple[dict[str, np.ndarray], str]:
+    """Every array of the ``.npz`` at ``p`` (never un-pickled) and the first of ``keys`` it
+    has (``what`` names the array in the error)."""
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError) as e:  # also zipfile.BadZipFile, pickled objects
         raise DataError(f"cannot read npz {p}: {e}") from None
-    xkey = next((k for k in ("x", "images", "arr_0") if k in arrays), None)
-    if xkey is None:
-        raise DataError(f"{p} has no image array x, images or arr_0 (keys: {sorted(arrays)})")
+    key = next((k for k in keys if k in arrays), None)
+    if key is None:
+        raise DataError(f"{p} has no {what} array {', '.join(keys[:-1])} or {keys[-1]} (keys: {sorted(arrays)})")
+    return arrays, key
+
+
+def npz_labels(arrays: dict[str, np.ndarray], n: int, p: Path) -> torch.Tensor | None:
+    """Optional labels ``y`` (or ``labels``): ``n`` integers >= 0."""
+    ykey = next((k for k in ("y", "labels") if k in arrays), None)
+    if ykey is None:
+        return None
+    yv = arrays[ykey]
+    if not np.issubdtype(yv.dtype, np.integer) or yv.shape != (n,) or yv.min() < 0:
+        raise DataError(f"{p}: '{ykey}' must be {n} integers >= 0, got {yv.dtype} {yv.shape}")
+    return torch.from_numpy(yv.astype(np.int64))
+
+
+#: How a float array outside [-1, 1] is refused: what it probably is, and where it goes.
+NOT_AN_IMAGE = "a float data set in any range (e.g. SD-VAE latents) is latents:PATH (docs/data.md)"
+
+
+def _load_npz(p: Path, res: int | None, center_crop: bool, fit):
+    arrays, xkey = read_npz(p, ("x", "images", "arr_0"), "image")
     x = arrays[xkey]
     if x.dtype == np.uint8:
         if x.ndim == 3:
@@ -232,24 +266,18 @@ def _load_npz(p: Path, res: int | None, center_crop: bool, fit):
         x, scaling = x.transpose(0, 3, 1, 2), "uint8/127.5-1"
     elif np.issubdtype(x.dtype, np.floating):
         if x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise DataError(f"{p}: float '{xkey}' must be NCHW with 1 or 3 channels, got {x.shape}")
+            raise DataError(f"{p}: float '{xkey}' images must be NCHW with 1 or 3 channels, got "
+                            f"{x.shape}; {NOT_AN_IMAGE}")
         lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
         if not (-1.01 <= lo and hi <= 1.01):  # also catches NaN
-            raise DataError(f"{p}: float '{xkey}' must lie in [-1, 1], found [{lo:.3g}, {hi:.3g}]")
+            raise DataError(f"{p}: float '{xkey}' images must lie in [-1, 1], found [{lo:.3g}, {hi:.3g}]; "
+                            f"{NOT_AN_IMAGE}")
         x, scaling = np.clip(x, -1, 1).astype(np.float32), "float, already in [-1, 1]"
     else:
         raise DataError(f"{p}: '{xkey}' must be uint8 NHWC or float NCHW, got dtype {x.dtype}")
     if len(x) == 0:
         raise DataError(f"{p}: '{xkey}' holds no images")
-    ykey = next((k for k in ("y", "labels") if k in arrays), None)
-    y = None
-    if ykey is not None:
-        yv = arrays[ykey]
-        if not np.issubdtype(yv.dtype, np.integer) or yv.shape != (len(x),) or yv.min() < 0:
-            raise DataError(
-                f"{p}: '{ykey}' must be {len(x)} integers >= 0, got {yv.dtype} {yv.shape}"
-            )
-        y = torch.from_numpy(yv.astype(np.int64))
+    y = npz_labels(arrays, len(x), p)
     x = torch.from_numpy(np.ascontiguousarray(fit(x)))
     return x, y, [], scaling, None
 

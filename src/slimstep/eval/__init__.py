@@ -18,8 +18,12 @@ same sizes, i.e. the best a perfect generator could expect to score.
   ``accuracy_vs_labels`` is the classifier's own test accuracy).
 - ``toy2d:NAME`` (``[N, 2]``): ``w2`` (exact W2) and ``mmd`` (unbiased RBF-MMD²) against
   N fresh test draws; floor = N fresh train draws against the same test draws.
-- images (``folder:``, ``npz:``, ``cifar10:``): ``fid`` in Inception-v3 features (local
-  weights file); floor only where a disjoint real split exists (CIFAR-10 test vs train).
+- ``vae:VAE_DIR:DATA`` (latents): decoded by the VAE, then scored as images of ``DATA``.
+- images (``folder:``, ``npz:``, ``cifar10:``; :mod:`slimstep.eval.images`): ``swd`` (sliced
+  Wasserstein distance of Laplacian-pyramid patches, :mod:`slimstep.eval.swd`: no weights)
+  with ``swd_<H>`` per pyramid level, and ``fid`` in Inception-v3 features when a local
+  weights file is given; floor = held-out real images (CIFAR-10: the test split; folder
+  and npz: the other half of a fixed shuffle) against the same reference.
 
 Sample size matters: FD/FID are biased upwards at small N and the k-NN metrics move
 with N, so results are comparable only at equal N. Use **N = 597 on digits** (the
@@ -42,6 +46,7 @@ from typing import Any
 
 import torch
 
+from slimstep.data import IMAGE_KINDS
 from slimstep.errors import SlimstepError
 
 
@@ -50,7 +55,7 @@ class EvalError(SlimstepError, ValueError):
 
 
 DIGITS_FLOOR_N = 597  # size of the digits test split (slimstep.data.digits.N_TEST)
-HEADLINE = ("fd", "fid", "w2", "mmd", "precision", "recall")  # shown with their floor
+HEADLINE = ("fd", "fid", "swd", "w2", "mmd", "precision", "recall")  # shown with their floor
 
 
 def _as_samples(samples: Any, shape: tuple[int, ...] | None, what: str) -> torch.Tensor:
@@ -167,47 +172,6 @@ def _evaluate_toy(
     }
 
 
-def _evaluate_images(
-    spec: str, x: Any, n_ref: int | None, inception_weights: Any, ref_stats: Any,
-    notes: list[str],
-) -> dict[str, Any]:
-    from slimstep.eval.fd import feature_stats, frechet_distance, load_stats, save_stats
-    from slimstep.eval.features import InceptionFeatures
-
-    net = InceptionFeatures(inception_weights)  # checks the weights before any data work
-    x = _clamp(_as_samples(x, None, "image"), notes)
-    kind = spec.partition(":")[0]
-    ds = None
-    if ref_stats is not None and Path(ref_stats).is_file():
-        mu_r, s_r = load_stats(ref_stats)
-    else:
-        from slimstep.data import load_data
-
-        ds = load_data(spec)
-        xr, _ = ds.reference(n_ref, split="train")
-        mu_r, s_r = feature_stats(net.features(xr))
-        if ref_stats is not None:
-            save_stats(ref_stats, mu_r, s_r)
-            notes.append(f"reference stats of {len(xr)} images saved to {ref_stats}")
-    if mu_r.shape[0] != net.dim:
-        raise EvalError(f"reference stats have {mu_r.shape[0]} dims, Inception gives {net.dim}")
-    metrics = {"fid": frechet_distance(*feature_stats(net.features(x)), mu_r, s_r)}
-    floor: dict[str, float] = {}
-    floor_n = None
-    if kind == "cifar10":  # the only image set with a disjoint real split
-        from slimstep.data import load_data
-
-        ds = ds or load_data(spec)
-        xt, _ = ds.reference(None, split="test")
-        floor = {"fid": frechet_distance(*feature_stats(net.features(xt)), mu_r, s_r)}
-        floor_n = len(xt)
-        if len(x) != floor_n:
-            notes.append(f"N = {len(x)} differs from the floor's N = {floor_n}: FID is biased by sample count")
-    else:
-        notes.append("no disjoint real split for this data set: no floor")
-    return {"metrics": metrics, "floor": floor, "floor_n": floor_n, "features": net.name}
-
-
 def evaluate(
     samples: torch.Tensor,
     data_spec: str,
@@ -218,6 +182,7 @@ def evaluate(
     inception_weights: str | Path | None = None,
     ref_stats: str | Path | None = None,
     k: int = 3,
+    data_options: dict | None = None,
 ) -> dict[str, Any]:
     """Score ``samples`` on the protocol of ``data_spec`` (see the module docstring).
 
@@ -229,12 +194,16 @@ def evaluate(
             ``accuracy_vs_labels`` (classifier argmax agrees with the label).
         n_ref: reference size: digits, the first ``n_ref`` train images (default all
             1,200); toy2d, fresh test draws (default N); images, reference images
-            (default all of the train split).
-        seed: seed of the toy reference draws and of the k-NN subsets.
-        inception_weights: local Inception-v3 weights file (images only).
-        ref_stats: images: ``.npz`` (``mu``, ``sigma``) of the reference; read if it
-            exists, else computed from the data set's train split and written there.
+            (default N for SWD, all of the reference pool for FID).
+        seed: seed of the toy reference draws and of the k-NN subsets (the image
+            protocol's SWD has its own fixed seed: its floor is one number per N).
+        inception_weights: local Inception-v3 weights file (images only): adds FID;
+            without it images are scored by SWD alone.
+        ref_stats: images: ``.npz`` (``mu``, ``sigma``) of the FID reference; read if it
+            exists, else computed from the reference images and written there.
         k: neighbours of the k-NN metrics.
+        data_options: images: the loader options the model trained with
+            (``resolution``, ``center_crop``), so the real images match the samples.
 
     Returns:
         ``{"data", "n", "metrics", "floor", "floor_n", "notes", ...}``, JSON-serialisable.
@@ -245,8 +214,22 @@ def evaluate(
         out = _evaluate_digits(samples, labels, n_ref, seed, k, notes)
     elif kind == "toy2d":
         out = _evaluate_toy(data_spec, samples, n_ref, seed, notes)
-    elif kind in ("folder", "npz", "cifar10"):
-        out = _evaluate_images(data_spec, samples, n_ref, inception_weights, ref_stats, notes)
+    elif kind == "latents":
+        raise EvalError(f"{data_spec} holds latents, not images: SWD and FID score images, so there is no "
+                        "protocol for them; decode the samples and score the images, or train on "
+                        "vae:VAE_DIR:DATA, whose models are scored on their decoded images (docs/data.md)")
+    elif kind in IMAGE_KINDS:
+        from slimstep.eval.images import evaluate_images
+
+        out = evaluate_images(data_spec, samples, n_ref, data_options or {}, inception_weights, ref_stats, notes)
+    elif kind == "vae":  # latent samples: decoded, then scored as images of the data behind the VAE
+        from slimstep.data.vae import decode, parse
+        from slimstep.eval.images import evaluate_images
+
+        vae_dir, images = parse(data_spec[len("vae:"):])
+        x = decode(_as_samples(samples, None, "latent"), data_spec[len("vae:"):])
+        notes.append(f"latent samples decoded by the VAE in {vae_dir}, scored as images of {images}")
+        out = evaluate_images(images, x, n_ref, data_options or {}, inception_weights, ref_stats, notes)
     else:
         raise EvalError(f"no evaluation protocol for data spec '{data_spec}'")
     return {"data": data_spec, "n": len(samples), **out, "seed": seed, "notes": notes}
@@ -266,7 +249,8 @@ def format_table(rows: list[dict[str, Any]], name_key: str = "name") -> str:
     ``nfe``, ``params``). Headline metrics (fd, fid, w2, mmd, precision, recall) carry
     their floor beside them: ``1.23 (floor 0.19)``.
     """
-    reserved = {name_key, "data", "n", "metrics", "floor", "floor_n", "notes", "features", "seed", "k"}
+    reserved = {name_key, "data", "n", "metrics", "floor", "floor_n", "notes", "features", "seed", "k",
+                "reference_n"}
     metric_cols: list[str] = []
     extra_cols: list[str] = []
     for r in rows:
@@ -295,4 +279,4 @@ def format_table(rows: list[dict[str, Any]], name_key: str = "name") -> str:
     return "\n".join(text)
 
 
-__all__ = ["DIGITS_FLOOR_N", "EvalError", "evaluate", "format_table"]
+__all__ = ["DIGITS_FLOOR_N", "IMAGE_KINDS", "EvalError", "evaluate", "format_table"]

@@ -129,10 +129,16 @@ def _from_info(info: dict) -> DigitsClassifier:
 
 # --------------------------------------------------------------------------- Inception
 
+#: The weights file of torch-fidelity's FeatureExtractorInceptionV3 (its GitHub release v0.2.0),
+#: named the same in the errors, README.md and docs/evaluation.md.
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_HINT = (
-    "pass --inception-weights PATH (inception_weights=...) pointing to torch-fidelity's "
-    "weights-inception-2015-12-05-6726825d.pth (from its GitHub release v0.2.0)"
+    f"pass --inception-weights PATH (inception_weights=...) pointing to torch-fidelity's "
+    f"{INCEPTION_FILE} (from its GitHub release v0.2.0)"
 )
+#: The note of an image evaluation without weights: SWD is scored, FID is not.
+NO_FID = (f"no FID: it needs Inception weights, --inception-weights {INCEPTION_FILE} "
+          "(torch-fidelity's; slimstep never downloads them); SWD needs none")
 
 
 def _import_inception() -> type:
@@ -231,4 +237,4 @@ class InceptionFeatures:
     __call__ = features
 
 
-__all__ = ["DigitsClassifier", "InceptionFeatures", "images_to_uint8", "sha256_file"]
+__all__ = ["INCEPTION_FILE", "DigitsClassifier", "InceptionFeatures", "images_to_uint8", "sha256_file"]

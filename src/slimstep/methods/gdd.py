@@ -299,7 +299,8 @@ class GDD(Method):
                               f"not '{o['instance_distance']}'")
         if int(o["r1_every"]) < 0 or float(o["r1_gamma"]) < 0:
             raise MethodError("r1_every and r1_gamma must be >= 0")
-        kind = o["disc"] if o["disc"] != "auto" else ("conv" if info.kind == "image" else "mlp")
+        spatial = info.kind in ("image", "latent")  # a conv discriminator fits any NCHW grid
+        kind = o["disc"] if o["disc"] != "auto" else ("conv" if spatial else "mlp")
         per_kind = dict(o["disc_options"] or {})
         unknown = sorted(set(per_kind) - set(KINDS))
         if unknown:

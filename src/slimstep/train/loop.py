@@ -186,7 +186,9 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
     if mcls.data_free and teacher is not None:
         data = ShapeOnly(teacher.info)
     else:
-        data = load_data(mcls.data_spec(cfg), **cfg["data"].get("options", {}))
+        spec = mcls.data_spec(cfg)
+        # The options are those of the config's data set; pairs carry their teacher's shapes.
+        data = load_data(spec, **(cfg["data"].get("options", {}) if spec == cfg["data"]["spec"] else {}))
     check_teacher(data, teacher)  # pairs from another teacher, data set or shape
     method = build_method(cfg, data.info, ctx.device, teacher=teacher)
     for m in method.modules().values():
