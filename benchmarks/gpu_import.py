@@ -55,11 +55,11 @@ def sit_state_dict(size: dict, side: int, classes: int) -> dict:
 
 
 def latents(path: Path, side: int, classes: int, n: int = 512) -> str:
-    """Stand-in latents in [-1, 1] (npz: float images) with labels: only GDD-I reads them."""
+    """Stand-in SD-VAE latents (std ~1, 4 channels) with labels: only GDD-I reads them."""
     rng = np.random.default_rng(0)
-    np.savez(path, x=rng.uniform(-1, 1, (n, 4, side, side)).astype(np.float32),
+    np.savez(path, x=rng.standard_normal((n, 4, side, side)).astype(np.float32),
              y=rng.integers(0, classes, n))
-    return f"npz:{path}"
+    return f"latents:{path}"
 
 
 def cifar_like(path: Path, n: int = 512) -> str:
@@ -133,7 +133,7 @@ def main() -> None:
     sit_batch, unet_batch = (8, 8) if a.tiny else (32, 64)
     results = []
     for compile_ in (False, True):
-        results.append(train("sit-xl2", "flowmap", "imagenet256/flowmap", sit, None, out, a.steps,
+        results.append(train("sit-xl2", "flowmap", "imagenet256/flowmap", sit, lat, out, a.steps,
                              sit_batch, device, compile_))
         results.append(train("sit-xl2", "gdd-i", "digits/gdd-i", sit, lat, out, a.steps, sit_batch,
                              device, compile_))

@@ -150,6 +150,15 @@ def test_lazy_r1_adds_every_times_gamma_over_2_on_its_steps(toy_teacher):
 # ----------------------------------------------------------------------------- multi-head weighting
 
 
+def test_train_compile_leaves_the_discriminator_eager_while_r1_is_on(toy_teacher):
+    """torch.compile's autograd cannot differentiate a gradient, and R1 does (create_graph
+    through D): a compiled D ended GDD with train.compile=true in a RuntimeError."""
+    m, _ = method_for(toy_teacher, "toy2d:moons", r1_gamma=0.5, r1_every=4)
+    assert set(m.compiled_modules()) == {"net"}
+    m, _ = method_for(toy_teacher, "toy2d:moons", r1_gamma=0.0)
+    assert set(m.compiled_modules()) == {"net", "disc"}
+
+
 def test_sum_head_means_gives_each_head_one_unit_of_weight():
     v = torch.cat([torch.full((3, 4), 2.0), torch.full((3, 64), -1.0)], dim=1).requires_grad_(True)
     out = sum_head_means(v, (4, 64))

@@ -103,6 +103,11 @@ class Method:
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net}
 
+    def compiled_modules(self) -> dict[str, nn.Module]:
+        """The modules ``train.compile`` compiles (those that a double backward does not
+        pass through: torch.compile's autograd cannot differentiate a gradient)."""
+        return self.modules()
+
     def parameters(self, phase: str) -> Iterable[nn.Parameter]:
         return [p for p in self.net.parameters() if p.requires_grad]
 

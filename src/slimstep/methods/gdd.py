@@ -325,6 +325,11 @@ class GDD(Method):
     def modules(self):
         return {"net": self.net, "disc": self.disc}
 
+    def compiled_modules(self):
+        # R1 differentiates D's input gradient (create_graph): D stays eager when it is on
+        r1 = self.opts["r1_every"] > 0 and self.opts["r1_gamma"] > 0
+        return {"net": self.net} if r1 else self.modules()
+
     def parameters(self, phase):
         mod = self.disc if phase == "disc" else self.net
         return [p for p in mod.parameters() if p.requires_grad]

@@ -212,7 +212,7 @@ def _run(cfg: dict, out: Path, resume: bool, method, data, phases, ema, ctx, pro
     elif ckpt.list_snapshots(out):  # every rank checks, so none waits in a collective
         raise ResumeError(f"{out} already holds a training run: pass --resume or choose another --out")
     if t["compile"]:
-        for m in method.modules().values():
+        for m in method.compiled_modules().values():
             m.compile()
 
     net_params = list(method.net.parameters())
