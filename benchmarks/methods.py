@@ -3,6 +3,8 @@ protocol. Writes benchmarks/results/methods.md (+ methods.json, plots in methods
 
     python benchmarks/methods.py            # configs/digits/all.yaml + configs/toy2d/all.yaml
     python benchmarks/methods.py --quick    # configs/demo.yaml (the demo's budget)
+    python benchmarks/methods.py --recipe digits/slt-chain --out runs --tag slt-chain
+                                            # one other recipe -> results/slt-chain.md
 
 `slimstep run` reuses every stage that finished (by config hash), so a killed
 benchmark reruns only what is missing; the training seconds in the table are
@@ -71,14 +73,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the demo recipe (configs/demo.yaml)")
     ap.add_argument("--jobs", type=int, default=2, help="stages trained at once")
     ap.add_argument("--note", default="", help="how the runs came about (written under the title)")
+    ap.add_argument("--recipe", action="append", help="another recipe (repeatable) instead of the set")
+    ap.add_argument("--tag", default="methods", help="results file stem (default methods)")
     a = ap.parse_args()
     out = Path(a.out)
     r = Runner(out)
     dest = RESULTS
-    plots = dest / "methods"
+    plots = dest / a.tag
     plots.mkdir(parents=True, exist_ok=True)
     runs = []
-    for recipe, name in RECIPES["quick" if a.quick else "full"]:
+    recipes = ([(rc, Path(rc).stem) for rc in a.recipe] if a.recipe
+               else RECIPES["quick" if a.quick else "full"])
+    for recipe, name in recipes:
         d = out / name
         # slimstep run decides what to reuse itself: always invoke it.
         secs = r.run(["run", recipe, "--out", str(d), "--jobs", str(a.jobs)])
@@ -87,8 +93,8 @@ def main() -> None:
     m = machine()
     md = ["# Every method, one protocol (`slimstep run`)", "",
           f"{m['date']}, {m['cores']} CPU cores ({a.jobs} stages trained at once, one thread each), "
-          f"torch {m['torch']}, Python {m['python']}. Reproduce: `python benchmarks/methods.py"
-          f"{' --quick' if a.quick else ''}`.", "",
+          f"torch {m['torch']}, Python {m['python']}. Reproduce: `python benchmarks/methods.py "
+          f"{' '.join(sys.argv[1:])}`.", "",
           "Each row's ratios are over its teacher at the teacher's reference sampler (Heun, 16 steps = "
           "32 NFE): quality (FD on digits, W2 on moons; lower is better), parameters, and samples/s "
           "at batch 256 (measured after training, one model at a time). Every model is sampled "
@@ -112,7 +118,7 @@ def main() -> None:
                 src = d / f"{slug}-{kind}.png"
                 if src.is_file():
                     shutil.copyfile(src, plots / f"{slug}-{kind}.png")
-                    md += [f"![{spec}: {alt}](methods/{slug}-{kind}.png)", ""]
+                    md += [f"![{spec}: {alt}]({a.tag}/{slug}-{kind}.png)", ""]
         failed = [n for n, s in res["stages"].items() if s["status"] in ("failed", "skipped")]
         if failed:
             md += [f"Failed or skipped stages: {', '.join(failed)} (see the report's stage table).", ""]
@@ -123,11 +129,11 @@ def main() -> None:
     md += ["## Commands (wall seconds)", "", "```",
            *[f"{c}    # {r.times[c]:.0f} s" for c in r.commands()],
            "python benchmarks/methods.py " + " ".join(sys.argv[1:]), "```", ""]
-    (dest / "methods.json").write_text(json.dumps({"machine": m, "runs": [
+    (dest / f"{a.tag}.json").write_text(json.dumps({"machine": m, "runs": [
         {"recipe": rc, "dir": str(d), "seconds": s, "results": res} for rc, d, s, res in runs]},
         indent=1, default=str))
-    (dest / "methods.md").write_text("\n".join(md))
-    print(f"-> {dest / 'methods.md'}")
+    (dest / f"{a.tag}.md").write_text("\n".join(md))
+    print(f"-> {dest / f'{a.tag}.md'}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS  # noqa: E402
+from common import RESULTS, machine  # noqa: E402
 
 from slimstep.data import load_data  # noqa: E402
 from slimstep.eval import evaluate  # noqa: E402
@@ -83,7 +83,11 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "swd.json").write_text(json.dumps({"data": f"{CROPS} crops {SIZE}x{SIZE} of sklearn's sample "
                                                   "images", "rows": rows}, indent=2) + "\n")
-    lines = ["| samples | N | SWD | SWD 32 | SWD 16 | floor (N) | s |", "|---|---|---|---|---|---|---|"]
+    m = machine()
+    lines = [f"{m['date']}, {m['cores']} CPU cores, one thread, torch {m['torch']}: `python benchmarks/swd.py` "
+             f"({CROPS} {SIZE}x{SIZE} crops of scikit-learn's two shipped photographs through the `npz:` "
+             "path; the protocol in docs/evaluation.md).", "",
+             "| samples | N | SWD | SWD 32 | SWD 16 | floor (N) | s |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['name']} | {r['n']} | {r['swd']:.4f} | {r['swd_32']:.4f} | {r['swd_16']:.4f} | "
                      f"{r['floor']:.4f} ({r['floor_n']}) | {r['seconds']} |")
