@@ -84,7 +84,8 @@ def main() -> None:
     (RESULTS / "swd.json").write_text(json.dumps({"data": f"{CROPS} crops {SIZE}x{SIZE} of sklearn's sample "
                                                   "images", "rows": rows}, indent=2) + "\n")
     m = machine()
-    lines = [f"{m['date']}, {m['cores']} CPU cores, one thread, torch {m['torch']}: `python benchmarks/swd.py` "
+    lines = ["# SWD, the image metric without weights", "",
+             f"{m['date']}, {m['cores']} CPU cores, one thread, torch {m['torch']}: `python benchmarks/swd.py` "
              f"({CROPS} {SIZE}x{SIZE} crops of scikit-learn's two shipped photographs through the `npz:` "
              "path; the protocol in docs/evaluation.md).", "",
              "| samples | N | SWD | SWD 32 | SWD 16 | floor (N) | s |", "|---|---|---|---|---|---|---|"]
