@@ -378,92 +378,17 @@ for nm, kw in [
         ["export", "--ckpt", d, "--out", str(W / "o/dg.pt")],
     ):
         c(f"damaged {nm} {cmd[0]}", cmd)
-c(
-    "screen realism no disc",
-    ["sample", "--ckpt", str(G), "--n", "4", "--screen", "4", "--scorer", "realism", "--out", str(W / "o/s.npz")],
-)
-c(
-    "screen final teacher no teacher",
-    [
-        "sample",
-        "--ckpt",
-        str(G),
-        "--n",
-        "4",
-        "--screen",
-        "4",
-        "--scorer",
-        "density",
-        "--final",
-        "teacher",
-        "--out",
-        str(W / "o/s.npz"),
-    ],
-)
-c(
-    "screen --discriminator nonexistent",
-    [
-        "sample",
-        "--ckpt",
-        str(G),
-        "--n",
-        "4",
-        "--screen",
-        "4",
-        "--scorer",
-        "realism",
-        "--discriminator",
-        "/nope",
-        "--out",
-        str(W / "o/s.npz"),
-    ],
-)
-c(  # a multi-step teacher as the scorer is allowed: costly, and its NFE is counted
-    "screen --teacher multi-step (allowed)",
-    ["sample", "--ckpt", str(G), "--n", "4", "--screen", "4", "--scorer", "teacher", "--teacher", str(T),
-     "--out", str(W / "o/s.npz")],
-    want=0,
-)
-c(
-    "screen temperature 0",
-    [
-        "sample",
-        "--ckpt",
-        str(G),
-        "--n",
-        "4",
-        "--screen",
-        "4",
-        "--scorer",
-        "density",
-        "--select",
-        "resample",
-        "--temperature",
-        "0",
-        "--out",
-        str(W / "o/s.npz"),
-    ],
-)
-c(
-    "screen temperature nan",
-    [
-        "sample",
-        "--ckpt",
-        str(G),
-        "--n",
-        "4",
-        "--screen",
-        "4",
-        "--scorer",
-        "density",
-        "--select",
-        "resample",
-        "--temperature",
-        "nan",
-        "--out",
-        str(W / "o/s.npz"),
-    ],
-)
+SCREEN = ["sample", "--ckpt", str(G), "--n", "4", "--screen", "4", "--out", str(W / "o/s.npz")]
+TEACHER_SCORE = ["--scorer", "teacher", "--teacher", str(T)]  # a scorer the toy student takes
+for name, extra in [("screen realism no disc", ["--scorer", "realism"]),
+                    ("screen --discriminator nonexistent", ["--scorer", "realism", "--discriminator", "/nope"]),
+                    ("screen scorer teacher without --teacher", ["--scorer", "teacher"]),
+                    ("screen temperature 0", [*TEACHER_SCORE, "--select", "resample", "--temperature", "0"]),
+                    ("screen temperature nan", [*TEACHER_SCORE, "--select", "resample", "--temperature", "nan"]),
+                    ("screen temperature -1", [*TEACHER_SCORE, "--select", "resample", "--temperature", "-1"])]:
+    c(name, [*SCREEN, *extra])
+# a multi-step teacher as the scorer is allowed: costly, and its NFE is counted
+c("screen --teacher multi-step (allowed)", [*SCREEN, *TEACHER_SCORE], want=0)
 c("export onnx (onnx missing)", ["export", "--ckpt", str(G), "--format", "onnx", "--out", str(W / "o/g.onnx")])
 c("export ok", ["export", "--ckpt", str(G), "--out", str(W / "o/g.pt")], want=0)
 c(
