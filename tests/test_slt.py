@@ -122,7 +122,35 @@ def _run(tmp_path, method, teacher, overrides, name):
     return train(cfg, tmp_path / name, teacher=load(teacher) if teacher else None, progress=False)
 
 
-def test_teacher_flowmap_slt_and_screening(tmp_path, capsys):
+def test_coarse_student_tokens_map_onto_the_teacher_grid():
+    """A student with patch 4 on a patch-2 teacher: 4x fewer tokens, and each token's
+    projection lands on its 2 x 2 group of teacher tokens in the teacher's row-major order."""
+    from slimstep.eval.speed import count_macs
+
+    fine = build_net({**SB, "steps": 2})
+    coarse = build_net({**SB, "steps": 2, "patch_size": 4, "teacher_patch_size": 2})
+    x, t, y, s = torch.randn(3, 1, 8, 8), torch.zeros(3), torch.tensor([1, 2, 10]), torch.ones(3)
+    out, feats = coarse(x, t, y, s=s, return_features=True)
+    assert out.shape == x.shape and [f.shape for f in feats] == [(3, 16, 48)] * 2
+    assert count_macs(coarse, x[:1], t[:1], y[:1], s=s[:1]) < count_macs(fine, x[:1], t[:1], y[:1], s=s[:1]) / 3
+    g, r, d = coarse.grid, coarse.group, 48
+    assert (g, r) == (2, 2)
+    f = torch.zeros(1, g * g, r * r * d)  # student token (i, j), group slot (a, b) -> its teacher token
+    for i in range(g):
+        for j in range(g):
+            for a in range(r):
+                for b in range(r):
+                    f[0, i * g + j, (a * r + b) * d:(a * r + b + 1) * d] = (i * r + a) * g * r + (j * r + b)
+    mapped = coarse._teacher_tokens(f)
+    torch.testing.assert_close(mapped[0, :, 0], torch.arange(16.0))
+    try:
+        build_net({**SB, "patch_size": 2, "teacher_patch_size": 4})
+        raise AssertionError("a student finer than its teacher was built")
+    except ValueError as e:
+        assert "multiple" in str(e)
+
+
+def test_teacher_flowmap_slt_and_screening(tmp_path, capsys, monkeypatch):
     small = ["net.hidden_size=32", "net.depth=2", "net.num_heads=2", "train.steps=2"]
     t = _run(tmp_path, "flow_matching", None, small, "teacher")
     fm = _run(tmp_path, "flowmap", t, ["train.steps=2"], "flowmap")
@@ -219,6 +247,24 @@ def test_teacher_flowmap_slt_and_screening(tmp_path, capsys):
     assert cli.main(["sample", "--ckpt", str(gap), "--n", "2", "--out", str(out), "--screen", "2",
                      "--scorer", "realism", "--discriminator", str(disc), "--device", "cpu"]) == 2
     assert "another student" in capsys.readouterr().err
+
+    # a teacher bank: targets computed once, cached, the same as the teacher's own call
+    monkeypatch.setenv("SLIMSTEP_CACHE", str(tmp_path / "cache"))
+    over = ["net.hidden_size=16", "net.steps=3", "net.patches=2", "net.num_heads=2",
+            "net.patch_size=4", "method.bank=40"]
+    banked = _run(tmp_path, "slt", fm, [*over, "train.steps=2"], "slt-bank")
+    files = list((tmp_path / "cache" / "slt-bank").glob("*.safetensors"))
+    assert len(files) == 1 and load(banked).net.grid == 2
+    from safetensors.torch import load_file
+
+    b = load_file(str(files[0]))
+    assert len(b["z"]) == 40 and sorted(k for k in b if k.startswith("h")) == ["h1", "h2"]
+    out_t, feats = teacher.net(b["z"], torch.zeros(40), b["y"], s=torch.ones(40), return_features=True)
+    torch.testing.assert_close(b["out"], out_t)
+    torch.testing.assert_close(b["h2"], feats[1])
+    stamp = files[0].stat().st_mtime_ns
+    _run(tmp_path, "slt", fm, [*over, "train.steps=1"], "slt-bank2")  # reads the cache
+    assert files[0].stat().st_mtime_ns == stamp
 
 
 def test_recipe_screen_stage_with_realism_resampling(tmp_path):

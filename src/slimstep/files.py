@@ -32,6 +32,14 @@ class FileFormatError(SlimstepError, ValueError):
     """A file a user handed in is not in the expected format."""
 
 
+def cache_dir(kind: str) -> Path:
+    """``$SLIMSTEP_CACHE/<kind>`` (default ``~/.cache/slimstep/<kind>``): products that are a
+    pure function of their inputs (encoded latents, a teacher's targets), kept across runs."""
+    import os
+
+    return Path(os.environ.get("SLIMSTEP_CACHE") or Path.home() / ".cache" / "slimstep").expanduser() / kind
+
+
 def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from slimstep.data import IMAGE_KINDS, IMAGE_OPTIONS, DataError, DataInfo
+from slimstep.files import cache_dir
 
 FORMAT = "slimstep-latents/1"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -125,7 +126,7 @@ def _offline():
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("SLIMSTEP_CACHE") or Path.home() / ".cache" / "slimstep").expanduser() / "latents"
+    return cache_dir("latents")
 
 
 def _read_manifest(path: Path) -> dict | None:

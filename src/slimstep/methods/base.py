@@ -54,7 +54,7 @@ OPTION_RULES: dict[str, tuple] = {
                      "correction_fraction", "tau_min", "tau_max"), _UNIT),
     **dict.fromkeys(("weight_power", "r1_gamma", "r1_every", "gan_weight", "instance_weight",
                      "pair_weight", "guide_weight", "hidden_weight", "output_weight",
-                     "correction_weight", "anneal_steps"), _NONNEG),
+                     "correction_weight", "anneal_steps", "bank"), _NONNEG),
 }
 
 

@@ -30,12 +30,27 @@ the teacher layer at the same depth time, :math:`\mathrm{round}(k_j L/n)`
 (:func:`gap_layer_map`; at n = K with P | K it is the map above). The output term
 asks every n for the teacher's output, so one student serves 1..K steps
 (``slimstep sample --steps n``).
+
+**Teacher bank** (``bank: N``). The frozen teacher's forward is nearly all of a step's
+cost (a 28-layer teacher has ~90x the student's MACs), and its targets are a pure
+function of (noise, label). ``bank: N`` draws N noises and labels once (seeded by
+``train.seed``), runs the teacher on them once, keeps its output and the hidden states
+the layer map reads, and each step draws its batch from that bank (with replacement,
+from the loop's per-step RNG). The bank is cached in ``$SLIMSTEP_CACHE/slt-bank``
+under a key of the teacher's weights, N, the seed and the layers, so the runs of an
+ablation share it. ``bank: 0`` (the default) draws fresh noise every step, the
+paper's data-free setting; a bank is a finite sample of it (measured in docs/slt.md).
 """
 
 from __future__ import annotations
 
-import torch
+import hashlib
+import json
 
+import torch
+from safetensors.torch import load_file, save_file
+
+from slimstep.files import atomic_write, cache_dir
 from slimstep.methods.base import Method, MethodError
 from slimstep.methods.flowmap import random_labels
 from slimstep.nets import build_net, count_params
@@ -67,6 +82,9 @@ class SLT(Method):
         # depth-gap arm only: a fresh step count n ~ U{1..K} per batch, so the student
         # learns every n it may be sampled with; off = always K (as the table arm)
         "random_steps": False,
+        # a fixed bank of N teacher targets computed once (cached on disk); 0 = fresh
+        # noise and a teacher call every step
+        "bank": 0,
     }
 
     def __init__(self, cfg, info, *, device, teacher=None):
@@ -82,7 +100,8 @@ class SLT(Method):
         self.spec = {
             "name": "shared_block", "in_shape": list(info.shape),
             "num_classes": int(tspec.get("num_classes", 0) or 0),
-            "patch_size": tspec.get("patch_size", 2), "teacher_hidden": tspec["hidden_size"],
+            "patch_size": tspec.get("patch_size", 2), "teacher_patch_size": tspec.get("patch_size", 2),
+            "teacher_hidden": tspec["hidden_size"],
             "time_scale": tspec.get("time_scale", 1000.0), "extra_time_embeds": 1,
             "hidden_size": tspec["hidden_size"], "num_heads": tspec.get("num_heads", 4),
             **n}
@@ -100,15 +119,78 @@ class SLT(Method):
         if self.opts["random_steps"] and self.depth != "gap":
             raise MethodError("slt: random_steps needs the depth-gap arm (net.depth: gap): a "
                               "depth table runs only its K steps")
+        self.layers = sorted({lj for _, lj in self._all_pairs()})
+        self.bank_seed = int(cfg.get("train", {}).get("seed", 0))
+        self._bank = None
+
+    def _all_pairs(self):
+        """Every (k_j, l_j) a step can use: the table map, or the depth-gap map at each n."""
+        if self.depth != "gap":
+            return list(self.map)
+        ns = range(1, self.steps + 1) if self.opts["random_steps"] else [self.steps]
+        return [p for n in ns for p in gap_layer_map(n, len(self.map), self.teacher_depth)]
+
+    def _teacher(self, z, y):
+        """The teacher's output and its hidden states at ``self.layers`` ({layer: state})."""
+        n = len(z)
+        t = torch.full((n,), self.t0, device=z.device)
+        s = torch.full((n,), self.s0, device=z.device)
+        with torch.no_grad():
+            out, feats = self.teacher_net(z, t, y, s=s, return_features=True)
+        return out, {lj: feats[lj - 1] for lj in self.layers}
+
+    def _bank_key(self, n: int, shape) -> str:
+        h = hashlib.sha256()
+        for k, v in sorted(self.teacher_net.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        h.update(json.dumps([n, list(shape), self.num_classes, self.bank_seed, self.layers,
+                             self.t0, self.s0]).encode())
+        return h.hexdigest()[:20]
+
+    def bank(self, shape, device):
+        """{"z", "y"?, "out", "h<layer>"...}: the bank, made once (or read from the cache)."""
+        if self._bank is not None:
+            return self._bank
+        n = int(self.opts["bank"])
+        path = cache_dir("slt-bank") / f"{self._bank_key(n, shape)}.safetensors"
+        if path.is_file():
+            try:
+                bank = load_file(str(path))
+            except Exception:  # a damaged cache file is remade, not trusted
+                bank = None
+            if bank is not None and len(bank.get("z", ())) == n:
+                self._bank = {k: v.to(device) for k, v in bank.items()}
+                return self._bank
+        g = torch.Generator().manual_seed(self.bank_seed ^ 0xBA4C)
+        z = torch.randn(n, *shape, generator=g)
+        y = torch.randint(self.num_classes, (n,), generator=g) if self.num_classes else None
+        parts: dict[str, list] = {}
+        for i in range(0, n, 512):
+            yi = None if y is None else y[i:i + 512].to(device)
+            out, feats = self._teacher(z[i:i + 512].to(device), yi)
+            parts.setdefault("out", []).append(out.float().cpu())
+            for lj, f in feats.items():
+                parts.setdefault(f"h{lj}", []).append(f.float().cpu())
+        bank = {"z": z, **({"y": y} if y is not None else {}),
+                **{k: torch.cat(v) for k, v in parts.items()}}
+        atomic_write(path, lambda tmp: save_file(bank, tmp))
+        self._bank = {k: v.to(device) for k, v in bank.items()}
+        return self._bank
 
     def loss(self, batch, step, phase):
         n, dev = len(batch[0]), batch[0].device
-        z = torch.randn(n, *batch[0].shape[1:], device=dev)
-        y = random_labels(n, self.num_classes, dev)
+        if self.opts["bank"]:
+            b = self.bank(batch[0].shape[1:], dev)
+            i = torch.randint(len(b["z"]), (n,)).to(dev)
+            z, y = b["z"][i], (b["y"][i] if "y" in b else None)
+            out_t, feats_t = b["out"][i], {lj: b[f"h{lj}"][i] for lj in self.layers}
+        else:
+            z = torch.randn(n, *batch[0].shape[1:], device=dev)
+            y = random_labels(n, self.num_classes, dev)
+            out_t, feats_t = self._teacher(z, y)
         t = torch.full((n,), self.t0, device=dev)
         s = torch.full((n,), self.s0, device=dev)
-        with torch.no_grad():
-            out_t, feats_t = self.teacher_net(z, t, y, s=s, return_features=True)
         steps, pairs = self.steps, self.map
         if self.opts["random_steps"]:
             steps = int(torch.randint(1, self.steps + 1, ()))
@@ -116,7 +198,7 @@ class SLT(Method):
             pairs = gap_layer_map(steps, len(self.map), self.teacher_depth)
         out_s, feats_s = self.net(z, t, y, s=s, return_features=True, steps=steps)
         hidden = sum(
-            (fs.float() - feats_t[lj - 1].float()).pow(2).mean() / feats_t[lj - 1].float().pow(2).mean()
+            (fs.float() - feats_t[lj].float()).pow(2).mean() / feats_t[lj].float().pow(2).mean()
             for fs, (_, lj) in zip(feats_s, pairs, strict=True)) / len(pairs)
         output = (out_s.float() - out_t.float()).pow(2).mean()
         loss = self.opts["hidden_weight"] * hidden + self.opts["output_weight"] * output

@@ -18,6 +18,12 @@ through its own linear projection ``proj.{j}`` to ``teacher_hidden`` (identity
 when the widths agree) — those projected states are what ``return_features``
 returns and what SLT matches against the teacher's layers.
 
+**Tokens.** ``patch_size`` may be a multiple r of the teacher's (``teacher_patch_size``):
+each student token then covers an r x r group of teacher tokens, attention and MLP run
+on r² times fewer tokens (the MACs of a block scale with the token count), and each
+projection predicts the group's r² teacher states (``Linear(width → r²·teacher_hidden)``,
+rearranged into the teacher's token order); only the features pay for it, not a sample.
+
 **Fusion** of the patch states (student width) into the output head:
 
 * ``sum`` — softmax-weighted sum, :math:`\sum_j \mathrm{softmax}(\alpha)_j h_{k_j}`
@@ -87,6 +93,7 @@ class SharedBlockDiT(DiTStem):
         frequency_embedding_size: int = 256,
         depth: str = "table",
         depth_scale: float = 100.0,
+        teacher_patch_size: int | None = None,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -98,6 +105,14 @@ class SharedBlockDiT(DiTStem):
         self.fusion, self.depth = fusion, depth
         self.steps, self.patches, self.patch_at = steps, patches, patch_steps(steps, patches)
         teacher_hidden = teacher_hidden or hidden_size
+        # coarser tokens than the teacher's: one student token stands for an r x r group of
+        # teacher tokens, and its projection predicts all r^2 of them (features only)
+        teacher_patch_size = teacher_patch_size or patch_size
+        if patch_size % teacher_patch_size:
+            raise ValueError(f"patch_size {patch_size} must be a multiple of the teacher's "
+                             f"patch size {teacher_patch_size}")
+        self.group = patch_size // teacher_patch_size
+        self.teacher_hidden = teacher_hidden
 
         if depth == "table":
             self.depth_embed = nn.Embedding(steps, hidden_size)
@@ -110,7 +125,8 @@ class SharedBlockDiT(DiTStem):
             self.gap_embedder = TimestepEmbedder(hidden_size, frequency_embedding_size)
         self.block = DiTBlock(hidden_size, num_heads, mlp_ratio)  # the one shared block
         self.proj = nn.ModuleList(
-            nn.Identity() if teacher_hidden == hidden_size else nn.Linear(hidden_size, teacher_hidden)
+            nn.Identity() if teacher_hidden == hidden_size and self.group == 1
+            else nn.Linear(hidden_size, self.group ** 2 * teacher_hidden)
             for _ in self.patch_at)
         self.fuse_logits = nn.Parameter(torch.zeros(patches)) if fusion == "sum" else None
         self.fuse_linear = nn.Linear(patches * hidden_size, hidden_size) if fusion == "concat" else None
@@ -175,5 +191,15 @@ class SharedBlockDiT(DiTStem):
             fused = states[-1]
         out = self.unpatchify(self.final_layer(fused, c))
         if return_features:
-            return out, [p(st) for p, st in zip(self.proj, states, strict=True)]
+            return out, [self._teacher_tokens(p(st)) for p, st in zip(self.proj, states, strict=True)]
         return out
+
+    def _teacher_tokens(self, f: torch.Tensor) -> torch.Tensor:
+        """[B, g*g, r*r*D_T] (student grid g) -> [B, (g r)^2, D_T] in the teacher's row-major
+        token order; the identity when the tokens are the teacher's (r = 1)."""
+        r = self.group
+        if r == 1:
+            return f
+        b, g = f.shape[0], self.grid
+        f = f.reshape(b, g, g, r, r, self.teacher_hidden).permute(0, 1, 3, 2, 4, 5)
+        return f.reshape(b, g * r * g * r, self.teacher_hidden)
