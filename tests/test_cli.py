@@ -54,7 +54,7 @@ def test_eval_images_without_weights_reports_swd(tmp_path, capsys, image_folder)
     assert main(["data", spec, "--n", "12", "--out", str(tmp_path / "real.npz")]) == 0
     assert main(["eval", "--samples", str(tmp_path / "real.npz"), "--out", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
-    assert "swd" in out and "(floor " in out and "note: no FID: it needs Inception weights" in out
+    assert "swd" in out and "(floor " in out and "note: no FID or KID: they need Inception weights" in out
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["metrics"]["swd"] >= 0 and "swd_16" in res["floor"] and "fid" not in res["metrics"]
     for extra in (["--ref-stats", str(tmp_path / "ref.npz")], ["--inception-weights", str(tmp_path / "no.pth")]):

@@ -10,7 +10,7 @@ import scipy.linalg
 import torch
 
 from slimstep.eval import EvalError, evaluate, format_table
-from slimstep.eval.fd import feature_stats, frechet_distance, load_stats, save_stats
+from slimstep.eval.fd import feature_stats, frechet_distance, load_ref_features, load_stats, save_stats
 from slimstep.eval.prdc import prdc
 from slimstep.eval.speed import count_macs, count_params, measure_latency, measure_throughput
 from slimstep.eval.toy import mmd, w2
@@ -55,6 +55,15 @@ def test_stats_round_trip_and_bad_files(tmp_path):
     m2, s2 = load_stats(tmp_path / "ref.npz")
     np.testing.assert_array_equal(m2, mu)
     np.testing.assert_array_equal(s2, sigma)
+    assert load_ref_features(tmp_path / "ref.npz") is None  # mu and sigma only: FID, no KID
+    feats = np.arange(12.0).reshape(4, 3)
+    save_stats(tmp_path / "withf.npz", mu, sigma, features=torch.from_numpy(feats))
+    got = load_ref_features(tmp_path / "withf.npz")
+    assert got.dtype == np.float32 and np.array_equal(got, feats)
+    np.testing.assert_array_equal(load_stats(tmp_path / "withf.npz")[0], mu)
+    np.savez(tmp_path / "badf.npz", mu=mu, sigma=sigma, features=np.zeros((4, 5)))
+    with pytest.raises(EvalError, match="do not match mu"):
+        load_ref_features(tmp_path / "badf.npz")
     np.savez(tmp_path / "nokey.npz", mu=mu)
     with pytest.raises(EvalError, match="sigma"):
         load_stats(tmp_path / "nokey.npz")
@@ -245,13 +254,53 @@ def test_image_fid_beside_swd_with_weights(tmp_path, monkeypatch, image_folder):
     x = torch.rand(15, 3, 20, 20) * 2 - 1
     stats = tmp_path / "ref.npz"
     r = evaluate(x, spec, inception_weights=weights, ref_stats=stats)
-    assert list(r["metrics"])[:2] == ["fid", "swd"] and {"fid", "swd"} <= set(r["floor"])
+    json.dumps(r)
+    assert list(r["metrics"])[:4] == ["fid", "kid", "kid_std", "swd"]
+    assert {"fid", "kid", "kid_std", "swd"} <= set(r["floor"])
     assert r["floor"]["fid"] < r["metrics"]["fid"] and stats.is_file()
-    assert not any("no FID" in n for n in r["notes"])
+    assert not any("no FID" in n or "no KID" in n for n in r["notes"])
+    assert "kid" in format_table([r]) and "kid_subset_size" not in format_table([r])
     again = evaluate(x, spec, inception_weights=weights, ref_stats=stats)  # read back, same numbers
     assert again["metrics"] == r["metrics"] and again["floor"] == r["floor"]
     with pytest.raises(EvalError, match="give the Inception weights"):
         evaluate(x, spec, ref_stats=stats)
+
+
+def test_image_kid_uses_the_reference_features_at_one_subset_size(tmp_path, monkeypatch, image_folder):
+    """KID of the stand-in network's features: samples and held-out images against all
+    reference images, one subset size min(1000, sizes) for both, recorded in the result."""
+    import slimstep.eval.features as features
+    from slimstep.data import load_data
+    from slimstep.eval.fd import load_ref_features
+    from slimstep.eval.images import real_pools
+    from slimstep.eval.kid import KID_SUBSETS, kid
+
+    monkeypatch.setattr(features, "InceptionFeatures", FakeInception)
+    spec = f"folder:{image_folder(tmp_path / 'imgs', n=30)}"
+    weights = tmp_path / features.INCEPTION_FILE
+    weights.write_bytes(b"stand-in")
+    x = torch.rand(12, 3, 20, 20) * 0.2 + 0.7  # too bright: far from the real images in the stand-in's features
+    stats = tmp_path / "ref.npz"
+    r = evaluate(x, spec, inception_weights=weights, ref_stats=stats)
+    assert r["metrics"]["kid"] > 10 * max(r["floor"]["kid"], r["floor"]["kid_std"])
+    ds = load_data(spec)
+    (ref_split, ref_idx), (held_split, held_idx) = real_pools(ds, "folder")
+    net = FakeInception(weights)
+    ref_f = net.features(ds.take(ref_idx, ref_split))  # all 15 reference images (FID's reference)
+    held = ds.take(held_idx[:12], held_split)
+    assert r["kid_subset_size"] == 12 and r["kid_subsets"] == KID_SUBSETS  # N = 12 < 15 held-out, 15 reference
+    assert r["metrics"]["kid"] == pytest.approx(kid(net.features(x), ref_f, subset_size=12)["kid"], rel=1e-9)
+    assert r["floor"]["kid"] == pytest.approx(kid(net.features(held), ref_f, subset_size=12)["kid"], rel=1e-9)
+    assert any("KID subsets of 12, not torch-fidelity's 1000" in n for n in r["notes"])
+    np.testing.assert_allclose(load_ref_features(stats), ref_f.numpy(), rtol=1e-6)  # stored beside mu, sigma
+
+    # A stats file with mu and sigma only (EDM's, pytorch-fid's, slimstep's before KID): FID, no KID.
+    with np.load(stats) as z:
+        np.savez(tmp_path / "old.npz", mu=z["mu"], sigma=z["sigma"])
+    old = evaluate(x, spec, inception_weights=weights, ref_stats=tmp_path / "old.npz")
+    assert old["metrics"]["fid"] == r["metrics"]["fid"] and old["floor"]["fid"] == r["floor"]["fid"]
+    assert "kid" not in old["metrics"] and "kid" not in old["floor"] and "kid_subset_size" not in old
+    assert any(n.startswith("no KID: reference stats") and "features" in n for n in old["notes"])
 
 
 def test_latents_have_no_image_protocol(tmp_path):

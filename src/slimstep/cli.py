@@ -195,7 +195,7 @@ def cmd_eval(a) -> None:
     if a.ref_stats:
         _check_ref_stats(a.ref_stats, spec, a.inception_weights)
     if a.inception_weights and spec.split(":", 1)[0] not in (*IMAGE_KINDS, "vae"):
-        raise ConfigError(f"--inception-weights is for image FID; {spec} is scored without it")
+        raise ConfigError(f"--inception-weights is for image FID / KID; {spec} is scored without it")
     res = evaluate(x, spec, labels=labels, seed=a.seed, inception_weights=a.inception_weights,
                    ref_stats=a.ref_stats, data_options=options)
     res = {"name": name, "nfe": nfe, **res}
@@ -209,14 +209,14 @@ def cmd_eval(a) -> None:
 
 def _check_ref_stats(path: str, spec: str, weights: str | None) -> None:
     """``--ref-stats`` is read when it exists and written (a cache) when it does not;
-    either way only image FID uses it, so elsewhere it is a mistake, not a no-op."""
+    either way only image FID / KID use it, so elsewhere it is a mistake, not a no-op."""
     from slimstep.data import IMAGE_KINDS
     from slimstep.eval.features import INCEPTION_FILE
 
     if spec.split(":", 1)[0] not in (*IMAGE_KINDS, "vae"):
-        raise ConfigError(f"--ref-stats is for image FID; {spec} is scored without it")
+        raise ConfigError(f"--ref-stats is for image FID / KID; {spec} is scored without it")
     if weights is None:
-        raise ConfigError(f"--ref-stats holds Inception statistics for FID: it goes with --inception-weights "
+        raise ConfigError(f"--ref-stats holds Inception statistics for FID / KID: it goes with --inception-weights "
                           f"(torch-fidelity's {INCEPTION_FILE})")
     p = Path(path)
     if not p.is_file() and not p.parent.is_dir():
@@ -484,8 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help="sample i uses seed + i")
     p.add_argument("--inception-weights",
                    help="local Inception weights file, torch-fidelity's weights-inception-2015-12-05-6726825d.pth: "
-                        "adds FID (images are always scored by SWD, which needs no weights)")
-    p.add_argument("--ref-stats", help="FID reference statistics .npz (mu, sigma): read, or written when missing")
+                        "adds FID and KID (images are always scored by SWD, which needs no weights)")
+    p.add_argument("--ref-stats", help="FID / KID reference .npz (mu, sigma, features): read, or written when "
+                                       "missing; a file with mu and sigma only gives FID without KID")
     p.add_argument("--out", help="write the results as JSON")
     _sampling_args(p)
     p.set_defaults(fn=cmd_eval)

@@ -21,9 +21,11 @@ same sizes, i.e. the best a perfect generator could expect to score.
 - ``vae:VAE_DIR:DATA`` (latents): decoded by the VAE, then scored as images of ``DATA``.
 - images (``folder:``, ``npz:``, ``cifar10:``; :mod:`slimstep.eval.images`): ``swd`` (sliced
   Wasserstein distance of Laplacian-pyramid patches, :mod:`slimstep.eval.swd`: no weights)
-  with ``swd_<H>`` per pyramid level, and ``fid`` in Inception-v3 features when a local
-  weights file is given; floor = held-out real images (CIFAR-10: the test split; folder
-  and npz: the other half of a fixed shuffle) against the same reference.
+  with ``swd_<H>`` per pyramid level, and ``fid``, ``kid`` and ``kid_std`` (KID's mean
+  and spread over subsets, torch-fidelity's protocol; subset size ``kid_subset_size``)
+  in Inception-v3 features when a local weights file is given; floor = held-out real
+  images (CIFAR-10: the test split; folder and npz: the other half of a fixed shuffle)
+  against the same reference.
 
 Sample size matters: FD/FID are biased upwards at small N and the k-NN metrics move
 with N, so results are comparable only at equal N. Use **N = 597 on digits** (the
@@ -55,7 +57,7 @@ class EvalError(SlimstepError, ValueError):
 
 
 DIGITS_FLOOR_N = 597  # size of the digits test split (slimstep.data.digits.N_TEST)
-HEADLINE = ("fd", "fid", "swd", "w2", "mmd", "precision", "recall")  # shown with their floor
+HEADLINE = ("fd", "fid", "kid", "swd", "w2", "mmd", "precision", "recall")  # shown with their floor
 
 
 def _as_samples(samples: Any, shape: tuple[int, ...] | None, what: str) -> torch.Tensor:
@@ -197,10 +199,12 @@ def evaluate(
             (default N for SWD, all of the reference pool for FID).
         seed: seed of the toy reference draws and of the k-NN subsets (the image
             protocol's SWD has its own fixed seed: its floor is one number per N).
-        inception_weights: local Inception-v3 weights file (images only): adds FID;
-            without it images are scored by SWD alone.
-        ref_stats: images: ``.npz`` (``mu``, ``sigma``) of the FID reference; read if it
-            exists, else computed from the reference images and written there.
+        inception_weights: local Inception-v3 weights file (images only): adds FID and
+            KID; without it images are scored by SWD alone.
+        ref_stats: images: ``.npz`` (``mu``, ``sigma``, ``features``) of the FID / KID
+            reference; read if it exists, else computed from the reference images and
+            written there. A file with ``mu`` and ``sigma`` only (EDM, pytorch-fid) gives
+            FID and no KID.
         k: neighbours of the k-NN metrics.
         data_options: images: the loader options the model trained with
             (``resolution``, ``center_crop``), so the real images match the samples.
@@ -246,11 +250,11 @@ def format_table(rows: list[dict[str, Any]], name_key: str = "name") -> str:
 
     Columns: ``name`` (``row[name_key]``, else the data spec), ``n``, every scalar
     metric (first-seen order), then extra scalar top-level keys a caller added (e.g.
-    ``nfe``, ``params``). Headline metrics (fd, fid, w2, mmd, precision, recall) carry
-    their floor beside them: ``1.23 (floor 0.19)``.
+    ``nfe``, ``params``). Headline metrics (fd, fid, kid, swd, w2, mmd, precision,
+    recall) carry their floor beside them: ``1.23 (floor 0.19)``.
     """
     reserved = {name_key, "data", "n", "metrics", "floor", "floor_n", "notes", "features", "seed", "k",
-                "reference_n"}
+                "reference_n", "kid_subset_size", "kid_subsets"}
     metric_cols: list[str] = []
     extra_cols: list[str] = []
     for r in rows:

@@ -5,7 +5,10 @@ distance between ``N(mu1, S1)`` and ``N(mu2, S2)``. With Inception pool features
 is FID (Heusel et al. 2017); with slimstep's digits classifier it is "FD".
 
 Reference statistics are stored as ``.npz`` with keys ``mu`` [D] and ``sigma`` [D, D]
-(the format of EDM and pytorch-fid), read with ``allow_pickle=False``.
+(the format of EDM and pytorch-fid), read with ``allow_pickle=False``. Files slimstep
+writes also hold ``features`` [N, D] float32, the reference features themselves, which
+KID needs (:mod:`slimstep.eval.kid`); files without them (EDM's, pytorch-fid's, older
+slimstep's) still give FID.
 """
 
 from __future__ import annotations
@@ -85,15 +88,22 @@ def frechet_distance(
     return max(float(fd), 0.0)  # round-off can push FD(x, x) a hair below 0
 
 
-def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:
-    """Write ``mu``, ``sigma`` to an ``.npz`` at ``path`` atomically (temp file, fsync,
-    ``os.replace``), so a killed run never leaves a half-written reference."""
+def save_stats(
+    path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, features: torch.Tensor | np.ndarray | None = None,
+) -> None:
+    """Write ``mu``, ``sigma`` (and ``features`` [N, D] as float32, when given) to an
+    ``.npz`` at ``path`` atomically (temp file, fsync, ``os.replace``), so a killed run
+    never leaves a half-written reference."""
+    arrays = {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64)}
+    if features is not None:
+        f = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else features
+        arrays["features"] = np.asarray(f, np.float32)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+            np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600
@@ -127,4 +137,23 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return mu, sigma
 
 
-__all__ = ["feature_stats", "frechet_distance", "load_stats", "save_stats"]
+def load_ref_features(path: str | os.PathLike) -> np.ndarray | None:
+    """The reference ``features`` [N, D] of a stats file written by :func:`save_stats`,
+    or None when it holds only ``mu`` and ``sigma`` (EDM, pytorch-fid, slimstep before
+    KID). Call after :func:`load_stats`, which checks the file itself."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "features" not in z.files:
+                return None
+            feats, dim = z["features"], z["mu"].shape[0]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise EvalError(f"cannot read reference features in {path}: {e}") from None
+    if feats.ndim != 2 or feats.shape[1] != dim or len(feats) < 2:
+        raise EvalError(f"reference stats {path}: features {feats.shape} do not match mu [{dim}]")
+    if not np.isfinite(feats).all():
+        raise EvalError(f"reference stats {path}: features contain NaN or inf")
+    return feats.astype(np.float32)
+
+
+__all__ = ["feature_stats", "frechet_distance", "load_ref_features", "load_stats", "save_stats"]

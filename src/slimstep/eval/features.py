@@ -4,8 +4,8 @@
   in ``slimstep/assets`` (retrain with ``python -m slimstep.eval.train_digits_classifier``).
   Its penultimate layer (128 post-ReLU units) is the feature space of digits FD and
   precision / recall; its argmax gives class histograms.
-- :class:`InceptionFeatures`: the TF-ported Inception-v3 of FID (2048-d pool features)
-  from torch-fidelity, loaded from a *local* weights file; nothing is ever downloaded.
+- :class:`InceptionFeatures`: the TF-ported Inception-v3 of FID and KID (2048-d pool
+  features) from torch-fidelity, loaded from a *local* weights file; nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -136,8 +136,8 @@ INCEPTION_HINT = (
     f"pass --inception-weights PATH (inception_weights=...) pointing to torch-fidelity's "
     f"{INCEPTION_FILE} (from its GitHub release v0.2.0)"
 )
-#: The note of an image evaluation without weights: SWD is scored, FID is not.
-NO_FID = (f"no FID: it needs Inception weights, --inception-weights {INCEPTION_FILE} "
+#: The note of an image evaluation without weights: SWD is scored, FID and KID are not.
+NO_FID = (f"no FID or KID: they need Inception weights, --inception-weights {INCEPTION_FILE} "
           "(torch-fidelity's; slimstep never downloads them); SWD needs none")
 
 

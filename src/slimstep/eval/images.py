@@ -12,8 +12,15 @@
   against the reference's — read from ``ref_stats`` when that file exists, else
   computed from the first ``n_ref`` reference images (default all of them) and written
   there; floor = the same held-out images as SWD's against the same statistics.
+* **KID** (wherever FID is): ``kid`` and ``kid_std`` of the samples' Inception features
+  against the reference's (:mod:`slimstep.eval.kid`, torch-fidelity's protocol), with
+  one subset size ``m = min(1000, N, held-out N, reference N)`` for score and floor,
+  recorded as ``kid_subset_size``. KID needs the reference features, not only their
+  statistics: a ``ref_stats`` file slimstep writes holds them too; one that lacks them
+  (EDM's, pytorch-fid's, slimstep's before KID) still gives FID, and ``notes`` says
+  why there is no KID.
 
-Both metrics are biased upwards at small N, so the floor is drawn at the samples' N
+SWD and FID are biased upwards at small N, so the floor is drawn at the samples' N
 where the held-out pool allows; ``notes`` says when it cannot. The generator trained
 on the whole pool of a folder / npz set (the held-out half included), so there the
 floor is "another draw of the training images", not fresh data.
@@ -45,12 +52,48 @@ def real_pools(ds, kind: str) -> tuple[tuple[str, torch.Tensor], tuple[str, torc
     return ("train", perm[:half]), ("train", perm[half:])
 
 
-def _inception_stats(net, ds, split: str, index: torch.Tensor):
-    """Inception ``(mu, sigma)`` of the images at ``index``, a batch at a time."""
-    from slimstep.eval.fd import feature_stats
+def _inception_features(net, ds, split: str, index: torch.Tensor) -> torch.Tensor:
+    """Inception features of the images at ``index``, a batch at a time."""
+    return torch.cat([net.features(ds.take(index[i : i + _BATCH], split)) for i in range(0, len(index), _BATCH)])
 
-    feats = [net.features(ds.take(index[i : i + _BATCH], split)) for i in range(0, len(index), _BATCH)]
-    return feature_stats(torch.cat(feats))
+
+def _inception_block(net, x: torch.Tensor, held: torch.Tensor, ds, ref_split: str, ref_index: torch.Tensor,
+                     ref_stats: Any, notes: list[str]) -> tuple[dict, dict, dict]:
+    """``(metrics, floor, extra)``: FID, and KID where the reference features are at
+    hand, of the samples ``x`` and of the held-out images ``held``; ``extra`` holds the
+    KID protocol's top-level keys."""
+    from slimstep.eval.fd import feature_stats, frechet_distance, load_ref_features, load_stats, save_stats
+    from slimstep.eval.kid import KID_SUBSET_SIZE, KID_SUBSETS, kid, kid_subset_size
+
+    if ref_stats is not None and Path(ref_stats).is_file():
+        mu_r, s_r = load_stats(ref_stats)
+        ref_feats = load_ref_features(ref_stats)
+        if ref_feats is None:
+            notes.append(f"no KID: reference stats {ref_stats} hold mu and sigma only (EDM's, pytorch-fid's or an "
+                         "older slimstep's file), and KID needs the reference features; give a new --ref-stats "
+                         "path (or remove this file) to have them computed and stored")
+    else:
+        ref_feats = _inception_features(net, ds, ref_split, ref_index)
+        mu_r, s_r = feature_stats(ref_feats)
+        if ref_stats is not None:
+            save_stats(ref_stats, mu_r, s_r, features=ref_feats)
+            notes.append(f"reference stats and features of {len(ref_index)} images saved to {ref_stats}")
+    if mu_r.shape[0] != net.dim:
+        raise EvalError(f"reference stats have {mu_r.shape[0]} dims, Inception gives {net.dim}")
+    fx, fh = net.features(x), net.features(held)
+    metrics = {"fid": frechet_distance(*feature_stats(fx), mu_r, s_r)}
+    floor = {"fid": frechet_distance(*feature_stats(fh), mu_r, s_r)}
+    extra: dict[str, Any] = {}
+    if ref_feats is not None:
+        m = kid_subset_size(len(fx), len(fh), len(ref_feats))
+        metrics.update(kid(fx, ref_feats, subset_size=m))
+        floor.update(kid(fh, ref_feats, subset_size=m))
+        extra = {"kid_subset_size": m, "kid_subsets": KID_SUBSETS}
+        if m < KID_SUBSET_SIZE:
+            notes.append(f"KID subsets of {m}, not torch-fidelity's {KID_SUBSET_SIZE}: the smallest of samples "
+                         f"({len(fx)}), held-out ({len(fh)}) and reference ({len(ref_feats)}) sets; KID is unbiased "
+                         "at any subset size, its spread over subsets is wider at small ones")
+    return metrics, floor, extra
 
 
 def evaluate_images(
@@ -62,7 +105,7 @@ def evaluate_images(
     from slimstep.eval.swd import patch_swd
 
     if ref_stats is not None and inception_weights is None:
-        raise EvalError("reference stats are Inception statistics for FID: give the Inception weights too "
+        raise EvalError("reference stats are Inception statistics for FID / KID: give the Inception weights too "
                         "(--inception-weights)")
     net = InceptionFeatures(inception_weights) if inception_weights is not None else None  # before data work
     x = _clamp(_as_samples(samples, None, "image"), notes)
@@ -88,22 +131,11 @@ def evaluate_images(
     metrics: dict[str, Any] = {}
     floor_m: dict[str, Any] = {}
     features = f"SWD of 7x7 Laplacian-pyramid patches against {len(ref)} {ref_split} images (no network)"
+    extra: dict[str, Any] = {}
     if net is not None:
-        from slimstep.eval.fd import feature_stats, frechet_distance, load_stats, save_stats
-
-        if ref_stats is not None and Path(ref_stats).is_file():
-            mu_r, s_r = load_stats(ref_stats)
-        else:
-            mu_r, s_r = _inception_stats(net, ds, ref_split, ref_idx[:n_ref])
-            if ref_stats is not None:
-                save_stats(ref_stats, mu_r, s_r)
-                notes.append(f"reference stats of {len(ref_idx[:n_ref])} images saved to {ref_stats}")
-        if mu_r.shape[0] != net.dim:
-            raise EvalError(f"reference stats have {mu_r.shape[0]} dims, Inception gives {net.dim}")
-        metrics["fid"] = frechet_distance(*feature_stats(net.features(x)), mu_r, s_r)
-        floor_m["fid"] = frechet_distance(*feature_stats(net.features(held)), mu_r, s_r)
+        metrics, floor_m, extra = _inception_block(net, x, held, ds, ref_split, ref_idx[:n_ref], ref_stats, notes)
         features = f"{net.name}; {features}"
     else:
         notes.append(NO_FID)
     return {"metrics": {**metrics, **score}, "floor": {**floor_m, **floor}, "floor_n": len(held),
-            "reference_n": len(ref), "features": features}
+            "reference_n": len(ref), "features": features, **extra}
