@@ -11,8 +11,14 @@ Builds, with random weights in the official layouts (nothing is downloaded):
   ``google/ddpm-cifar10-32`` configuration) saved with ``save_pretrained`` beside its
   ``DDPMScheduler``, imported with ``slimstep import --format diffusers``;
 
+* EDM's CIFAR-10 DDPM++ (``EDMPrecond`` around a ``SongUNet``, 32x32, 128 channels, mult
+  2-2-2, 4 blocks, attention at 16, 10 classes: 55.7M parameters, train.py's ``--arch=ddpmpp``)
+  as an EDM network snapshot in EDM's persistence structure, written by
+  ``slimstep.importers.synthetic.edm_snapshot`` (the builder tests/test_import_edm.py checks),
+  imported with ``slimstep import --format edm``;
+
 then trains ``--steps`` steps of ``gdd-i`` from each, and of ``flowmap`` from the SiT (a
-VP-adapted UNet is refused by flowmap: it extends a ``dit``), in bf16, with and without
+VP-adapted UNet or an EDM U-Net is refused by flowmap: it extends a ``dit``), in bf16, with and without
 ``torch.compile``, and prints one JSON line per run (step time of the last half of the
 steps, from metrics.jsonl, and ``torch.cuda.max_memory_allocated``) and a Markdown table
 for BENCHMARKS.md. ``--tiny`` shrinks every model to a CPU check of the script itself.
@@ -33,6 +39,7 @@ import numpy as np
 import torch
 
 from slimstep.cli import main as slimstep
+from slimstep.importers.synthetic import EDM_CIFAR_DDPMPP, edm_snapshot
 from slimstep.nets import build_net
 
 SIT_XL2 = {"hidden_size": 1152, "depth": 28, "num_heads": 16, "patch_size": 2}
@@ -43,6 +50,10 @@ DDPM_CIFAR = {"block_out_channels": (128, 256, 256, 256), "layers_per_block": 2,
 DDPM_TINY = {"block_out_channels": (16, 32), "layers_per_block": 1,
              "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
              "up_block_types": ("AttnUpBlock2D", "UpBlock2D"), "norm_num_groups": 8}
+
+
+EDM_TINY = {**EDM_CIFAR_DDPMPP, "img_resolution": 8, "model_channels": 16, "channel_mult": [1, 2],
+            "num_blocks": 1, "attn_resolutions": [4]}
 
 
 def sit_state_dict(size: dict, side: int, classes: int) -> dict:
@@ -62,9 +73,13 @@ def latents(path: Path, side: int, classes: int, n: int = 512) -> str:
     return f"latents:{path}"
 
 
-def cifar_like(path: Path, n: int = 512) -> str:
+def cifar_like(path: Path, n: int = 512, side: int = 32, classes: int = 0) -> str:
+    """Stand-in uint8 NHWC images (with ``classes`` labels when > 0)."""
     rng = np.random.default_rng(1)
-    np.savez(path, x=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
+    arrays = {"x": rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)}
+    if classes:
+        arrays["y"] = rng.integers(0, classes, n)
+    np.savez(path, **arrays)
     return f"npz:{path}"
 
 
@@ -130,6 +145,14 @@ def main() -> None:
     assert slimstep(["import", "--format", "diffusers", str(ddpm_src), "--out", str(ddpm),
                      "--data", cifar_like(out / "cifar-like.npz")]) == 0
 
+    edm_src, edm = out / "edm-cifar10-ddpmpp-random.pkl", out / "teacher-edm"
+    shutil.rmtree(edm, ignore_errors=True)
+    edm_size = EDM_TINY if a.tiny else EDM_CIFAR_DDPMPP
+    edm_snapshot(edm_src, label_dim=10, std=0.05, **edm_size)  # small weights: a tame random teacher
+    edm_side = edm_size["img_resolution"]
+    assert slimstep(["import", "--format", "edm", str(edm_src), "--out", str(edm), "--data",
+                     cifar_like(out / f"cifar-like-{edm_side}.npz", side=edm_side, classes=10)]) == 0
+
     sit_batch, unet_batch = (8, 8) if a.tiny else (32, 64)
     results = []
     for compile_ in (False, True):
@@ -138,6 +161,8 @@ def main() -> None:
         results.append(train("sit-xl2", "gdd-i", "digits/gdd-i", sit, lat, out, a.steps, sit_batch,
                              device, compile_))
         results.append(train("ddpm-cifar10", "gdd-i", "digits/gdd-i", ddpm, None, out, a.steps,
+                             unet_batch, device, compile_))
+        results.append(train("edm-cifar10-ddpmpp", "gdd-i", "digits/gdd-i", edm, None, out, a.steps,
                              unet_batch, device, compile_))
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"\n{gpu}, torch {torch.__version__}, {a.steps} steps, bf16 (fp32 on CPU)\n")

@@ -546,7 +546,7 @@ class _WritesAFile:
 @pytest.mark.parametrize("edit, says", [
     (_rename("DhariwalUNet"), "model.map_noise (PositionalEmbedding) has endpoint=True, DhariwalUNet's is False"),
     (_precond("iDDPMPrecond"), "iDDPMPrecond not yet"),
-    (_precond("Precond"), "EDM2 not yet"),
+    (_precond("Precond"), "an EDM2 network (networks_edm2.Precond): import it with --format edm2"),
     (_rename("MyUNet"), "EDMPrecond wraps a MyUNet, not EDM's SongUNet or DhariwalUNet"),
     (_layer, "model.enc.8x8_block0.norm0 is a LayerNorm, not one of the layers of EDM's SongUNet"),
     (_skip_scale, "model.dec.8x8_block0 (UNetBlock) has skip_scale=1.0"),
@@ -635,3 +635,23 @@ def test_sample_and_distill_from_an_edm_teacher(edm_teacher, tmp_path, capsys):
                      "train.ckpt_every=2", *extra]) == 0, capsys.readouterr().err
         x, _ = slimstep.load(out).generate(3, seed=0)
         assert x.shape == (3, C, R, R) and torch.isfinite(x).all()
+
+
+def test_the_shared_snapshot_builder_writes_edm_s_layout(tmp_path):
+    """slimstep.importers.synthetic (what benchmarks/gpu_import.py builds EDM's CIFAR-10 DDPM++
+    with) writes the layout this file's builder writes: imported, every tensor used, the
+    velocity the reference forward's."""
+    from slimstep.importers.synthetic import edm_snapshot
+
+    src = tmp_path / "shared.pkl"
+    sd = edm_snapshot(src, img_resolution=R, in_channels=C, label_dim=K, model_channels=MC,
+                      channel_mult=MULT, num_blocks=NB, attn_resolutions=ATTN, seed=3)
+    cfg = ckpt.read_config(import_teacher("edm", src, tmp_path / "out", data="digits"))
+    assert cfg["import"]["tensors"] == cfg["import"]["tensors_used"] == len(sd)
+    assert "init_kwargs agree" in cfg["import"]["architecture"]
+    x, y = inputs()
+    t = torch.tensor([0.0, 0.05, 0.5, 0.9, 1.0])
+    with torch.no_grad():
+        v = slimstep.load(tmp_path / "out").net.double()(x.double(), t.double(), y)
+    want = reference_velocity(sd, "edm", "ddpmpp", x, t, y)
+    assert (v - want).abs().max().item() / want.abs().max().item() < 1e-12

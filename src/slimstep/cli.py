@@ -521,11 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="convert a SiT / DiT / FreeFlow state dict, a diffusers pipeline "
                                       "folder or an EDM network pickle (read inertly) into a slimstep "
                                       "checkpoint; see docs/teachers.md")
-    p.add_argument("--format", required=True, choices=["sit", "dit", "freeflow", "diffusers", "edm"],
+    p.add_argument("--format", required=True, choices=["sit", "dit", "freeflow", "diffusers", "edm", "edm2"],
                    help="sit: velocity; dit: VP eps (-> velocity); freeflow: flow map; diffusers: "
                         "UNet2DModel / DiTTransformer2DModel + VP scheduler (-> velocity); edm: EDM's "
-                        "SongUNet / DhariwalUNet denoiser (-> velocity)")
-    p.add_argument("src", help="the file: .pt / .pth / .safetensors (edm: .pkl; diffusers: the "
+                        "SongUNet / DhariwalUNet denoiser (-> velocity); edm2: EDM2's "
+                        "magnitude-preserving UNet denoiser (-> velocity)")
+    p.add_argument("src", help="the file: .pt / .pth / .safetensors (edm, edm2: .pkl; diffusers: the "
                                "pipeline or model folder)")
     p.add_argument("--scheduler", help="diffusers: the scheduler folder or scheduler_config.json "
                                        "(needed for a bare model folder; overrides a pipeline's)")
@@ -536,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="num_heads=N (unpublished sizes), container=ema|model, solver/steps/cfg_scale "
                         "(velocity teachers), num_timesteps/beta_start/beta_end (dit), "
                         "guidance=W, time=sit|repa (freeflow), variant=fp16 (diffusers), "
-                        "sigma_min/sigma_max/dropout (edm)")
+                        "sigma_min/sigma_max/dropout (edm, edm2)")
     p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("info", help="what a checkpoint holds")

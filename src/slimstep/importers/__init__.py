@@ -21,10 +21,15 @@ edm        EDM network snapshot (``ema``:      ``edm_unet`` (EDM's tensor       
            EDMPrecond / VPPrecond / VEPrecond  names; D(x; σ) -> velocity,
            around a SongUNet or DhariwalUNet)  σ clamped to [0.002, 80])
            read inertly
+edm2       EDM2 network snapshot (``ema``:     ``edm2_unet`` (EDM2's tensor      velocity
+           networks_edm2.Precond around its    names; D(x; σ) -> velocity,
+           magnitude-preserving UNet), read    σ clamped to [0.002, 80])
+           inertly
 =========  ==================================  ================================  ==========
 
 Everything is checked before anything is written; the output appears by one rename.
-EDM's iDDPMPrecond and EDM2 networks are refused, each in one line.
+EDM's iDDPMPrecond is refused in one line; an EDM2 pickle handed to ``--format edm`` (or an
+EDM one to ``--format edm2``) is one line naming the format that reads it.
 """
 
 from __future__ import annotations
@@ -37,14 +42,14 @@ from pathlib import Path
 
 from slimstep.data import DataError, DataInfo, load_data
 from slimstep.files import current_umask
-from slimstep.importers import diffusers_folder, dit_layout, edm_layout
+from slimstep.importers import diffusers_folder, dit_layout, edm2_layout, edm_layout
 from slimstep.importers.readers import TeacherImportError, file_digest, read_state_dict, sniff
 from slimstep.importers.safe_pickle import UnsafePickleError, safe_load
 from slimstep.nets import build_net, recorded_spec
 from slimstep.spec import SampleConfig
 from slimstep.train import checkpoint as ckpt
 
-FORMATS = ("sit", "dit", "freeflow", "diffusers", "edm")
+FORMATS = ("sit", "dit", "freeflow", "diffusers", "edm", "edm2")
 
 _STATE_DICT = ("container", "num_heads")
 _SAMPLING = ("solver", "steps", "cfg_scale")
@@ -55,6 +60,7 @@ OPTIONS = {
     "freeflow": _STATE_DICT + _SAMPLING + ("guidance", "time"),  # sampling keys: refused, with why
     "diffusers": _SAMPLING + ("variant",),
     "edm": ("container",) + _SAMPLING + ("sigma_min", "sigma_max", "dropout"),
+    "edm2": ("container",) + _SAMPLING + ("sigma_min", "sigma_max", "dropout"),
 }
 
 
@@ -267,6 +273,67 @@ def _plan_edm(src: Path, opts: dict) -> tuple[dict, dict, dict, dict]:
     return spec, sd, {}, {"record": record, "generator": _sampling(opts, where)}
 
 
+_EDM2_FORMULA = ("t clamped to [1/(1+sigma_max), 1/(1+sigma_min)]; sigma = (1-t)/t; "
+                 "v = (D(x_t/t; sigma, y) - x_t)/(1-t) with D(x; sigma) = c_skip x + c_out "
+                 "F(c_in x; c_noise, onehot(y)), c_skip = sd^2/(sigma^2+sd^2), c_out = sigma sd/"
+                 "sqrt(sigma^2+sd^2), c_in = 1/sqrt(sigma^2+sd^2), c_noise = ln(sigma)/4 (sd = "
+                 "sigma_data); F is EDM2's magnitude-preserving UNet; the null class is the zero "
+                 "label vector")
+
+
+def _plan_edm2(src: Path, opts: dict) -> tuple[dict, dict, dict, dict]:
+    """(net spec, EDM2-named tensors, renames (none), import record) for an EDM2 snapshot."""
+    where = str(src)
+    obj = _read_edm(src)
+    rec, container = edm_layout.network(obj, opts.get("container"), where)
+    unet = edm2_layout.check_classes(rec, where)
+    sd = edm_layout.state_dict(rec, where)
+    arch = edm2_layout.infer_architecture(sd, unet, where)
+    agreed = edm2_layout.check_init_kwargs(arch, unet.state.get("_init_kwargs"), where)
+    st = rec.state
+    c, res, classes = arch.pop("img_channels"), arch.pop("img_resolution"), arch.pop("label_dim")
+    for attr, have in (("img_channels", c), ("img_resolution", res), ("label_dim", classes)):
+        if attr in st and st[attr] != have:
+            raise TeacherImportError(f"{where}: the network says {attr}={st[attr]!r}, its tensors {have}")
+    if "logvar_fourier.freqs" not in sd or "logvar_linear.weight" not in sd:
+        raise TeacherImportError(f"{where}: no logvar_fourier / logvar_linear: not EDM2's Precond")
+    # Precond has no sigma range of its own: EDM2's sampler's [0.002, 80] (generate_images.py)
+    _, lo, hi = _edm_sigma_range({}, opts, where)
+    sigma_data = edm_layout.number(st, "sigma_data", 0.5, where)
+    if sigma_data <= 0:
+        raise TeacherImportError(f"{where}: the network's sigma_data is {sigma_data:g}, not positive")
+    dropout = _typed(opts, "dropout", float, 0.0, where)  # training only; GDD fine-tunes with 0
+    if not 0 <= dropout < 1:
+        raise TeacherImportError(f"{where}: dropout must be in [0, 1), got {dropout:g}")
+    in_file = arch.pop("dropout")
+    spec = {"name": "edm2_unet", "in_shape": [int(c), int(res), int(res)], "num_classes": int(classes),
+            "sigma_min": lo, "sigma_max": hi, "sigma_data": sigma_data, **arch, "dropout": dropout}
+    source = rec.source_sha256
+    record = {
+        "format": "edm2", "source": str(src.resolve()), "sha256": file_digest(src),
+        "container": container, "tensors": edm_layout.count_tensors(rec), "renamed": {},
+        "classes": {"precond": rec.class_name, "model": unet.class_name},
+        "module_source_sha256": source,  # the embedded networks_edm2.py, never executed
+        "module_source": ("the published networks_edm2.py (NVlabs/edm2)"
+                          if source == edm2_layout.OFFICIAL_SOURCE_SHA256 else
+                          "not the published networks_edm2.py (its architecture was checked "
+                          "attribute by attribute)" if source else "none embedded"),
+        "architecture": "read off the tensor names, shapes and block attributes" + (
+            "; the pickle's recorded init_kwargs agree" if agreed else " (no init_kwargs recorded)"),
+        "init_kwargs": edm_layout.plain(st.get("_init_kwargs")),
+        "use_fp16_in_file": edm_layout.plain(st.get("use_fp16")),  # slimstep runs float32 on the CPU
+        "dtype_in_file": str(next(iter(sd.values())).dtype).replace("torch.", ""),
+        "dropout_in_file": in_file,
+        "logvar": "logvar_fourier / logvar_linear (EDM2's uncertainty u(sigma)) kept as buffers; "
+                  "the denoiser does not read them",
+        "encoder": edm2_layout.encoder_record(obj),
+        "adapter": {
+            "name": "edm2_denoiser_to_velocity", "precond": "edm2", "sigma_data": sigma_data,
+            "sigma_min": lo, "sigma_max": hi, "network_sigma_range": [0.0, "inf"],
+            "t_min": 1 / (1 + hi), "t_max": 1 / (1 + lo), "formula": _EDM2_FORMULA}}
+    return spec, sd, {}, {"record": record, "generator": _sampling(opts, where)}
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -310,7 +377,8 @@ def import_teacher(fmt: str, src: str | Path, out: str | Path, *, data: str | No
         spec, sd, record = diffusers_folder.plan(src, scheduler, variant)
         names, target, plan = {}, "model", {"record": record, "generator": _sampling(opts, str(src))}
     else:
-        spec, sd, names, plan = _plan_edm(src, opts) if fmt == "edm" else _plan_dit_family(fmt, src, opts)
+        plan_of = {"edm": _plan_edm, "edm2": _plan_edm2}.get(fmt)
+        spec, sd, names, plan = plan_of(src, opts) if plan_of else _plan_dit_family(fmt, src, opts)
         target = ""
     try:
         net = build_net(spec)

@@ -47,8 +47,7 @@ PRECONDS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
 #: classes that are EDM's, but not (yet) mapped: why, in one line
 NOT_YET = {
     "iDDPMPrecond": "EDMPrecond, VPPrecond and VEPrecond supported; iDDPMPrecond not yet",
-    "Precond": "an EDM2 network (networks_edm2.Precond): EDM's SongUNet and DhariwalUNet "
-               "supported; EDM2 not yet",
+    "Precond": "an EDM2 network (networks_edm2.Precond): import it with --format edm2",
 }
 #: the layer classes EDM's U-Nets are made of (EDM's, and torch's ModuleDict)
 LAYERS = {"UNetBlock", "Conv2d", "Linear", "GroupNorm", "PositionalEmbedding",

@@ -21,7 +21,7 @@ is called*, with :class:`UnsafePickleError` naming it. The check happens at look
 nothing of the file's choosing ever runs.
 
 **EDM mode** (``TensorUnpickler(f, edm=True)``, asked for by ``slimstep import --format
-edm`` only). An EDM network snapshot (``network-snapshot-*.pkl``: a dict with ``ema``,
+edm`` and ``--format edm2`` only). An EDM network snapshot (``network-snapshot-*.pkl``: a dict with ``ema``,
 ``loss_fn``, ``augment_pipe``, ``dataset_kwargs``) names, besides tensors, exactly these
 globals (listed by running EDM's own pickling on its networks, protocols 2 and 4):
 
@@ -40,7 +40,13 @@ _obj``                                             :class:`ObjectRecord` of ``me
 (``numpy._core`` under numpy 2)                    = np.sqrt(0.5)``) decoded from its bytes
 ``builtins.set`` (``__builtin__`` in protocol 2)   ``set`` (a module's ``_non_persistent_buffers_
                                                    set``)
+``numpy.core.multiarray._reconstruct``,            a :class:`NumpyArray` decoded from its bytes, for
+``numpy.ndarray`` (``numpy._core`` under numpy 2)  numeric dtypes only (EDM2's ``StabilityVAEEncoder
+                                                   .scale`` / ``.bias``)
 =================================================  ==============================================
+
+EDM2's snapshots (``--format edm2``) use the same persistence module and the same globals,
+plus the encoder's numeric arrays.
 
 A snapshot's networks thus come back as a tree of records whose ``state`` holds
 ``_parameters`` / ``_buffers`` / ``_modules`` exactly as ``torch.nn.Module.__dict__``
@@ -180,6 +186,34 @@ def _numpy_scalar(dtype, data=b""):
     return np.frombuffer(data, dtype=dt, count=1)[0].item()
 
 
+class NumpyArray:
+    """Stand-in for a numpy array the pickle rebuilds with
+    ``numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')`` and fills by ``BUILD`` with
+    ``(version, shape, dtype, is_fortran, raw bytes)``: numeric dtypes only, decoded from the
+    bytes by ``np.frombuffer`` (an object array's state is a list of pickled objects, and is
+    refused). EDM2's ``StabilityVAEEncoder`` keeps its latent ``scale`` / ``bias`` this way."""
+
+    def __init__(self, *args) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state) -> None:
+        ok = isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], _NumpyDType)
+        if not ok or not _NUMERIC.match(state[2].name) or not isinstance(state[4], bytes):
+            raise pickle.UnpicklingError("a numpy array that is not numeric: only numeric arrays are read")
+        _, shape, dtype, fortran, raw = state
+        dt = np.dtype(dtype.name).newbyteorder(dtype.order if dtype.order != "|" else "=")
+        self.array = np.frombuffer(raw, dtype=dt).reshape(tuple(shape), order="F" if fortran else "C").copy()
+
+
+def _numpy_reconstruct(cls, shape, typecode) -> NumpyArray:
+    """Stand-in for ``numpy.core.multiarray._reconstruct``: an empty :class:`NumpyArray`."""
+    if cls is not _NDARRAY:
+        raise pickle.UnpicklingError("numpy _reconstruct of a class other than ndarray")
+    return NumpyArray()
+
+
+_NDARRAY = object()  # what the file's ``numpy.ndarray`` resolves to: a marker, never called
+
 _EDM_ALLOWED = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
     **{("torch.nn.modules.container", n): _module_stand_in(f"torch.nn.modules.container.{n}")
@@ -189,6 +223,10 @@ _EDM_ALLOWED = {
     ("numpy", "dtype"): _NumpyDType,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    # numeric arrays (EDM2's encoder: the latents' scale / bias), numpy 1 and 2 names
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy", "ndarray"): _NDARRAY,
     ("builtins", "set"): set,
     ("__builtin__", "set"): set,
 }

@@ -58,24 +58,29 @@ def _bc(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
 
 
-#: Each network's second time embedding; its last Linear is zero-initialised.
-_S_EMBED = {"dit": "s_embedder", "mlp": "s_embed"}
+#: Each network's second time embedding; its last Linear is zero-initialised (EDM2's U-Net:
+#: its gain, EDM2's idiom for a branch that starts switched off).
+_S_EMBED = {"dit": "s_embedder", "mlp": "s_embed", "edm2_unet": "s_embedder"}
 
 
 def two_time_student(teacher, name: str) -> tuple[torch.nn.Module, dict]:
-    """The teacher's network (DiT or MLP) with a second time embedding ``s``, initialised
+    """The teacher's network (DiT, MLP or EDM2 U-Net) with a second time embedding ``s``, initialised
     from ``teacher``'s weights with the new embedding's last layer zeroed (so
     ``net(x, t, s) = teacher(x, t)`` for every s)."""
     if teacher is None:
         raise MethodError(f"method '{name}' needs a velocity teacher: pass --teacher CKPT")
     spec = dict(teacher.config.get("net") or {})
     if spec.get("name") not in _S_EMBED:
-        raise MethodError(f"method '{name}' needs a DiT or MLP teacher, got net '{spec.get('name')}'")
+        raise MethodError(f"method '{name}' needs a DiT, MLP or EDM2 U-Net teacher, got net "
+                          f"'{spec.get('name')}'")
     spec["extra_time_embeds"] = 1
     net = build_net(spec)
     prefix = _S_EMBED[spec["name"]] + "."
     sd = {k: v for k, v in teacher.net.state_dict().items() if not k.startswith(prefix)}
     net.load_state_dict(sd, strict=False)
+    if spec["name"] == "edm2_unet":  # a normalised weight cannot be zero: the gain is
+        torch.nn.init.zeros_(net.s_embedder.gain)
+        return net, spec
     layer = [m for m in net.get_submodule(prefix[:-1]).modules() if isinstance(m, torch.nn.Linear)][-1]
     torch.nn.init.zeros_(layer.weight)
     torch.nn.init.zeros_(layer.bias)

@@ -54,7 +54,8 @@ exported.
 :func:`gdd_i_frozen` (option ``freeze_level``, the official code's ``--freeze``):
 level 1 (default), in every block the 3x3 convolutions and the attention output
 projection of the UNet (~83% of the NCSN++ CIFAR UNet) and of an imported EDM
-U-Net (85.4% of EDM's CIFAR-10 DDPM++), and the attention output projection
+U-Net (85.4% of EDM's CIFAR-10 DDPM++), the 3x3 convolutions and attention output
+projection of an imported EDM2 U-Net (83.9% of EDM2-S), and the attention output projection
 and MLP matrices of every DiT block (the same two rules on a wrapped diffusers
 UNet2DModel / DiTTransformer2DModel); level 2 also the qkv.
 """
@@ -113,10 +114,24 @@ def gdd_i_frozen(net: nn.Module, level: int = 1) -> list[str]:
       DDPM++, 84.4% of its NCSN++ (the paper: "85%"), 78.8% of its ImageNet-64 ADM. Level 2
       adds ``qkv`` (87.5% / 86.5% / 87.0%).
 
+    * EDM2's magnitude-preserving UNet (``edm2_unet``, imported EDM2 teachers), level 1: in
+      every ``Block`` (``_block{i}``, ``_down``, ``_up``, ``_in0``, ``_in1``) the 3x3
+      ``conv_res0`` and ``conv_res1`` and, in attention blocks, ``attn_proj``: the paper's
+      rule by *kind* of layer. The official string rule (``conv`` / ``proj`` in a block's
+      name) would also catch EDM2's 1x1 ``conv_skip``, a skip the paper keeps trainable.
+      Trainable: ``emb_linear`` and ``emb_gain`` (the embedding's modulation), ``conv_skip``
+      (1x1), ``attn_qkv``, ``emb_noise`` / ``emb_label``, the stem ``enc.RxR_conv``, the
+      output ``out_conv`` and ``out_gain`` (EDM2 has no GroupNorms: its normalisations have
+      no parameters). Frozen at level 1: 83.9% of EDM2-S (280.2M, 512 px or 64 px), 83.7% of
+      EDM2-XS (124.7M); level 2 adds ``attn_qkv`` (91.4% / 91.3%). The string rule would
+      freeze 87.2% / 87.1%.
+
     Weights and biases of a frozen layer are both frozen.
     """
     from slimstep.nets.diffusers_vp import DiffusersVP
     from slimstep.nets.dit import DiT, DiTBlock
+    from slimstep.nets.edm2_unet import Block as EDM2Block
+    from slimstep.nets.edm2_unet import EDM2UNet
     from slimstep.nets.edm_unet import EDMUNet
     from slimstep.nets.edm_unet import UNetBlock as EDMBlock
     from slimstep.nets.unet import AttnBlock, ResBlock, UNet
@@ -132,16 +147,18 @@ def gdd_i_frozen(net: nn.Module, level: int = 1) -> list[str]:
         rule = {DiTBlock: (("attn.qkv",) if qkv else ()) + ("attn.proj", "mlp.fc1", "mlp.fc2")}
     elif isinstance(net, EDMUNet):
         rule = {EDMBlock: ("conv0", "conv1", "proj") + (("qkv",) if qkv else ())}
+    elif isinstance(net, EDM2UNet):
+        rule = {EDM2Block: ("conv_res0", "conv_res1", "attn_proj") + (("attn_qkv",) if qkv else ())}
     else:
         raise MethodError(f"gdd-i has a freeze rule for the unet and the dit (a wrapped diffusers "
-                          f"network, EDM's U-Nets), not for {type(net).__name__}")
+                          f"network, EDM's and EDM2's U-Nets), not for {type(net).__name__}")
     names = []
     for prefix, m in net.named_modules():
         for cls, layers in rule.items():
             if isinstance(m, cls):
                 for layer in layers:
                     sub = getattr(m, layer, None) if "." not in layer else m.get_submodule(layer)
-                    if sub is None:  # an EDM UNetBlock without attention has no proj / qkv
+                    if sub is None:  # an EDM / EDM2 block without attention has no proj / qkv
                         continue
                     names += [f"{prefix}.{layer}.{n}" for n, _ in sub.named_parameters()]
     return names

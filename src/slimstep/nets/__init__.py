@@ -34,6 +34,8 @@ _REGISTRY = {
     "diffusers_vp": "slimstep.nets.diffusers_vp:DiffusersVP",
     # EDM's preconditioned SongUNet / DhariwalUNet under EDM's names (slimstep import --format edm)
     "edm_unet": "slimstep.nets.edm_unet:EDMUNet",
+    # EDM2's magnitude-preserving Precond + UNet under EDM2's names (slimstep import --format edm2)
+    "edm2_unet": "slimstep.nets.edm2_unet:EDM2UNet",
 }
 
 
