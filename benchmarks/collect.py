@@ -32,6 +32,8 @@ SUITES = [("methods.md", "Every method, one protocol"), ("core.md", "Teachers"),
           ("slimflow.md", "SlimFlow"), ("slimflow-small.md", "SlimFlow, small student"),
           ("meanflow.md", "MeanFlow"), ("gdd.md", "GDD / GDD-I"), ("gdd-ablate.md", "GDD-I vs GDD ablation"),
           ("slt.md", "SLT, FreeFlow / MeanFlow, screening"), ("slt-chain.md", "SLT chain, 28 layers"),
+          ("slt-chain-ablation.md", "SLT student ablation, 28-layer chain"),
+          ("slt-chain-screen.md", "Screening, 28-layer chain"),
           ("swd.md", "SWD, the image metric without weights"), ("edm_agreement.md", "EDM import agreement")]
 
 INTRO = """# Benchmarks

@@ -68,7 +68,9 @@ def main() -> None:
                            "--out", str(f), "--device", "cpu"]
             secs.append(r.run(cmd, f))
             j = out / f"{name}-s{seed}.json"
-            r.run(["eval", "--samples", str(f), "--out", str(j)], j)
+            # the eval seed = the sample seed, as `slimstep eval --ckpt --seed` (the k-NN metrics
+            # draw their reference subset from it)
+            r.run(["eval", "--samples", str(f), "--seed", str(seed), "--out", str(j)], j)
             res = json.loads(j.read_text())
             nfe = res.get("nfe")
             for m in METRICS:

@@ -265,6 +265,27 @@ def test_teacher_flowmap_slt_and_screening(tmp_path, capsys, monkeypatch):
     stamp = files[0].stat().st_mtime_ns
     _run(tmp_path, "slt", fm, [*over, "train.steps=1"], "slt-bank2")  # reads the cache
     assert files[0].stat().st_mtime_ns == stamp
+    try:  # the token grid and width of the features are the teacher's, not options
+        _run(tmp_path, "slt", fm, [*over, "net.teacher_patch_size=1"], "slt-bad")
+        raise AssertionError("a teacher_patch_size unlike the teacher's was accepted")
+    except ValueError as e:
+        assert "teacher's (2)" in str(e)
+
+    # a run snapshotted before net.teacher_patch_size and method.bank were recorded resumes
+    from slimstep.train import checkpoint as ckpt
+
+    old = ["net.hidden_size=16", "net.steps=3", "net.patches=2", "net.num_heads=2",
+           "train.ckpt_every=1"]
+    _run(tmp_path, "slt", fm, [*old, "train.steps=1"], "slt-old")
+    snap = ckpt.list_snapshots(tmp_path / "slt-old")[-1] / "config.json"
+    c = json.loads(snap.read_text())
+    del c["net"]["teacher_patch_size"], c["method"]["bank"]
+    snap.write_text(json.dumps(c))
+    cfg = load_config(ROOT / "configs" / "digits" / "slt.yaml",
+                      [*old, "train.steps=2", "train.batch_size=8", "train.log_every=1", "train.warmup=0"])
+    cfg["teacher"] = str(fm)
+    train(cfg, tmp_path / "slt-old", teacher=load(fm), resume=True, progress=False)
+    assert json.loads((tmp_path / "slt-old" / "config.json").read_text())["step"] == 2
 
 
 def test_recipe_screen_stage_with_realism_resampling(tmp_path):

@@ -39,17 +39,19 @@ the layer map reads, and each step draws its batch from that bank (with replacem
 from the loop's per-step RNG). The bank is cached in ``$SLIMSTEP_CACHE/slt-bank``
 under a key of the teacher's weights, N, the seed and the layers, so the runs of an
 ablation share it. ``bank: 0`` (the default) draws fresh noise every step, the
-paper's data-free setting; a bank is a finite sample of it (measured in docs/slt.md).
+paper's data-free setting; a bank is a finite sample of it (docs/slt.md compares them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from slimstep.errors import OutputError
 from slimstep.files import atomic_write, cache_dir
 from slimstep.methods.base import Method, MethodError
 from slimstep.methods.flowmap import random_labels
@@ -71,6 +73,10 @@ def gap_layer_map(steps: int, patches: int, depth: int) -> list[tuple[int, int]]
     of n jumps (depth time k_j/n) matched to the teacher layer at the same depth time,
     l_j = max(1, round(k_j L / n)). Any n >= 1 (n < P repeats states)."""
     return [(k, max(1, round(k * depth / steps))) for k in patch_steps(steps, patches, fewer=True)]
+
+
+#: Part of the bank's cache key: bump it when what a bank holds or how it is drawn changes.
+BANK_FORMAT = "slt-bank/1"
 
 
 class SLT(Method):
@@ -105,6 +111,10 @@ class SLT(Method):
             "time_scale": tspec.get("time_scale", 1000.0), "extra_time_embeds": 1,
             "hidden_size": tspec["hidden_size"], "num_heads": tspec.get("num_heads", 4),
             **n}
+        for k, v in (("teacher_patch_size", tspec.get("patch_size", 2)),
+                     ("teacher_hidden", tspec["hidden_size"])):  # the teacher's, not options
+            if self.spec[k] != v:
+                raise MethodError(f"slt: net.{k} is the teacher's ({v}), not {self.spec[k]}")
         try:
             self.net = build_net(self.spec).to(device)
             self.map = layer_map(self.spec.get("steps", 8), self.spec.get("patches", 4),
@@ -121,6 +131,7 @@ class SLT(Method):
                               "depth table runs only its K steps")
         self.layers = sorted({lj for _, lj in self._all_pairs()})
         self.bank_seed = int(cfg.get("train", {}).get("seed", 0))
+        self.teacher_spec = dict(tspec)
         self._bank = None
 
     def _all_pairs(self):
@@ -139,21 +150,28 @@ class SLT(Method):
             out, feats = self.teacher_net(z, t, y, s=s, return_features=True)
         return out, {lj: feats[lj - 1] for lj in self.layers}
 
-    def _bank_key(self, n: int, shape) -> str:
-        h = hashlib.sha256()
+    def _bank_key(self, n: int, shape, device) -> str:
+        """Everything the bank's values depend on: the teacher (weights and architecture), the
+        draw (N, shape, classes, seed), the layers, the call point, the device type (TF32
+        convolutions on a GPU) and the bank's own format."""
+        h = hashlib.sha256(BANK_FORMAT.encode())
         for k, v in sorted(self.teacher_net.state_dict().items()):
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        h.update(json.dumps([n, list(shape), self.num_classes, self.bank_seed, self.layers,
-                             self.t0, self.s0]).encode())
+        h.update(json.dumps([self.teacher_spec, n, list(shape), self.num_classes, self.bank_seed,
+                             self.layers, self.t0, self.s0, torch.device(device).type],
+                            sort_keys=True, default=str).encode())
         return h.hexdigest()[:20]
 
     def bank(self, shape, device):
-        """{"z", "y"?, "out", "h<layer>"...}: the bank, made once (or read from the cache)."""
+        """{"z", "y"?, "out", "h<layer>"...}: the bank, made once (or read from the cache).
+        The teacher runs in float32 whatever the loop's precision (the cached targets must
+        not depend on the run that made them). Every data-parallel rank builds the same bank;
+        atomic writes make the concurrent writes safe (each rank pays the teacher pass)."""
         if self._bank is not None:
             return self._bank
         n = int(self.opts["bank"])
-        path = cache_dir("slt-bank") / f"{self._bank_key(n, shape)}.safetensors"
+        path = cache_dir("slt-bank") / f"{self._bank_key(n, shape, device)}.safetensors"
         if path.is_file():
             try:
                 bank = load_file(str(path))
@@ -165,16 +183,19 @@ class SLT(Method):
         g = torch.Generator().manual_seed(self.bank_seed ^ 0xBA4C)
         z = torch.randn(n, *shape, generator=g)
         y = torch.randint(self.num_classes, (n,), generator=g) if self.num_classes else None
-        parts: dict[str, list] = {}
-        for i in range(0, n, 512):
-            yi = None if y is None else y[i:i + 512].to(device)
-            out, feats = self._teacher(z[i:i + 512].to(device), yi)
-            parts.setdefault("out", []).append(out.float().cpu())
-            for lj, f in feats.items():
-                parts.setdefault(f"h{lj}", []).append(f.float().cpu())
-        bank = {"z": z, **({"y": y} if y is not None else {}),
-                **{k: torch.cat(v) for k, v in parts.items()}}
-        atomic_write(path, lambda tmp: save_file(bank, tmp))
+        bank: dict[str, torch.Tensor] = {"z": z, **({"y": y} if y is not None else {})}
+        with torch.autocast(torch.device(device).type, enabled=False):
+            for i in range(0, n, 512):
+                yi = None if y is None else y[i:i + 512].to(device)
+                out, feats = self._teacher(z[i:i + 512].to(device), yi)
+                for k, v in (("out", out), *((f"h{lj}", f) for lj, f in feats.items())):
+                    if k not in bank:  # preallocated: no list of chunks, no concatenated copy
+                        bank[k] = torch.empty(n, *v.shape[1:])
+                    bank[k][i:i + len(v)] = v.float().cpu()
+        try:
+            atomic_write(path, lambda tmp: save_file(bank, tmp))
+        except (OutputError, OSError) as e:  # a full or read-only cache costs the reuse, not the run
+            warnings.warn(f"slt: the teacher bank is not cached ({e}); training goes on", stacklevel=2)
         self._bank = {k: v.to(device) for k, v in bank.items()}
         return self._bank
 

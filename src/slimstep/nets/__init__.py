@@ -64,7 +64,7 @@ def _finite(v) -> bool:
 VALUE_RULES: dict[str, tuple] = {
     **dict.fromkeys(("hidden", "time_dim", "nf", "num_res_blocks", "patch_size", "hidden_size",
                      "num_heads", "steps", "patches", "frequency_embedding_size", "teacher_hidden",
-                     "num_timesteps"), (_positive_int, "an integer >= 1")),
+                     "num_timesteps", "teacher_patch_size"), (_positive_int, "an integer >= 1")),
     "depth": (lambda v: _positive_int(v) or isinstance(v, str), "an integer >= 1"),
     **dict.fromkeys(("in_shape", "ch_mult"), (_sizes, "a non-empty list of integers >= 1")),
     "attn_resolutions": (lambda v: isinstance(v, (list, tuple)) and all(_positive_int(x) for x in v),

@@ -285,6 +285,16 @@ def _changed_train_keys(saved: dict, mine: dict) -> list[str]:
     return sorted(k for k in set(saved) | set(mine) if k not in RESUMABLE and saved.get(k) != mine.get(k))
 
 
+#: Keys recorded since older snapshots were written: (section, key) -> the value an older
+#: snapshot implies, from the rest of the current section (None: any value), so a run
+#: interrupted before the key existed still resumes when it would have had that value.
+_ADDED_LATER = {
+    ("net", "time_scale"): None,
+    ("net", "teacher_patch_size"): lambda sec: sec.get("patch_size"),  # SLT: tokens = teacher's
+    ("method", "bank"): lambda sec: 0,  # SLT: fresh noise every step
+}
+
+
 def _resume(out: Path, cfg: dict, method, phases, ema) -> int:
     snaps = ckpt.list_snapshots(out)
     if not snaps:
@@ -293,8 +303,11 @@ def _resume(out: Path, cfg: dict, method, phases, ema) -> int:
     for key in ("net", "method"):
         mine = (recorded_spec(getattr(method, "spec", None), method.net) if key == "net"
                 else method.method_config())
-        if key == "net" and isinstance(saved.get("net"), dict) and "time_scale" not in saved["net"]:
-            mine = {k: v for k, v in mine.items() if k != "time_scale"}  # written before it was
+        if isinstance(saved.get(key), dict):
+            for (sec, k), implied in _ADDED_LATER.items():
+                if sec == key and k not in saved[key] and k in mine and (
+                        implied is None or mine[k] == implied(mine)):
+                    mine = {kk: v for kk, v in mine.items() if kk != k}  # written before it was
         if saved.get(key) != mine:
             raise ResumeError(f"--resume: the {key} section differs from the run in {out}")
     if isinstance(saved.get("data"), dict) and saved["data"].get("spec") != cfg["data"]["spec"]:
