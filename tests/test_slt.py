@@ -321,3 +321,17 @@ def test_chain_recipe_meets_its_cost_targets():
     assert res["teacher"] == "flowmap28" and res["teacher_params"] > 8e6
     assert res["macs_ratio"] >= 64 and res["params_ratio"] >= 32
     assert res["time_ratio"] > 0 and res["score_macs"] < res["student_macs"] / 10
+
+
+def test_realism_judges_images_as_the_evaluation_sees_them():
+    """Out-of-range pixels are clamped before the realism discriminator judges them (the
+    evaluation clamps them too), so its logit cannot key on what the metric never sees;
+    latents are judged as they are."""
+    from slimstep.realism import DEFAULTS, build_realism_disc, disc_score
+
+    torch.manual_seed(0)
+    disc = build_realism_disc(DEFAULTS["disc"], (1, 8, 8), 10, DEFAULTS["disc_options"]).eval()
+    x, y = 3 * torch.randn(6, 1, 8, 8), torch.arange(6)
+    image, latent = disc_score(disc, 10, "image"), disc_score(disc, 10, "latent")
+    torch.testing.assert_close(image(x, y, None), image(x.clamp(-1, 1), y, None))
+    assert not torch.allclose(latent(x, y, None), latent(x.clamp(-1, 1), y, None))

@@ -86,15 +86,29 @@ def build_realism_disc(kind: str, shape, num_classes: int, options: dict) -> tor
     return build_discriminator(kind, list(shape), num_classes, **opts)
 
 
-def disc_score(disc: torch.nn.Module, num_classes: int):
-    """The scorer ``(x, y, z) -> logit`` of a realism discriminator (one number per candidate)."""
+#: recorded in a discriminator's config: what it judges (a recipe retrains one without it)
+JUDGED = "images clamped to [-1, 1]"
+
+
+def as_judged(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """A sample as the evaluation sees it: images clamped to [-1, 1] (real images never leave
+    it). Without this the discriminator learns to spot out-of-range pixel values — 25 % of
+    the 28-layer chain's one-step samples are outside [-1, 1] — a difference the clamp in
+    the evaluation erases, so resampling by it moved nothing (docs/slt.md). Latents and
+    points are judged as they are."""
+    return x.clamp(-1, 1) if kind == "image" else x
+
+
+def disc_score(disc: torch.nn.Module, num_classes: int, kind: str = "image"):
+    """The scorer ``(x, y, z) -> logit`` of a realism discriminator (one number per candidate),
+    on the sample as judged (:func:`as_judged`)."""
     def score(x, y, z):
         yk = y.cpu() if (num_classes and y is not None) else None
         if num_classes and (yk is None or bool((yk >= num_classes).any())):
             raise RealismError("the realism discriminator judges an image of its class: screen "
                                "with class labels (random or a class), not the null class")
         with torch.no_grad():
-            return disc(x.float(), yk).reshape(len(x), -1).mean(1)
+            return disc(as_judged(x.float(), kind), yk).reshape(len(x), -1).mean(1)
 
     return score
 
@@ -133,7 +147,8 @@ def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
         x, y = data.draw(bs, g_data)
         y = y if k else None
         with torch.no_grad():  # fresh student samples every step, labelled like the real batch
-            fake = student.sample_from(torch.randn((bs, *shape), generator=g_noise), y, bs)
+            fake = as_judged(student.sample_from(torch.randn((bs, *shape), generator=g_noise), y, bs),
+                             student.info.kind)
         real_logits, r1 = r1_penalty(disc, x, y)
         fake_logits = disc(fake, y)
         loss = (torch.nn.functional.softplus(-real_logits).mean()
@@ -151,7 +166,7 @@ def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
            "student": {"path": str(resolve_checkpoint(student_ckpt).resolve()),
                        "weights": weights_digest(student_ckpt)},
            "train": {key: o[key] for key in DEFAULTS},
-           "heldout_accuracy": held, "seconds": round(time.perf_counter() - tic, 1)}
+           "judged": JUDGED, "heldout_accuracy": held, "seconds": round(time.perf_counter() - tic, 1)}
     ck.save_model(out, disc, cfg)
     if held is not None:
         log(f"held-out accuracy (real test split vs fresh student samples): {held:.3f}")
@@ -169,7 +184,8 @@ def realism_for_stage(student_ckpt: str | Path, data_spec: str, out: Path, optio
     if (out / ck.CONFIG).is_file():
         cfg = ck.read_config(out)
         same = json.loads(json.dumps(want)) == cfg.get("train")  # JSON-normalised (tuples, ints)
-        if same and cfg.get("student", {}).get("weights") == weights_digest(student_ckpt):
+        if (same and cfg.get("judged") == JUDGED  # trained before images were clamped: retrain
+                and cfg.get("student", {}).get("weights") == weights_digest(student_ckpt)):
             return out
     log(f"[screen-train] realism discriminator -> {out}")
     return train_realism(student_ckpt, data_spec, out, log=lambda *_: None, **(options or {}))
@@ -184,7 +200,8 @@ def _heldout_accuracy(disc, data, student: Generator, k: int, gen: torch.Generat
     except Exception:  # an infinite or split-less data set: nothing held out to report
         return None
     y = y if k else None
-    fake = student.sample_from(torch.randn((len(x), *x.shape[1:]), generator=gen), y)
+    fake = as_judged(student.sample_from(torch.randn((len(x), *x.shape[1:]), generator=gen), y),
+                     student.info.kind)
     right = (disc(x, y).mean(1) > 0).sum() + (disc(fake, y).mean(1) <= 0).sum()
     return round(float(right) / (2 * len(x)), 4)
 
@@ -207,4 +224,4 @@ def realism_scorer(path: str | Path, student: Generator, student_ckpt: str | Pat
     disc = build_realism_disc(cfg["disc"]["kind"], d["shape"], int(d["num_classes"]),
                               cfg["disc"]["options"])
     disc.load_state_dict(ck.load_weights(path))
-    return disc_score(disc.eval(), int(d["num_classes"]))
+    return disc_score(disc.eval(), int(d["num_classes"]), student.info.kind)
