@@ -152,7 +152,8 @@ def main() -> None:
         f"`slimstep distill --method slt --config configs/digits/slt.yaml --teacher T "
         f"{' '.join(BASE)} method.bank={BANK}` + its change; FD mean ± sd over sample seeds "
         f"0 / 1000 / 2000 (N = 597); held-out MSE: the student's output against the teacher's on "
-        f"{HELDOUT_N} fresh noises (sample seeds from {HELDOUT_SEED}). One-step teacher: FD {t_fd['metrics']['fd']:.2f} ± "
+        f"{HELDOUT_N} fresh noises (sample seeds from {HELDOUT_SEED}). "
+        f"One-step teacher: FD {t_fd['metrics']['fd']:.2f} ± "
         f"{t_fd['metrics_sd']['fd']:.2f}, {t_macs:,} MACs, {t_params:,} parameters. "
         f"Targets: MACs ratio >= 64, params ratio >= 32, FD / teacher <= 1.5.\n\n{table}\n")
     print(table)

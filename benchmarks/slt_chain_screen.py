@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, SPREAD_SEEDS, Runner, machine, md_table  # noqa: E402
+from common import RESULTS, SPREAD_SEEDS, Runner, machine, md_table  # noqa: E402
 
 NS = (1, 4, 16, 128)
 N_OUT = 597
