@@ -81,3 +81,36 @@ def _image_folder(root: Path, n: int = 24, size: int = 20, seed: int = 0) -> Pat
 def image_folder():
     """``image_folder(root, n=24, size=20, seed=0)`` writes a small image folder (above)."""
     return _image_folder
+
+
+#: The methods that train a student from a velocity teacher's ODE (SlimFlow's path: pairs
+#: first) and those that start from the teacher's own network; what every imported teacher
+#: is checked against (issue 12: "every method runs a few steps from each imported teacher").
+PAIR_METHODS = ("annealing-reflow", "slimflow", "distill")
+
+
+@pytest.fixture
+def runs_pair_methods(tmp_path, capsys):
+    """``check(teacher, shape)``: teacher pairs (a few Euler steps), then 2 training steps of
+    every pair method from them (slimflow from the annealing-reflow student, as SlimFlow
+    chains them); each student samples finite images of the teacher's shape."""
+    import slimstep
+    import torch
+
+    from slimstep.cli import main
+
+    def check(teacher: Path, shape: tuple[int, ...]) -> None:
+        pairs = tmp_path / "pairs"
+        assert main(["pairs", "--teacher", str(teacher), "--n", "16", "--steps", "2", "--out", str(pairs),
+                     "--device", "cpu", "--quiet"]) == 0, capsys.readouterr().err
+        for method in PAIR_METHODS:
+            out = tmp_path / method
+            init = ["--init", str(tmp_path / "annealing-reflow")] if method == "slimflow" else []
+            assert main(["distill", "--method", method, "--config", f"configs/digits/{method}.yaml",
+                         "--teacher", str(teacher), "--pairs", str(pairs), "--out", str(out), "--quiet",
+                         *init, "train.steps=2", "train.batch_size=8", "train.ckpt_every=2"]) == 0, \
+                (method, capsys.readouterr().err)
+            x, _ = slimstep.load(out).generate(3, seed=0)
+            assert tuple(x.shape[1:]) == tuple(shape) and torch.isfinite(x).all(), method
+
+    return check

@@ -387,6 +387,17 @@ def test_distill_from_an_imported_teacher(sit_teacher, tmp_path, method, config,
     assert ckpt.read_config(out)["teacher"] == str(Path(sit_teacher).resolve())
 
 
+def test_pair_methods_and_meanflow_train_from_a_sit_teacher(sit_teacher, tmp_path, capsys,
+                                                            runs_pair_methods):
+    runs_pair_methods(sit_teacher, (C, SIDE, SIDE))
+    out = tmp_path / "meanflow"
+    assert main(["distill", "--method", "meanflow", "--config", "configs/digits/meanflow.yaml",
+                 "--teacher", str(sit_teacher), "--out", str(out), "--quiet", "train.steps=2",
+                 "train.batch_size=8", "train.ckpt_every=2"]) == 0, capsys.readouterr().err
+    x, _ = slimstep.load(out).generate(3, seed=0)
+    assert x.shape == (3, C, SIDE, SIDE) and torch.isfinite(x).all()
+
+
 def test_data_free_methods_train_from_a_teacher_imported_without_data(tmp_path, capsys):
     """flowmap and SLT read no data set (FreeFlow's point): a teacher imported without
     --data trains them; GDD, which needs real data, says so in one line."""

@@ -393,6 +393,10 @@ def test_sample_pairs_eval_info_take_the_imported_folder(unet_teacher, tmp_path,
     assert "diffusers_vp" in capsys.readouterr().out
 
 
+def test_pair_methods_train_from_an_imported_unet(unet_teacher, runs_pair_methods):
+    runs_pair_methods(unet_teacher, (1, 8, 8))
+
+
 @pytest.mark.parametrize("method, extra", [("gdd", []), ("gdd-i", []),
                                            ("gdd", ["method.disc=teacher", "method.r1_every=1"])])
 def test_gdd_and_gdd_i_train_from_an_imported_unet(unet_teacher, tmp_path, capsys, method, extra):

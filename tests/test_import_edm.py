@@ -637,6 +637,10 @@ def test_sample_and_distill_from_an_edm_teacher(edm_teacher, tmp_path, capsys):
         assert x.shape == (3, C, R, R) and torch.isfinite(x).all()
 
 
+def test_pair_methods_train_from_an_edm_teacher(edm_teacher, runs_pair_methods):
+    runs_pair_methods(edm_teacher, (C, R, R))
+
+
 def test_the_shared_snapshot_builder_writes_edm_s_layout(tmp_path):
     """slimstep.importers.synthetic (what benchmarks/gpu_import.py builds EDM's CIFAR-10 DDPM++
     with) writes the layout this file's builder writes: imported, every tensor used, the

@@ -351,3 +351,16 @@ def test_sample_flowmap_and_gdd_i_from_an_edm2_teacher(tmp_path, capsys):
         x, _ = slimstep.load(out).generate(3, seed=0)
         assert x.shape == (3, C, R, R) and torch.isfinite(x).all()
     assert ckpt.read_config(tmp_path / "flowmap")["net"]["extra_time_embeds"] == 1
+
+
+def test_pair_methods_and_meanflow_train_from_an_edm2_teacher(tmp_path, capsys, runs_pair_methods):
+    src = tmp_path / "edm2-digits.pkl"
+    snapshot(src, seed=4)
+    teacher = import_teacher("edm2", src, tmp_path / "edm2", data="digits")
+    runs_pair_methods(teacher, (C, R, R))
+    out = tmp_path / "meanflow"  # MeanFlow fine-tunes the teacher's net, as flowmap does
+    assert main(["distill", "--method", "meanflow", "--config", "configs/digits/meanflow.yaml",
+                 "--teacher", str(teacher), "--out", str(out), "--quiet", "train.steps=2",
+                 "train.batch_size=8", "train.ckpt_every=2"]) == 0, capsys.readouterr().err
+    x, _ = slimstep.load(out).generate(3, seed=0)
+    assert x.shape == (3, C, R, R) and torch.isfinite(x).all()
