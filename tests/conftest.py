@@ -94,9 +94,9 @@ def runs_pair_methods(tmp_path, capsys):
     """``check(teacher, shape)``: teacher pairs (a few Euler steps), then 2 training steps of
     every pair method from them (slimflow from the annealing-reflow student, as SlimFlow
     chains them); each student samples finite images of the teacher's shape."""
-    import slimstep
     import torch
 
+    import slimstep
     from slimstep.cli import main
 
     def check(teacher: Path, shape: tuple[int, ...]) -> None:
