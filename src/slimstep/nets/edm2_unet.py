@@ -85,7 +85,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimstep.nets.dit import attention, set_attention
-from slimstep.nets.edm_unet import _last_per_resolution, _levels, _role
+from slimstep.nets.edm_unet import _last_per_resolution, _levels, walk_unet
 from slimstep.paths import t_from_sigma, velocity_from_denoiser
 
 FLAVORS = ("enc", "dec")
@@ -310,18 +310,8 @@ class UNet(nn.Module):
             emb = emb + extra_emb
         emb = mp_silu(emb)
         x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
-        skips = []
-        for name, block in self.enc.items():
-            x = block(x) if _role(name) == "conv" else block(x, emb)
-            skips.append(x)
-            if features is not None and name in self._feature_at:
-                features.append(x)
-        for name, block in self.dec.items():
-            if _role(name) == "block":
-                x = mp_cat(x, skips.pop(), t=self.concat_balance)
-            x = block(x, emb)
-            if features is not None and name in self._feature_at:
-                features.append(x)
+        x = walk_unet(self.enc, self.dec, x, emb, lambda a, b: mp_cat(a, b, t=self.concat_balance),
+                      self._feature_at, features)
         return self.out_conv(x, gain=self.out_gain)
 
 

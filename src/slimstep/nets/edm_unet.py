@@ -256,6 +256,27 @@ def _levels(resolution: int, channel_mult, decoding: bool = False):
         yield level, mult, r, f"{r}x{r}_"
 
 
+def walk_unet(enc, dec, x: torch.Tensor, emb: torch.Tensor, join, feature_at: set[str],
+              features: list | None) -> torch.Tensor:
+    """The encoder / decoder pass shared by EDM's and EDM2's U-Nets: every encoder output is
+    a skip, a decoder ``block`` first joins the newest skip (``join(x, skip)``: EDM concatenates,
+    EDM2 uses its magnitude-preserving mp_cat), and the states named in ``feature_at`` go to
+    ``features``."""
+    skips = []
+    for name, block in enc.items():
+        x = block(x) if _role(name) == "conv" else block(x, emb)
+        skips.append(x)
+        if features is not None and name in feature_at:
+            features.append(x)
+    for name, block in dec.items():
+        if _role(name) == "block":
+            x = join(x, skips.pop())
+        x = block(x, emb)
+        if features is not None and name in feature_at:
+            features.append(x)
+    return x
+
+
 def _last_per_resolution(entries) -> set[str]:
     last = {}
     for name in entries:
@@ -435,18 +456,8 @@ class DhariwalUNet(nn.Module):
         if self.map_label is not None and labels is not None:  # ADM adds the label after the MLP
             emb = emb + self.map_label(labels.to(x.dtype))
         emb = F.silu(emb)
-        skips = []
-        for name, block in self.enc.items():
-            x = block(x) if _role(name) == "conv" else block(x, emb)
-            skips.append(x)
-            if features is not None and name in self._feature_at:
-                features.append(x)
-        for name, block in self.dec.items():
-            if _role(name) == "block":
-                x = torch.cat([x, skips.pop()], dim=1)
-            x = block(x, emb)
-            if features is not None and name in self._feature_at:
-                features.append(x)
+        x = walk_unet(self.enc, self.dec, x, emb, lambda a, b: torch.cat([a, b], dim=1),
+                      self._feature_at, features)
         return self.out_conv(F.silu(self.out_norm(x)))
 
 
