@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_checks import nothing_written, one_error_line
 from safetensors.torch import save_file
 
 import slimstep
@@ -89,17 +90,6 @@ def reference_forward(sd, x, t, y, conds=()):
     g = SIDE // P
     out = out.reshape(B, g, g, P, P, -1)
     return torch.einsum("nhwpqc->nchpwq", out).reshape(B, -1, SIDE, SIDE)
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("slimstep: error:"), err
-    return err[0]
-
-
-def nothing_written(out: Path) -> None:
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
 def inputs(n=5, seed=1):

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from cli_checks import nothing_written, one_error_line
 from safetensors.torch import load_file, save_file
 
 import slimstep
@@ -111,17 +112,6 @@ def grid_and_between(scheduler):
 def inputs(n=6, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, C, SIDE, SIDE, generator=g), torch.randint(K, (n,), generator=g)
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("slimstep: error:"), err
-    return err[0]
-
-
-def nothing_written(out) -> None:
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
 def compare(gen, model, scheduler, x, t, y=None, label=""):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_checks import nothing_written, one_error_line
 
 import slimstep
 from slimstep.cli import main
@@ -366,17 +367,6 @@ def reference_velocity(sd, precond, arch, x, t, y, sigma_range=(0.002, 80.0), la
 def inputs(n=5, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, C, R, R, generator=g), torch.tensor([0, 3, 9, K, 5])[:n]
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("slimstep: error:"), err
-    return err[0]
-
-
-def nothing_written(out):
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
 # ----------------------------------------------------------------------------- tests

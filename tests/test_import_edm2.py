@@ -12,6 +12,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_checks import nothing_written, one_error_line
 
 import slimstep
 from slimstep.cli import main
@@ -135,17 +136,6 @@ def reference_velocity(sd, case, x, t, y, sigma_range=(0.002, 80.0)):
     tb = td.reshape(-1, 1, 1, 1)
     d = reference_denoiser(sd, case, x.double() / tb, (1 - td) / td, y)
     return (d - x.double()) / (1 - tb)
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("slimstep: error:"), err
-    return err[0]
-
-
-def nothing_written(out):
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
 # ----------------------------------------------------------------------------- tests
