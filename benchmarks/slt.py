@@ -131,12 +131,17 @@ def _cost(recipe: Path, candidates: int, repeats: int) -> dict:
     teacher = _built(one, info, _built(base, info))
     student = _built(slt, info, teacher)
     k = student.num_classes
-    score = disc_score(build_realism_disc(DEFAULTS["disc"], info.shape, k, DEFAULTS["disc_options"]).eval(), k)
+    # the realism discriminator the recipe's screen stage trains (screen-train's defaults if none)
+    screen_st = next((s for s in stages if s.kind == "screen" and s.params.get("scorer") == "realism"
+                      and s.params.get("student") == slt.name), None)
+    ro = {**DEFAULTS, **((screen_st.params.get("realism") or {}) if screen_st else {})}
+    score = disc_score(build_realism_disc(ro["disc"], info.shape, k, ro["disc_options"]).eval(), k)
     z1 = torch.randn(1, *info.shape)
     y1 = torch.zeros(1, dtype=torch.long) if k else None
     res = {"recipe": str(recipe), "teacher": one.name, "student": slt.name,
            "teacher_macs": count_macs(teacher, z1, y1), "student_macs": count_macs(student, z1, y1),
            "teacher_params": count_params(teacher.net), "student_params": count_params(student.net),
+           "scorer": f"realism {ro['disc']} {ro['disc_options'] or ''}".strip(),
            "score_macs": count_macs(lambda x: score(x, y1, None), z1)}
     res["macs_ratio"] = res["teacher_macs"] / res["student_macs"]
     res["params_ratio"] = res["teacher_params"] / res["student_params"]

@@ -208,7 +208,8 @@ def test_teacher_flowmap_slt_and_screening(tmp_path, capsys, monkeypatch):
     disc = tmp_path / "disc"
     assert cli.main(["screen-train", "--ckpt", str(slt), "--data", "digits", "--out", str(disc),
                      "--steps", "3", "--batch-size", "8", "--quiet"]) == 0
-    assert json.loads((disc / "config.json").read_text())["kind"] == "realism"
+    rec = json.loads((disc / "config.json").read_text())
+    assert rec["kind"] == "realism" and rec["heldout_scale"] > 0 and 0 <= rec["heldout_accuracy"] <= 1
     rc = cli.main(["sample", "--ckpt", str(slt), "--n", "3", "--out", str(out), "--screen", "4",
                    "--scorer", "realism", "--discriminator", str(disc), "--select", "resample",
                    "--temperature", "0.5", "--device", "cpu"])
@@ -335,3 +336,16 @@ def test_realism_judges_images_as_the_evaluation_sees_them():
     image, latent = disc_score(disc, 10, "image"), disc_score(disc, 10, "latent")
     torch.testing.assert_close(image(x, y, None), image(x.clamp(-1, 1), y, None))
     assert not torch.allclose(latent(x, y, None), latent(x.clamp(-1, 1), y, None))
+
+
+def test_platt_scale_recovers_the_slope_of_a_logistic_model():
+    """Scores whose true log-odds are 2 s (labels drawn from sigmoid(2 s)) give a = 2; the
+    fit weighs the two classes alike, so their counts do not move the slope; scaling the
+    scores by c divides it by c (a flat logit reads as a > 1)."""
+    from slimstep.realism import platt_scale
+
+    g = torch.Generator().manual_seed(0)
+    s = 2 * torch.randn(40000, generator=g)
+    real = torch.rand(40000, generator=g) < torch.sigmoid(2 * s + 1.0)  # more reals than fakes
+    assert abs(platt_scale(s[real], s[~real]) - 2.0) < 0.08
+    assert abs(platt_scale(s[real] / 4, s[~real] / 4) - 8.0) < 0.32

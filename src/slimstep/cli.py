@@ -154,7 +154,7 @@ def cmd_screen_train(a) -> None:
     from slimstep.realism import train_realism
 
     out = train_realism(a.ckpt, a.data, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                        seed=a.seed, log=(lambda *_: None) if a.quiet else print)
+                        r1_gamma=a.r1_gamma, seed=a.seed, log=(lambda *_: None) if a.quiet else print)
     print(f"realism discriminator of {a.ckpt} -> {out} (screen with --scorer realism "
           f"--discriminator {out})")
 
@@ -469,9 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="the one-step student that will screen")
     p.add_argument("--data", required=True, help="real data whose train split it learns, e.g. digits")
     p.add_argument("--out", required=True, help="discriminator directory")
-    p.add_argument("--steps", type=int, help="training steps (default 600)")
+    p.add_argument("--steps", type=int, help="training steps (default 3000)")
     p.add_argument("--batch-size", type=int, help="real and fake samples per step (default 128)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4)")
+    p.add_argument("--r1-gamma", type=float, help="R1 weight on real samples (default 0.001; a "
+                                                  "larger one flattens the logit)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_screen_train)

@@ -18,19 +18,23 @@ argmax of the same score is mode-seeking.
 The discriminator is the MLP (default) or conv one of
 :mod:`slimstep.nets.discriminators`. It is scored on every candidate, so it must
 cost far less than the student. Measured per 8x8 digit: the default MLP (hidden
-128, 3 layers) 41k MACs, 4 % of the chain recipe's width-48, K = 2 student (1.0M);
+128, 3 layers) 41k MACs, 5 % of the chain recipe's student (patch 4, width 80, K = 2: 788k);
 the residual conv net 0.62M at 16 channels and 9.9M at its default 64 — as much
 as the student or ten times more, which would undo the point of screening (128
 candidates in the time of two 91M-MAC teacher samples leave ~1.4M MACs per
 candidate, student and score together). The conv kind
 (``disc: conv``) runs *without* the minibatch-std channel: that channel makes a
 score depend on the other samples of the batch, and a screening score must depend
-only on its own candidate (per-seed determinism). R1 on real samples keeps the
-logit smooth, so nearby candidates get nearby ratios.
+only on its own candidate (per-seed determinism).
+
+A light R1 on real samples (γ = 0.001) keeps the logit smooth without flattening
+it. Training records the held-out *logit scale* (:func:`platt_scale`; 1 =
+calibrated). A flat logit makes resampling at T = 1 nearly uniform: γ = 0.1 gave a
+scale of ~4 (docs/slt.md, "Screening").
 
 The output directory is a small checkpoint: ``config.json`` (``kind: realism``,
 the discriminator, the data, the student it was trained against with a digest of
-its weights, training settings and a held-out accuracy) + ``model.safetensors``.
+its weights, training settings, held-out accuracy and logit scale) + ``model.safetensors``.
 Scoring refuses a discriminator trained against another student: the ratio it
 estimates is that student's.
 """
@@ -50,11 +54,13 @@ from slimstep.train import checkpoint as ck
 
 KIND = "realism"
 DEFAULTS = {
-    "steps": 600,  # ~1 min on one CPU thread for a digits SLT student
+    "steps": 3000,  # ~70 s on one CPU thread for the digits chain's SLT student
     "batch_size": 128,
     "lr": 2e-4,
     "betas": [0.5, 0.99],
-    "r1_gamma": 0.1,  # R1 weight on real samples, every step (the net is small)
+    # R1 weight on real samples, every step. 0.1 shrank the logit ~4x (held-out scale 3.95:
+    # resampling at T = 1 barely moved the candidates); 0.001 leaves it calibrated (1.02)
+    "r1_gamma": 0.001,
     "seed": 0,
     "disc": "mlp",  # mlp (flattened input; any shape) | conv (images)
     "disc_options": {},  # keyword arguments of that kind, e.g. {hidden: 128, depth: 3}
@@ -127,6 +133,9 @@ def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
     o = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
     if int(o["steps"]) < 1 or int(o["batch_size"]) < 2:
         raise RealismError("screen-train needs steps >= 1 and batch_size >= 2")
+    if not float(o["r1_gamma"]) >= 0 or not float(o["lr"]) > 0:  # also rejects nan
+        raise RealismError(f"screen-train needs r1_gamma >= 0 and lr > 0, not {o['r1_gamma']} "
+                           f"and {o['lr']}")
     weights_digest(student_ckpt)  # a student without weights fails now, not after training
     student = load(student_ckpt)
     if student.nfe != 1:
@@ -160,16 +169,19 @@ def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
             log(f"screen-train step {step}/{o['steps']}: loss {loss.item():.4f}, "
                 f"logit real {real_logits.mean().item():+.3f} fake {fake_logits.mean().item():+.3f}")
     disc.eval()
-    held = _heldout_accuracy(disc, data, student, k, g_noise)
+    held = _heldout(disc, data, student, k, g_noise)
     cfg = {"kind": KIND, "disc": {"kind": o["disc"], "options": o["disc_options"]},
            "data": {"spec": data_spec, "shape": list(shape), "num_classes": k},
            "student": {"path": str(resolve_checkpoint(student_ckpt).resolve()),
                        "weights": weights_digest(student_ckpt)},
            "train": {key: o[key] for key in DEFAULTS},
-           "judged": JUDGED, "heldout_accuracy": held, "seconds": round(time.perf_counter() - tic, 1)}
+           "judged": JUDGED, "heldout_accuracy": held and held["accuracy"],
+           "heldout_scale": held and held["scale"], "seconds": round(time.perf_counter() - tic, 1)}
     ck.save_model(out, disc, cfg)
     if held is not None:
-        log(f"held-out accuracy (real test split vs fresh student samples): {held:.3f}")
+        log(f"held-out (real test split vs fresh student samples): accuracy {held['accuracy']:.3f}, "
+            f"logit scale {held['scale']:.2f} (1 = calibrated: resample at T = 1 is importance "
+            f"resampling by the estimated ratio; a > 1 means the logit is too flat, T ~ 1/a)")
     return Path(out)
 
 
@@ -191,19 +203,47 @@ def realism_for_stage(student_ckpt: str | Path, data_spec: str, out: Path, optio
     return train_realism(student_ckpt, data_spec, out, log=lambda *_: None, **(options or {}))
 
 
-@torch.no_grad()
-def _heldout_accuracy(disc, data, student: Generator, k: int, gen: torch.Generator) -> float | None:
-    """Real test split vs as many fresh student samples: how well the ratio generalises
-    (0.5 = the student is indistinguishable; near 1 on train but not here = overfit)."""
+def _heldout(disc, data, student: Generator, k: int, gen: torch.Generator) -> dict | None:
+    """Real test split vs as many fresh student samples: how well the ratio generalises.
+
+    ``accuracy``: 0.5 = the student is indistinguishable; near 1 on train but not here =
+    overfit. ``scale``: the ``a`` of the logistic fit ``sigmoid(a * D + b)`` on these
+    held-out samples (Platt scaling). ``D`` is a calibrated log-ratio where ``a`` is about 1;
+    a flat logit (``a`` >> 1, e.g. from strong R1) makes resampling at T = 1 nearly uniform."""
     try:
         x, y = data.reference(512, split="test", seed=0)
     except Exception:  # an infinite or split-less data set: nothing held out to report
         return None
     y = y if k else None
-    fake = as_judged(student.sample_from(torch.randn((len(x), *x.shape[1:]), generator=gen), y),
-                     student.info.kind)
-    right = (disc(x, y).mean(1) > 0).sum() + (disc(fake, y).mean(1) <= 0).sum()
-    return round(float(right) / (2 * len(x)), 4)
+    with torch.no_grad():
+        fake = as_judged(student.sample_from(torch.randn((len(x), *x.shape[1:]), generator=gen), y),
+                         student.info.kind)
+        s_real, s_fake = disc(x, y).mean(1), disc(fake, y).mean(1)
+    right = (s_real > 0).sum() + (s_fake <= 0).sum()
+    return {"accuracy": round(float(right) / (2 * len(x)), 4),
+            "scale": round(platt_scale(s_real.float(), s_fake.float()), 4)}
+
+
+def platt_scale(s_real: torch.Tensor, s_fake: torch.Tensor) -> float:
+    """The slope ``a`` of the logistic regression ``P(real | s) = sigmoid(a * s + b)`` fitted
+    to scores of real and fake samples, the two sets weighed equally."""
+    s = torch.cat([s_real, s_fake]).double()
+    t = torch.cat([torch.ones(len(s_real)), torch.zeros(len(s_fake))]).double()
+    w = torch.cat([torch.full((len(s_real),), 0.5 / len(s_real)),
+                   torch.full((len(s_fake),), 0.5 / len(s_fake))]).double()
+    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([ab], max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = (w * torch.nn.functional.binary_cross_entropy_with_logits(
+            ab[0] * s + ab[1], t, reduction="none")).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return float(ab[0].detach())
 
 
 def realism_scorer(path: str | Path, student: Generator, student_ckpt: str | Path | None = None):

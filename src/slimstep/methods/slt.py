@@ -38,8 +38,9 @@ function of (noise, label). ``bank: N`` draws N noises and labels once (seeded b
 the layer map reads, and each step draws its batch from that bank (with replacement,
 from the loop's per-step RNG). The bank is cached in ``$SLIMSTEP_CACHE/slt-bank``
 under a key of everything its values depend on (the teacher's weights and architecture,
-N, the seed, the layers, the device type), so the runs of an ablation share it. ``bank: 0`` (the default) draws fresh noise every step, the
-paper's data-free setting; a bank is a finite sample of it (docs/slt.md compares them).
+N, the seed, the layers, the device type), so the runs of an ablation share it.
+``bank: 0`` (the default) draws fresh noise every step, the paper's data-free setting;
+a bank is a finite sample of it (docs/slt.md compares them).
 """
 
 from __future__ import annotations
