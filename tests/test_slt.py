@@ -310,6 +310,31 @@ def test_recipe_screen_stage_with_realism_resampling(tmp_path):
     assert disc.stat().st_mtime_ns == before  # same student, same options: not retrained
 
 
+def test_realism_screen_stage_is_keyed_by_the_discriminator_settings(tmp_path, monkeypatch):
+    """A screen stage's reusable rows belong to the discriminator it trains: a change of
+    screen-train's defaults (or of the stage's realism options) changes the stage's hash,
+    and nothing upstream."""
+    from test_recipes import moons_stages, recipe
+
+    from slimstep import realism
+    from slimstep.recipes import load_recipe
+
+    stages = {k: v for k, v in moons_stages().items() if k in ("t", "p", "reflow")}
+    stages["scr"] = {"kind": "screen", "student": "reflow", "scorer": "realism", "select": "resample"}
+    stages["cls"] = {"kind": "screen", "student": "reflow"}
+
+    def hashes():
+        return {s.name: s.hash for s in load_recipe(recipe(tmp_path, stages))[1]}
+
+    before = hashes()
+    monkeypatch.setitem(realism.DEFAULTS, "r1_gamma", 0.5)
+    after = hashes()
+    assert after["scr"] != before["scr"]
+    assert all(after[k] == before[k] for k in ("t", "p", "reflow", "cls"))
+    stages["scr"]["realism"] = {"steps": 7}
+    assert hashes()["scr"] not in (before["scr"], after["scr"])
+
+
 def test_chain_recipe_meets_its_cost_targets():
     """configs/digits/slt-chain.yaml, built with random weights by the cost probe: the SLT
     student has <= 1/64 of the one-step teacher's MACs and <= 1/32 of its parameters."""

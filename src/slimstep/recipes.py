@@ -19,7 +19,8 @@ line). A stage names only stages above it.
 
 **Reuse.** A trained model lives in ``DIR/<stage>/model-<hash>``, the hash being
 that of its resolved config, its stage parameters and the hashes of every stage
-it reads. A rerun reuses a finished model, resumes an interrupted one from its
+it reads (a realism screen stage's also covers its discriminator's effective
+training settings, screen-train's defaults included). A rerun reuses a finished model, resumes an interrupted one from its
 last snapshot and trains anew when anything upstream changed. Evaluations are
 kept in ``DIR/<stage>/result.json`` under the same hash and the protocol's, so a
 killed run, rerun, redoes only what had not finished.
@@ -209,6 +210,14 @@ def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage], data: st
                 raise RecipeError(f"{where}: final: teacher needs a teacher stage")
         st.spec = (dep("teacher") or dep("student")).spec
         own = _digest(body)
+        if kind == "screen" and body["scorer"] == "realism":
+            # the discriminator's effective settings, screen-train's defaults included: a change
+            # of those defaults must not reuse the rows of a discriminator trained the old way
+            from slimstep import realism
+
+            given = body.get("realism")
+            own = _digest([own, {**realism.DEFAULTS, **(given if isinstance(given, dict) else {})},
+                           realism.JUDGED])
     st.hash = _digest([kind, own, {r: done[d].hash for r, d in sorted(st.deps.items())}])
     return st
 
