@@ -34,6 +34,7 @@ SUITES = [("methods.md", "Every method, one protocol"), ("core.md", "Teachers"),
           ("slt.md", "SLT, FreeFlow / MeanFlow, screening"), ("slt-chain.md", "SLT chain, 28 layers"),
           ("slt-chain-ablation.md", "SLT student ablation, 28-layer chain"),
           ("slt-chain-screen.md", "Screening, 28-layer chain"),
+          ("slt-chain-screen-seeds.md", "Screening over 20 seeds, 28-layer chain"),
           ("slt-chain-screen-probes.md", "Screening probes, 28-layer chain"),
           ("swd.md", "SWD, the image metric without weights"), ("edm_agreement.md", "EDM import agreement")]
 

@@ -20,8 +20,9 @@ line). A stage names only stages above it.
 **Reuse.** A trained model lives in ``DIR/<stage>/model-<hash>``, the hash being
 that of its resolved config, its stage parameters and the hashes of every stage
 it reads (a realism screen stage's also covers its discriminator's effective
-training settings, screen-train's defaults included). A rerun reuses a finished model, resumes an interrupted one from its
-last snapshot and trains anew when anything upstream changed. Evaluations are
+training settings, screen-train's defaults included). A rerun reuses a finished
+model, resumes an interrupted one from its last snapshot and trains anew when
+anything upstream changed. Evaluations are
 kept in ``DIR/<stage>/result.json`` under the same hash and the protocol's, so a
 killed run, rerun, redoes only what had not finished.
 
