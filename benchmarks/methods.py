@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -91,15 +92,20 @@ def main() -> None:
         res = json.loads((d / "results.json").read_text())
         runs.append((recipe, d, secs, res))
     m = machine()
-    md = ["# Every method, one protocol (`slimstep run`)", "",
-          f"{m['date']}, {m['cores']} CPU cores ({a.jobs} stages trained at once, one thread each), "
+    jobs = "one stage trained at a time" if a.jobs == 1 else f"{a.jobs} stages trained at once"
+    argv = [x for i, x in enumerate(sys.argv[1:]) if x != "--note" and sys.argv[i] != "--note"]
+    # the set of recipes is "every method"; one recipe given by name is titled by itself
+    title = (runs[0][3]["title"] if a.recipe and len(runs) == 1 and runs[0][3].get("title")
+             else "Every method, one protocol")
+    md = [f"# {title} (`slimstep run`)", "",
+          f"{m['date']}, {m['cores']} CPU cores ({jobs}, one thread each), "
           f"torch {m['torch']}, Python {m['python']}. Reproduce: `python benchmarks/methods.py "
-          f"{' '.join(sys.argv[1:])}`.", "",
+          f"{shlex.join(argv)}`.", "",
           "Each row's ratios are over its teacher at the teacher's reference sampler (Heun, 16 steps = "
           "32 NFE): quality (FD on digits, W2 on moons; lower is better), parameters, and samples/s "
           "at batch 256 (measured after training, one model at a time). Every model is sampled "
           "from the same seeds; the table shows the mean over the recipe's seeds and their standard "
-          "deviation. Training seconds are wall-clock with two single-thread jobs sharing the machine.", "",
+          f"deviation. Training seconds are wall-clock ({jobs}).", "",
           *([a.note, ""] if a.note else [])]
     for recipe, d, secs, res in runs:
         ev = res["eval"]

@@ -159,6 +159,25 @@ def _cost(recipe: Path, candidates: int, repeats: int) -> dict:
     return res
 
 
+def write_cost(res: dict, recipe: str) -> None:
+    """The cost probe's result as a BENCHMARKS section (one run; the time depends on the load)."""
+    m = machine()
+    (RESULTS / "slt-chain-cost.json").write_text(json.dumps({"machine": m, **res}, indent=1))
+    rows = [{"quantity": k, "value": (f"{res[k]:,.4g}" if isinstance(res[k], float) else f"{res[k]:,}")}
+            for k in ("teacher_macs", "student_macs", "macs_ratio", "score_macs", "teacher_params",
+                      "student_params", "params_ratio", "teacher_2_samples_s", "screen_s",
+                      "screen_unscored_s", "time_ratio")]
+    (RESULTS / "slt-chain-cost.md").write_text(
+        f"# SLT cost probe ({m['date']}, {m['cores']} cores, one thread, random weights)\n\n"
+        f"`OMP_NUM_THREADS=1 python benchmarks/slt.py --cost --recipe {recipe} --write`: the recipe's "
+        f"one-step teacher `{res['teacher']}` and SLT student `{res['student']}` built by their methods "
+        f"(nothing trained). time_ratio = screening {res['candidates']} candidates of one output in one "
+        f"batch with the recipe's realism score ({res['scorer']}) / the teacher making 2 samples (the "
+        f"cheaper of one batch-2 call and two batch-1 calls), medians of {res['repeats']} runs; wall "
+        f"times move with the machine's load. Targets: macs_ratio >= 64, params_ratio >= 32, "
+        f"time_ratio <= 1.\n\n{md_table(rows, [('quantity', 'quantity'), ('value', 'value')])}\n")
+
+
 def speed_rows(ckpts: list[tuple[str, Path, dict]]) -> list[dict]:
     from slimstep.eval.speed import bench_generator
     from slimstep.generator import load
@@ -181,6 +200,8 @@ def main() -> None:
     ap.add_argument("--cost", action="store_true",
                     help="train nothing: the recipe's teacher / SLT cost with random weights, as JSON")
     ap.add_argument("--recipe", default="configs/digits/slt-chain.yaml", help="with --cost")
+    ap.add_argument("--write", action="store_true",
+                    help="with --cost: also write benchmarks/results/slt-chain-cost.{md,json}")
     a = ap.parse_args()
     if a.cost:
         res = cost_probe(ROOT / a.recipe if not Path(a.recipe).is_absolute() else Path(a.recipe))
@@ -188,6 +209,8 @@ def main() -> None:
                     "params_ratio", "time_ratio"):
             print(f"{key:>15}: {res[key]:,.4g}" if isinstance(res[key], float) else f"{key:>15}: {res[key]:,}")
         print(json.dumps(res))
+        if a.write:
+            write_cost(res, a.recipe)
         return
     out = Path(a.out)
     rel = out if not out.is_absolute() else out.relative_to(ROOT)
