@@ -93,7 +93,9 @@ def main() -> None:
         runs.append((recipe, d, secs, res))
     m = machine()
     jobs = "one stage trained at a time" if a.jobs == 1 else f"{a.jobs} stages trained at once"
-    argv = [x for i, x in enumerate(sys.argv[1:]) if x != "--note" and sys.argv[i] != "--note"]
+    # the command without --note (prose, not a setting), shell-quoted
+    argv = [x for i, x in enumerate(sys.argv[1:])
+            if x != "--note" and sys.argv[i] != "--note" and not x.startswith("--note=")]
     # the set of recipes is "every method"; one recipe given by name is titled by itself
     title = (runs[0][3]["title"] if a.recipe and len(runs) == 1 and runs[0][3].get("title")
              else "Every method, one protocol")
@@ -134,7 +136,7 @@ def main() -> None:
                  f"{' '.join(s.get('overrides') or [])} |" for n, s in res["stages"].items()], ""]
     md += ["## Commands (wall seconds)", "", "```",
            *[f"{c}    # {r.times[c]:.0f} s" for c in r.commands()],
-           "python benchmarks/methods.py " + " ".join(sys.argv[1:]), "```", ""]
+           "python benchmarks/methods.py " + shlex.join(argv), "```", ""]
     (dest / f"{a.tag}.json").write_text(json.dumps({"machine": m, "runs": [
         {"recipe": rc, "dir": str(d), "seconds": s, "results": res} for rc, d, s, res in runs]},
         indent=1, default=str))

@@ -160,15 +160,16 @@ def _cost(recipe: Path, candidates: int, repeats: int) -> dict:
 
 
 def write_cost(res: dict, recipe: str) -> None:
-    """The cost probe's result as a BENCHMARKS section (one run; the time depends on the load)."""
-    m = machine()
-    (RESULTS / "slt-chain-cost.json").write_text(json.dumps({"machine": m, **res}, indent=1))
+    """The cost probe's result as a BENCHMARKS section (one run; the time depends on the load),
+    in ``results/<recipe stem>-cost.{md,json}``."""
+    m, stem = machine(), Path(recipe).stem
+    (RESULTS / f"{stem}-cost.json").write_text(json.dumps({"machine": m, **res}, indent=1))
     rows = [{"quantity": k, "value": (f"{res[k]:,.4g}" if isinstance(res[k], float) else f"{res[k]:,}")}
             for k in ("teacher_macs", "student_macs", "macs_ratio", "score_macs", "teacher_params",
                       "student_params", "params_ratio", "teacher_2_samples_s", "screen_s",
                       "screen_unscored_s", "time_ratio")]
-    (RESULTS / "slt-chain-cost.md").write_text(
-        f"# SLT cost probe ({m['date']}, {m['cores']} cores, one thread, random weights)\n\n"
+    (RESULTS / f"{stem}-cost.md").write_text(
+        f"# SLT cost probe ({m['date']}, {m['cores']} cores, {res['threads']} thread(s), random weights)\n\n"
         f"`OMP_NUM_THREADS=1 python benchmarks/slt.py --cost --recipe {recipe} --write`: the recipe's "
         f"one-step teacher `{res['teacher']}` and SLT student `{res['student']}` built by their methods "
         f"(nothing trained). time_ratio = screening {res['candidates']} candidates of one output in one "
@@ -201,7 +202,7 @@ def main() -> None:
                     help="train nothing: the recipe's teacher / SLT cost with random weights, as JSON")
     ap.add_argument("--recipe", default="configs/digits/slt-chain.yaml", help="with --cost")
     ap.add_argument("--write", action="store_true",
-                    help="with --cost: also write benchmarks/results/slt-chain-cost.{md,json}")
+                    help="with --cost: also write benchmarks/results/<recipe stem>-cost.{md,json}")
     a = ap.parse_args()
     if a.cost:
         res = cost_probe(ROOT / a.recipe if not Path(a.recipe).is_absolute() else Path(a.recipe))

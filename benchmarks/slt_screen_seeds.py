@@ -1,7 +1,8 @@
 """Realism screening at N = 16 over 20 sample seeds, paired with the unscreened student (issue 11).
 
-Three seeds resolve a screening ratio only to about ±0.07 (sd of the 3-seed ratio over the
-1,140 triples of these 20 seeds), because an FD at N = 597 varies by ~1.3 from seed to seed.
+Three seeds resolve a screening ratio only to about ±0.06 (sd of the 3-seed ratio over the
+1,140 triples of these 20 seeds: 0.05-0.08), because an FD at N = 597 varies by 1.1-1.8 (sd)
+from seed to seed.
 This script measures each realism discriminator setting on seeds 0, 1000, ..., 19000 and
 reports: the mean FD ratio screened / unscreened, the paired difference with its standard
 error, the ratio on the 17 seeds other than the protocol's 0 / 1000 / 2000 (where settings

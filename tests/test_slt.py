@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -207,9 +208,14 @@ def test_teacher_flowmap_slt_and_screening(tmp_path, capsys, monkeypatch):
     # the realism score: a discriminator trained on this student's samples vs the train split
     disc = tmp_path / "disc"
     assert cli.main(["screen-train", "--ckpt", str(slt), "--data", "digits", "--out", str(disc),
-                     "--steps", "3", "--batch-size", "8", "--quiet"]) == 0
+                     "--steps", "3", "--batch-size", "8", "--r1-gamma", "0.01", "--quiet"]) == 0
     rec = json.loads((disc / "config.json").read_text())
-    assert rec["kind"] == "realism" and rec["heldout_scale"] > 0 and 0 <= rec["heldout_accuracy"] <= 1
+    assert rec["kind"] == "realism" and rec["train"]["r1_gamma"] == 0.01 and rec["train"]["steps"] == 3
+    assert 0 <= rec["heldout_accuracy"] <= 1 and "heldout_scale" in rec
+    capsys.readouterr()
+    assert cli.main(["screen-train", "--ckpt", str(slt), "--data", "digits", "--out", str(tmp_path / "d2"),
+                     "--r1-gamma", "nan", "--quiet"]) == 2
+    assert "r1_gamma" in capsys.readouterr().err and not (tmp_path / "d2").exists()
     rc = cli.main(["sample", "--ckpt", str(slt), "--n", "3", "--out", str(out), "--screen", "4",
                    "--scorer", "realism", "--discriminator", str(disc), "--select", "resample",
                    "--temperature", "0.5", "--device", "cpu"])
@@ -374,3 +380,36 @@ def test_platt_scale_recovers_the_slope_of_a_logistic_model():
     real = torch.rand(40000, generator=g) < torch.sigmoid(2 * s + 1.0)  # more reals than fakes
     assert abs(platt_scale(s[real], s[~real]) - 2.0) < 0.08
     assert abs(platt_scale(s[real] / 4, s[~real] / 4) - 8.0) < 0.32
+    # no finite slope: constant scores, or scores that separate the two sets completely
+    assert math.isnan(platt_scale(torch.zeros(5), torch.zeros(5)))
+    assert math.isnan(platt_scale(torch.tensor([1.0, 2.0]), torch.tensor([-1.0, 0.5])))
+    assert platt_scale(-s[real], -s[~real]) < 0  # a discriminator that has it backwards
+
+
+def test_realism_options_are_checked_in_one_place(tmp_path):
+    """screen-train options from the CLI, the API and a recipe all pass realism.settings:
+    bad names, kinds and ranges are one clear RealismError, None means the default, and
+    a recipe stage with a bad value is refused when the recipe loads."""
+    from test_recipes import moons_stages, recipe
+
+    from slimstep.realism import DEFAULTS, RealismError, settings
+    from slimstep.recipes import RecipeError, load_recipe
+
+    assert settings({"r1_gamma": None}) == settings(None) == {**DEFAULTS}
+    assert settings({"lr": "2e-4", "steps": 10.0})["lr"] == 2e-4  # YAML 1.1 reads 2e-4 as text
+    for bad in ({"r1_gamma": "abc"}, {"r1_gamma": float("inf")}, {"r1_gamma": -1}, {"lr": 0},
+                {"steps": 0}, {"steps": 2.5}, {"betas": [0.5]}, {"disc_options": 3}, {"nope": 1},
+                [1, 2]):
+        try:
+            settings(bad)
+            raise AssertionError(f"{bad} was accepted")
+        except RealismError:
+            pass
+    stages = {k: v for k, v in moons_stages().items() if k in ("t", "p", "reflow")}
+    stages["scr"] = {"kind": "screen", "student": "reflow", "scorer": "realism",
+                     "realism": {"r1_gamma": "abc"}}
+    try:
+        load_recipe(recipe(tmp_path, stages))
+        raise AssertionError("a recipe with a bad realism option loaded")
+    except RecipeError as e:
+        assert "scr" in str(e) and "r1_gamma" in str(e)

@@ -464,15 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(p)
     p.set_defaults(fn=cmd_sample)
 
+    from slimstep.realism import DEFAULTS as RD  # the help states the defaults training uses
+
     p = sub.add_parser("screen-train", help="train the realism screening score: a small "
                                             "discriminator, this student's samples vs real data")
     p.add_argument("--ckpt", required=True, help="the one-step student that will screen")
     p.add_argument("--data", required=True, help="real data whose train split it learns, e.g. digits")
     p.add_argument("--out", required=True, help="discriminator directory")
-    p.add_argument("--steps", type=int, help="training steps (default 3000)")
-    p.add_argument("--batch-size", type=int, help="real and fake samples per step (default 128)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4)")
-    p.add_argument("--r1-gamma", type=float, help="R1 weight on real samples (default 0.001; a "
+    p.add_argument("--steps", type=int, help=f"training steps (default {RD['steps']})")
+    p.add_argument("--batch-size", type=int, help=f"real and fake samples per step (default {RD['batch_size']})")
+    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {RD['lr']:g})")
+    p.add_argument("--r1-gamma", type=float, help=f"R1 weight on real samples (default {RD['r1_gamma']:g}; a "
                                                   "larger one flattens the logit)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--quiet", action="store_true")

@@ -42,6 +42,7 @@ estimates is that student's.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -54,12 +55,13 @@ from slimstep.train import checkpoint as ck
 
 KIND = "realism"
 DEFAULTS = {
-    "steps": 3000,  # ~70 s on one CPU thread for the digits chain's SLT student
+    "steps": 3000,  # 30-50 s on one CPU thread for the digits chain's SLT student
     "batch_size": 128,
     "lr": 2e-4,
     "betas": [0.5, 0.99],
-    # R1 weight on real samples, every step. 0.1 shrank the logit ~4x (held-out scale 3.95:
-    # resampling at T = 1 barely moved the candidates); 0.001 leaves it calibrated (1.02)
+    # R1 weight on real samples, every step. 0.1 shrank the logit ~4x (recorded held-out
+    # scale 4.09: resampling at T = 1 barely moved the candidates); 0.001 leaves it
+    # calibrated (0.94-1.15 over three seeds; benchmarks/results/slt-chain-screen-seeds.md)
     "r1_gamma": 0.001,
     "seed": 0,
     "disc": "mlp",  # mlp (flattened input; any shape) | conv (images)
@@ -119,6 +121,40 @@ def disc_score(disc: torch.nn.Module, num_classes: int, kind: str = "image"):
     return score
 
 
+def settings(options: dict | None) -> dict:
+    """The effective screen-train settings: :data:`DEFAULTS` overridden by ``options``
+    (``None`` values = the default), checked — one clear error for an unknown name or a
+    value of the wrong kind or range."""
+    if options is not None and not isinstance(options, dict):
+        raise RealismError(f"realism options are a mapping of screen-train options "
+                           f"({', '.join(DEFAULTS)}), not {options!r}")
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise RealismError(f"unknown screen-train option(s) {', '.join(unknown)}")
+    o = {**DEFAULTS, **given}
+    try:
+        ints = {k: int(o[k]) for k in ("steps", "batch_size", "seed")}
+        floats = {k: float(o[k]) for k in ("lr", "r1_gamma")}
+        betas = [float(b) for b in o["betas"]]
+    except (TypeError, ValueError):
+        raise RealismError(f"screen-train options steps, batch_size, seed are integers, lr and "
+                           f"r1_gamma numbers and betas two numbers, not {given}") from None
+    if any(isinstance(o[k], float) and o[k] != int(o[k]) for k in ints):
+        raise RealismError(f"screen-train options steps, batch_size, seed are integers, not {given}")
+    if ints["steps"] < 1 or ints["batch_size"] < 2:
+        raise RealismError("screen-train needs steps >= 1 and batch_size >= 2")
+    if not (math.isfinite(floats["r1_gamma"]) and floats["r1_gamma"] >= 0
+            and math.isfinite(floats["lr"]) and floats["lr"] > 0):  # also rejects nan
+        raise RealismError(f"screen-train needs a finite r1_gamma >= 0 and lr > 0, not "
+                           f"{o['r1_gamma']} and {o['lr']}")
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise RealismError(f"screen-train betas are two numbers in [0, 1), not {o['betas']}")
+    if not isinstance(o["disc_options"], dict):
+        raise RealismError(f"screen-train disc_options is a mapping, not {o['disc_options']!r}")
+    return {**o, **ints, **floats, "betas": betas}
+
+
 def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
                   log=print, **options) -> Path:
     """Train the realism discriminator of ``student_ckpt`` against ``data_spec``'s train split
@@ -127,15 +163,7 @@ def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
     from slimstep.generator import load, resolve_checkpoint
     from slimstep.methods.gdd import r1_penalty
 
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise RealismError(f"unknown screen-train option(s) {', '.join(unknown)}")
-    o = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
-    if int(o["steps"]) < 1 or int(o["batch_size"]) < 2:
-        raise RealismError("screen-train needs steps >= 1 and batch_size >= 2")
-    if not float(o["r1_gamma"]) >= 0 or not float(o["lr"]) > 0:  # also rejects nan
-        raise RealismError(f"screen-train needs r1_gamma >= 0 and lr > 0, not {o['r1_gamma']} "
-                           f"and {o['lr']}")
+    o = settings(options)
     weights_digest(student_ckpt)  # a student without weights fails now, not after training
     student = load(student_ckpt)
     if student.nfe != 1:
@@ -179,9 +207,11 @@ def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
            "heldout_scale": held and held["scale"], "seconds": round(time.perf_counter() - tic, 1)}
     ck.save_model(out, disc, cfg)
     if held is not None:
+        scale = ("none (the scores separate real from fake completely, or do not vary)"
+                 if held["scale"] is None else f"{held['scale']:.2f}")
         log(f"held-out (real test split vs fresh student samples): accuracy {held['accuracy']:.3f}, "
-            f"logit scale {held['scale']:.2f} (1 = calibrated: resample at T = 1 is importance "
-            f"resampling by the estimated ratio; a > 1 means the logit is too flat, T ~ 1/a)")
+            f"logit scale {scale} (1 = calibrated: resample at T = 1 is importance resampling "
+            f"by the estimated ratio; a > 1 means the logit is too flat, T ~ 1/a)")
     return Path(out)
 
 
@@ -189,10 +219,7 @@ def realism_for_stage(student_ckpt: str | Path, data_spec: str, out: Path, optio
                       log=print) -> Path:
     """A recipe's screen stage: the realism discriminator of ``student_ckpt`` in ``out``,
     reused when it was trained against these student weights with these options."""
-    if options is not None and not isinstance(options, dict):
-        raise RealismError(f"a screen stage's 'realism' is a mapping of screen-train options "
-                           f"({', '.join(DEFAULTS)}), not {options!r}")
-    want = {**DEFAULTS, **(options or {})}
+    want = settings(options)
     if (out / ck.CONFIG).is_file():
         cfg = ck.read_config(out)
         same = json.loads(json.dumps(want)) == cfg.get("train")  # JSON-normalised (tuples, ints)
@@ -220,13 +247,19 @@ def _heldout(disc, data, student: Generator, k: int, gen: torch.Generator) -> di
                          student.info.kind)
         s_real, s_fake = disc(x, y).mean(1), disc(fake, y).mean(1)
     right = (s_real > 0).sum() + (s_fake <= 0).sum()
+    a = platt_scale(s_real.float(), s_fake.float())
     return {"accuracy": round(float(right) / (2 * len(x)), 4),
-            "scale": round(platt_scale(s_real.float(), s_fake.float()), 4)}
+            "scale": round(a, 4) if math.isfinite(a) else None}
 
 
 def platt_scale(s_real: torch.Tensor, s_fake: torch.Tensor) -> float:
     """The slope ``a`` of the logistic regression ``P(real | s) = sigmoid(a * s + b)`` fitted
-    to scores of real and fake samples, the two sets weighed equally."""
+    to scores of real and fake samples, the two sets weighed equally. NaN where no finite
+    slope exists: constant scores, or scores that separate the two sets completely (the
+    maximum-likelihood slope is then infinite)."""
+    lo_r, hi_r, lo_f, hi_f = s_real.min(), s_real.max(), s_fake.min(), s_fake.max()
+    if not (hi_r > lo_f and hi_f > lo_r):  # no overlap: separable (or both constant)
+        return math.nan
     s = torch.cat([s_real, s_fake]).double()
     t = torch.cat([torch.ones(len(s_real)), torch.zeros(len(s_fake))]).double()
     w = torch.cat([torch.full((len(s_real),), 0.5 / len(s_real)),

@@ -216,9 +216,11 @@ def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage], data: st
             # of those defaults must not reuse the rows of a discriminator trained the old way
             from slimstep import realism
 
-            given = body.get("realism")
-            own = _digest([own, {**realism.DEFAULTS, **(given if isinstance(given, dict) else {})},
-                           realism.JUDGED])
+            try:  # checked now, not after every stage above it has trained
+                effective = realism.settings(body.get("realism"))
+            except realism.RealismError as e:
+                raise RecipeError(f"{where}: {e}") from None
+            own = _digest([own, effective, realism.JUDGED])
     st.hash = _digest([kind, own, {r: done[d].hash for r, d in sorted(st.deps.items())}])
     return st
 
