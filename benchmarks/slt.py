@@ -115,7 +115,7 @@ def _cost(recipe: Path, candidates: int, repeats: int) -> dict:
     from slimstep.data import load_data
     from slimstep.eval.speed import count_macs
     from slimstep.nets import count_params
-    from slimstep.realism import DEFAULTS, build_realism_disc, disc_score
+    from slimstep.realism import build_realism_disc, disc_score, settings
     from slimstep.recipes import load_recipe
     from slimstep.screen import screen
 
@@ -134,7 +134,7 @@ def _cost(recipe: Path, candidates: int, repeats: int) -> dict:
     # the realism discriminator the recipe's screen stage trains (screen-train's defaults if none)
     screen_st = next((s for s in stages if s.kind == "screen" and s.params.get("scorer") == "realism"
                       and s.params.get("student") == slt.name), None)
-    ro = {**DEFAULTS, **((screen_st.params.get("realism") or {}) if screen_st else {})}
+    ro = settings(screen_st.params.get("realism") if screen_st else None)
     score = disc_score(build_realism_disc(ro["disc"], info.shape, k, ro["disc_options"]).eval(), k)
     z1 = torch.randn(1, *info.shape)
     y1 = torch.zeros(1, dtype=torch.long) if k else None

@@ -227,7 +227,7 @@ def realism_for_stage(student_ckpt: str | Path, data_spec: str, out: Path, optio
                 and cfg.get("student", {}).get("weights") == weights_digest(student_ckpt)):
             return out
     log(f"[screen-train] realism discriminator -> {out}")
-    return train_realism(student_ckpt, data_spec, out, log=lambda *_: None, **(options or {}))
+    return train_realism(student_ckpt, data_spec, out, log=lambda *_: None, **want)
 
 
 def _heldout(disc, data, student: Generator, k: int, gen: torch.Generator) -> dict | None:
