@@ -48,7 +48,7 @@ def teacher(tmp_path_factory):
 def test_every_exception_class_derives_from_the_base():
     found = []
     for mod in pkgutil.walk_packages(slimstep.__path__, "slimstep."):
-        if mod.name.endswith("train_digits_classifier"):
+        if mod.name.endswith("train_classifier"):
             continue  # a script: importing it is fine, but it defines no errors
         m = importlib.import_module(mod.name)
         for _, cls in inspect.getmembers(m, inspect.isclass):

