@@ -117,3 +117,97 @@ def test_the_real_files_and_the_shipped_classifier_accuracy():
     clf = FashionClassifier.load()
     acc = (clf.logits(x).argmax(1) == y).double().mean().item()
     assert acc == pytest.approx(clf.info["test_accuracy"], abs=1e-6)
+
+
+def test_fashion_recipes_load_and_share_their_teacher_with_the_claims():
+    """fashion/all and fashion/claims resolve; the claims' teacher, pairs and seed-0 arms hash
+    as fashion/all's (benchmarks/fashion.py links them in, so nothing trains twice)."""
+    from slimstep.recipes import load_recipe
+
+    ev, stages = load_recipe("fashion/all")
+    assert ev["n"] == 10000 and len(ev["seeds"]) >= 3
+    main_h = {s.name: s.hash for s in stages}
+    _, claims = load_recipe("fashion/claims")
+    claim_h = {s.name: s.hash for s in claims}
+    assert claim_h["teacher"] == main_h["teacher"] and claim_h["pairs"] == main_h["pairs"]
+    assert claim_h["anneal-flip-s0"] == main_h["annealing-reflow-16"]
+    assert claim_h["gdd-i-s0"] == main_h["gdd-i"] and claim_h["gdd-s1"] != main_h["gdd"]
+    assert len({claim_h[f"reflow-noflip-s{s}"] for s in range(3)}) == 3  # the seeds train apart
+
+
+def test_summary_rows_and_paired_claims():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from fashion import claims, paired, summary
+
+    def row(stage, kind, method, fd, sd=0.1, **kw):
+        return {"name": kw.pop("name", stage), "stage": stage, "kind": kind, "method": method, "n": 10000,
+                "seeds": [0, 1000, 2000], "metrics": {"fd": fd}, "metrics_sd": {"fd": sd},
+                "floor": {"fd": 0.3}, "params": 100, "nfe": 1, "teacher": kw.pop("teacher", None), **kw}
+
+    stages = {"t": {"kind": "teacher", "deps": {}}, "g": {"kind": "distill", "deps": {"teacher": "t"}},
+              "d": {"kind": "teacher", "deps": {}}, "fm": {"kind": "distill", "deps": {"teacher": "d"}},
+              "slt": {"kind": "distill", "deps": {"teacher": "fm"}},
+              "scr": {"kind": "screen", "deps": {"student": "slt"}}}
+    rows = [row("t", "teacher", "flow_matching", 40.0, name="t euler-1", curve=True, teacher="t"),
+            row("t", "teacher", "flow_matching", 20.0, name="t euler-2", curve=True, nfe=2, teacher="t"),
+            row("t", "teacher", "flow_matching", 4.0, name="t heun-16 (reference)", reference=True, nfe=32,
+                teacher="t"),
+            row("g", "distill", "gdd", 3.5, teacher="t"),
+            row("d", "teacher", "flow_matching", 5.0, name="d heun-16 (reference)", reference=True, teacher="d"),
+            row("fm", "distill", "flowmap", 6.0, teacher="d"), row("slt", "distill", "slt", 7.0, teacher="d"),
+            row("scr", "screen", "screen", 6.5, teacher="d")]
+    s = summary({"rows": rows, "stages": stages})
+    assert s["n"] == 10000 and s["seeds"] == [0, 1000, 2000] and s["floor_fd"] == 0.3
+    by = {r["name"]: r for r in s["rows"]}
+    assert "t euler-2" not in by  # the curve's other points are not summary rows
+    assert by["t euler-1"] == {"name": "t euler-1", "method": "teacher", "teacher": "t", "nfe": 1, "params": 100,
+                               "fd_mean": 40.0, "fd_sd": 0.1, "reference": False}
+    assert by["t heun-16 (reference)"]["reference"] and by["g"]["teacher"] == "t" and by["g"]["method"] == "gdd"
+    assert by["slt"]["teacher"] == "fm" and by["fm"]["reference"] and by["scr"]["teacher"] == "fm"
+    p = paired([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
+    assert p["diffs"] == [-1.0, -2.0, -3.0] and p["mean"] == -2.0 and p["se"] == pytest.approx(1 / 3 ** 0.5)
+    assert p["verdict"] == "A better"
+    fd_rows = [{"stage": f"{arm}-s{k}", "metrics": {"fd": fd + k}} for arm, fd in (("gdd-i", 3.0), ("gdd", 3.1))
+               for k in range(3)]
+    c = {r["a"]: r for r in claims({"rows": fd_rows})["claims"]}
+    assert c["gdd-i"]["mean"] == pytest.approx(-0.1) and c["gdd-i"]["verdict"] == "A better"  # sd 0: exact
+    assert c["anneal-flip"]["missing"]
+
+
+@pytest.mark.slow
+def test_every_fashion_stage_kind_runs_end_to_end_on_tiny_data(tmp_path):
+    """fashion/all's stage configs, shrunk to a few steps and tiny widths, through `slimstep run`
+    on idx files written here: teacher -> pairs -> annealing reflow -> slimflow, GDD-I, the DiT
+    teacher -> flowmap -> SLT -> realism screening; each row scored on the Fashion-MNIST protocol."""
+    from slimstep.recipes import run
+
+    cfg = Path(__file__).resolve().parents[1] / "src" / "slimstep" / "configs" / "fashion"
+    root = make_fashion(tmp_path / "fm", n_train=48, n_test=24)
+    tiny = ["train.steps=2", "train.ckpt_every=2", "train.batch_size=8", "train.log_every=1"]
+    dit = ["net.hidden_size=16", "net.depth=2", "net.num_heads=2"]
+    stages = {
+        "teacher": {"kind": "teacher", "config": f"{cfg}/teacher.yaml", "overrides": [*tiny, "net.nf=4"]},
+        "pairs": {"kind": "pairs", "teacher": "teacher", "n": 32, "solver": "euler", "steps": 2},
+        "reflow": {"method": "annealing-reflow", "config": f"{cfg}/annealing-reflow.yaml", "teacher": "teacher",
+                   "pairs": "pairs", "overrides": [*tiny, "net.nf=4", "method.anneal_steps=1"]},
+        "slimflow": {"method": "slimflow", "config": f"{cfg}/slimflow.yaml", "teacher": "teacher",
+                     "pairs": "pairs", "init": "reflow", "overrides": tiny},
+        "gdd-i": {"method": "gdd-i", "config": f"{cfg}/gdd-i.yaml", "teacher": "teacher",
+                  "overrides": [*tiny, "method.disc_options.conv.channels=8"]},
+        "dit": {"kind": "teacher", "config": f"{cfg}/dit-teacher.yaml", "overrides": [*tiny, *dit]},
+        "flowmap": {"method": "flowmap", "config": f"{cfg}/flowmap.yaml", "teacher": "dit", "overrides": tiny},
+        "slt": {"method": "slt", "config": f"{cfg}/slt.yaml", "teacher": "flowmap",
+                "overrides": [*tiny, "net.hidden_size=16", "net.num_heads=2", "method.bank=64"]},
+        "screen": {"kind": "screen", "student": "slt", "candidates": 2, "scorer": "realism", "select": "resample",
+                   "realism": {"steps": 2}},
+    }
+    body = {"title": "tiny fashion", "eval": {"n": 24, "seeds": [0], "teacher_nfes": [1], "speed_batch": 4},
+            "stages": stages}
+    (tmp_path / "r.yaml").write_text(json.dumps(body))
+    res = run(tmp_path / "r.yaml", tmp_path / "out", jobs=1, log=lambda *a: None, data=f"fashion-mnist:{root}")
+    assert not res["failed"], res["failed"]
+    names = {r["stage"] for r in res["rows"]}
+    assert names == {"teacher", "reflow", "slimflow", "gdd-i", "dit", "flowmap", "slt", "screen"}
+    assert all("fd" in r["metrics"] and r["floor"]["fd"] >= 0 for r in res["rows"])

@@ -166,6 +166,10 @@ def test_truncated_archive_is_refused_by_hash_before_it_is_read(tmp_path):
         load_inception(str(cut))
     with pytest.raises(EvalError, match=f"expected {SHA1}"):
         PackageInception(cut)
+    # named with --inception-weights, it is recognised as the archive by its name (not read as
+    # torch-fidelity's file) and refused by hash
+    with pytest.raises(EvalError, match=f"{cut}.*expected {SHA1}"):
+        fid_.inception(cut)
 
 
 def test_an_archive_naming_other_globals_is_refused_before_anything_runs(tmp_path):

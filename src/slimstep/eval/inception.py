@@ -78,9 +78,21 @@ def verify(path: str | os.PathLike) -> Path:
 
 
 def is_package_archive(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is this archive (by hash): ``--inception-weights`` may name it."""
+    """Whether ``--inception-weights`` names this archive rather than torch-fidelity's
+    file: its name, its hash, or a TorchScript archive's code folder. A damaged copy is
+    then refused by :func:`verify` with the hash expected, not read as another format."""
     p = Path(path)
-    return p.is_file() and p.stat().st_size > 0 and zipfile.is_zipfile(p) and sha1_file(p) == SHA1
+    if p.name == FILE:
+        return True
+    if not p.is_file() or not zipfile.is_zipfile(p):
+        return False
+    if sha1_file(p) == SHA1:
+        return True
+    try:
+        with zipfile.ZipFile(p) as z:
+            return any("/code/__torch__/" in n for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False
 
 
 # ----------------------------------------------------------------------------- reading
