@@ -596,7 +596,7 @@ def test_official_r1_gamma_rescales_the_presets():
     assert official_r1_gamma(1e-4, 64) == pytest.approx(3.90625e-3)
     for preset, per_gpu in (("cifar10", 64), ("afhqv2", 64), ("ffhq", 64), ("imagenet64", 128)):
         m = read((CONFIGS / preset / "gdd.yaml").read_text())["method"]
-        assert m["r1_gamma"] == pytest.approx(official_r1_gamma(1e-4, per_gpu), rel=1e-3), preset
+        assert m["r1_gamma"] == pytest.approx(official_r1_gamma(1e-4, per_gpu), rel=1e-2), preset
         assert m["precond"] == "official" and m["r1_step"] == "separate", preset
 
 
