@@ -519,6 +519,13 @@ def _speed(gen, ev: dict) -> dict:
     return {"samples_per_s": r["samples_per_s"], "macs": r["macs"], "latency_s": r["latency_s"]}
 
 
+def _macs(gen) -> int:
+    """Multiply-accumulates of one sample of ``gen``, every network call of its sampler."""
+    from slimstep.eval.speed import count_macs
+
+    return count_macs(gen, torch.randn(1, *gen.info.shape, device=next(gen.net.parameters()).device))
+
+
 def _generate(gen):
     def make(seed, n):
         tic = time.perf_counter()
@@ -555,7 +562,7 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
         for k in ev["teacher_nfes"]:
             g = gen.with_sampling(solver="euler", steps=int(k))
             r = score_samples(_generate(g), st.spec, ev, f"{st.name} euler-{k}", sdir / f"euler-{k}", _options(gen))
-            rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params})
+            rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params, "macs": _macs(g)})
         s = gen.sampling
         r = score_samples(_generate(gen), st.spec, ev, f"{st.name} {s['solver']}-{s['steps']} (reference)", sdir,
                           _options(gen))
@@ -600,7 +607,7 @@ def _init_check(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, row: 
 def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, sdir: Path) -> dict:
     from slimstep.generator import load
     from slimstep.realism import realism_for_stage
-    from slimstep.screen import make_scorer, screen, screen_nfe
+    from slimstep.screen import make_scorer, screen, screen_macs, screen_nfe
 
     p = st.params
     student_dir = model_dir(out, by_name[st.deps["student"]])
@@ -611,6 +618,7 @@ def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, 
     scorer = make_scorer(p["scorer"], student, teacher, disc, student_dir)
     n_c, select = int(p["candidates"]), p.get("select", "argmax")  # defaults kept out of the hash
     nfe = screen_nfe(n_c, student, scorer, p["final"], teacher)
+    macs = screen_macs(student, n_c, scorer, p["final"], teacher)
 
     def make(seed, n):
         tic = time.perf_counter()
@@ -630,7 +638,7 @@ def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, 
     scoring = f" + {n_c * scorer.nfe} scorer" if getattr(scorer, "nfe", 0) else ""
     return {**r, "nfe": nfe, "nfe_note": f"{n_c * student.nfe} student{scoring} + "
             f"{'1 teacher' if p['final'] == 'teacher' else '0'} calls", "params": params,
-            "samples_per_s": round(1 / secs_per_sample, 1), "macs": None, "final_params": final.params}
+            "samples_per_s": round(1 / secs_per_sample, 1), "macs": macs, "final_params": final.params}
 
 
 # ---------------------------------------------------------------- the whole run
