@@ -437,10 +437,14 @@ def blocks_for(out: Path, results: dict) -> list[tuple]:
         key = headline(rows[0])
         floor = rows[0].get("floor", {})
         n = rows[0]["n"]
+        how = rows[0].get("floor_note")
         b += [("h2", spec), ("p", f"N = {n:,} samples per seed, {len(ev['seeds'])} seed(s). "
-                                  f"Floor (real vs real at this N): {key.upper()} {fmt(floor.get(key))}"
+                                  f"Floor (real vs real at this N"
+                                  + (f"; the {how}, one draw being noisy" if how else "")
+                                  + f"): {key.upper()} {fmt(floor.get(key))}"
                                   + "".join(f", {k} {fmt(floor[k])}" for k in ("precision", "recall")
-                                            if k in floor) + ".")]
+                                            if k in floor) + "."
+                                  + (" Ratios to the floor are against that mean." if how else ""))]
         head, body = summary_table(rows, failed)
         b.append(("table", head, body))
         notes = flag_notes(rows, failed)
