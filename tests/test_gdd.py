@@ -2,8 +2,8 @@
 the freeze rules, frozen weights untouched, the discriminators, the CLI."""
 
 import copy
-import math
 import json
+import math
 import sys
 import types
 from pathlib import Path

@@ -69,7 +69,7 @@ def test_slt_depth_patches_are_evenly_spaced():
     """Halves round up (Python's round() rounded them to even: layers 4 7 10 14 18 21 24 28)."""
     layers = [lj for _, lj in layer_map(8, 8, 28)]
     assert layers == [4, 7, 11, 14, 18, 21, 25, 28]
-    assert [b - a for a, b in zip([0] + layers, layers)] == [4, 3, 4, 3, 4, 3, 4, 3]
+    assert [b - a for a, b in zip([0] + layers[:-1], layers, strict=True)] == [4, 3, 4, 3, 4, 3, 4, 3]
     assert layer_map(8, 4, 28) == [(2, 7), (4, 14), (6, 21), (8, 28)]  # no halves: unchanged
 
 

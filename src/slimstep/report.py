@@ -427,7 +427,8 @@ def blocks_for(out: Path, results: dict) -> list[tuple]:
               "at a time. MACs / sample: multiply-accumulates of one sample, counted by torch's FLOP "
               "counter (matmuls, convolutions, attention) over every network call of it — an SLT "
               "student's K block passes, a screened row's N candidates, its scorer and its final "
-              "call; NFE counts calls only. ↓: lower is better, ↑: higher is better; bold: the best student in that column."),
+              "call; NFE counts calls only. ↓: lower is better, ↑: higher is better; bold: the best "
+              "student in that column."),
     ]
     stages = results["stages"]
     for spec in specs:

@@ -320,8 +320,8 @@ def no_dropout(net: nn.Module) -> None:
     for m in net.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
-        for attr in ("dropout", "dropout_prob"):
-            if isinstance(getattr(m, attr, None), float):
+        for attr in ("dropout", "dropout_prob"):  # own attributes (not a diffusers config proxy)
+            if isinstance(vars(m).get(attr), float):
                 setattr(m, attr, 0.0)
 
 
