@@ -607,6 +607,7 @@ def test_separate_lazy_r1_step(toy_teacher, tmp_path):
                       lr_d=1e-3, betas=[0.5, 0.99])
     assert m.phases == ("gen", "disc", "r1")
     assert m.shared_optimizer("r1") == "disc" and m.shared_optimizer("disc") is None
+    assert {id(p) for p in m.parameters("r1")} == {id(p) for p in m.parameters("disc")}
     assert [m.phase_active("r1", s) for s in (8, 9)] == [True, False]
     o = m.optimizer_options("disc")
     assert o["lr"] == pytest.approx(1e-3 * 4 / 5)

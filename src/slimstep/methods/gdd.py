@@ -428,7 +428,7 @@ class GDD(Method):
         return {"net": self.net} if r1 else self.modules()
 
     def parameters(self, phase):
-        mod = self.disc if phase == "disc" else self.net
+        mod = self.disc if phase in ("disc", "r1") else self.net
         return [p for p in mod.parameters() if p.requires_grad]
 
     def optimizer_options(self, phase):
