@@ -512,7 +512,8 @@ def score(gen, spec: str, name: str, n: int | None = None, seed: int = 0) -> dic
     x, y = gen.generate(n, seed=seed)
     secs = time.perf_counter() - tic
     res = evaluate(x, spec, labels=y, seed=seed, data_options=_options(gen))
-    res.update(name=name, nfe=gen.nfe, params=gen.params, samples_per_s=round(n / secs, 1))
+    res.update(name=name, nfe=gen.nfe, macs=_macs(gen), params=gen.params,
+               samples_per_s=round(n / secs, 1))
     return res
 
 
