@@ -19,9 +19,14 @@ Builds, with random weights in the official layouts (nothing is downloaded):
 
 then trains ``--steps`` steps of ``gdd-i`` from each, and of ``flowmap`` from the SiT (a
 VP-adapted UNet or an EDM U-Net is refused by flowmap: it extends a ``dit``), in bf16, with and without
-``torch.compile``, and prints one JSON line per run (step time of the last half of the
-steps, from metrics.jsonl, and ``torch.cuda.max_memory_allocated``) and a Markdown table
-for BENCHMARKS.md. ``--tiny`` shrinks every model to a CPU check of the script itself.
+``torch.compile``, then (issue 24) ``--steps`` eager steps of each paper preset as shipped:
+``imagenet256/meanflow`` (the guided target, DiT-XL/2 on the latents), ``cifar10/meanflow``
+(the v1 sampler), ``cifar10/gdd`` with ``gdd`` and ``gdd-i`` from the EDM snapshot
+(``precond: official``, the separate lazy R1; the teacher-feature discriminator stands in
+for the projected one, whose weights are a download), and prints one JSON line per run
+(step time of the last half of the steps, from metrics.jsonl, and
+``torch.cuda.max_memory_allocated``) and a Markdown table for BENCHMARKS.md. ``--tiny``
+shrinks every model to a CPU check of the script itself.
 Sized to finish in under 8 minutes on one H100/H200-class GPU.
 """
 
@@ -95,8 +100,8 @@ def ddpm_pipeline(folder: Path, size: dict) -> None:
          "scheduler": ["diffusers", "DDPMScheduler"]}))
 
 
-def train(name: str, method: str, config: str, teacher: Path, data: str | None, out: Path,
-          steps: int, batch: int, device: str, compile_: bool) -> dict:
+def train(name: str, method: str, config: str, teacher: Path | None, data: str | None, out: Path,
+          steps: int, batch: int, device: str, compile_: bool, extra: tuple = ()) -> dict:
     run = out / f"{name}-{method}-{'compile' if compile_ else 'eager'}"
     shutil.rmtree(run, ignore_errors=True)
     over = [f"train.steps={steps}", f"train.batch_size={batch}", "train.log_every=5",
@@ -104,10 +109,12 @@ def train(name: str, method: str, config: str, teacher: Path, data: str | None, 
             "train.precision=bf16" if device != "cpu" else "train.precision=fp32"]
     if data:
         over.append(f"data={data}")
+    over += list(extra)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     tic = time.perf_counter()
-    rc = slimstep(["distill", "--method", method, "--config", config, "--teacher", str(teacher),
+    rc = slimstep(["distill", "--method", method, "--config", config,
+                   *(["--teacher", str(teacher)] if teacher is not None else []),
                    "--out", str(run), "--quiet", *over])
     wall = time.perf_counter() - tic
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] if rc == 0 else []
@@ -164,6 +171,18 @@ def main() -> None:
                              unet_batch, device, compile_))
         results.append(train("edm-cifar10-ddpmpp", "gdd-i", "digits/gdd-i", edm, None, out, a.steps,
                              unet_batch, device, compile_))
+    # issue 24: one short check of each paper preset as shipped (eager). The GDD preset's
+    # projected discriminator needs a local weights file: the teacher-feature one stands in.
+    tiny_dit = ("net.hidden_size=32", "net.depth=2", "net.num_heads=2") if a.tiny else ()
+    results.append(train("preset", "meanflow", "imagenet256/meanflow", None, lat, out, a.steps,
+                         sit_batch, device, False, tiny_dit))  # guided target on
+    results.append(train("preset-cifar", "meanflow", "cifar10/meanflow", None,
+                         cifar_like(out / "cifar-like-uncond.npz", side=side), out, a.steps,
+                         unet_batch, device, False, tiny_dit))  # the v1 sampler
+    results.append(train("preset-edm", "gdd", "cifar10/gdd", edm, None, out, a.steps, unet_batch,
+                         device, False, ("method.disc=teacher",)))  # precond official, separate R1
+    results.append(train("preset-edm", "gdd-i", "cifar10/gdd", edm, None, out, a.steps, unet_batch,
+                         device, False, ("method.disc=teacher", "method.name=gdd-i")))
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"\n{gpu}, torch {torch.__version__}, {a.steps} steps, bf16 (fp32 on CPU)\n")
     print("| teacher | method | torch.compile | batch | s / step | peak GiB | exit |")

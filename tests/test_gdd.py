@@ -3,6 +3,7 @@ the freeze rules, frozen weights untouched, the discriminators, the CLI."""
 
 import copy
 import json
+import math
 import sys
 import types
 from pathlib import Path
@@ -520,3 +521,107 @@ def test_gdd_rejects_unknown_options(toy_teacher):
     with pytest.raises(MethodError, match="unknown discriminator"):
         method_for(toy_teacher, "toy2d:moons", disc="vgg")
     assert isinstance(method_for(toy_teacher, "toy2d:moons")[0], GDD)
+
+
+# ----------------------------------------------------------------------------- GDD as its code runs
+
+EDM_VE_NET = {"name": "edm_unet", "in_shape": [1, 8, 8], "num_classes": 10, "precond": "ve",
+              "model_channels": 16, "channel_mult": [1, 1], "num_blocks": 1,
+              "attn_resolutions": [4], "dropout": 0.1, "sigma_min": 0.02, "sigma_max": 100.0}
+
+
+@pytest.fixture(scope="module")
+def edm_ve_teacher(tmp_path_factory):
+    return save_teacher(tmp_path_factory.mktemp("gdd") / "edm-ve", EDM_VE_NET, "digits")
+
+
+def test_official_precond_is_gddprecond_around_the_teachers_f(edm_ve_teacher):
+    """precond=official on a VE teacher: G(z) = D(σ_max z; σ_max) with GDDPrecond's EDM
+    coefficients (σ - 2e-3 in c_skip and c_out) around the teacher's own F, by hand."""
+    m, teacher = method_for(edm_ve_teacher, "digits", precond="official")
+    m.net.train()  # the loop's mode: dropout must be off anyway
+    torch.manual_seed(0)
+    z, y = torch.randn(3, 1, 8, 8), torch.tensor([0, 4, 9])
+    s, sd, eps = 100.0, 0.5, 2e-3
+    labels = torch.nn.functional.one_hot(y, 10).float()
+    with torch.no_grad():
+        f = teacher.net.model(z * s / (s ** 2 + sd ** 2) ** 0.5,
+                              torch.full((3,), math.log(s) / 4), labels)
+        want = (sd ** 2 / ((s - eps) ** 2 + sd ** 2) * s * z
+                + (s - eps) * sd / (s ** 2 + sd ** 2) ** 0.5 * f)
+        got = m.generate(z, y)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # the exported map (z + v(z, 0), Euler 1) is the same G
+        torch.testing.assert_close(z + m.net(z, torch.zeros(3), y), want, rtol=1e-5, atol=1e-5)
+        # precond=teacher keeps the VE reading: another function
+        ve, _ = method_for(edm_ve_teacher, "digits")
+        assert not torch.allclose(ve.generate(z, y), want, atol=1e-3)
+    assert m.spec["precond"] == "gdd" and teacher.config["net"]["precond"] == "ve"
+
+
+def test_official_precond_needs_an_edm_teacher(digits_teacher):
+    with pytest.raises(MethodError, match="precond=official"):
+        method_for(digits_teacher, "digits", precond="official")
+    with pytest.raises(MethodError, match="method.precond"):
+        method_for(digits_teacher, "digits", precond="edm")
+
+
+def test_generator_dropout_is_off_for_every_network_kind(edm_ve_teacher, dit_teacher, tmp_path):
+    """Every official run passes --dropout=0: the generator's dropout options are 0 in its
+    spec and its training-mode forward is deterministic (EDM UNet 0.1, UNet 0.3, DiT label
+    dropout 0.5 in the teachers)."""
+    unet = save_teacher(tmp_path / "unet", {**DIGITS_NET, "dropout": 0.3}, "digits")
+    torch.manual_seed(0)
+    z, y = torch.randn(4, 1, 8, 8), torch.randint(10, (4,))
+    for tdir, key in ((edm_ve_teacher, "dropout"), (unet, "dropout"),
+                      (dit_teacher, "class_dropout_prob")):
+        m, teacher = method_for(tdir, "digits")
+        assert teacher.config["net"][key] > 0 and m.spec[key] == 0.0
+        m.net.train()
+        assert not any(isinstance(x, nn.Dropout) and x.p > 0 for x in m.net.modules())
+        with torch.no_grad():
+            assert torch.equal(m.generate(z, y), m.generate(z, y))
+    # a teacher without dropout keeps its spec as it was (the digits recipe's numbers stand)
+    m, teacher = method_for(save_teacher(tmp_path / "plain", DIGITS_NET, "digits"), "digits")
+    assert m.spec == teacher.config["net"]
+
+
+def test_official_r1_gamma_rescales_the_presets():
+    """docs/gdd.md: the official γ on the sum of 25 patch logits per head, with a GAN term
+    B/4 times ours (B per GPU), is 2500 γ / B on our per-head-mean scale."""
+    from slimstep.config import CONFIGS
+    from slimstep.config import _yaml as read
+    from slimstep.methods.gdd import official_r1_gamma
+
+    assert official_r1_gamma(1e-4, 64) == pytest.approx(3.90625e-3)
+    for preset, per_gpu in (("cifar10", 64), ("afhqv2", 64), ("ffhq", 64), ("imagenet64", 128)):
+        m = read((CONFIGS / preset / "gdd.yaml").read_text())["method"]
+        assert m["r1_gamma"] == pytest.approx(official_r1_gamma(1e-4, per_gpu), rel=1e-2), preset
+        assert m["precond"] == "official" and m["r1_step"] == "separate", preset
+
+
+def test_separate_lazy_r1_step(toy_teacher, tmp_path):
+    """r1_step=separate: G, then D on the GAN loss, then every r1_every steps an R1-only D
+    step; both D phases share one Adam at lr·c, β^c, c = r1_every / (r1_every + 1)."""
+    m, _ = method_for(toy_teacher, "toy2d:moons", r1_gamma=0.5, r1_every=4, r1_step="separate",
+                      lr_d=1e-3, betas=[0.5, 0.99])
+    assert m.phases == ("gen", "disc", "r1")
+    assert m.shared_optimizer("r1") == "disc" and m.shared_optimizer("disc") is None
+    assert {id(p) for p in m.parameters("r1")} == {id(p) for p in m.parameters("disc")}
+    assert [m.phase_active("r1", s) for s in (8, 9)] == [True, False]
+    o = m.optimizer_options("disc")
+    assert o["lr"] == pytest.approx(1e-3 * 4 / 5)
+    assert o["betas"] == pytest.approx([0.5 ** 0.8, 0.99 ** 0.8])
+    x = torch.randn(8, 2)
+    assert "r1" not in m.loss((x, None), 8, "disc")  # no penalty inside the GAN step
+    out = m.loss((x, None), 8, "r1")
+    _, ref = r1_penalty(m.disc, x, None)
+    torch.testing.assert_close(out["loss"], 4 * 0.5 / 2 * ref.detach(), rtol=1e-5, atol=1e-7)
+    # through the loop: the r1 phase logs only on its steps and steps D's own optimizer
+    cfg = gdd_cfg("toy2d:moons", steps=3, r1_gamma=0.5, r1_every=2, r1_step="separate")
+    out_dir = train(cfg, tmp_path / "sep", teacher=slimstep.load(toy_teacher), progress=False)
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "gen/loss" in r]
+    assert ["r1/r1" in r for r in rows] == [True, False, True]
+    state = ckpt.load_training_state(ckpt.list_snapshots(out_dir)[-1])
+    assert state["optimizers"]["r1"] == state["optimizers"]["disc"]

@@ -326,3 +326,124 @@ def test_flowmap_balanced_correction_reaches_the_loss():
                    correction_weight=0.1).loss(batch, 0, "main")
     assert torch.isfinite(out["loss"]) and float(out["corr_lambda"]) > 0
     assert float(out["corr_lambda"]) != pytest.approx(0.1)
+
+
+# ----------------------------------------------------------------------------- guided target
+
+
+def _meanflow(**opts):
+    from slimstep.methods.meanflow import MeanFlow
+
+    spec = {**SPEC, "time_scale": 1.0}
+    torch.manual_seed(0)
+    net = build_net(spec)
+    for p in net.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    teacher = Generator(net, INFO, {"kind": "velocity", "solver": "euler", "steps": 1}, {"net": spec})
+    cfg = {"method": {"name": "meanflow", "init": "teacher", **opts}, "net": {}, "train": {}}
+    m = MeanFlow(cfg, INFO, device=torch.device("cpu"), teacher=teacher)
+    with torch.no_grad():  # the s-embedding starts at zero: perturb it so u depends on the gap
+        for p in m.net.s_embedder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+def test_guided_velocity_is_the_hand_formula():
+    """ṽ = ω v + κ u_c + (1 - ω - κ) u_∅ where the mask is on, v elsewhere; the method's own
+    u_c / u_∅ are the network's u at r = t with the label and with the null class."""
+    from slimstep.methods.meanflow import guided_velocity
+
+    torch.manual_seed(0)
+    v, uc, uu = (torch.randn(4, 1, 8, 8) for _ in range(3))
+    on = torch.tensor([True, False, True, True])
+    got = guided_velocity(v, uc, uu, 0.2, 0.92, on)
+    want = 0.2 * v + 0.92 * uc + (1 - 0.2 - 0.92) * uu
+    torch.testing.assert_close(got[on], want[on])
+    torch.testing.assert_close(got[~on], v[~on])
+
+    m = _meanflow(guidance_omega=0.2, guidance_kappa=0.92, guidance_t_min=0.1, guidance_t_max=0.8)
+    z = torch.randn(4, 1, 8, 8)
+    t = torch.tensor([0.5, 0.9, 0.3, 0.6])  # 0.9 lies outside the interval
+    y = torch.tensor([1, 2, 3, 10])  # 10 = the null class: a dropped label is not guided
+    with torch.no_grad():
+        net = m.net.eval()
+        u_c = -net(z, 1 - t, y, s=torch.zeros(4))
+        u_u = -net(z, 1 - t, torch.full_like(y, 10), s=torch.zeros(4))
+    mixed = m._guided(z, t, y, v)
+    for i, guided in enumerate([True, False, True, False]):
+        want = 0.2 * v[i] + 0.92 * u_c[i] + (1 - 0.2 - 0.92) * u_u[i] if guided else v[i]
+        torch.testing.assert_close(mixed[i], want, rtol=1e-5, atol=1e-6)
+
+
+def test_guided_target_at_omega_one_is_the_unguided_target():
+    """ω = 1, κ = 0: ṽ = v, so tangent and target are MeanFlow's unguided ones."""
+    m = _meanflow(guidance_omega=1.0, guidance_kappa=0.0)
+    assert not m.guided
+    torch.manual_seed(1)
+    x, eps = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    t, r = torch.tensor([0.9, 0.6, 0.4, 0.7]), torch.tensor([0.2, 0.6, 0.1, 0.5])
+    y = torch.tensor([0, 1, 2, 3])
+    z = (1 - t.view(-1, 1, 1, 1)) * x + t.view(-1, 1, 1, 1) * eps
+    v = m._guided(z, t, y, eps - x)
+    torch.testing.assert_close(v, eps - x)
+    _, plain = meanflow_target(m.net, z, r, t, eps - x, y, m.s_scale)
+    _, guided = meanflow_target(m.net, z, r, t, v, y, m.s_scale)
+    torch.testing.assert_close(guided, plain)
+
+
+def test_guided_meanflow_options_are_checked():
+    from slimstep.methods.base import MethodError
+
+    with pytest.raises(MethodError, match="guidance_kappa"):
+        _meanflow(guidance_kappa=1.0)
+    with pytest.raises(MethodError, match="guidance_t_min"):
+        _meanflow(guidance_t_min=0.8, guidance_t_max=0.2)
+    with pytest.raises(MethodError, match="tr_sampler"):
+        _meanflow(tr_sampler="v2")
+
+
+def test_guided_meanflow_trains_on_class_conditional_digits(tmp_path):
+    """A tiny class-conditional digits MeanFlow run with the ImageNet preset's guidance:
+    the guided target is on (ṽ moved off v), every logged loss is finite, samples load."""
+    import json
+
+    import slimstep
+    from slimstep.config import load_config
+    from slimstep.train.loop import train
+
+    cfg = load_config(None, {
+        "data": {"spec": "digits"},
+        "net": {"name": "dit", "patch_size": 2, "hidden_size": 32, "depth": 2, "num_heads": 2,
+                "time_scale": 1.0},
+        "method": {"name": "meanflow", "init": "scratch", "guidance_omega": 0.2,
+                   "guidance_kappa": 0.92, "guidance_t_max": 0.75},
+        "train": {"steps": 3, "batch_size": 8, "lr": 1e-3, "log_every": 1, "ckpt_every": 3,
+                  "warmup": 0},
+    })
+    out = train(cfg, tmp_path / "mf", progress=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]
+    assert len(rows) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert max(r["v_shift"] for r in rows) > 0
+    x, _ = slimstep.load(out).generate(8, seed=0)
+    assert x.shape == (8, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_v1_sampler_keeps_t_and_takes_r_below_it():
+    """py-meanflow's v1: mask first, then r = min(t, r); t keeps its own draw. The sorted
+    sampler (the default, unchanged) differs only where r was drawn above t."""
+    from slimstep.methods.meanflow import sample_t_r
+
+    torch.manual_seed(3)
+    t1, r1 = sample_t_r(20000, -0.6, 1.6, 0.75, "cpu", -4.0, 1.6, "v1")
+    torch.manual_seed(3)
+    a = torch.sigmoid(-0.6 + 1.6 * torch.randn(20000))
+    b = torch.sigmoid(-4.0 + 1.6 * torch.randn(20000))
+    neq = torch.rand(20000) < 0.75
+    assert torch.equal(t1, a) and torch.equal(r1, torch.where(neq, torch.minimum(a, b), a))
+    torch.manual_seed(3)
+    t0, r0 = sample_t_r(20000, -0.6, 1.6, 0.75, "cpu", -4.0, 1.6)
+    assert torch.equal(t0, torch.maximum(a, b))
+    assert torch.equal(r0, torch.where(neq, torch.minimum(a, b), torch.maximum(a, b)))
+    differ = float(((t0 != t1) | (r0 != r1)).float().mean())
+    assert 0.02 < differ < 0.1, differ  # the pairs with r drawn above t

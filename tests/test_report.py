@@ -95,6 +95,7 @@ def test_report_reads_at_a_glance(tmp_path):
     assert md.index("Best one-step model: copycat") < md.index("| method |")
     head, body = summary_table(res["rows"], [("boom", "distill", {"id": "diverged", "badge": "diverged"})])
     assert "W2 ↓ (mean ± sd, 2 seeds)" in head and "samples/s ↑" in head and "W2 / teacher ↓" in head
+    assert head[5:7] == ["NFE ↓", "MACs / sample ↓"]  # cost in compute beside cost in calls
     names = [r[0] if isinstance(r, list) else r.label for r in body]
     # grouped and sorted by W2 inside each group; the curve's 2-step point is in the plot only
     assert names == ["teachers", "t heun-8 (reference)", "t euler-1",

@@ -110,7 +110,7 @@ def cmd_sample(a) -> None:
         raise ConfigError("--scorer, --final, --teacher, --discriminator, --select and "
                           "--temperature go with --screen N")
     tic = time.perf_counter()
-    extra, nfe = {}, None
+    extra, nfe, macs = {}, None, None
     if a.screen is not None:
         from slimstep.generator import load
         from slimstep.screen import make_scorer, screen
@@ -125,6 +125,9 @@ def cmd_sample(a) -> None:
                              teacher=teacher, y=y, batch_size=a.batch_size, select=a.select,
                              temperature=a.temperature)
         nfe = info["nfe"]
+        from slimstep.screen import screen_macs
+
+        macs = screen_macs(gen, a.screen, scorer, a.final, teacher)
         extra = {"candidate": info["candidate"].numpy(), "score": info["score"].numpy(),
                  "screen": a.screen, "scorer": a.scorer or "classifier", "final": a.final,
                  "select": a.select}
@@ -134,6 +137,7 @@ def cmd_sample(a) -> None:
         x, ys = gen.generate(a.n, seed=a.seed, y=y, batch_size=a.batch_size, labels=mode)
     secs = time.perf_counter() - tic
     nfe = gen.nfe if nfe is None else nfe
+    macs = _sample_macs(gen) if macs is None else macs
     fields = data_fields(gen.info)
     kind, _, arg = gen.info.spec.partition(":")
     if kind == "vae":  # a latent model's samples are the images its VAE decodes them to
@@ -142,13 +146,22 @@ def cmd_sample(a) -> None:
         extra.update(latents=x.numpy(), latent_data=gen.info.spec)
         x, fields["data"] = decode(x, arg), parse(arg)[1]
     arrays = {"samples": x.numpy(), "seeds": list(range(a.seed, a.seed + a.n)),
-              "nfe": nfe, **fields, **extra}
+              "nfe": nfe, "macs": macs, **fields, **extra}
     if ys is not None:
         arrays["labels"] = ys.numpy()
     write_npz(a.out, **arrays)
     png = Path(a.out).with_suffix(".png")
     save_picture(x, png, title=f"{Path(a.ckpt).name}, NFE {nfe}")
-    print(f"{a.n} samples, NFE {nfe}, {secs:.2f} s -> {a.out} and {png}")
+    print(f"{a.n} samples, NFE {nfe}, {macs:,} MACs per sample, {secs:.2f} s -> {a.out} and {png}")
+
+
+def _sample_macs(gen) -> int:
+    """Multiply-accumulates of one sample of ``gen`` (every network call, every block pass)."""
+    import torch
+
+    from slimstep.eval.speed import count_macs
+
+    return count_macs(gen, torch.randn(1, *gen.info.shape, device=next(gen.net.parameters()).device))
 
 
 def cmd_screen_train(a) -> None:
@@ -180,6 +193,7 @@ def cmd_eval(a) -> None:
         spec = a.data or (str(d["data"]) if "data" in d else None)
         options = samples_data_options(d, a.samples) if "data" in d and spec == str(d["data"]) else {}
         name, nfe = Path(a.samples).name, int(d["nfe"]) if "nfe" in d else None
+        macs = int(d["macs"]) if "macs" in d else None
         if a.n:
             if a.n > len(x):
                 raise ConfigError(f"--n {a.n}: {a.samples} holds {len(x)} samples")
@@ -190,7 +204,7 @@ def cmd_eval(a) -> None:
         options = loader_options(gen.info.options) if spec == gen.info.spec else {}
         n = a.n or default_n(spec)
         x, labels = gen.generate(n, seed=a.seed, batch_size=a.batch_size)
-        name, nfe = Path(a.ckpt).name, gen.nfe
+        name, nfe, macs = Path(a.ckpt).name, gen.nfe, _sample_macs(gen)
     if not spec:
         raise ConfigError("the samples file names no data set: pass --data")
     fid = _fid_choice(a, spec)
@@ -198,7 +212,7 @@ def cmd_eval(a) -> None:
         _check_ref_stats(a.ref_stats, fid)
     res = evaluate(x, spec, labels=labels, seed=a.seed, inception_weights=a.inception_weights,
                    ref_stats=a.ref_stats, data_options=options, fid=fid)
-    res = {"name": name, "nfe": nfe, **res}
+    res = {"name": name, "nfe": nfe, "macs": macs, **res}
     print(format_table([res]))
     for note in res.get("notes", []):
         print(f"note: {note}")
@@ -246,6 +260,17 @@ def cmd_bench(a) -> None:
 
     gen = _generator(a)
     r = bench_generator(gen, batch_size=a.batch_size, iters=a.iters)
+    if a.screen is not None:  # the cost of one screened output, scorer and final call included
+        from slimstep.generator import load
+        from slimstep.screen import make_scorer, screen_macs, screen_nfe
+
+        teacher = load(a.teacher, _device(a.device)) if a.teacher else None
+        scorer = make_scorer(a.scorer or "classifier", gen, teacher, a.discriminator, a.ckpt)
+        r.update(screen=a.screen, scorer=a.scorer or "classifier", final=a.final,
+                 screen_nfe=screen_nfe(a.screen, gen, scorer, a.final, teacher),
+                 screen_macs=screen_macs(gen, a.screen, scorer, a.final, teacher))
+    elif a.scorer or a.final != "student" or a.teacher or a.discriminator:
+        raise ConfigError("--scorer, --final, --teacher and --discriminator go with --screen N")
     for k, v in r.items():
         print(f"{k:>18}: {v}")
 
@@ -519,6 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="speed: samples/s, latency, parameters, NFE, MACs")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--iters", type=_count, default=10, help="timed repetitions")
+    p.add_argument("--screen", type=_count, metavar="N",
+                   help="also the NFE and MACs of one output screened from N candidates")
+    p.add_argument("--scorer", choices=["classifier", "density", "teacher", "discriminator", "realism"],
+                   help="screening score (default classifier)")
+    p.add_argument("--final", choices=["student", "teacher"], default="student")
+    p.add_argument("--teacher", help="one-step teacher checkpoint (--final teacher, --scorer teacher)")
+    p.add_argument("--discriminator", help="GDD checkpoint or screen-train output")
     _sampling_args(p)
     p.set_defaults(fn=cmd_bench)
 

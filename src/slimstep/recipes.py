@@ -67,6 +67,10 @@ STAGE_KEYS = {
     "screen": {"student", "teacher", "candidates", "scorer", "final", "select", "temperature", "realism"},
 }
 EVAL_DEFAULTS = {"n": None, "seeds": [0], "teacher_nfes": [1, 2, 4, 8, 16, 32], "speed_batch": 256}
+#: Part of an evaluation's cache key (not of any model's hash): bumped when what a row holds
+#: changes, so a rerun re-evaluates (and reuses every trained model). Issue 24: MACs per
+#: sample on every row (attention counted), toy floors averaged over the seeds' draws.
+PROTOCOL_VERSION = 2
 #: Training settings that do not change the trained weights: left out of the hash.
 UNHASHED_TRAIN = ("log_every", "ckpt_every", "keep", "device")
 
@@ -488,8 +492,14 @@ def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None,
         raise EvalError(f"no seed could be scored ({failed[0]['error']})")
     mean, sd = _mean_metrics(results)
     first = results[0]
+    floor, floor_note = first["floor"], None
+    if spec.partition(":")[0] == "toy2d":  # a toy floor is one noisy draw per seed: their mean
+        floor = {k: float(torch.tensor([float(r["floor"][k]) for r in results],
+                                       dtype=torch.float64).mean()) for k in first["floor"]}
+        floor_note = f"mean of the {len(results)} scored seeds' real/real draws"
     return {"name": name, "data": spec, "n": n, "seeds": list(ev["seeds"]), "metrics": mean,
-            "metrics_sd": sd, "per_seed": [r["metrics"] for r in results], "floor": first["floor"],
+            "metrics_sd": sd, "per_seed": [r["metrics"] for r in results], "floor": floor,
+            "per_seed_floor": [r["floor"] for r in results], "floor_note": floor_note,
             "notes": first["notes"], "sample_seconds": secs,  # notes of the first scored seed
             "failed_seeds": failed,
             "files": ({"samples": str(keep / "samples.npz"), "picture": str(keep / "samples.png")}
@@ -505,7 +515,8 @@ def score(gen, spec: str, name: str, n: int | None = None, seed: int = 0) -> dic
     x, y = gen.generate(n, seed=seed)
     secs = time.perf_counter() - tic
     res = evaluate(x, spec, labels=y, seed=seed, data_options=_options(gen))
-    res.update(name=name, nfe=gen.nfe, params=gen.params, samples_per_s=round(n / secs, 1))
+    res.update(name=name, nfe=gen.nfe, macs=_macs(gen), params=gen.params,
+               samples_per_s=round(n / secs, 1))
     return res
 
 
@@ -520,6 +531,13 @@ def _speed(gen, ev: dict) -> dict:
 
     r = bench_generator(gen, batch_size=int(ev["speed_batch"]), iters=3)
     return {"samples_per_s": r["samples_per_s"], "macs": r["macs"], "latency_s": r["latency_s"]}
+
+
+def _macs(gen) -> int:
+    """Multiply-accumulates of one sample of ``gen``, every network call of its sampler."""
+    from slimstep.eval.speed import count_macs
+
+    return count_macs(gen, torch.randn(1, *gen.info.shape, device=next(gen.net.parameters()).device))
 
 
 def _generate(gen):
@@ -537,7 +555,8 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
     from slimstep.generator import load
 
     sdir = stage_dir(out, st)
-    proto = _digest({k: ev[k] for k in ("n", "seeds", "teacher_nfes", "speed_batch")})
+    proto = _digest({**{k: ev[k] for k in ("n", "seeds", "teacher_nfes", "speed_batch")},
+                     "version": PROTOCOL_VERSION})
     cache = sdir / "result.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
@@ -558,7 +577,7 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
         for k in ev["teacher_nfes"]:
             g = gen.with_sampling(solver="euler", steps=int(k))
             r = score_samples(_generate(g), st.spec, ev, f"{st.name} euler-{k}", sdir / f"euler-{k}", _options(gen))
-            rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params})
+            rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params, "macs": _macs(g)})
         s = gen.sampling
         r = score_samples(_generate(gen), st.spec, ev, f"{st.name} {s['solver']}-{s['steps']} (reference)", sdir,
                           _options(gen))
@@ -603,7 +622,7 @@ def _init_check(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, row: 
 def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, sdir: Path) -> dict:
     from slimstep.generator import load
     from slimstep.realism import realism_for_stage
-    from slimstep.screen import make_scorer, screen, screen_nfe
+    from slimstep.screen import make_scorer, screen, screen_macs, screen_nfe
 
     p = st.params
     student_dir = model_dir(out, by_name[st.deps["student"]])
@@ -614,6 +633,7 @@ def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, 
     scorer = make_scorer(p["scorer"], student, teacher, disc, student_dir)
     n_c, select = int(p["candidates"]), p.get("select", "argmax")  # defaults kept out of the hash
     nfe = screen_nfe(n_c, student, scorer, p["final"], teacher)
+    macs = screen_macs(student, n_c, scorer, p["final"], teacher)
 
     def make(seed, n):
         tic = time.perf_counter()
@@ -633,7 +653,7 @@ def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, 
     scoring = f" + {n_c * scorer.nfe} scorer" if getattr(scorer, "nfe", 0) else ""
     return {**r, "nfe": nfe, "nfe_note": f"{n_c * student.nfe} student{scoring} + "
             f"{'1 teacher' if p['final'] == 'teacher' else '0'} calls", "params": params,
-            "samples_per_s": round(1 / secs_per_sample, 1), "macs": None, "final_params": final.params}
+            "samples_per_s": round(1 / secs_per_sample, 1), "macs": macs, "final_params": final.params}
 
 
 # ---------------------------------------------------------------- the whole run

@@ -282,6 +282,16 @@ def _badges(flags: list[dict]) -> Cell:
     return Cell(badges=tuple((f["id"], f["badge"]) for f in flags))
 
 
+def _macs(v) -> str:
+    """Multiply-accumulates in engineering units (1.2M, 3.4G); "" when not measured."""
+    if v is None:
+        return ""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.3g}{unit}"
+    return str(int(v))
+
+
 def _group_rows(rows: list[dict], key: str) -> tuple[list[dict], list[dict]]:
     """(teacher rows, student rows) of a table, each sorted by the headline metric."""
     shown = [r for r in rows if not r.get("curve") or r.get("nfe") == 1]  # the curve is in the plot
@@ -312,11 +322,13 @@ def summary_table(rows: list[dict], failed: list[tuple[str, str, dict]] = ()) ->
     seeds = max(len(r.get("per_seed") or [None]) for r in rows)
     spread = f"mean ± sd, {seeds} seeds" if seeds > 1 else "1 seed"
     K = key.upper()
-    head = ["method", "flags", "teacher", "params ↓", "params / teacher ↓", "NFE ↓", f"{K} ↓ ({spread})",
-            f"{K} / teacher ↓", *[f"{k} ↑" for k in extra], "samples/s ↑", "speed-up ↑", "train s"]
-    # NFE is left unbolded: every one-step student ties on it
-    ways = {3: "min", 4: "min", 6: "min", 7: "min", **{8 + i: "max" for i in range(len(extra))},
-            8 + len(extra): "max", 9 + len(extra): "max"}
+    head = ["method", "flags", "teacher", "params ↓", "params / teacher ↓", "NFE ↓", "MACs / sample ↓",
+            f"{K} ↓ ({spread})", f"{K} / teacher ↓", *[f"{k} ↑" for k in extra], "samples/s ↑",
+            "speed-up ↑", "train s"]
+    # NFE is left unbolded: every one-step student ties on it; MACs (every block pass and
+    # scorer call of a sample, counted) is what separates them
+    ways = {3: "min", 4: "min", 6: "min", 7: "min", 8: "min", **{9 + i: "max" for i in range(len(extra))},
+            9 + len(extra): "max", 10 + len(extra): "max"}
     teachers, students = _group_rows(rows, key)
     body: list = []
     student_idx: list[int] = []
@@ -326,7 +338,8 @@ def summary_table(rows: list[dict], failed: list[tuple[str, str, dict]] = ()) ->
         q = fmt(r["metrics"][key]) + (f" ± {fmt(sd, 2)}" if seeds > 1 and sd is not None else "")
         return [(r["name"], None), (_badges(r.get("flags", [])), None), (r.get("teacher") or "", None),
                 (fmt(r.get("params")), r.get("params")), (_ratio(r.get("params_ratio")), r.get("params_ratio")),
-                (fmt(r.get("nfe")), r.get("nfe")), (q, r["metrics"][key]),
+                (fmt(r.get("nfe")), r.get("nfe")), (_macs(r.get("macs")), r.get("macs")),
+                (q, r["metrics"][key]),
                 (_ratio(r.get("quality_ratio")), r.get("quality_ratio")),
                 *[(fmt(r["metrics"].get(k)), r["metrics"].get(k)) for k in extra],
                 (fmt(r.get("samples_per_s")), r.get("samples_per_s")), (_ratio(r.get("speedup")), r.get("speedup")),
@@ -411,7 +424,11 @@ def blocks_for(out: Path, results: dict) -> list[tuple]:
               "the table shows the mean over seeds. The floor is the same metric for real data against "
               "real data at the same N: what a perfect generator would score. Ratios are over the "
               "row's teacher at its reference sampler. Speed: batch 256 on this machine, one model "
-              "at a time. ↓: lower is better, ↑: higher is better; bold: the best student in that column."),
+              "at a time. MACs / sample: multiply-accumulates of one sample, counted by torch's FLOP "
+              "counter (matmuls, convolutions, attention) over every network call of it — an SLT "
+              "student's K block passes, a screened row's N candidates, its scorer and its final "
+              "call; NFE counts calls only. ↓: lower is better, ↑: higher is better; bold: the best "
+              "student in that column."),
     ]
     stages = results["stages"]
     for spec in specs:
@@ -421,10 +438,14 @@ def blocks_for(out: Path, results: dict) -> list[tuple]:
         key = headline(rows[0])
         floor = rows[0].get("floor", {})
         n = rows[0]["n"]
+        how = rows[0].get("floor_note")
         b += [("h2", spec), ("p", f"N = {n:,} samples per seed, {len(ev['seeds'])} seed(s). "
-                                  f"Floor (real vs real at this N): {key.upper()} {fmt(floor.get(key))}"
+                                  f"Floor (real vs real at this N"
+                                  + (f"; the {how}, one draw being noisy" if how else "")
+                                  + f"): {key.upper()} {fmt(floor.get(key))}"
                                   + "".join(f", {k} {fmt(floor[k])}" for k in ("precision", "recall")
-                                            if k in floor) + ".")]
+                                            if k in floor) + "."
+                                  + (" Ratios to the floor are against that mean." if how else ""))]
         head, body = summary_table(rows, failed)
         b.append(("table", head, body))
         notes = flag_notes(rows, failed)

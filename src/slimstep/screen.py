@@ -47,7 +47,15 @@ report alike): N candidates × (the student's NFE + the scorer's network calls:
 the ``teacher`` scorer's one-step teacher) + the final call (the teacher's NFE for
 ``final="teacher"``; 0 for ``final="student"``, whose output is the chosen
 candidate's, already computed). Classifier and discriminator evaluations are
-scoring, not generator evaluations, and are not counted.
+scoring, not generator evaluations, and are not counted in NFE.
+
+**MACs** (:func:`screen_macs`): NFE counts calls, not compute — an SLT student's one call runs
+its block K times, and the classifier, discriminator and realism scorers run networks NFE
+leaves out. The cost per screened output is therefore also given in multiply-accumulates,
+counted (``torch.utils.flop_counter``) over one whole screened output: the N candidates'
+student calls with every block pass, the scorer on all N, and the final teacher call. Only
+matmuls, convolutions and attention are counted; the density scorer's k-NN distances
+(``cdist``) and element-wise work are not.
 """
 
 from __future__ import annotations
@@ -129,6 +137,16 @@ def screen_nfe(n_candidates: int, student: Generator, scorer: Scorer, final: str
     """Generator evaluations per screened output: N x (student + scorer calls) + the final call."""
     last = teacher.nfe if final == "teacher" and teacher is not None else 0
     return n_candidates * (student.nfe + int(getattr(scorer, "nfe", 0))) + last
+
+
+def screen_macs(student: Generator, n_candidates: int, scorer: Scorer, final: str = "student",
+                teacher: Generator | None = None, y: torch.Tensor | None = None) -> int:
+    """Multiply-accumulates of one screened output (module doc): :func:`screen` of one sample
+    under the FLOP counter (seed 0; the count does not depend on the seed)."""
+    from slimstep.eval.speed import count_macs
+
+    return count_macs(lambda: screen(student, 1, n_candidates, scorer, final=final,
+                                     teacher=teacher, y=y))
 
 
 def discriminator_scorer(ckpt: str | Path) -> Scorer:

@@ -20,8 +20,15 @@ from slimstep.nets import count_params
 def count_macs(fn: Callable[..., Any], *inputs: Any, **kwargs: Any) -> int:
     """Multiply-accumulates of one call ``fn(*inputs, **kwargs)``: FLOPs / 2 as counted
     by ``torch.utils.flop_counter.FlopCounterMode``. It counts matmuls, convolutions and
-    attention (the ops that dominate); element-wise ops and norms are not counted."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    attention (the ops that dominate); element-wise ops and norms are not counted.
+
+    slimstep's attention layers run their math path while counting: the counter has no
+    formula for the CPU kernel of ``scaled_dot_product_attention`` and counted it as 0
+    (issue 24: a DiT block's 2T²D attention MACs were missing from every figure before).
+    A wrapped diffusers network's own attention processors are outside that switch."""
+    from slimstep.nets.dit import math_attention
+
+    with torch.no_grad(), math_attention(), FlopCounterMode(display=False) as counter:
         fn(*inputs, **kwargs)
     return int(counter.get_total_flops()) // 2
 

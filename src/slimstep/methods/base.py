@@ -42,6 +42,7 @@ _POS = (lambda v: _num(v) and v > 0, "a positive number")
 _NONNEG = (lambda v: _num(v) and v >= 0, "a number, 0 or more")
 _UNIT = (lambda v: _num(v) and 0 <= v <= 1, "a number from 0 to 1")
 _POS_OR_NONE = (lambda v: v is None or (_num(v) and v > 0), "a positive number or null")
+_BELOW_ONE = (lambda v: _num(v) and 0 <= v < 1, "a number from 0 to below 1")
 
 #: Ranges of method options, by name (a name means the same thing in every method that has
 #: it). With the type check against each method's defaults, a nonsense value is one line
@@ -51,10 +52,13 @@ OPTION_RULES: dict[str, tuple] = {
     **dict.fromkeys(("logit_std", "correction_logit_std", "weight_eps", "fd_eps"), _POS),
     **dict.fromkeys(("r_logit_std", "lr_g", "lr_d"), _POS_OR_NONE),
     **dict.fromkeys(("label_dropout", "fake_label_dropout", "r_neq_t", "delta_one",
-                     "correction_fraction", "tau_min", "tau_max"), _UNIT),
+                     "correction_fraction", "tau_min", "tau_max", "guidance_t_min",
+                     "guidance_t_max"), _UNIT),
+    "guidance_kappa": _BELOW_ONE,
     **dict.fromkeys(("weight_power", "r1_gamma", "r1_every", "gan_weight", "instance_weight",
                      "pair_weight", "guide_weight", "hidden_weight", "output_weight",
-                     "correction_weight", "anneal_steps", "bank"), _NONNEG),
+                     "correction_weight", "anneal_steps", "bank", "guidance_omega"),
+                    _NONNEG),
 }
 
 
@@ -110,6 +114,14 @@ class Method:
 
     def parameters(self, phase: str) -> Iterable[nn.Parameter]:
         return [p for p in self.net.parameters() if p.requires_grad]
+
+    def phase_active(self, phase: str, step: int) -> bool:
+        """Whether ``phase`` takes an optimizer step at ``step`` (default: every step)."""
+        return True
+
+    def shared_optimizer(self, phase: str) -> str | None:
+        """An earlier phase whose optimizer (and schedule) ``phase`` steps too (default: its own)."""
+        return None
 
     def optimizer_options(self, phase: str) -> dict:
         """Per-phase overrides of ``train`` optimizer settings (e.g. GAN betas)."""

@@ -36,6 +36,27 @@ i.e. the penalty ``γ/2·E‖∇D‖²`` applied every step, paid once every
 1/16 of the double-backward cost). With DiffAugment on, the gradient is taken
 with respect to the un-augmented real image.
 
+**Separate lazy R1** (``r1_step: separate``, the official code's schedule, StyleGAN2's
+lazy regularisation): per step the generator steps first, then the discriminator on the GAN
+loss alone; on steps with ``step % r1_every == 0`` a third phase ``r1`` steps the
+discriminator once more on ``r1_every·γ/2·E‖∇D‖²`` alone, with a fresh forward on the real
+batch. Both discriminator phases share one Adam whose lr and betas are scaled for the
+extra steps, ``lr·c`` and ``β^c`` with ``c = r1_every / (r1_every + 1)`` (16/17 by default).
+``r1_step: joint`` (the default) adds the penalty to that step's disc loss, disc before gen.
+
+**Preconditioning** (``precond``). ``teacher`` (default) reads the teacher's network as it
+is: an imported EDM teacher through its own σ-preconditioning (VE for the ``*-ve.pkl``
+teachers), ``G(z) = z + v(z, 0) = (81·D(81z; 80) − z)/80``. ``official`` is what the GDD
+code runs: it always wraps the teacher's ``F`` in ``GDDPrecond`` — EDM's coefficients with
+σ − 2e-3 in c_skip and c_out (:data:`slimstep.nets.edm_unet.PRECONDS` ``gdd``) — and calls
+it at EDM's sampler start, ``G(z) = D(80·z; 80)``. For an EDMPrecond teacher (the ImageNet-64
+ADM) the two nearly agree; for a VE teacher ``official`` starts from a different function.
+It needs an EDM teacher (``slimstep import --format edm``): other networks have no ``F``.
+
+**Dropout.** The generator runs with dropout 0 whatever the network (every official run
+passes ``--dropout=0``): the rebuilt network's ``dropout`` / ``class_dropout_prob`` options
+are set to 0 where the teacher's are not, and any remaining dropout module is switched off.
+
 **Instance-level term** (default weight 0): ``d(G(z), x̂)`` with ``x̂`` the
 teacher's ODE solution from the same ``(z, y)`` (computed online, no gradient),
 ``d`` = mean squared error or the pseudo-Huber distance
@@ -62,6 +83,7 @@ UNet2DModel / DiTTransformer2DModel); level 2 also the qkv.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 
@@ -254,6 +276,55 @@ def diff_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the method
 
 
+PRECOND_CHOICES = ("teacher", "official")
+R1_STEPS = ("joint", "separate")
+#: network options that switch a dropout on (constructor keyword -> its "off" value)
+DROPOUT_KEYS = ("dropout", "class_dropout_prob")
+
+
+def official_r1_gamma(gamma: float, batch_per_gpu: int, patches: int = 25) -> float:
+    """The official code's R1 weight ``gamma`` on slimstep's scale (docs/gdd.md): its
+    penalty differentiates the *sum* of ``patches`` logits per head (``patches²`` times our
+    per-head mean on the square) and its GAN term is ``batch_per_gpu / 4`` times ours, so
+    ``γ_ours = 4·patches²·γ / B``; CIFAR-10's 1e-4 at 64 per GPU is 3.9e-3."""
+    return 4 * patches ** 2 * gamma / batch_per_gpu
+
+
+def generator_spec(teacher_spec: dict, precond: str = "teacher") -> dict:
+    """The generator's network spec: the teacher's, with every dropout option at 0 and, for
+    ``precond="official"``, an EDM teacher's preconditioning replaced by GDDPrecond's."""
+    from slimstep.nets import net_class
+
+    spec = dict(teacher_spec)
+    try:
+        accepted = inspect.signature(net_class(spec.get("name", "")).__init__).parameters
+    except Exception:  # an unknown name: build_net says so in its own words
+        accepted = {}
+    for key in DROPOUT_KEYS:
+        if key in accepted:
+            default = accepted[key].default
+            if spec.get(key, default) not in (0, 0.0, None, inspect.Parameter.empty):
+                spec[key] = 0.0
+    if precond == "official":
+        if spec.get("name") != "edm_unet":
+            raise MethodError(f"method.precond=official wraps an EDM teacher's F in GDDPrecond; "
+                              f"the teacher's net is '{spec.get('name')}' (import an EDM pickle with "
+                              f"slimstep import --format edm, or use precond=teacher)")
+        spec["precond"] = "gdd"
+    return spec
+
+
+def no_dropout(net: nn.Module) -> None:
+    """Switch off whatever dropout the spec could not: ``nn.Dropout`` modules, EDM blocks'
+    ``dropout`` rates, a DiT's label dropout."""
+    for m in net.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        for attr in ("dropout", "dropout_prob"):  # own attributes (not a diffusers config proxy)
+            if isinstance(vars(m).get(attr), float):
+                setattr(m, attr, 0.0)
+
+
 def r1_penalty(disc, x: torch.Tensor, y: torch.Tensor | None,
                augment=None) -> tuple[torch.Tensor, torch.Tensor]:
     r"""``(logits, E_x ‖∇_x Σ_h mean_{k∈h} D_k(x, y)‖²)`` with the graph kept for
@@ -283,6 +354,8 @@ class GDD(Method):
         "instance_solver": None,  # null = the teacher's own sampler
         "instance_steps": None,
         "diffaugment": "",  # "" (the paper) or e.g. "color,translation,cutout"
+        "precond": "teacher",  # teacher (the teacher's own) | official (GDDPrecond, EDM teachers)
+        "r1_step": "joint",  # joint (in the disc step) | separate (official: lazy extra D step)
     }
 
     def __init__(self, cfg, info, *, device, teacher=None):
@@ -291,16 +364,23 @@ class GDD(Method):
         if teacher is None or not getattr(teacher, "config", {}).get("net"):
             raise MethodError(f"method '{self.name}' needs a teacher checkpoint (--teacher DIR) "
                               f"whose config.json has a 'net' section")
-        self.spec = dict(teacher.config["net"])
+        if o["precond"] not in PRECOND_CHOICES:
+            raise MethodError(f"method.precond must be one of {', '.join(PRECOND_CHOICES)}, "
+                              f"not {o['precond']!r} ({self.name})")
+        if o["r1_step"] not in R1_STEPS:
+            raise MethodError(f"method.r1_step must be one of {', '.join(R1_STEPS)}, "
+                              f"not {o['r1_step']!r} ({self.name})")
+        self.spec = generator_spec(teacher.config["net"], o["precond"])
         shape = tuple(self.spec.get("in_shape", ()))
         if shape != tuple(info.shape):
             raise MethodError(f"the teacher's network takes {shape}, the data is {tuple(info.shape)}")
         net = build_net(self.spec)
         net.load_state_dict(teacher.net.state_dict())  # the teacher's EMA weights
-        for m in net.modules():  # a DiT's label dropout would decouple G's output from y
-            if hasattr(m, "dropout_prob"):
-                m.dropout_prob = 0.0
+        no_dropout(net)
         self.net = net.to(device)
+        self._separate_r1 = (o["r1_step"] == "separate" and o["r1_every"] > 0
+                             and o["r1_gamma"] > 0)
+        self.phases = ("gen", "disc", "r1") if self._separate_r1 else type(self).phases
         self.num_classes = getattr(net, "num_classes", 0) or 0
         if self.num_classes and info.num_classes != self.num_classes:
             raise MethodError(f"the teacher has {self.num_classes} classes, the data "
@@ -348,13 +428,23 @@ class GDD(Method):
         return {"net": self.net} if r1 else self.modules()
 
     def parameters(self, phase):
-        mod = self.disc if phase == "disc" else self.net
+        mod = self.disc if phase in ("disc", "r1") else self.net
         return [p for p in mod.parameters() if p.requires_grad]
 
     def optimizer_options(self, phase):
         lr = self.opts["lr_d" if phase == "disc" else "lr_g"]
-        lr = self.cfg["train"]["lr"] if lr is None else lr
-        return {"betas": [float(b) for b in self.opts["betas"]], "lr": float(lr)}
+        lr = float(self.cfg["train"]["lr"] if lr is None else lr)
+        betas = [float(b) for b in self.opts["betas"]]
+        if phase == "disc" and self._separate_r1:  # StyleGAN2's lazy-regularisation ratio
+            c = self.opts["r1_every"] / (self.opts["r1_every"] + 1)
+            lr, betas = lr * c, [b ** c for b in betas]
+        return {"betas": betas, "lr": lr}
+
+    def phase_active(self, phase, step):
+        return phase != "r1" or step % self.opts["r1_every"] == 0
+
+    def shared_optimizer(self, phase):
+        return "disc" if phase == "r1" else None
 
     def export(self):
         return {"kind": "velocity", "solver": "euler", "steps": 1, "cfg_scale": 1.0}
@@ -379,12 +469,18 @@ class GDD(Method):
         y = batch[1] if self.num_classes else None
         o = self.opts
         z = torch.randn_like(x)
+        if phase == "r1":  # the separate lazy R1 step (r1_step: separate)
+            for p in self._disc_params:
+                p.requires_grad_(True)
+            _, pen = r1_penalty(self.disc, x, y, self._augment if o["diffaugment"] else None)
+            return {"loss": o["r1_every"] * float(o["r1_gamma"]) / 2 * pen, "r1": pen.detach()}
         if phase == "disc":
             for p in self._disc_params:
                 p.requires_grad_(True)
             with torch.no_grad():
                 fake = self.generate(z, y)
-            r1_now = o["r1_every"] > 0 and o["r1_gamma"] > 0 and step % o["r1_every"] == 0
+            r1_now = (o["r1_every"] > 0 and o["r1_gamma"] > 0 and step % o["r1_every"] == 0
+                      and not self._separate_r1)
             if r1_now:
                 real_logits, pen = r1_penalty(self.disc, x, y, self._augment if o["diffaugment"]
                                               else None)

@@ -47,6 +47,21 @@ With a teacher, the net starts from its weights (``s_embedder`` zeroed:
 :math:`\bar u(x, a, b) = v_T(x, a)`, exact at b = a); without one it is built from the
 recipe's ``net`` (from scratch).
 
+**Guided target** (MeanFlow §4.2 and Appendix, eq. 21; the official code's
+``guidance_fn``): classifier-free guidance folded into the training target. For a
+class-conditional sample with MeanFlow time ``t`` in ``[guidance_t_min, guidance_t_max]``
+the velocity ``v`` is replaced by the mixed velocity
+
+.. math:: \tilde v = \omega\,v + \kappa\,u(z_t, t, t \mid c)
+          + (1 - \omega - \kappa)\,u(z_t, t, t \mid \varnothing),
+
+with the network's own ``u`` at ``r = t`` (its instantaneous velocity; no gradient,
+labels not dropped), and ṽ is also the JVP's tangent: the target is
+``sg(ṽ - (t - r) JVP(u, (z, r, t), (ṽ, 0, 1)))``. Outside the interval, and for the samples
+whose label was dropped to the null class, ṽ = v. ω = 1, κ = 0 (the defaults) is the
+unguided target; the sampler sees the guidance scale ω' = ω / (1 - κ) (κ = 0: plain CFG
+with scale ω). MeanFlow's ImageNet-256 XL/2 run: ω = 0.2, κ = 0.92 (ω' = 2.5).
+
 **DDP.** ``torch.func.jvp`` runs on the bare module (no DDP wrapper can be
 differentiated forward-mode); the loop averages gradients by hand
 (:func:`slimstep.train.dist.allreduce_grads`). Attention uses the math path
@@ -82,10 +97,19 @@ def u_meanflow(net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor
     return -net(z, 1 - t, y, s=s_scale * (t - r))
 
 
+def guided_velocity(v: torch.Tensor, u_cond: torch.Tensor, u_uncond: torch.Tensor,
+                    omega: float, kappa: float, on: torch.Tensor | None = None) -> torch.Tensor:
+    """MeanFlow's mixed velocity ``ω v + κ u_c + (1 - ω - κ) u_∅`` where ``on`` (a ``[B]``
+    mask; default every sample), ``v`` elsewhere (MeanFlow eq. 21, MeanFlow's direction)."""
+    mixed = omega * v + kappa * u_cond + (1.0 - omega - kappa) * u_uncond
+    return mixed if on is None else torch.where(_bc(on, v).bool(), mixed, v)
+
+
 def meanflow_target(net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor,
                     v: torch.Tensor, y: torch.Tensor | None, s_scale: float = 1.0
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(u, sg(v - (t - r) du/dt))`` with du/dt = JVP along tangents (v, 0, 1)."""
+    """``(u, sg(v - (t - r) du/dt))`` with du/dt = JVP along tangents (v, 0, 1); a guided
+    run passes its mixed velocity ṽ as ``v`` (tangent and target alike)."""
     with math_attention():
         u, dudt = jvp(lambda z_, r_, t_: u_meanflow(net, z_, r_, t_, y, s_scale), (z, r, t),
                       (v, torch.zeros_like(r), torch.ones_like(t)))
@@ -110,18 +134,29 @@ def meanflow_loss(net: nn.Module, x: torch.Tensor, eps: torch.Tensor, t: torch.T
     return (w * err).mean(), err.mean() / x[0].numel()
 
 
+TR_SAMPLERS = ("sort", "v1")
+
+
 def sample_t_r(n: int, mean: float, std: float, r_neq_t: float, device,
-               r_mean: float | None = None, r_std: float | None = None
+               r_mean: float | None = None, r_std: float | None = None, order: str = "sort"
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """t ~ LN(mean, std), r ~ LN(r_mean, r_std) (default: the same law), sorted so t >= r;
-    r = t except for a fraction ``r_neq_t``."""
+    """t ~ LN(mean, std), r ~ LN(r_mean, r_std) (default: the same law); r = t except for a
+    fraction ``r_neq_t``.
+
+    ``order="sort"`` (MeanFlow's JAX code): the pair is sorted first (t = max, r = min),
+    then masked. ``order="v1"`` (py-meanflow's CIFAR-10 ``v1`` sampler): masked first, then
+    r = min(t, r), so t keeps its own law LN(mean, std) and r is never above it. The two
+    draws and the mask are the same random numbers in both orders; they differ on the
+    pairs with r drawn above t (t then becomes r's draw under ``sort``)."""
     a = torch.sigmoid(mean + std * torch.randn(n, device=device))
     r_mean = mean if r_mean is None else r_mean
     r_std = std if r_std is None else r_std
     b = torch.sigmoid(r_mean + r_std * torch.randn(n, device=device))
+    neq = torch.rand(n, device=device) < r_neq_t
+    if order == "v1":
+        return a, torch.where(neq, torch.minimum(a, b), a)
     t, r = torch.maximum(a, b), torch.minimum(a, b)
-    r = torch.where(torch.rand(n, device=device) < r_neq_t, r, t)
-    return t, r
+    return t, torch.where(neq, r, t)
 
 
 def check_smooth_time(net: nn.Module, what: str) -> None:
@@ -151,6 +186,11 @@ class MeanFlow(Method):
         "velocity": "data",  # data (eps - x) | teacher (the teacher's marginal velocity)
         "label_dropout": 0.1,
         "s_scale": None,  # gap enters as s = s_scale·(t - r); None = 1 / time_scale (gap_scale)
+        "tr_sampler": "sort",  # sort (JAX code: sort, then mask) | v1 (py-meanflow: mask, r = min)
+        "guidance_omega": 1.0,  # ω of the guided target (1 with κ = 0: no guidance)
+        "guidance_kappa": 0.0,  # κ: weight of the class-conditional u in ṽ
+        "guidance_t_min": 0.0,  # guided for MeanFlow times t (1 = noise) in [t_min, t_max]
+        "guidance_t_max": 1.0,
     }
 
     def __init__(self, cfg, info, *, device, teacher=None):
@@ -173,6 +213,15 @@ class MeanFlow(Method):
         self.net = net.to(device)
         self.s_scale = gap_scale(self.net, o["s_scale"])
         self.num_classes = int(self.spec.get("num_classes", 0) or 0)
+        if o["tr_sampler"] not in TR_SAMPLERS:
+            raise MethodError(f"method.tr_sampler must be one of {', '.join(TR_SAMPLERS)}, "
+                              f"not {o['tr_sampler']!r} (meanflow)")
+        if not o["guidance_t_min"] <= o["guidance_t_max"]:
+            raise MethodError("method.guidance_t_min must be at most method.guidance_t_max (meanflow)")
+        self.guided = o["guidance_omega"] != 1.0 or o["guidance_kappa"] != 0.0
+        if self.guided and not self.num_classes:
+            raise MethodError("meanflow's guided target (guidance_omega != 1 or guidance_kappa != 0) "
+                              "needs class-conditional data and network")
         self.teacher_net = None
         if o["velocity"] == "teacher":
             self.teacher_net = teacher.net.to(device).eval().requires_grad_(False)
@@ -186,15 +235,36 @@ class MeanFlow(Method):
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         eps = torch.randn_like(x)
         t, r = sample_t_r(len(x), o["logit_mean"], o["logit_std"], o["r_neq_t"], x.device,
-                          o["r_logit_mean"], o["r_logit_std"])
+                          o["r_logit_mean"], o["r_logit_std"], o["tr_sampler"])
         v = None
+        z = (1 - _bc(t, x)) * x + _bc(t, x) * eps
         if self.teacher_net is not None:
             with torch.no_grad():  # our velocity at our time 1 - t, flipped to MeanFlow's
-                z = (1 - _bc(t, x)) * x + _bc(t, x) * eps
                 v = -self.teacher_net(z, 1 - t, y)
+        out = {}
+        if self.guided:
+            v = self._guided(z, t, y, eps - x if v is None else v)
+            out["v_shift"] = (v - (eps - x)).pow(2).flatten(1).sum(1).mean().detach()
         loss, mse = meanflow_loss(self.net, x, eps, t, r, y, o["weight_power"], o["weight_eps"], v,
                                   self.s_scale)
-        return {"loss": loss, "mse": mse.detach()}
+        return {"loss": loss, "mse": mse.detach(), **out}
+
+    @torch.no_grad()
+    def _guided(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                v: torch.Tensor) -> torch.Tensor:
+        """ṽ (module doc) for the samples with a real label and t in the interval."""
+        o = self.opts
+        null = torch.full_like(y, self.num_classes)
+        was = self.net.training
+        self.net.eval()  # the network's own label dropout must not touch u(· | c)
+        try:
+            both = u_meanflow(self.net, torch.cat([z, z]), torch.cat([t, t]), torch.cat([t, t]),
+                              torch.cat([y, null]), self.s_scale)
+        finally:
+            self.net.train(was)
+        u_c, u_u = both.chunk(2)
+        on = (y != self.num_classes) & (t >= o["guidance_t_min"]) & (t <= o["guidance_t_max"])
+        return guided_velocity(v, u_c, u_u, o["guidance_omega"], o["guidance_kappa"], on)
 
     def export(self):
         return {"kind": "meanflow", "nfe": 1, "t": 0.0, "s": self.s_scale}

@@ -57,7 +57,7 @@ from slimstep.files import atomic_write, cache_dir
 from slimstep.methods.base import Method, MethodError
 from slimstep.methods.flowmap import random_labels
 from slimstep.nets import build_net, count_params
-from slimstep.nets.shared_block import patch_steps
+from slimstep.nets.shared_block import patch_steps, round_ratio
 from slimstep.onestep import ONE_STEP_TEACHER_KINDS
 
 
@@ -66,14 +66,14 @@ def layer_map(steps: int, patches: int, depth: int) -> list[tuple[int, int]]:
     if patches > depth:
         raise ValueError(f"patches={patches} exceeds the teacher depth {depth}")
     return list(zip(patch_steps(steps, patches),
-                    [round(j * depth / patches) for j in range(1, patches + 1)], strict=True))
+                    [round_ratio(j * depth, patches) for j in range(1, patches + 1)], strict=True))
 
 
 def gap_layer_map(steps: int, patches: int, depth: int) -> list[tuple[int, int]]:
     """Depth-gap arm at ``steps`` = n jumps: [(k_j, l_j)] with the student state after k_j
     of n jumps (depth time k_j/n) matched to the teacher layer at the same depth time,
     l_j = max(1, round(k_j L / n)). Any n >= 1 (n < P repeats states)."""
-    return [(k, max(1, round(k * depth / steps))) for k in patch_steps(steps, patches, fewer=True)]
+    return [(k, max(1, round_ratio(k * depth, steps))) for k in patch_steps(steps, patches, fewer=True)]
 
 
 #: Part of the bank's cache key: bump it when what a bank holds or how it is drawn changes.

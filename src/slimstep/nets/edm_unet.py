@@ -15,6 +15,13 @@ with, for the three preconditionings (σd = ``sigma_data``)::
     vp   c_skip = 1               c_out = −σ                c_in = 1/√(σ² + 1)
          c_noise = (M − 1)·(√(β_min² + 2β_d·ln(1 + σ²)) − β_min)/β_d   (M − 1 times the VP time of σ)
     ve   c_skip = 1               c_out = σ                 c_in = 1             c_noise = ln(σ/2)
+    gdd  c_skip = σd²/((σ−ε)² + σd²)  c_out = (σ−ε)·σd/√(σ² + σd²)  c_in, c_noise as edm; ε = 2e-3
+
+``gdd`` is the preconditioning the GDD code (``GDDPrecond``, ``--precond=d2o``) wraps around
+*every* teacher's ``F``, a VE one included (:mod:`slimstep.methods.gdd`, ``precond: official``).
+It is a one-step generator's: its noise end is EDM's sampler start, ``G(z) = D(σ_max·z; σ_max)``,
+so at ``t <= t_min`` its velocity is ``D(σ_max·x; σ_max) − x`` (the Euler step over [0, 1] is
+then exactly ``G``); above ``t_min`` it is read on the path like the others.
 
 and ``forward(x, t, y)`` is its velocity on slimstep's path,
 :func:`slimstep.paths.velocity_from_denoiser` (σ = (1 − t)/t, ``v = (D(x_t/t; σ) − x_t)/(1 − t)``,
@@ -80,7 +87,9 @@ from torch import nn
 from slimstep.nets.dit import attention, set_attention, timestep_embedding
 from slimstep.paths import t_from_sigma, velocity_from_denoiser
 
-PRECONDS = ("edm", "vp", "ve")
+PRECONDS = ("edm", "vp", "ve", "gdd")
+#: GDDPrecond's shift of σ in c_skip and c_out (the GDD / D2O code's ``eps``)
+GDD_EPS = 2e-3
 EMBEDDINGS = ("positional", "fourier")
 ENCODERS = ("standard", "skip", "residual")
 DECODERS = ("standard", "skip")
@@ -545,6 +554,10 @@ class EDMUNet(nn.Module):
             sd = self.sigma_data
             r = (sigma ** 2 + sd ** 2).rsqrt()
             return sd ** 2 * r ** 2, sigma * sd * r, r, sigma.log() / 4
+        if self.precond == "gdd":
+            sd, s = self.sigma_data, sigma - GDD_EPS
+            r = (sigma ** 2 + sd ** 2).rsqrt()
+            return sd ** 2 / (s ** 2 + sd ** 2), s * sd * r, r, sigma.log() / 4
         if self.precond == "vp":  # c_noise = (M - 1) t(σ), t the VP schedule's inverse
             t = ((self.beta_min ** 2 + 2 * self.beta_d * torch.log1p(sigma ** 2)).sqrt()
                  - self.beta_min) / self.beta_d
@@ -570,6 +583,14 @@ class EDMUNet(nn.Module):
         if cond:
             raise TypeError(f"EDMUNet got unexpected conditioning {sorted(cond)}")
         feats = [] if return_features else None
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        if self.precond == "gdd" and bool((t <= self.t_min).all()):  # G(z) = D(σ_max z; σ_max)
+            sigma = torch.full_like(t, self.sigma_max)
+            v = self.denoise(self.sigma_max * x, sigma, y, feats) - x
+            return (v, feats) if return_features else v
+        if self.precond == "gdd" and bool((t <= self.t_min).any()):
+            raise ValueError("a gdd-preconditioned EDMUNet takes t at the noise end (<= t_min) "
+                             "for the whole batch or for none of it")
         v = velocity_from_denoiser(self.denoise, x, t, y, t_min=self.t_min, t_max=self.t_max,
                                    features=feats)
         return (v, feats) if return_features else v

@@ -66,13 +66,22 @@ FUSIONS = ("sum", "concat", "last")
 DEPTHS = ("table", "gap")
 
 
+def round_ratio(num: int, den: int) -> int:
+    """``num / den`` rounded half up, in integers: ``floor(num/den + 1/2)``. Python's
+    ``round`` rounds halves to even, which spaced SLT's patches unevenly (L = 28, P = 8 gave
+    layers 4, 7, 10, 14, 18, 21, 24, 28: gaps 4 3 3 4 4 3 3 4); half up gives 4, 7, 11, 14,
+    18, 21, 25, 28 (gaps alternate 4 3)."""
+    return (2 * num + den) // (2 * den)
+
+
 def patch_steps(steps: int, patches: int, fewer: bool = False) -> list[int]:
     """Student steps :math:`k_j = \\max(1, \\mathrm{round}(jK/P))`, j = 1..P (1-based: after
-    k_j applications). ``fewer=True`` allows K < P (the depth-gap arm run with few steps);
-    for K >= P the max never binds, so both rules agree."""
+    k_j applications; halves rounded up, :func:`round_ratio`). ``fewer=True`` allows K < P
+    (the depth-gap arm run with few steps); for K >= P the max never binds, so both rules
+    agree."""
     if patches < 1 or (patches > steps and not fewer) or steps < 1:
         raise ValueError(f"need 1 <= patches <= steps, got patches={patches}, steps={steps}")
-    return [max(1, round(j * steps / patches)) for j in range(1, patches + 1)]
+    return [max(1, round_ratio(j * steps, patches)) for j in range(1, patches + 1)]
 
 
 class SharedBlockDiT(DiTStem):

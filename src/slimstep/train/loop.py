@@ -140,6 +140,8 @@ def _train_step(method, data, phases, ema, ctx, cfg, step):
                          enabled=t["precision"] == "bf16")
     logs: dict[str, float] = {}
     for name, (params, opt, sched) in phases.items():
+        if not method.phase_active(name, step):  # e.g. GDD's separate lazy R1 step
+            continue
         opt.zero_grad(set_to_none=True)
         for mb in micro:
             with amp:
@@ -159,7 +161,8 @@ def _train_step(method, data, phases, ema, ctx, cfg, step):
         logs["grad_norm" if len(phases) == 1 else f"{name}/grad_norm"] = gnorm
         logs["lr" if len(phases) == 1 else f"{name}/lr"] = sched.get_last_lr()[0]
         opt.step()
-        sched.step()
+        if method.shared_optimizer(name) is None:  # a shared optimizer keeps its owner's schedule
+            sched.step()
     ema.update(method.net, step, t["batch_size"])
     return logs
 
@@ -196,6 +199,10 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
     phases = {}
     for name in method.phases:
         params = [p for p in method.parameters(name) if p.requires_grad]
+        owner = method.shared_optimizer(name)
+        if owner is not None:  # steps the optimizer (and Adam state) of an earlier phase
+            phases[name] = (params, *phases[owner][1:])
+            continue
         opt = _optimizer(params, t, method.optimizer_options(name))
         phases[name] = (params, opt, _schedule(opt, t))
     ema = EMA(method.net, **t["ema"])
@@ -292,6 +299,14 @@ _ADDED_LATER = {
     ("net", "time_scale"): None,
     ("net", "teacher_patch_size"): lambda sec: sec.get("patch_size"),  # SLT: tokens = teacher's
     ("method", "bank"): lambda sec: 0,  # SLT: fresh noise every step
+    # issue 24: MeanFlow's guided target and v1 sampler, GDD's precond and R1 step
+    ("method", "tr_sampler"): lambda sec: "sort",
+    ("method", "guidance_omega"): lambda sec: 1.0,
+    ("method", "guidance_kappa"): lambda sec: 0.0,
+    ("method", "guidance_t_min"): lambda sec: 0.0,
+    ("method", "guidance_t_max"): lambda sec: 1.0,
+    ("method", "precond"): lambda sec: "teacher",
+    ("method", "r1_step"): lambda sec: "joint",
 }
 
 
