@@ -3,6 +3,7 @@
     python benchmarks/fashion.py                 # slimstep run fashion/all -> results/fashion/
     python benchmarks/fashion.py --claims        # + fashion/claims (three training seeds per arm)
     python benchmarks/fashion.py --no-run        # tables from the runs as they stand
+    python benchmarks/fashion.py --protocol      # the floor, a copier and noise, before any model
 
 Writes ``benchmarks/results/fashion/summary.json`` (one row per model: each teacher at its
 reference sampler and at 1 step, each student against the teacher whose reference it is
@@ -185,15 +186,57 @@ def link_finished(main_out: Path, claims_out: Path) -> None:
             dst.symlink_to(src.resolve(), target_is_directory=True)
 
 
+def protocol() -> list[str]:
+    """The protocol's own numbers, before any model: the classifier, the floor, a copier, noise."""
+    import time
+
+    import torch
+
+    from slimstep.data.fashion import load_fashion_split
+    from slimstep.eval import evaluate
+    from slimstep.eval.features import FashionClassifier
+
+    clf = FashionClassifier.load()
+    xt, yt = load_fashion_split("test")
+    xr, _ = load_fashion_split("train")
+    noise = torch.randn(10000, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    sets = [("test split (the floor)", xt, yt), ("first 10,000 train images (part of the reference)", xr[:10000], None),
+            ("Gaussian noise", noise, None)]
+    md = ["| set | N | FD | precision | recall | class coverage | copy rate | seconds |",
+          "|---|---|---|---|---|---|---|---|"]
+    for name, x, y in sets:
+        tic = time.perf_counter()
+        r = evaluate(x, "fashion-mnist", labels=y, fid=False)
+        m = r["metrics"]
+        md.append(f"| {name} | {len(x):,} | {m['fd']:.4g} | {m['precision']:.3f} | {m['recall']:.3f} | "
+                  f"{m['class_coverage']:.2f} | {m['copy_rate']:.3f} | {time.perf_counter() - tic:.0f} |")
+    info = clf.info
+    return [f"Classifier: {info['arch']}, {info['feature_dim']}-d features ({info['dead_features_on_train']} "
+            f"never active on the train split), test accuracy {info['test_accuracy']:.4f}, train "
+            f"{info['train_accuracy']:.4f} (`{info['command']}`).", "", *md, "",
+            "Seconds are wall time of one `evaluate` call (the first also computes the 60,000 reference features, "
+            "the copy radius and the floor, which later calls reuse)."]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/fashion")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--claims", action="store_true", help="also the claims recipe (fashion/claims)")
     ap.add_argument("--no-run", action="store_true", help="tables from results.json as it stands")
+    ap.add_argument("--protocol", action="store_true", help="only the protocol's own numbers -> protocol.md")
     a = ap.parse_args()
     out = Path(a.out)
     DEST.mkdir(parents=True, exist_ok=True)
+    if a.protocol:
+        m = machine()
+        md = ["# Fashion-MNIST protocol: the floor and its neighbours", "",
+              f"{m['date']}, {m['cores']} CPU cores, torch {m['torch']}. Reproduce: `python benchmarks/fashion.py "
+              "--protocol`. FD in the shipped classifier's features against the 60,000 train images.", "",
+              *protocol(), ""]
+        (DEST / "protocol.md").write_text("\n".join(md))
+        print(f"-> {DEST / 'protocol.md'}")
+        return
     r = Runner(out)
     argv = shlex.join(sys.argv[1:])
     if not a.no_run:

@@ -9,7 +9,7 @@ import torch
 
 # Tests are small; two threads match the 2-core CI machine and keep timings sane.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-# Inception on CPU costs ~0.3 s an image: automatic FID would turn every image evaluation
+# Inception on CPU costs seconds an image: automatic FID would turn every image evaluation
 # into minutes. Off for the suite; tests/test_fid.py asks for it where it tests it.
 os.environ["SLIMSTEP_FID"] = "off"
 

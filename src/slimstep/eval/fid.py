@@ -7,7 +7,7 @@
 * **When**: ``fid=None`` (auto) scores image data (``folder:``, ``npz:``, ``cifar10:``,
   ``vae:``) whenever weights are at hand, and the classifier protocols (digits,
   Fashion-MNIST, scored first in their own classifier's features) only when asked
-  (``fid=True`` or explicit weights): Inception on CPU costs ~0.2-1.5 s an image.
+  (``fid=True`` or explicit weights): Inception on CPU costs seconds an image.
   The environment variable ``SLIMSTEP_FID`` (``auto`` | ``off``) overrides auto; the
   test suite sets ``off`` except where it tests FID.
 * **Reference statistics** (``mu``, ``sigma``, ``features``) are computed once and kept:
