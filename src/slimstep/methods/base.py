@@ -6,6 +6,7 @@ A method is a small object that owns its math and nothing else::
     m.phases                 # ("main",) — one optimizer per phase (GDD: ("disc", "gen"))
     m.parameters(phase)      # what that phase's optimizer steps
     m.loss(batch, step, phase) -> {"loss": scalar tensor, **scalars to log}
+    m.phase_runs(phase, step) # False skips that phase's step (default: always True)
                              # batch = the data set's draw(): (x, y) or (x, y, z) for pairs
     type(m).data_spec(cfg)   # which data set the loop draws from (default cfg["data"]["spec"])
     m.net                    # the exported network: it gets the EMA and goes to model.safetensors
@@ -48,13 +49,15 @@ _POS_OR_NONE = (lambda v: v is None or (_num(v) and v > 0), "a positive number o
 #: before anything trains (issue 13: ``method.r_neq_t=2`` trained, ``method.lr_g=-1`` ended
 #: in torch's traceback).
 OPTION_RULES: dict[str, tuple] = {
-    **dict.fromkeys(("logit_std", "correction_logit_std", "weight_eps", "fd_eps"), _POS),
+    **dict.fromkeys(("logit_std", "correction_logit_std", "weight_eps", "fd_eps", "fake_updates",
+                     "cls_hidden", "sigma_data", "stage_steps", "shrink_q"), _POS),
     **dict.fromkeys(("r_logit_std", "lr_g", "lr_d"), _POS_OR_NONE),
     **dict.fromkeys(("label_dropout", "fake_label_dropout", "r_neq_t", "delta_one",
-                     "correction_fraction", "tau_min", "tau_max"), _UNIT),
+                     "correction_fraction", "tau_min", "tau_max", "t_min", "t_max"), _UNIT),
     **dict.fromkeys(("weight_power", "r1_gamma", "r1_every", "gan_weight", "instance_weight",
                      "pair_weight", "guide_weight", "hidden_weight", "output_weight",
-                     "correction_weight", "anneal_steps", "bank"), _NONNEG),
+                     "correction_weight", "anneal_steps", "bank", "cls_weight", "tangent_c",
+                     "tangent_warmup", "shrink_k", "shrink_b", "huber_c"), _NONNEG),
 }
 
 
@@ -114,6 +117,11 @@ class Method:
     def optimizer_options(self, phase: str) -> dict:
         """Per-phase overrides of ``train`` optimizer settings (e.g. GAN betas)."""
         return {}
+
+    def phase_runs(self, phase: str, step: int) -> bool:
+        """Whether ``phase`` steps at ``step`` (every phase, every step, unless a method
+        updates one phase less often: DMD2's two time-scale rule)."""
+        return True
 
     def loss(self, batch: tuple[torch.Tensor | None, ...], step: int,
              phase: str) -> dict[str, torch.Tensor]:

@@ -140,6 +140,8 @@ def _train_step(method, data, phases, ema, ctx, cfg, step):
                          enabled=t["precision"] == "bf16")
     logs: dict[str, float] = {}
     for name, (params, opt, sched) in phases.items():
+        if not method.phase_runs(name, step):  # e.g. DMD2's generator: 1 step per 5 fake steps
+            continue
         opt.zero_grad(set_to_none=True)
         for mb in micro:
             with amp:
