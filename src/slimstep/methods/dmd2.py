@@ -55,7 +55,8 @@ and noised generated samples (same ``t`` law as the DM term):
 
 the classifier loss training the head and the fake network's trunk together (DMD2's
 guidance classifier), the generator's through the fixed fake network and head.
-DMD2's weights: ``cls_weight`` 1e-2, ``gan_weight`` 3e-3 (ImageNet-64).
+DMD2's weights, ``cls_weight`` 1e-2 and ``gan_weight`` 3e-3 (ImageNet-64), are the defaults
+on images and latents; on 2-D points the term is off unless a recipe sets them.
 """
 
 from __future__ import annotations
@@ -147,8 +148,10 @@ class DMD2(Method):
         "t_min": 0.02,  # t ~ U(t_min, t_max) for the DM and GAN terms (DMD2: 20..980 / 1000)
         "t_max": 0.98,
         "cfg_scale": 1.0,  # guidance of the real score (DMD2's real_guidance_scale)
-        "gan_weight": 0.0,  # λ_gan of the generator's GAN term (DMD2 ImageNet-64: 3e-3)
-        "cls_weight": 0.0,  # λ_cls of the classifier loss in the fake phase (DMD2: 1e-2)
+        # λ_gan of the generator's GAN term and λ_cls of the classifier loss in the fake phase;
+        # null = DMD2's values (ImageNet-64: 3e-3 and 1e-2) on images and latents, 0 on points
+        "gan_weight": None,
+        "cls_weight": None,
         "gan_feature": None,  # index into the fake net's features; null = the middle one
         "cls_hidden": 256,
         "lr_g": None,  # null = train.lr
@@ -162,6 +165,9 @@ class DMD2(Method):
             raise MethodError(f"method.t_min must be below method.t_max ({o['t_min']} >= {o['t_max']})")
         net, self.spec = teacher_copy(teacher, info, self.name)
         self.net = net.to(device)
+        spatial = info.kind in ("image", "latent")
+        self.gan_weight = float(o["gan_weight"] if o["gan_weight"] is not None else 3e-3 * spatial)
+        self.cls_weight = float(o["cls_weight"] if o["cls_weight"] is not None else 1e-2 * spatial)
         self.num_classes = int(getattr(net, "num_classes", 0) or 0)
         if self.num_classes and info.num_classes != self.num_classes:
             raise MethodError(f"the teacher has {self.num_classes} classes, the data "
@@ -170,7 +176,7 @@ class DMD2(Method):
         fake, _ = teacher_copy(teacher, info, self.name)
         self.fake = fake.to(device)
         self.cls = None
-        if o["gan_weight"] > 0 or o["cls_weight"] > 0:
+        if self.gan_weight > 0 or self.cls_weight > 0:
             with torch.no_grad():
                 probe = torch.zeros(2, *info.shape, device=device)
                 feats = self.fake(probe, torch.full((2,), 0.5, device=device), None,
@@ -238,10 +244,10 @@ class DMD2(Method):
             fm = (v.float() - (x - n).float()).pow(2).mean()
             out = {"fm": fm.detach()}
             loss = fm
-            if self.cls is not None and o["cls_weight"] > 0:
+            if self.cls is not None and self.cls_weight > 0:
                 lf, lr = self._logit(x, y), self._logit(x_real, y)
                 cls = F.softplus(lf).mean() + F.softplus(-lr).mean()
-                loss = loss + float(o["cls_weight"]) * cls
+                loss = loss + self.cls_weight * cls
                 out.update(cls=cls.detach(), acc=0.5 * ((lf < 0).float().mean() + (lr > 0).float().mean()))
             return {"loss": loss, **out}
 
@@ -257,8 +263,8 @@ class DMD2(Method):
         dm = dm_loss(x, grad)
         out = {"dm": dm.detach(), "dm_grad": grad.flatten(1).norm(dim=1).mean()}
         loss = dm
-        if self.cls is not None and o["gan_weight"] > 0:
+        if self.cls is not None and self.gan_weight > 0:
             gan = F.softplus(-self._logit(x, y)).mean()
-            loss = loss + float(o["gan_weight"]) * gan
+            loss = loss + self.gan_weight * gan
             out["gan"] = gan.detach()
         return {"loss": loss, **out}
