@@ -199,6 +199,7 @@ def test_dmd2_steps_its_generator_once_per_fake_updates(moons_teacher, tmp_path)
     ("dmd2", {"fake_updates": 0}, "fake_updates must be a positive number"),
     ("dmd2", {"t_min": 0.9, "t_max": 0.1}, "t_min must be below"),
     ("dmd2", {"gan_feature": 7, "cls_weight": 1e-2}, "gan_feature must index"),
+    ("dmd2", {"gan_feature": "mid", "cls_weight": 1e-2}, "gan_feature must index"),
     ("scd", {"tangent_c": -1.0}, "tangent_c must be a number, 0 or more"),
     ("ect", {"shrink_q": 1.0}, "shrink_q must be above 1"),
     ("ect", {"stage_steps": 0.5}, "stage_steps must be an integer"),

@@ -182,7 +182,7 @@ class DMD2(Method):
                 feats = self.fake(probe, torch.full((2,), 0.5, device=device), None,
                                   return_features=True)[1]
             idx = len(feats) // 2 if o["gan_feature"] is None else o["gan_feature"]
-            if not -len(feats) <= idx < len(feats):
+            if isinstance(idx, bool) or not isinstance(idx, int) or not -len(feats) <= idx < len(feats):
                 raise MethodError(f"method.gan_feature must index the fake network's "
                                   f"{len(feats)} features, not {idx}")
             self.feature = idx
