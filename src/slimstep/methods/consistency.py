@@ -41,7 +41,7 @@ tangent as published; **tangent warm-up**: the term holding the network's own ti
 derivative, :math:`(1 - t)\,dF/dt`, is scaled by :math:`\min(1, \mathrm{step}/\mathrm{tangent\_warmup})`
 (sCM ramps the :math:`\sin\vartheta\cos\vartheta(x_\vartheta + \sigma_d dF/d\vartheta)` term
 over 10k iterations; on the linear path the term with the network's derivative is the one
-that carries it). **Adaptive weighting** (sCM §4): a learnt log-weight :math:`w_\phi(t)`,
+that carries it). **Adaptive weighting** (sCM's): a learnt log-weight :math:`w_\phi(t)`,
 
 .. math:: \mathcal L = \frac{e^{w_\phi(t)}}{D}\,
           \Big\lVert \frac{F_\theta - F_{\theta^-}}{k} - \hat g \Big\rVert^2 - w_\phi(t),

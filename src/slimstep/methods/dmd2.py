@@ -19,7 +19,7 @@ data scale :math:`t`; with :math:`\hat x_1 = x_t + (1 - t)\,v` (the x1-predictio
           s_{real} - s_{fake} = \frac{t}{1 - t}\,(v_T - v_\phi),\qquad
           \hat x_{1,real} - \hat x_{1,fake} = (1 - t)\,(v_T - v_\phi).
 
-**Distribution-matching gradient** (DMD, DMD2's eq. 2 and code). At a noised generator
+**Distribution-matching gradient** (DMD and DMD2). At a noised generator
 sample :math:`x_t = t\,\mathrm{sg}[G(z)] + (1 - t)\,n`, ``t ~ U(t_min, t_max)``
 (DMD2: timesteps 20 … 980 of 1000), the generator gets
 
@@ -39,12 +39,12 @@ unguided.
 **Fake velocity network** :math:`v_\phi`, initialised from the teacher, learns flow
 matching on the generator's current outputs (phase ``fake``):
 :math:`\lVert v_\phi(x_t, t, y) - (\mathrm{sg}[G(z)] - n)\rVert^2`, ``t ~ U(0, 1)``.
-**Two time-scale update rule** (DMD2 §4.2): the fake network (and the classifier head)
+**Two time-scale update rule** (DMD2): the fake network (and the classifier head)
 steps every iteration, the generator once every ``fake_updates`` iterations (DMD2: 5),
 on the iterations with ``(step + 1) % fake_updates == 0``; the loop asks
 :meth:`DMD2.phase_runs`. No regression loss (DMD2 drops DMD's paired-noise L2).
 
-**GAN term** (DMD2 §4.3). A small classifier head :math:`c_\psi` on one feature map
+**GAN term** (DMD2). A small classifier head :math:`c_\psi` on one feature map
 of the fake network (``gan_feature``; by default the middle of its feature list: the
 U-Net's bottleneck, the MLP's or DiT's middle block), globally pooled, reads noised real
 and noised generated samples (same ``t`` law as the DM term):
