@@ -33,6 +33,10 @@ PINNED = {
         "moons-pairs": (None, "c5c176397f"),
         "moons-slimflow": ("5007cbcb67", "98a2676092"),
         "moons-teacher": ("2ceba9fe06", "5aa7a4beef"),
+        # issue 25: the baselines users pick instead (added; the stages above are unchanged)
+        "moons-dmd2": ("c88b03df48", "477f1b0f2c"),
+        "moons-scd": ("d68bfe3fa4", "1683057fd9"),
+        "moons-ect": ("b200c279f6", "d5b928bfbe"),
     },
     "demo": {
         "annealing-reflow": ("0b6cb82a0a", "ff2fd4b7ad"),

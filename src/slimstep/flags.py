@@ -6,8 +6,8 @@ that carry it:
 
 * ``equals-init`` — **equals its init**: the one-step map did not move from what
   it started from. The *initialisation* of a student is what its weights are
-  copied from before training: the teacher for ``gdd``, ``gdd-i``, ``flowmap``
-  and ``meanflow`` with ``init: teacher`` (their untrained one-step map is the
+  copied from before training: the teacher for ``gdd``, ``gdd-i``, ``flowmap``,
+  ``dmd2``, ``scd``, ``ect`` and ``meanflow`` with ``init: teacher`` (their untrained one-step map is the
   teacher's Euler step, ``x = z + v(z, 0)``), else the stage named by ``init``
   (reflow, SlimFlow, distill fine-tune it; its one-step Euler map is the start).
   The student's samples for the protocol's first seed are compared with the
@@ -46,8 +46,9 @@ FLAGS: dict[str, tuple[str, str]] = {
     "skipped": ("skipped", "a stage it reads failed, so it did not run"),
 }
 #: Methods whose network starts as a copy of the teacher's (gdd.py loads the teacher's state
-#: dict; flowmap.py / meanflow.py build a two-time DiT from it with a zero gap embedding).
-FROM_TEACHER = ("gdd", "gdd-i", "flowmap")
+#: dict; flowmap.py / meanflow.py build a two-time DiT from it with a zero gap embedding;
+#: dmd2.py and consistency.py (scd, ect) copy the teacher's network).
+FROM_TEACHER = ("gdd", "gdd-i", "flowmap", "dmd2", "scd", "ect")
 #: Paired samples closer than this fraction of their spread are the same map.
 SHIFT_TOL = 1e-3
 

@@ -21,6 +21,9 @@ METHOD_STYLE: dict[str, tuple[str, str]] = {
     "flowmap": ("#9467bd", "h"),
     "meanflow": ("#e377c2", "p"),
     "slt": ("#d62728", "*"),
+    "dmd2": ("#008080", "d"),  # the baselines users pick instead: teal, goldenrod, olive
+    "scd": ("#b8860b", "<"),
+    "ect": ("#6b8e23", ">"),
     "screen": ("#7f0000", "8"),  # screened sampling: SLT's red family, darker
 }
 #: Teachers in greys and a brown that no student uses, first teacher darkest.

@@ -17,6 +17,9 @@ _REGISTRY = {
     "flowmap": "slimstep.methods.flowmap:FlowMap",
     "meanflow": "slimstep.methods.meanflow:MeanFlow",
     "slt": "slimstep.methods.slt:SLT",
+    "dmd2": "slimstep.methods.dmd2:DMD2",
+    "scd": "slimstep.methods.consistency:SCD",
+    "ect": "slimstep.methods.consistency:ECT",
 }
 
 

@@ -6,6 +6,7 @@ A method is a small object that owns its math and nothing else::
     m.phases                 # ("main",) — one optimizer per phase (GDD: ("disc", "gen"))
     m.parameters(phase)      # what that phase's optimizer steps
     m.loss(batch, step, phase) -> {"loss": scalar tensor, **scalars to log}
+    m.phase_active(phase, step) # False skips that phase's step (default: always True)
                              # batch = the data set's draw(): (x, y) or (x, y, z) for pairs
     type(m).data_spec(cfg)   # which data set the loop draws from (default cfg["data"]["spec"])
     m.net                    # the exported network: it gets the EMA and goes to model.safetensors
@@ -49,16 +50,17 @@ _BELOW_ONE = (lambda v: _num(v) and 0 <= v < 1, "a number from 0 to below 1")
 #: before anything trains (issue 13: ``method.r_neq_t=2`` trained, ``method.lr_g=-1`` ended
 #: in torch's traceback).
 OPTION_RULES: dict[str, tuple] = {
-    **dict.fromkeys(("logit_std", "correction_logit_std", "weight_eps", "fd_eps"), _POS),
+    **dict.fromkeys(("logit_std", "correction_logit_std", "weight_eps", "fd_eps", "fake_updates",
+                     "cls_hidden", "sigma_data", "stage_steps", "shrink_q"), _POS),
     **dict.fromkeys(("r_logit_std", "lr_g", "lr_d"), _POS_OR_NONE),
     **dict.fromkeys(("label_dropout", "fake_label_dropout", "r_neq_t", "delta_one",
                      "correction_fraction", "tau_min", "tau_max", "guidance_t_min",
-                     "guidance_t_max"), _UNIT),
+                     "guidance_t_max", "t_min", "t_max"), _UNIT),
     "guidance_kappa": _BELOW_ONE,
     **dict.fromkeys(("weight_power", "r1_gamma", "r1_every", "gan_weight", "instance_weight",
                      "pair_weight", "guide_weight", "hidden_weight", "output_weight",
-                     "correction_weight", "anneal_steps", "bank", "guidance_omega"),
-                    _NONNEG),
+                     "correction_weight", "anneal_steps", "bank", "guidance_omega", "cls_weight", "tangent_c",
+                     "tangent_warmup", "shrink_k", "shrink_b", "huber_c"), _NONNEG),
 }
 
 
@@ -116,7 +118,8 @@ class Method:
         return [p for p in self.net.parameters() if p.requires_grad]
 
     def phase_active(self, phase: str, step: int) -> bool:
-        """Whether ``phase`` takes an optimizer step at ``step`` (default: every step)."""
+        """Whether ``phase`` takes an optimizer step at ``step`` (default: every step; GDD's
+        separate lazy R1 step, DMD2's generator under the two time-scale rule skip some)."""
         return True
 
     def shared_optimizer(self, phase: str) -> str | None:

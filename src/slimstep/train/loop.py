@@ -140,7 +140,7 @@ def _train_step(method, data, phases, ema, ctx, cfg, step):
                          enabled=t["precision"] == "bf16")
     logs: dict[str, float] = {}
     for name, (params, opt, sched) in phases.items():
-        if not method.phase_active(name, step):  # e.g. GDD's separate lazy R1 step
+        if not method.phase_active(name, step):  # GDD's separate lazy R1 step, DMD2's generator (TTUR)
             continue
         opt.zero_grad(set_to_none=True)
         for mb in micro:
