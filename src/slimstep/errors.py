@@ -30,8 +30,18 @@ class OutputError(SlimstepError):
     """An output location cannot be written: busy (locked), a directory, or the disk is full."""
 
 
+class EnvironmentFailure(OutputError):
+    """The machine, not the input, stopped a write: the disk or a quota is full, a file
+    size limit was met. Exit 1: the same command succeeds once there is room."""
+
+    exit_code = 1
+
+
 #: OSErrors that are the machine's state, not a bug: the CLI reports them in one line.
-ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+#: of those, the ones that say "no room": an environment failure (exit 1), not a usage error
+NO_ROOM = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+           errno.EFBIG: "file too large (a file size limit was reached)"}
 
 
 def os_error(e: OSError, path=None) -> SlimstepError:
@@ -39,7 +49,13 @@ def os_error(e: OSError, path=None) -> SlimstepError:
     permission, read-only file system... naming ``path`` (else the file the OS
     names: for an atomic write that would be the temp file)."""
     where = path or e.filename or "?"
-    if e.errno == errno.ENOSPC:
-        return OutputError(f"{where}: no space left on the device (the previous files are kept)")
+    if e.errno in NO_ROOM:
+        return EnvironmentFailure(f"{where}: {NO_ROOM[e.errno]} (the previous files are kept)")
     reason = e.strerror or str(e)
     return OutputError(f"{where}: {reason}")
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line: a newline or carriage return (in a path a user named, or in a
+    library's message) is written as ``\\n`` / ``\\r``, so an error stays one line."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")

@@ -640,7 +640,7 @@ def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print,
     report. Returns the results (also in ``DIR/results.json``). One run at a time
     per ``out`` (its lock); a recipe that fails to load leaves no folder. ``data``: the
     data spec of every teacher stage (:func:`load_recipe`)."""
-    with output_dir(out):
+    with output_dir(out, expect="run"):
         return _run(recipe, out, jobs, log, data)
 
 

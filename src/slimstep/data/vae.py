@@ -144,10 +144,9 @@ def _read_manifest(path: Path) -> dict | None:
 def encode_dataset(vae_dir: Path, data: str, options: dict, progress: bool = False) -> tuple[Path, dict]:
     """Encode the training images of ``data`` (opened with ``options``) through the VAE
     into the cache, resuming a partial encode. Returns (cache folder, manifest)."""
-    from safetensors.torch import save_file
 
     from slimstep.data import load_data
-    from slimstep.files import atomic_write, write_json
+    from slimstep.files import tensor_bytes, write_bytes, write_json
 
     sha = vae_sha(vae_dir)
     key = hashlib.sha256(json.dumps([sha, data, options], sort_keys=True).encode()).hexdigest()[:16]
@@ -175,7 +174,7 @@ def encode_dataset(vae_dir: Path, data: str, options: dict, progress: bool = Fal
         if y is not None:
             tensors["labels"] = y[idx].contiguous()
         name = f"shard-{i:05d}.safetensors"
-        atomic_write(out / name, lambda p, t=tensors: save_file(t, p))
+        write_bytes(out / name, tensor_bytes(tensors))
         man["shards"].append(name)
         man["shape"] = list(z.shape[1:])
         man["complete"] = len(man["shards"]) * SHARD >= n
