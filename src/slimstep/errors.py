@@ -13,6 +13,7 @@ older classes (``except ValueError``) keeps working.
 from __future__ import annotations
 
 import errno
+import re
 
 
 class SlimstepError(Exception):
@@ -59,3 +60,24 @@ def one_line(text: str) -> str:
     """``text`` as one line: a newline or carriage return (in a path a user named, or in a
     library's message) is written as ``\\n`` / ``\\r``, so an error stays one line."""
     return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def load_refusal(e: BaseException) -> str:
+    """Why a safe loader (``torch.load(weights_only=True)``, ``np.load(allow_pickle=False)``)
+    refused a file, in one line that names what it refused (the pickled global or type).
+    The loaders' own text runs to six lines and advises loading the file unsafely; slimstep
+    never does, so that advice is never passed on."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"it holds a pickled {found.group(1)}, which slimstep never loads "
+                "(only tensors and plain containers are read)")
+    if "Object arrays cannot be loaded" in text:
+        return "it holds an array of pickled Python objects, which slimstep never loads"
+    unpickler = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    if unpickler:
+        return f"it holds pickled data slimstep does not load ({unpickler.group(1).strip()[:160]})"
+    if "Weights only load failed" in text:
+        return "it holds pickled objects, which slimstep never loads"
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
+    return first[:200]

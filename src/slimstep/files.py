@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from slimstep.errors import OutputError, SlimstepError, os_error
+from slimstep.errors import OutputError, SlimstepError, load_refusal, os_error
 
 
 class FileFormatError(SlimstepError, ValueError):
@@ -147,7 +147,7 @@ def read_samples(path: str | Path) -> dict[str, np.ndarray]:
         with np.load(p, allow_pickle=False) as z:
             d = {k: z[k] for k in z.files}
     except Exception as e:
-        raise FileFormatError(f"{p}: not a readable .npz ({e})") from None
+        raise FileFormatError(f"{p}: not a readable .npz ({load_refusal(e)})") from None
     if "samples" not in d:
         raise FileFormatError(f"{p}: no 'samples' array (keys: {', '.join(d) or 'none'})")
     x = d["samples"]

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from slimstep.errors import SlimstepError
+from slimstep.errors import EnvironmentFailure, SlimstepError, load_refusal
 from slimstep.files import current_umask, fsync_dir, tensor_bytes, torch_bytes, write_bytes, write_json
 
 CONFIG, WEIGHTS, STATE = "config.json", "model.safetensors", "training_state.pt"
@@ -196,6 +196,9 @@ def save_snapshot(out: str | Path, step: int, module: nn.Module, config: dict,
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except EnvironmentFailure as e:  # name the snapshot's file, not the temporary folder's
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise EnvironmentFailure(str(e).replace(str(tmp), str(final))) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -220,4 +223,4 @@ def load_training_state(snapshot: str | Path) -> dict:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{p}: cannot be read as a training state ({e})") from None
+        raise CheckpointError(f"{p}: cannot be read as a training state ({load_refusal(e)})") from None
