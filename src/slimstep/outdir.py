@@ -85,8 +85,8 @@ def _acquire(d: Path, lock: Path | None = None) -> Path:
           "command": " ".join(["slimstep", *sys.argv[1:]])[:200] if sys.argv else "slimstep",
           "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     tmp = lock.with_name(f"{lock.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(me) + "\n")
     try:
+        tmp.write_text(json.dumps(me) + "\n")
         for _ in range(3):
             try:
                 os.link(tmp, lock)
@@ -306,5 +306,7 @@ def _remove_empty(created: list[Path]) -> None:
     for p in created:  # innermost first; stops at the first that holds something
         try:
             p.rmdir()
+        except FileNotFoundError:
+            continue  # already removed with its debris
         except OSError:
             return

@@ -79,8 +79,8 @@ def read_state_dict(path: Path, container: str | None = None
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise TeacherImportError(
-                f"{path}: not a state dict slimstep can read safely ({load_refusal(e)}); an EDM "
-                "network pickle is --format edm") from None
+                f"{path}: not a state dict that torch.load(weights_only=True) can read "
+                f"({load_refusal(e)}); an EDM network pickle is --format edm") from None
     else:
         raise TeacherImportError(f"{path}: neither a torch.save file nor safetensors "
                                  "(unrecognised first bytes)")
