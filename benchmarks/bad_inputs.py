@@ -416,8 +416,9 @@ c(
 )
 
 # ---- issue 22: nothing escapes --out, nothing is clobbered, nothing half-written
-TY = str(Path(__import__("slimstep").config.CONFIGS) / "toy2d" / "teacher.yaml")
-GY = str(Path(__import__("slimstep").config.CONFIGS) / "toy2d" / "gdd.yaml")
+from slimstep.config import CONFIGS  # noqa: E402
+
+TY, GY = str(CONFIGS / "toy2d" / "teacher.yaml"), str(CONFIGS / "toy2d" / "gdd.yaml")
 TST = f"  t:\n    kind: teacher\n    config: {TY}\n    overrides: {_j.dumps(TINY)}\n"
 GST = f"  g:\n    method: gdd\n    config: {GY}\n    teacher: t\n    overrides: {_j.dumps(TINY[:3])}\n"
 for i, nm in enumerate(["../escape", "/tmp/abs", "a/b", "..", ".", ".hidden", "a\\b", "x" * 101, 5]):
