@@ -381,6 +381,7 @@ for nm, kw in [
     ("nogen", dict(edit=lambda t: _j.dumps({k: v for k, v in _j.loads(t).items() if k != "generator"}))),
     ("badgen", dict(edit=lambda t: _j.dumps({**_j.loads(t), "generator": {"kind": "bogus"}}))),
     ("badnfe", dict(edit=lambda t: _j.dumps({**_j.loads(t), "generator": {**_j.loads(t)["generator"], "t": "x"}}))),
+    ("shape3", dict(edit=lambda t: _j.dumps({**_j.loads(t), "data": {**_j.loads(t)["data"], "shape": [3]}}))),
 ]:
     d = damaged(nm, **kw)
     for cmd in (

@@ -148,6 +148,7 @@ def _copy(teacher, tmp_path):
     (lambda c: {**c, "generator": {"kind": "bogus"}}, "unknown generator kind 'bogus'"),
     (lambda c: {**c, "generator": {**c["generator"], "t": "x"}}, "has no key 't'"),
     (lambda c: {**c, "generator": {**c["generator"], "steps": 0}}, "generator.steps must be an integer >= 1"),
+    (lambda c: {**c, "data": {**c["data"], "shape": [3]}}, "data.shape [3] contradicts the network's in_shape [2]"),
 ])
 def test_damaged_checkpoints_are_one_line(edit, message, teacher, tmp_path, capsys):
     d, cfg = _copy(teacher, tmp_path)

@@ -318,15 +318,16 @@ def test_a_stage_folder_that_links_elsewhere_is_refused(tmp_path, capsys):
 
 # ---------------------------------------------------------------- recipes checked whole
 
+_BY_TEACHER = "  s: {kind: screen, student: g, teacher: t, scorer: teacher, "
 _STUDENT = f"  g:\n    method: gdd\n    config: {GDD_YAML}\n    teacher: t\n    overrides: {json.dumps(TINY[:3])}\n"
 
 
 @pytest.mark.parametrize("stages,head,message", [
     (_STUDENT + "  s: {kind: screen, student: g, candidates: 0}\n", "", "candidates must be an integer >= 1, not 0"),
     (_STUDENT + "  s: {kind: screen, student: g, scorer: bogus}\n", "", "scorer must be one of"),
-    (_STUDENT + "  s: {kind: screen, student: g, teacher: t, scorer: teacher, final: bogus}\n", "", "final must be student"),
-    (_STUDENT + "  s: {kind: screen, student: g, teacher: t, scorer: teacher, select: top}\n", "", "select must be one of"),
-    (_STUDENT + "  s: {kind: screen, student: g, teacher: t, scorer: teacher, temperature: -1}\n", "",
+    (_STUDENT + _BY_TEACHER + "final: bogus}\n", "", "final must be student"),
+    (_STUDENT + _BY_TEACHER + "select: top}\n", "", "select must be one of"),
+    (_STUDENT + _BY_TEACHER + "temperature: -1}\n", "",
      "temperature is a positive finite number"),
     (_STUDENT + "  s: {kind: screen, student: g}\n", "", "scorer 'classifier' uses the digits classifier"),
     (f"  g:\n    method: bogus\n    config: {GDD_YAML}\n    teacher: t\n", "", "unknown method 'bogus'"),

@@ -89,11 +89,12 @@ def _labels(gen, spec: str | None, n: int):
 
 
 def cmd_sample(a) -> None:
-    from slimstep.outdir import output_path
+    from slimstep.outdir import check_path, output_path
 
+    png = Path(a.out).with_suffix(".png")
+    check_path(a.out, a.overwrite)  # a directory is named as such, before its suffix
     if Path(a.out).suffix != ".npz":
         raise ConfigError(f"--out {a.out}: samples are written as .npz (name it e.g. samples.npz)")
-    png = Path(a.out).with_suffix(".png")
     with output_path(a.out, a.overwrite, also=(png,)):  # both files refused before either is written
         _sample(a, png)
 

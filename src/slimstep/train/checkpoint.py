@@ -100,6 +100,9 @@ def read_model_config(directory: str | Path) -> dict:
     shape = cfg["data"]["shape"]
     if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape)):
         raise CheckpointError(f"{where}: data.shape must be a list of positive sizes, not {shape!r}")
+    in_shape = cfg["net"].get("in_shape")
+    if isinstance(in_shape, list) and in_shape != shape:  # samples the network cannot take
+        raise CheckpointError(f"{where}: data.shape {shape} contradicts the network's in_shape {in_shape}")
     check_generator(cfg["generator"], str(where))
     return cfg
 
