@@ -155,15 +155,15 @@ def test_teacher_never_trains_into_an_imported_or_other_product(models, tmp_path
 
 def test_a_killed_writers_temps_are_cleaned_by_the_next_writer(models, tmp_path):
     t, _ = models
-    stale = tmp_path / ".s.npz.k1ll3d.tmp"  # what atomic_write leaves when SIGKILLed
+    stale = tmp_path / ".s.npz.k1ll3d00.tmp"  # what atomic_write leaves when SIGKILLed
     stale.write_bytes(b"half a file")
     assert main(["sample", "--ckpt", str(t), "--n", "4", "--out", str(tmp_path / "s.npz")]) == 0
     assert not stale.exists()
     run = tmp_path / "run"
     shutil.copytree(t, run)
-    (run / "checkpoints" / ".partial-k1ll3d").mkdir()
-    (run / "checkpoints" / ".partial-k1ll3d" / "model.safetensors").write_bytes(b"half")
-    (run / ".model.safetensors.k1ll3d.tmp").write_bytes(b"half")
+    (run / "checkpoints" / ".partial-k1ll3d00").mkdir()
+    (run / "checkpoints" / ".partial-k1ll3d00" / "model.safetensors").write_bytes(b"half")
+    (run / ".model.safetensors.k1ll3d00.tmp").write_bytes(b"half")
     assert main([*TEACHER, "--out", str(run), "--resume", *TINY[1:], "train.steps=4"]) == 0
     assert leftovers(tmp_path) == []
     assert "step-00000004" in os.listdir(run / "checkpoints")

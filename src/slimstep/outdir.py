@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -140,18 +141,21 @@ def _kind_of(d: Path) -> str | None:
     return None
 
 
+#: the names our writers give unfinished work: ``atomic_write``'s ``.NAME.XXXXXXXX.tmp``
+#: (mkstemp's 8 characters), a snapshot's ``.partial-XXXXXXXX``, an import's
+#: ``.NAME.partial-XXXXXXXX`` and ``.NAME.partial-old``; never a lock being taken
+_TEMP = re.compile(r"\..*(\.[a-z0-9_]{8}\.tmp|\.?partial-([a-z0-9_]{8}|old))")
+
+
 def _is_temp(p: Path) -> bool:
-    """A writer's temporary file or partial folder (:func:`slimstep.files.atomic_write`,
-    snapshots, imports); never a lock being taken (``.slimstep.lock.PID.tmp``)."""
-    n = p.name
-    if ".lock." in n and n.endswith(".tmp"):
-        return False
-    return n.startswith(".") and (n.endswith(".tmp") or ".partial-" in n)
+    """A writer's temporary file or partial folder (see :data:`_TEMP`)."""
+    return bool(_TEMP.fullmatch(p.name)) and ".lock." not in p.name
 
 
-def clean_stale(d: Path, name: str | None = None) -> None:
-    """Remove what a killed writer left in ``d`` (recursively; ``name``: only the temps
-    of the product ``d/name``). Call it only while holding the lock of that output."""
+def clean_stale(d: Path, name: str | None = None, depth: int = 3) -> None:
+    """Remove what a killed writer left in ``d`` and up to ``depth`` folders below it (a run's
+    ``stage/model-HASH/checkpoints``); ``name``: only the temps of the product ``d/name``.
+    Call it only while holding the lock of that output."""
     import shutil
 
     try:
@@ -166,8 +170,9 @@ def clean_stale(d: Path, name: str | None = None) -> None:
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)
-        elif name is None and p.is_dir() and not p.is_symlink() and not (p / LOCK).exists():
-            clean_stale(p)  # a nested writer's folder (a stage of a run) cleans its own
+        elif (name is None and depth > 0 and p.is_dir() and not p.is_symlink()
+              and not (p / LOCK).exists()):  # a folder another writer holds is its to clean
+            clean_stale(p, depth=depth - 1)
 
 
 def _debris_only(d: Path) -> bool:
