@@ -152,6 +152,7 @@ def encode_dataset(vae_dir: Path, data: str, options: dict, progress: bool = Fal
     key = hashlib.sha256(json.dumps([sha, data, options], sort_keys=True).encode()).hexdigest()[:16]
     out = cache_root() / key
     images = load_data(data, **options)
+    _check_round_trip(vae_dir, data, tuple(images.info.shape))
     n = images.split_size("train")
     want = {"format": FORMAT, "vae": str(vae_dir), "vae_sha256": sha, "data": data, "options": options, "n": n}
     man = _read_manifest(out / "manifest.json")
@@ -209,6 +210,29 @@ def open_vae_data(arg: str, *, flip: bool = False, **image_options):
                  "latents": str(out)},
     )
     return ImageData(z, y, info)
+
+
+def _check_round_trip(vae_dir: Path, data: str, shape: tuple[int, ...]) -> None:
+    """Refuse images the VAE cannot take or give back at their size, before anything is
+    encoded or trained: a model trained on their latents could never be evaluated (9x9
+    images decode to 8x8 or 10x10), and other channels fail inside the encoder."""
+    try:
+        cfg = json.loads((vae_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # load_vae names what is wrong with the folder
+    c_in, blocks = cfg.get("in_channels"), cfg.get("block_out_channels")
+    if len(shape) != 3:
+        return
+    c, h, w = shape
+    if isinstance(c_in, int) and c != c_in:
+        raise DataError(f"vae: {data} has {c}-channel images, the VAE {vae_dir} takes {c_in} "
+                        f"(convert the images, e.g. grey to RGB)")
+    if isinstance(blocks, list) and blocks:
+        f = 2 ** (len(blocks) - 1)  # one 2x downsampling between consecutive blocks
+        if h % f or w % f:
+            raise DataError(f"vae: {data} has {h}x{w} images; the VAE {vae_dir} downsamples by {f}, "
+                            f"so their latents would not decode back to {h}x{w} (set the data option "
+                            f"resolution to a multiple of {f})")
 
 
 def as_images(x: torch.Tensor, spec: str) -> torch.Tensor:
