@@ -417,3 +417,22 @@ def test_the_api_raises_the_clis_errors(models, capsys):
         assert text in str(e.value)
     assert main(["sample", "--ckpt", str(t), "--n", "0", "--out", "unused.npz"]) == 2
     one_line(capsys, "--n: must be at least 1, got 0")  # the same words on the command line
+
+
+def test_third_party_warnings_add_no_lines(models, tmp_path, capsys, monkeypatch):
+    import warnings
+
+    import slimstep.viz as viz
+
+    t, _ = models
+    real = viz.save_picture
+
+    def chatty(*a, **k):  # what PIL or matplotlib print while a picture is written
+        warnings.warn("a third-party library's note", UserWarning, stacklevel=1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(viz, "save_picture", chatty)
+    with warnings.catch_warnings(record=True) as shown:  # what would reach stderr
+        warnings.simplefilter("always")
+        assert main(["sample", "--ckpt", str(t), "--n", "4", "--out", str(tmp_path / "s.npz")]) == 0
+    assert [str(w.message) for w in shown] == [] and capsys.readouterr().err == ""
