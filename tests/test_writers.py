@@ -402,6 +402,14 @@ def test_import_refuses_a_guidance_scale_no_reader_accepts(tmp_path, capsys):
 
 # ---------------------------------------------------------------- the Python API
 
+def test_overrides_given_as_one_string_are_refused():
+    from slimstep.config import load_config
+
+    with pytest.raises(ConfigError, match="overrides are a list of key=value strings"):
+        load_config("toy2d/teacher", "train.steps=3")  # was read character by character: 't'
+    assert load_config("toy2d/teacher", ("train.steps=3",))["train"]["steps"] == 3
+
+
 def test_the_api_raises_the_clis_errors(models, capsys):
     t, _ = models
     gen = slimstep.load(t)

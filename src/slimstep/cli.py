@@ -166,12 +166,11 @@ def cmd_eval(a) -> None:
     from slimstep.data import IMAGE_KINDS, loader_options
     from slimstep.eval import evaluate, format_table
     from slimstep.files import read_samples, samples_data_options, write_json
+    from slimstep.outdir import check_path, output_path
     from slimstep.recipes import default_n
 
     if (a.ckpt is None) == (a.samples is None):
         raise ConfigError("give exactly one of --ckpt DIR or --samples FILE")
-    from slimstep.outdir import check_path, output_path
-
     if a.out:
         check_path(a.out, a.overwrite)
     labels = None
