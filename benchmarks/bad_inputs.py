@@ -9,7 +9,7 @@ failures: a full disk, a file size limit, memory). A case may also name text its
 must not hold (``forbid``: a loader's advice to load unsafely) and files that must be
 unchanged afterwards (``keep``). Full-disk cases run under a file size limit
 (RLIMIT_FSIZE: the kernel refuses the write, EFBIG). Prints one line per case and
-the count that failed; exits 1 if any did. About 250 cases, ~10 min on one thread
+the count that failed; exits 1 if any did. About 260 cases, ~10-20 min on one thread
 (each case starts a Python with torch). FILTER words keep the cases whose name
 contains one of them.
 """
@@ -520,9 +520,9 @@ with open(W / "objects.npz", "wb") as f:
 NO_ADVICE = ("weights_only` set to `False`", "allow_pickle", "trusted source")
 c("teacher --resume a hostile training_state.pt", [*tch, "--out", str(HS), "--resume", "train.steps=4"],
   forbid=NO_ADVICE)
-c("distill --init a hostile snapshot (raw weights)", [*D, "--method", "annealing-reflow", "--config",
-                                                      "toy2d/annealing-reflow", "--pairs", str(P), "--init", str(HS),
-                                                      "--out", str(W / "o/hinit"), *TINY[:3]], forbid=NO_ADVICE)
+c("distill slimflow --init a hostile snapshot (raw weights)",
+  [*D, "--method", "slimflow", "--config", "toy2d/slimflow", "--pairs", str(P), "--init", str(HS), "--out",
+   str(W / "o/hinit2"), *TINY[:3]], forbid=NO_ADVICE)
 c("import a hostile torch file", ["import", "--format", "sit", str(W / "hostile.pt"), "--out", str(W / "o/himp")],
   forbid=NO_ADVICE)
 c("eval an object-array npz", ["eval", "--samples", str(W / "objects.npz")], forbid=NO_ADVICE)
