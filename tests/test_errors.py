@@ -114,9 +114,9 @@ def test_data_shorthand_then_its_options(tmp_path, capsys):
     (["export", "--ckpt", "{t}", "--format", "torchscript", "--out", "{o}/g.onnx"], "name the file for its format"),
     (["export", "--ckpt", "{t}", "--format", "onnx", "--out", "{o}/g.pt"], "name the file for its format"),
     (["screen-train", "--ckpt", "{t}", "--data", "toy2d:moons", "--out", "{o}/d", "--seed", "-1"],
-     "--seed: must be at least 0, got -1"),
+     "screen-train's seed must be an integer >= 0, not -1"),
     (["screen-train", "--ckpt", "{t}", "--data", "toy2d:moons", "--out", "{o}/d", "--steps", "0"],
-     "--steps: must be at least 1, got 0"),
+     "screen-train needs steps >= 1"),
 ])
 def test_bad_command_line_values(argv, message, teacher, tmp_path, capsys):
     argv = [a.replace("{t}", str(teacher)).replace("{o}", str(tmp_path)) for a in argv]

@@ -328,7 +328,7 @@ def test_realism_screen_stage_is_keyed_by_the_discriminator_settings(tmp_path, m
 
     stages = {k: v for k, v in moons_stages().items() if k in ("t", "p", "reflow")}
     stages["scr"] = {"kind": "screen", "student": "reflow", "scorer": "realism", "select": "resample"}
-    stages["cls"] = {"kind": "screen", "student": "reflow"}
+    stages["cls"] = {"kind": "screen", "student": "reflow", "teacher": "t", "scorer": "teacher"}
 
     def hashes():
         return {s.name: s.hash for s in load_recipe(recipe(tmp_path, stages))[1]}

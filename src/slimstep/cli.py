@@ -482,13 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="the one-step student that will screen")
     p.add_argument("--data", required=True, help="real data whose train split it learns, e.g. digits")
     p.add_argument("--out", required=True, help="discriminator directory")
-    p.add_argument("--steps", type=_count, help=f"training steps (default {RD['steps']})")
-    p.add_argument("--batch-size", type=_int_at_least(2, "batch"),
-                   help=f"real and fake samples per step (default {RD['batch_size']})")
-    p.add_argument("--lr", type=_positive, help=f"Adam learning rate (default {RD['lr']:g})")
-    p.add_argument("--r1-gamma", type=_finite, help=f"R1 weight on real samples (default {RD['r1_gamma']:g}; a "
+    # parsed only: realism.settings is the one check of these (CLI, API and recipes alike)
+    p.add_argument("--steps", type=int, help=f"training steps (default {RD['steps']})")
+    p.add_argument("--batch-size", type=int, help=f"real and fake samples per step (default {RD['batch_size']})")
+    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {RD['lr']:g})")
+    p.add_argument("--r1-gamma", type=float, help=f"R1 weight on real samples (default {RD['r1_gamma']:g}; a "
                                                   "larger one flattens the logit)")
-    p.add_argument("--seed", type=_seed, default=0, help="training seed")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a realism discriminator already in --out (nothing else is ever replaced)")
     p.add_argument("--quiet", action="store_true")

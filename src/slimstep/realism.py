@@ -145,6 +145,8 @@ def settings(options: dict | None) -> dict:
         raise RealismError(f"screen-train options steps, batch_size, seed are integers, not {given}")
     if ints["steps"] < 1 or ints["batch_size"] < 2:
         raise RealismError("screen-train needs steps >= 1 and batch_size >= 2")
+    if ints["seed"] < 0:  # as every other seed of slimstep
+        raise RealismError(f"screen-train's seed must be an integer >= 0, not {ints['seed']}")
     if not (math.isfinite(floats["r1_gamma"]) and floats["r1_gamma"] >= 0
             and math.isfinite(floats["lr"]) and floats["lr"] > 0):  # also rejects nan
         raise RealismError(f"screen-train needs a finite r1_gamma >= 0 and lr > 0, not "
