@@ -219,7 +219,7 @@ def test_teacher_flowmap_slt_and_screening(tmp_path, capsys, monkeypatch):
     assert "r1_gamma" in capsys.readouterr().err and not (tmp_path / "d2").exists()
     rc = cli.main(["sample", "--ckpt", str(slt), "--n", "3", "--out", str(out), "--screen", "4",
                    "--scorer", "realism", "--discriminator", str(disc), "--select", "resample",
-                   "--temperature", "0.5", "--device", "cpu"])
+                   "--temperature", "0.5", "--device", "cpu", "--overwrite"])  # replaces s.npz, asked
     assert rc == 0
     d = np.load(out)
     assert int(d["nfe"]) == 4 and str(d["select"]) == "resample" and float(d["temperature"]) == 0.5

@@ -370,6 +370,10 @@ def test_a_refused_unsafe_file_names_what_it_refused(models, tmp_path, capsys):
     assert main(["eval", "--samples", str(obj)]) == 2
     line = one_line(capsys, "an array of pickled Python objects, which slimstep never loads")
     assert "allow_pickle" not in line
+    (tmp_path / "notes.npz").write_text("not numpy's")  # numpy: "load it unsafely using allow_pickle="
+    assert main(["eval", "--samples", str(tmp_path / "notes.npz")]) == 2
+    line = one_line(capsys, "not an .npz or .npy file")
+    assert "allow_pickle" not in line and "unsafely" not in line
 
 
 def test_newlines_in_paths_are_escaped_and_no_doubled_prefix(tmp_path, capsys):

@@ -72,6 +72,8 @@ def load_refusal(e: BaseException) -> str:
     if found:
         return (f"it holds a pickled {found.group(1)}, which slimstep never loads "
                 "(only tensors and plain containers are read)")
+    if "contains pickled" in text:  # numpy: neither .npy nor .npz, i.e. a pickle (or not numpy's)
+        return "not an .npz or .npy file (numpy would unpickle it, which slimstep never does)"
     if "Object arrays cannot be loaded" in text:
         return "it holds an array of pickled Python objects, which slimstep never loads"
     unpickler = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
