@@ -4,8 +4,12 @@
 
 Each case runs ``slimstep`` as a user would (a subprocess, no standard input) and
 must end in exit 2 with its last stderr line ``slimstep: error: ...`` and no
-traceback (the few marked ``want=0`` must succeed). Prints one line per case and
-the count that failed; exits 1 if any did. About 180 cases, ~8 min on one thread
+traceback (the few marked ``want=0`` must succeed; ``want=1`` marks the machine's
+failures: a full disk, a file size limit, memory). A case may also name text its line
+must not hold (``forbid``: a loader's advice to load unsafely) and files that must be
+unchanged afterwards (``keep``). Full-disk cases run under a file size limit
+(RLIMIT_FSIZE: the kernel refuses the write, EFBIG). Prints one line per case and
+the count that failed; exits 1 if any did. About 260 cases, ~10-20 min on one thread
 (each case starts a Python with torch). FILTER words keep the cases whose name
 contains one of them.
 """
@@ -13,7 +17,9 @@ contains one of them.
 import argparse
 import json as _j
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,8 +38,13 @@ env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true"}
 TINY = ["train.steps=2", "train.batch_size=16", "train.ckpt_every=2", "net.hidden=16", "net.depth=2"]
 
 
-def sh(argv, cwd=W):
-    p = subprocess.run([B, *argv], capture_output=True, text=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
+def sh(argv, cwd=W, fsize=None):
+    def limit():  # a file size limit: writes past it fail in the kernel (EFBIG), as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    p = subprocess.run([B, *argv], capture_output=True, text=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                       preexec_fn=limit if fsize else None)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -95,8 +106,8 @@ D = ["distill", "--teacher", str(T), "--quiet"]
 cases = []
 
 
-def c(name, argv, want=2):
-    cases.append((name, argv, want))
+def c(name, argv, want=2, forbid=(), keep=(), fsize=None):
+    cases.append((name, argv, want, forbid, keep, fsize))
 
 
 tch = ["teacher", "--config", "toy2d/teacher", "--quiet", *TINY]
@@ -370,6 +381,7 @@ for nm, kw in [
     ("nogen", dict(edit=lambda t: _j.dumps({k: v for k, v in _j.loads(t).items() if k != "generator"}))),
     ("badgen", dict(edit=lambda t: _j.dumps({**_j.loads(t), "generator": {"kind": "bogus"}}))),
     ("badnfe", dict(edit=lambda t: _j.dumps({**_j.loads(t), "generator": {**_j.loads(t)["generator"], "t": "x"}}))),
+    ("shape3", dict(edit=lambda t: _j.dumps({**_j.loads(t), "data": {**_j.loads(t)["data"], "shape": [3]}}))),
 ]:
     d = damaged(nm, **kw)
     for cmd in (
@@ -403,12 +415,140 @@ c(
     "teacher --resume changed lr",
     ["teacher", "--config", "toy2d/teacher", "--quiet", *TINY, "--out", str(T), "--resume", "train.lr=1"],
 )
+
+# ---- issue 22: nothing escapes --out, nothing is clobbered, nothing half-written
+from slimstep.config import CONFIGS  # noqa: E402
+
+TY, GY = str(CONFIGS / "toy2d" / "teacher.yaml"), str(CONFIGS / "toy2d" / "gdd.yaml")
+TST = f"  t:\n    kind: teacher\n    config: {TY}\n    overrides: {_j.dumps(TINY)}\n"
+GST = f"  g:\n    method: gdd\n    config: {GY}\n    teacher: t\n    overrides: {_j.dumps(TINY[:3])}\n"
+for i, nm in enumerate(["../escape", "/tmp/abs", "a/b", "..", ".", ".hidden", "a\\b", "x" * 101, 5]):
+    rp = W / f"recipe_name{i}.yaml"
+    rp.write_text("stages:\n  " + _j.dumps(nm) + ":\n" + TST.split("\n", 1)[1])
+    c(f"run stage name {nm!r}", ["run", str(rp), "--out", str(W / "o" / f"esc{i}" / "o")])
+(W / "linked" / "o").mkdir(parents=True, exist_ok=True)
+(W / "linked" / "elsewhere").mkdir(exist_ok=True)
+if not (W / "linked" / "o" / "t").is_symlink():
+    os.symlink(W / "linked" / "elsewhere", W / "linked" / "o" / "t")
+(W / "recipe_t.yaml").write_text("stages:\n" + TST)
+c("run stage folder is a link outside --out", ["run", str(W / "recipe_t.yaml"), "--out", str(W / "linked" / "o")],
+  keep=[W / "linked" / "elsewhere"])
+for i, (body, head) in enumerate([
+    (GST + "  s: {kind: screen, student: g, candidates: 0}\n", ""),
+    (GST + "  s: {kind: screen, student: g, scorer: bogus}\n", ""),
+    (GST + "  s: {kind: screen, student: g, teacher: t, scorer: teacher, final: bogus}\n", ""),
+    (GST + "  s: {kind: screen, student: g, teacher: t, scorer: teacher, select: top}\n", ""),
+    (GST + "  s: {kind: screen, student: g, teacher: t, scorer: teacher, select: resample, temperature: -1}\n", ""),
+    (GST + "  s: {kind: screen, student: g}\n", ""),  # the digits classifier on a toy
+    (f"  g:\n    method: bogus\n    config: {GY}\n    teacher: t\n", ""),
+    (f"  g:\n    method: gdd\n    config: {GY}\n    teacher: t\n    overrides: train.steps=3\n", ""),
+    ("", "eval: {seeds: 5}\n"),
+    ("", "eval: {n: 0}\n"),
+    ("", "eval: {n: 2.5}\n"),
+    ("", "eval: {seeds: [-1]}\n"),
+    ("", "eval: {teacher_nfes: []}\n"),
+    ("", "eval: {speed_batch: 0}\n"),
+    ("", "eval: 5\n"),
+]):
+    rp = W / f"recipe_whole{i}.yaml"
+    rp.write_text(head + "stages:\n" + TST + body)
+    c(f"run recipe checked whole {i}: {(head or body).strip().splitlines()[-1][:60]}",
+      ["run", str(rp), "--out", str(W / "o" / f"whole{i}")])
+# products are never clobbered
+TC, GC = W / "tcopy", W / "gcopy"
+for src, dst in ((T, TC), (G, GC)):
+    if not dst.exists():
+        shutil.copytree(src, dst)
+ST = ["screen-train", "--ckpt", str(G), "--data", "toy2d:moons", "--steps", "2", "--quiet"]
+c("screen-train --out a teacher", [*ST, "--out", str(TC)], keep=[TC])
+c("screen-train --out a teacher --overwrite", [*ST, "--out", str(TC), "--overwrite"], keep=[TC])
+c("screen-train --out a gdd student", [*ST, "--out", str(GC)], keep=[GC])
+c("screen-train --seed -1", [*ST, "--out", str(W / "o/st1"), "--seed", "-1"])
+c("screen-train --batch-size 1", [*ST, "--out", str(W / "o/st2"), "--batch-size", "1"])
+c("screen-train --lr nan", [*ST, "--out", str(W / "o/st3"), "--lr", "nan"])
+c("screen-train ok", [*ST, "--out", str(W / "o/disc22")], want=0)
+c("screen-train over a discriminator", [*ST, "--out", str(W / "o/disc22"), "--seed", "4"], keep=[W / "o/disc22"])
+c("pairs --out a teacher", ["pairs", "--teacher", str(T), "--n", "4", "--out", str(TC), "--quiet"], keep=[TC])
+c("teacher --out a pairs folder", [*tch, "--out", str(P)], keep=[P])
+c("teacher --out a discriminator", [*tch, "--out", str(W / "o/disc22")], keep=[W / "o/disc22"])
+c("distill --out a teacher", [*D, "--method", "gdd", "--config", "toy2d/gdd", "--out", str(TC), *TINY[:3]], keep=[TC])
+c("run --out a teacher", ["run", str(W / "recipe_t.yaml"), "--out", str(TC)], keep=[TC])
+EX = {"npz": W / "exists.npz", "pt": W / "exists.pt", "json": W / "exists.json"}
+EX["npz"].write_bytes(b"earlier samples")
+EX["pt"].write_bytes(b"an earlier export")
+EX["json"].write_text("{}")
+c("sample over an existing file", ["sample", "--ckpt", str(T), "--n", "4", "--out", str(EX["npz"])], keep=[EX["npz"]])
+c("data over an existing file", ["data", "toy2d:moons", "--n", "8", "--out", str(EX["npz"])], keep=[EX["npz"]])
+c("export over an existing file", ["export", "--ckpt", str(G), "--out", str(EX["pt"])], keep=[EX["pt"]])
+c("eval --out over an existing file", ["eval", "--ckpt", str(G), "--n", "16", "--out", str(EX["json"])],
+  keep=[EX["json"]])
+(W / "pngdir.png").mkdir(exist_ok=True)
+(W / "pngdir.npz").write_bytes(b"earlier samples")
+c("sample --overwrite whose picture path is a folder", ["sample", "--ckpt", str(T), "--n", "4", "--overwrite", "--out",
+                                                        str(W / "pngdir.npz")], keep=[W / "pngdir.npz"])
+c("import over a teacher", ["import", "--format", "sit", str(W / "text.txt"), "--out", str(TC)], keep=[TC])
+# a full disk (here: a file size limit the kernel enforces), memory
+c("teacher at a file size limit", [*tch, "--out", str(W / "o/fsz1")], want=1, fsize=3000)
+c("sample at a file size limit", ["sample", "--ckpt", str(T), "--n", "64", "--out", str(W / "o/fsz2.npz")], want=1,
+  fsize=600)
+c("export at a file size limit", ["export", "--ckpt", str(G), "--out", str(W / "o/fsz3.pt")], want=1, fsize=2000)
+c("pairs at a file size limit", ["pairs", "--teacher", str(T), "--n", "64", "--out", str(W / "o/fsz4"), "--quiet"],
+  want=1, fsize=300)
+c("screen-train at a file size limit", [*ST, "--out", str(W / "o/fsz5")], want=1, fsize=600)
+c("teacher resume at a file size limit keeps its snapshot",
+  ["teacher", "--config", "toy2d/teacher", "--quiet", *TINY[1:], "train.steps=4", "--out", str(TC), "--resume"],
+  want=1, fsize=1500, keep=[TC / "checkpoints"])
+c("teacher net.hidden=10**12", [*tch, "--out", str(W / "o/mem1"), "net.hidden=1000000000000"], want=1)
+c("teacher train.batch_size=2**40", [*tch, "--out", str(W / "o/mem2"), "train.batch_size=1099511627776"], want=1)
+# messages: what was refused, never the advice to load unsafely; one line
+
+
+class _Runs:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+import torch  # noqa: E402  (only now: the cases above need no torch in this process)
+
+HS = W / "hostile"
+if not HS.exists():
+    shutil.copytree(T, HS)
+    torch.save({"step": 2, "x": _Runs()}, HS / "checkpoints" / "step-00000002" / "training_state.pt")
+torch.save({"w": torch.ones(2), "x": _Runs()}, W / "hostile.pt")
+with open(W / "objects.npz", "wb") as f:
+    np.savez(f, samples=np.array([{"a": 1}, [2]], dtype=object))
+NO_ADVICE = ("weights_only` set to `False`", "allow_pickle", "trusted source")
+c("teacher --resume a hostile training_state.pt", [*tch, "--out", str(HS), "--resume", "train.steps=4"],
+  forbid=NO_ADVICE)
+c("distill slimflow --init a hostile snapshot (raw weights)",
+  [*D, "--method", "slimflow", "--config", "toy2d/slimflow", "--pairs", str(P), "--init", str(HS), "--out",
+   str(W / "o/hinit2"), *TINY[:3]], forbid=NO_ADVICE)
+c("import a hostile torch file", ["import", "--format", "sit", str(W / "hostile.pt"), "--out", str(W / "o/himp")],
+  forbid=NO_ADVICE)
+c("eval an object-array npz", ["eval", "--samples", str(W / "objects.npz")], forbid=NO_ADVICE)
+c("data npz of objects", ["data", f"npz:{W / 'objects.npz'}", "--out", str(W / "o/obj.npz")], forbid=NO_ADVICE)
+c("info --ckpt with a newline", ["info", "--ckpt", str(W / "two\nlines")])
+c("bogus command (no doubled prefix)", ["bogus"], forbid=("slimstep: error: slimstep",))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_import import official_state_dict  # noqa: E402
+
+torch.save(official_state_dict(), W / "sit.pt")
+c("import cfg_scale=nan", ["import", "--format", "sit", str(W / "sit.pt"), "--out", str(W / "o/nan"), "num_heads=4",
+                           "cfg_scale=nan"])
+c("import cfg_scale=inf", ["import", "--format", "sit", str(W / "sit.pt"), "--out", str(W / "o/inf"), "num_heads=4",
+                           "cfg_scale=inf"])
 only = args.only
 bad = 0
-for name, argv, want in cases:
+def digest(paths):
+    return {str(p): sorted((str(q), q.read_bytes()) for q in Path(p).rglob("*") if q.is_file())
+            if Path(p).is_dir() else Path(p).read_bytes() for p in paths}
+
+
+for name, argv, want, forbid, keep, fsize in cases:
     if only and not any(o in name for o in only):
         continue
-    rc, o, e = sh(argv)
+    before = digest(keep)
+    rc, o, e = sh(argv, fsize=fsize)
     lines = [ln for ln in e.strip().splitlines() if ln.strip()]
     ok = (
         rc == want
@@ -422,6 +562,7 @@ for name, argv, want in cases:
         and "usage:" not in e
     ):
         ok = False
+    ok = ok and not any(f in e for f in forbid) and digest(keep) == before
     if not ok:
         bad += 1
         print(

@@ -113,6 +113,10 @@ def test_data_shorthand_then_its_options(tmp_path, capsys):
     (["eval", "--ckpt", "{t}", "--n", "4", "--inception-weights", "/nope.pth"], "--inception-weights is for image"),
     (["export", "--ckpt", "{t}", "--format", "torchscript", "--out", "{o}/g.onnx"], "name the file for its format"),
     (["export", "--ckpt", "{t}", "--format", "onnx", "--out", "{o}/g.pt"], "name the file for its format"),
+    (["screen-train", "--ckpt", "{t}", "--data", "toy2d:moons", "--out", "{o}/d", "--seed", "-1"],
+     "screen-train's seed must be an integer >= 0, not -1"),
+    (["screen-train", "--ckpt", "{t}", "--data", "toy2d:moons", "--out", "{o}/d", "--steps", "0"],
+     "screen-train needs steps >= 1"),
 ])
 def test_bad_command_line_values(argv, message, teacher, tmp_path, capsys):
     argv = [a.replace("{t}", str(teacher)).replace("{o}", str(tmp_path)) for a in argv]
@@ -144,6 +148,7 @@ def _copy(teacher, tmp_path):
     (lambda c: {**c, "generator": {"kind": "bogus"}}, "unknown generator kind 'bogus'"),
     (lambda c: {**c, "generator": {**c["generator"], "t": "x"}}, "has no key 't'"),
     (lambda c: {**c, "generator": {**c["generator"], "steps": 0}}, "generator.steps must be an integer >= 1"),
+    (lambda c: {**c, "data": {**c["data"], "shape": [3]}}, "data.shape [3] contradicts the network's in_shape [2]"),
 ])
 def test_damaged_checkpoints_are_one_line(edit, message, teacher, tmp_path, capsys):
     d, cfg = _copy(teacher, tmp_path)
@@ -212,7 +217,7 @@ def test_full_disk_is_one_line_naming_the_file(tmp_path):
     def full(path):
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
-    with pytest.raises(OutputError, match=f"{target}: no space left on the device"):
+    with pytest.raises(OutputError, match=f"{target}: no space left on device"):
         atomic_write(target, full)
 
     def rust_full(path):  # safetensors' own error type, errno only in its text
@@ -226,13 +231,16 @@ def test_full_disk_is_one_line_naming_the_file(tmp_path):
 def test_full_disk_through_the_cli(teacher, tmp_path, capsys, monkeypatch):
     import slimstep.files as files
 
-    def full(f, **arrays):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full(path, mode="r", *a, **k):  # the write of our own file object fails
+        if "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return open(path, mode, *a, **k)
 
-    monkeypatch.setattr(files.np, "savez", full)
+    monkeypatch.setattr(files, "open", full, raising=False)
     out = tmp_path / "s.npz"
-    assert main(["sample", "--ckpt", str(teacher), "--n", "2", "--out", str(out)]) == 2
-    one_line(capsys, f"{out}: no space left")
+    assert main(["sample", "--ckpt", str(teacher), "--n", "2", "--out", str(out)]) == 1  # the machine's state
+    one_line(capsys, f"{out}: no space left on device")
+    assert os.listdir(tmp_path) == []
 
 
 def _write_lock(d, pid, host=None):

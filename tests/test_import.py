@@ -421,8 +421,8 @@ def test_sample_from_imported_dit_and_freeflow(tmp_path, capsys):
     torch.save(official_state_dict(extra=("dt_embedder", "gw_embedder"), std=0.05), ff_src)
     ff = import_teacher("freeflow", ff_src, tmp_path / "ff", options={"num_heads": 4})
     for ck, nfe in ((dit, 4), (ff, 1)):
-        assert main(["sample", "--ckpt", str(ck), "--n", "3", "--out", str(tmp_path / "s.npz"),
-                     "--device", "cpu"]) == 0
+        assert main(["sample", "--ckpt", str(ck), "--n", "3", "--out", str(tmp_path / f"s{nfe}.npz"),
+                     "--device", "cpu"]) == 0  # an existing samples file is kept (no --overwrite)
         assert f"NFE {nfe}" in capsys.readouterr().out
         assert main(["info", "--ckpt", str(ck)]) == 0
         assert "import" in capsys.readouterr().out

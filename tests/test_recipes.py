@@ -103,7 +103,7 @@ def test_a_failed_stage_skips_its_dependents_and_the_rest_goes_on(tmp_path, caps
     del stages["sf"]
     stages["after"] = {"method": "slimflow", "config": str(CONFIGS / "toy2d/slimflow.yaml"), "teacher": "t",
                        "pairs": "p", "init": "reflow", "overrides": TINY}
-    stages["scr"] = {"kind": "screen", "student": "reflow", "candidates": 2}
+    stages["scr"] = {"kind": "screen", "student": "reflow", "candidates": 2, "scorer": "realism"}
     r = recipe(tmp_path, stages)
     assert main(["run", str(r), "--out", str(tmp_path / "out"), "--jobs", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,15 +128,21 @@ def test_pairs_hold_the_teacher_ode_of_per_seed_noise(teacher, pairs):
 def test_killed_pair_generation_resumes_to_the_uninterrupted_result(teacher, tmp_path, monkeypatch):
     full = generate_pairs(teacher, tmp_path / "full", 40, solver="euler", steps=3, shard_size=16,
                           batch_size=5, progress=False)
-    real_save, calls = pairs_mod.save_file, {"n": 0}
+    from slimstep.files import atomic_write
 
-    def dying_save(tensors, path):
+    real_write, calls = pairs_mod.write_bytes, {"n": 0}
+
+    def dying_write(path, data):
         calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # killed while writing the second shard
-        real_save(tensors, path)
+        if calls["n"] == 2:  # killed halfway through writing the second shard
+            def torn(tmp):
+                Path(tmp).write_bytes(bytes(data)[: len(data) // 2])
+                raise KeyboardInterrupt
 
-    monkeypatch.setattr(pairs_mod, "save_file", dying_save)
+            atomic_write(path, torn)
+        real_write(path, data)
+
+    monkeypatch.setattr(pairs_mod, "write_bytes", dying_write)
     with pytest.raises(KeyboardInterrupt):
         generate_pairs(teacher, tmp_path / "split", 40, solver="euler", steps=3, shard_size=16,
                        batch_size=7, progress=False)
@@ -143,7 +150,7 @@ def test_killed_pair_generation_resumes_to_the_uninterrupted_result(teacher, tmp
     assert leftovers == ["manifest.json", "shard-00000.safetensors"]  # no half-written shard
     with pytest.raises(Exception, match="did not finish"):
         load_data(f"pairs:{tmp_path / 'split'}")
-    monkeypatch.setattr(pairs_mod, "save_file", real_save)
+    monkeypatch.setattr(pairs_mod, "write_bytes", real_write)
     generate_pairs(teacher, tmp_path / "split", 40, solver="euler", steps=3, shard_size=16,
                    batch_size=7, progress=False)
     for i in range(3):

@@ -193,7 +193,7 @@ def test_teacher_flowmap_slt_and_screening(tmp_path, capsys, monkeypatch):
     assert torch.equal(info_p["candidate"], info_r["candidate"][3:]) and info_r["nfe"] == 4
 
     out = tmp_path / "s.npz"
-    rc = cli.main(["sample", "--ckpt", str(slt), "--n", "4", "--out", str(out), "--screen", "3",
+    rc = cli.main(["sample", "--ckpt", str(slt), "--n", "4", "--out", str(out), "--overwrite", "--screen", "3",
                    "--scorer", "classifier", "--final", "teacher", "--teacher", str(fm),
                    "--device", "cpu"])
     assert rc == 0
@@ -217,22 +217,22 @@ def test_teacher_flowmap_slt_and_screening(tmp_path, capsys, monkeypatch):
     assert cli.main(["screen-train", "--ckpt", str(slt), "--data", "digits", "--out", str(tmp_path / "d2"),
                      "--r1-gamma", "nan", "--quiet"]) == 2
     assert "r1_gamma" in capsys.readouterr().err and not (tmp_path / "d2").exists()
-    rc = cli.main(["sample", "--ckpt", str(slt), "--n", "3", "--out", str(out), "--screen", "4",
+    rc = cli.main(["sample", "--ckpt", str(slt), "--n", "3", "--out", str(out), "--overwrite", "--screen", "4",
                    "--scorer", "realism", "--discriminator", str(disc), "--select", "resample",
                    "--temperature", "0.5", "--device", "cpu"])
     assert rc == 0
     d = np.load(out)
     assert int(d["nfe"]) == 4 and str(d["select"]) == "resample" and float(d["temperature"]) == 0.5
-    rc = cli.main(["sample", "--ckpt", str(slt), "--n", "2", "--out", str(out), "--screen", "2",
+    rc = cli.main(["sample", "--ckpt", str(slt), "--n", "2", "--out", str(out), "--overwrite", "--screen", "2",
                    "--scorer", "teacher", "--teacher", str(fm), "--device", "cpu"])
     assert rc == 0 and int(np.load(out)["nfe"]) == 2 * (1 + 1)  # each candidate: student + teacher
     capsys.readouterr()
     for bad, why in ((["--select", "resample", "--temperature", "0"], "--temperature must be > 0"),
                      (["--temperature", "2"], "goes with --select resample")):
-        assert cli.main(["sample", "--ckpt", str(slt), "--n", "2", "--out", str(out), "--screen", "2",
+        assert cli.main(["sample", "--ckpt", str(slt), "--n", "2", "--out", str(out), "--overwrite", "--screen", "2",
                          "--device", "cpu", *bad]) == 2
         assert why in capsys.readouterr().err
-    assert cli.main(["sample", "--ckpt", str(slt), "--n", "2", "--out", str(out), "--screen", "2",
+    assert cli.main(["sample", "--ckpt", str(slt), "--n", "2", "--out", str(out), "--overwrite", "--screen", "2",
                      "--scorer", "discriminator", "--device", "cpu"]) == 2
     assert "--discriminator" in capsys.readouterr().err
 
@@ -244,15 +244,15 @@ def test_teacher_flowmap_slt_and_screening(tmp_path, capsys, monkeypatch):
     assert g.config["generator"]["layer_map"] == [[2, 1], [3, 2]]
     assert count_params(g.net) == count_params(build_net({**g.config["net"], "steps": 7}))
     assert cli.main(["sample", "--ckpt", str(gap), "--n", "3", "--seed", "1", "--steps", "1",
-                     "--out", str(out), "--device", "cpu"]) == 0
+                     "--out", str(out), "--overwrite", "--device", "cpu"]) == 0
     z, y3 = seeded_noise((1, 8, 8), [1, 2, 3], 10)
     torch.testing.assert_close(torch.from_numpy(np.load(out)["samples"]),
                                z + g.net(z, torch.zeros(3), y3, s=torch.ones(3), steps=1))
-    assert cli.main(["sample", "--ckpt", str(slt), "--n", "2", "--steps", "2", "--out", str(out),
+    assert cli.main(["sample", "--ckpt", str(slt), "--n", "2", "--steps", "2", "--out", str(out), "--overwrite",
                      "--device", "cpu"]) == 2
     assert "depth-gap" in capsys.readouterr().err
     # a realism discriminator judges the student it was trained against, no other
-    assert cli.main(["sample", "--ckpt", str(gap), "--n", "2", "--out", str(out), "--screen", "2",
+    assert cli.main(["sample", "--ckpt", str(gap), "--n", "2", "--out", str(out), "--overwrite", "--screen", "2",
                      "--scorer", "realism", "--discriminator", str(disc), "--device", "cpu"]) == 2
     assert "another student" in capsys.readouterr().err
 
@@ -328,7 +328,7 @@ def test_realism_screen_stage_is_keyed_by_the_discriminator_settings(tmp_path, m
 
     stages = {k: v for k, v in moons_stages().items() if k in ("t", "p", "reflow")}
     stages["scr"] = {"kind": "screen", "student": "reflow", "scorer": "realism", "select": "resample"}
-    stages["cls"] = {"kind": "screen", "student": "reflow"}
+    stages["cls"] = {"kind": "screen", "student": "reflow", "teacher": "t", "scorer": "teacher"}
 
     def hashes():
         return {s.name: s.hash for s in load_recipe(recipe(tmp_path, stages))[1]}

@@ -55,29 +55,45 @@ def test_refusals_are_one_line(tmp_path, tiny_vae, image_folder):
         load_data(f"vae:{bin_only}:folder:{folder}")
 
 
+def test_images_that_cannot_round_trip_are_refused_before_training(tmp_path, tiny_vae, image_folder, capsys):
+    odd = image_folder(tmp_path / "odd", n=12, size=9)  # 9x9: the 2x VAE would decode 10x10
+    with pytest.raises(DataError, match="9x9 images; the VAE .* downsamples by 2"):
+        load_data(f"vae:{tiny_vae}:folder:{odd}")
+    grey = tmp_path / "grey.npz"
+    np.savez(grey, x=np.zeros((12, 1, 16, 16), np.float32))
+    with pytest.raises(DataError, match="has 1-channel images, the VAE .* takes 3"):
+        load_data(f"vae:{tiny_vae}:npz:{grey}")
+    out = tmp_path / "t"
+    assert main(["teacher", "--config", "digits/teacher", "--out", str(out), "--quiet", "train.steps=2",
+                 f"data=vae:{tiny_vae}:folder:{odd}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("slimstep: error:") and "\n" not in err and "downsamples by 2" in err, err
+    assert not out.exists()
+
+
 def test_latents_encoded_once_scaled_and_resumed(tmp_path, tiny_vae, image_folder, cache, monkeypatch):
     import safetensors.torch
 
     folder = image_folder(tmp_path / "imgs", n=24, size=16)
     spec = f"vae:{tiny_vae}:folder:{folder}"
     monkeypatch.setattr(vae_data, "SHARD", 10)  # 24 images: three shards
-    real = safetensors.torch.save_file
+    real = safetensors.torch.save  # shards are serialised in memory, then written (slimstep.files)
     calls = []
 
-    def dies_on_the_second_shard(tensors, path):
-        calls.append(path)
+    def dies_on_the_second_shard(tensors, metadata=None):
+        calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        real(tensors, path)
+        return real(tensors, metadata)
 
-    monkeypatch.setattr(safetensors.torch, "save_file", dies_on_the_second_shard)
+    monkeypatch.setattr(safetensors.torch, "save", dies_on_the_second_shard)
     with pytest.raises(KeyboardInterrupt):
         load_data(spec)
     (key,) = [p for p in (cache / "latents").iterdir()]
     man = json.loads((key / "manifest.json").read_text())
     assert man["shards"] == ["shard-00000.safetensors"] and not man["complete"]
     first = (key / "shard-00000.safetensors").stat().st_mtime_ns
-    monkeypatch.setattr(safetensors.torch, "save_file", real)
+    monkeypatch.setattr(safetensors.torch, "save", real)
     ds = load_data(spec)
     man = json.loads((key / "manifest.json").read_text())
     assert man["complete"] and len(man["shards"]) == 3 and man["n"] == 24

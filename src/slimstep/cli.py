@@ -12,10 +12,11 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from slimstep.data import IMAGE_KINDS
-from slimstep.errors import ENVIRONMENT_ERRNOS, ConfigError, SlimstepError, os_error
+from slimstep.errors import ENVIRONMENT_ERRNOS, ConfigError, SlimstepError, one_line, os_error
 from slimstep.methods import method_names
 from slimstep.spec import PairsConfig
 
@@ -88,21 +89,21 @@ def _labels(gen, spec: str | None, n: int):
     return torch.full((n,), k, dtype=torch.long), "given"
 
 
-def _file_out(path: str) -> None:
-    """Refuse an ``--out`` that names a directory before any work is done."""
-    from slimstep.errors import OutputError
-
-    if Path(path).is_dir():
-        raise OutputError(f"--out {path} is a directory: name the file to write")
-
-
 def cmd_sample(a) -> None:
+    from slimstep.outdir import check_path, output_path
+
+    png = Path(a.out).with_suffix(".png")
+    check_path(a.out, a.overwrite)  # a directory is named as such, before its suffix
+    if Path(a.out).suffix != ".npz":
+        raise ConfigError(f"--out {a.out}: samples are written as .npz (name it e.g. samples.npz)")
+    with output_path(a.out, a.overwrite, also=(png,)):  # both files refused before either is written
+        _sample(a, png)
+
+
+def _sample(a, png: Path) -> None:
     from slimstep.files import data_fields, write_npz
     from slimstep.viz import save_picture
 
-    _file_out(a.out)
-    if Path(a.out).suffix != ".npz":
-        raise ConfigError(f"--out {a.out}: samples are written as .npz (name it e.g. samples.npz)")
     gen = _generator(a)
     y, mode = _labels(gen, a.labels, a.n)
     if a.screen is None and (a.scorer or a.final != "student" or a.teacher or a.discriminator
@@ -150,7 +151,6 @@ def cmd_sample(a) -> None:
     if ys is not None:
         arrays["labels"] = ys.numpy()
     write_npz(a.out, **arrays)
-    png = Path(a.out).with_suffix(".png")
     save_picture(x, png, title=f"{Path(a.ckpt).name}, NFE {nfe}")
     print(f"{a.n} samples, NFE {nfe}, {macs:,} MACs per sample, {secs:.2f} s -> {a.out} and {png}")
 
@@ -168,7 +168,8 @@ def cmd_screen_train(a) -> None:
     from slimstep.realism import train_realism
 
     out = train_realism(a.ckpt, a.data, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                        r1_gamma=a.r1_gamma, seed=a.seed, log=(lambda *_: None) if a.quiet else print)
+                        r1_gamma=a.r1_gamma, seed=a.seed, log=(lambda *_: None) if a.quiet else print,
+                        overwrite=a.overwrite)
     print(f"realism discriminator of {a.ckpt} -> {out} (screen with --scorer realism "
           f"--discriminator {out})")
 
@@ -179,12 +180,13 @@ def cmd_eval(a) -> None:
     from slimstep.data import loader_options
     from slimstep.eval import evaluate, format_table
     from slimstep.files import read_samples, samples_data_options, write_json
+    from slimstep.outdir import check_path, output_path
     from slimstep.recipes import default_n
 
     if (a.ckpt is None) == (a.samples is None):
         raise ConfigError("give exactly one of --ckpt DIR or --samples FILE")
     if a.out:
-        _file_out(a.out)
+        check_path(a.out, a.overwrite)
     labels = None
     if a.samples:
         d = read_samples(a.samples)
@@ -217,7 +219,8 @@ def cmd_eval(a) -> None:
     for note in res.get("notes", []):
         print(f"note: {note}")
     if a.out:
-        write_json(a.out, res)
+        with output_path(a.out, a.overwrite):
+            write_json(a.out, res)
         print(f"-> {a.out}")
 
 
@@ -284,9 +287,11 @@ def cmd_export(a) -> None:
         raise ConfigError(f"--out {a.out}: --format {fmt} writes "
                           f"{'a .onnx file' if fmt == 'onnx' else 'TorchScript (e.g. gen.pt)'}; "
                           "name the file for its format")
-    _file_out(a.out)
-    gen = _generator(a)
-    out = export(gen, a.out, fmt=fmt)
+    from slimstep.outdir import output_path
+
+    with output_path(a.out, a.overwrite):
+        gen = _generator(a)
+        out = export(gen, a.out, fmt=fmt)
     sig = "forward(z, y)" if gen.num_classes else "forward(z)"
     print(f"{fmt} one-step generator, {sig} -> x, {tuple(gen.info.shape)} -> {out}")
 
@@ -294,13 +299,16 @@ def cmd_export(a) -> None:
 def cmd_data(a) -> None:
     from slimstep.data import load_data
     from slimstep.files import write_npz
+    from slimstep.outdir import check_path, output_path
 
+    check_path(a.out, a.overwrite)
     data = load_data(a.name)
     x, y = data.reference(a.n, split=a.split, seed=a.seed)
     arrays = {"samples": x.numpy(), "data": a.name}
     if y is not None:
         arrays["labels"] = y.numpy()
-    write_npz(a.out, **arrays)
+    with output_path(a.out, a.overwrite):
+        write_npz(a.out, **arrays)
     print(f"{len(x)} real samples of {a.name} ({a.split}) -> {a.out}")
 
 
@@ -308,7 +316,8 @@ def cmd_import(a) -> None:
     from slimstep.importers import import_teacher, parse_options
 
     opts = parse_options(a.options, a.format)
-    out = import_teacher(a.format, a.src, a.out, data=a.data, options=opts, scheduler=a.scheduler)
+    out = import_teacher(a.format, a.src, a.out, data=a.data, options=opts, scheduler=a.scheduler,
+                         overwrite=a.overwrite)
     print(f"{a.format} teacher {a.src} -> {out} (use it as --teacher {out})")
 
 
@@ -382,7 +391,8 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        self.exit(2, f"slimstep: error: {self.prog.removeprefix('slimstep ')}: {message} "
+        cmd = self.prog.removeprefix("slimstep").strip()  # the top level names no command
+        self.exit(2, f"slimstep: error: {cmd + ': ' if cmd else ''}{one_line(message)} "
                      f"(see {self.prog} --help)\n")
 
 
@@ -503,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="one-step teacher checkpoint (--final teacher, --scorer teacher)")
     p.add_argument("--discriminator", help="GDD checkpoint (--scorer discriminator) or "
                                            "screen-train output (--scorer realism)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (refused without it)")
     _sampling_args(p)
     p.set_defaults(fn=cmd_sample)
 
@@ -513,12 +524,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="the one-step student that will screen")
     p.add_argument("--data", required=True, help="real data whose train split it learns, e.g. digits")
     p.add_argument("--out", required=True, help="discriminator directory")
+    # parsed only: realism.settings is the one check of these (CLI, API and recipes alike)
     p.add_argument("--steps", type=int, help=f"training steps (default {RD['steps']})")
     p.add_argument("--batch-size", type=int, help=f"real and fake samples per step (default {RD['batch_size']})")
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {RD['lr']:g})")
     p.add_argument("--r1-gamma", type=float, help=f"R1 weight on real samples (default {RD['r1_gamma']:g}; a "
                                                   "larger one flattens the logit)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a realism discriminator already in --out (nothing else is ever replaced)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_screen_train)
 
@@ -538,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "missing (default: a cache keyed by data, weights and preprocessing); a file "
                                        "with mu and sigma only gives FID without KID")
     p.add_argument("--out", help="write the results as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (refused without it)")
     _sampling_args(p)
     p.set_defaults(fn=cmd_eval)
 
@@ -565,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=_finite, help="classifier-free guidance scale, built into the file")
     p.add_argument("--device", type=_device_name, default="cpu",
                    help="where to load the checkpoint; the file holds CPU weights")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (refused without it)")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("data", help="dump real samples of a built-in data set")
@@ -573,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "test"], help="which split")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the draw")
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (refused without it)")
     p.set_defaults(fn=cmd_data)
 
     p = sub.add_parser("import", help="convert a SiT / DiT / FreeFlow state dict, a diffusers pipeline "
@@ -588,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help="diffusers: the scheduler folder or scheduler_config.json "
                                        "(needed for a bare model folder; overrides a pipeline's)")
     p.add_argument("--out", required=True, help="checkpoint directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     p.add_argument("--data", help="the data set the teacher models, e.g. latents:latents.npz (needed to "
                                   "train from it; its sample shape must be the network's)")
     p.add_argument("options", nargs="*", metavar="key=value",
@@ -636,6 +654,23 @@ def _parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Name
     return args
 
 
+def out_of_memory(e: BaseException) -> str | None:
+    """One line for a failed allocation (a size too large for this machine: ``net.hidden``,
+    ``train.batch_size``, ``--n``, ``--batch-size``), or None when ``e`` is not one. Sizes
+    are not estimated up front: what fits depends on the device, the method and the data,
+    and the allocator's own refusal is immediate and exact."""
+    import torch
+
+    text = str(e)
+    if isinstance(e, MemoryError) or isinstance(e, torch.OutOfMemoryError) or (
+            "can't allocate memory" in text or "not enough memory" in text
+            or "Tried to allocate" in text):
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
+        return one_line(f"out of memory ({first[:200]}): the network (net.*), the batch size or the "
+                        "sample count is too large for this machine; choose smaller sizes")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parse(build_parser(), argv)
@@ -644,15 +679,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "data" and args.n is None and args.name.startswith("toy2d"):
         args.n = 2000
     try:
-        args.fn(args)
+        with warnings.catch_warnings():
+            if not sys.warnoptions:  # PIL, matplotlib, torch notes: lines that are not ours
+                warnings.simplefilter("ignore")
+            args.fn(args)
     except SlimstepError as e:  # every deliberate failure: one line, its exit code
-        print(f"slimstep: error: {e}", file=sys.stderr)
+        print(f"slimstep: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except OSError as e:
         if e.errno not in ENVIRONMENT_ERRNOS:  # anything else is a bug: keep its traceback
             raise
-        print(f"slimstep: error: {os_error(e)}", file=sys.stderr)
-        return 2
+        err = os_error(e)
+        print(f"slimstep: error: {one_line(str(err))}", file=sys.stderr)
+        return err.exit_code if err.exit_code == 1 else 2
+    except (MemoryError, RuntimeError) as e:
+        line = out_of_memory(e)
+        if line is None:  # not an allocation failure: a bug, keep its traceback
+            raise
+        print(f"slimstep: error: {line}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("slimstep: interrupted", file=sys.stderr)
         return 130

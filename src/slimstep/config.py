@@ -165,7 +165,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         named |= isinstance(loaded.get("net"), dict) and "name" in loaded["net"]
         cfg = _merge(cfg, loaded, "", strict=True)
     if overrides:
-        ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        if not isinstance(overrides, (list, tuple, dict)):  # a string would be read character by character
+            raise ConfigError(f"overrides are a list of key=value strings (or a mapping), not {overrides!r}")
+        ov = parse_overrides(list(overrides)) if isinstance(overrides, (list, tuple)) else overrides
         ov = _normalise(ov)
         named |= isinstance(ov.get("net"), dict) and "name" in ov["net"]
         cfg = _merge(cfg, ov, "", strict=True)

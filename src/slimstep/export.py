@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import io
 import logging
 import re
 import warnings
@@ -53,7 +54,7 @@ import torch
 from torch import nn
 
 from slimstep.errors import SlimstepError
-from slimstep.files import atomic_write
+from slimstep.files import atomic_write, write_bytes
 from slimstep.generator import KINDS, Generator, load
 from slimstep.nets.dit import math_attention
 from slimstep.onestep import TWO_TIME_KINDS, euler_step, two_time_step
@@ -148,7 +149,7 @@ def export(gen_or_path: Generator | str | Path, out_path: str | Path, fmt: str =
             traced = torch.jit.trace(module, args, check_trace=False)
         if check:
             _check(gen, traced)
-        atomic_write(out_path, lambda p: _jit_save(traced, p))
+        write_bytes(out_path, _jit_bytes(traced))
     else:
         program, run = _export_onnx(module, args)
         if check:
@@ -157,10 +158,14 @@ def export(gen_or_path: Generator | str | Path, out_path: str | Path, fmt: str =
     return out_path
 
 
-def _jit_save(module: torch.jit.ScriptModule, path: str) -> None:
+def _jit_bytes(module: torch.jit.ScriptModule) -> memoryview:
+    """The TorchScript file in memory: torch.jit.save onto a path aborts the whole process
+    (SIGABRT) on a full disk; our own write of these bytes fails with one line."""
+    buf = io.BytesIO()
     with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; the format is asked for
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=DeprecationWarning)
-        torch.jit.save(module, path)
+        torch.jit.save(module, buf)
+    return buf.getbuffer()
 
 
 def _export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...]):

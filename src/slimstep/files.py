@@ -3,6 +3,13 @@
 Every output is written to a temporary file in the same folder, flushed,
 fsync'ed and renamed over the target, so a kill never leaves half a file.
 
+**A full disk.** Binary formats are serialised in memory first (:func:`torch_bytes`,
+:func:`tensor_bytes`) and written by :func:`write_bytes` with Python's own file
+object, whose every failed write is an ``OSError`` carrying its errno. Libraries that
+write a path themselves do not say why they failed: torch's zip writer reports a
+short write as "unexpected pos", TorchScript's aborts the process. The cost is one
+copy of the file in memory while it is written.
+
 ``samples.npz`` (written by ``slimstep sample``, read by ``slimstep eval``):
 ``samples`` float32 in data space (NCHW in [-1, 1] or (N, 2)), ``seeds`` int64,
 ``labels`` int64 (conditional models only), ``nfe``, ``data`` (the data
@@ -16,6 +23,7 @@ data set) and the latents as ``latents`` with their spec in ``latent_data``. Rea
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import tempfile
@@ -25,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from slimstep.errors import OutputError, SlimstepError, os_error
+from slimstep.errors import OutputError, SlimstepError, load_refusal, os_error
 
 
 class FileFormatError(SlimstepError, ValueError):
@@ -94,17 +102,40 @@ def _no_space(e: BaseException) -> bool:
     return "No space left on device" in text or "os error 28" in text
 
 
+def write_bytes(path: str | Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` atomically; a full disk is one line naming ``path``."""
+    def write(p):
+        with open(p, "wb") as f:
+            f.write(data)
+
+    atomic_write(path, write)
+
+
+def torch_bytes(obj: Any) -> memoryview:
+    """``torch.save(obj)`` into memory (see the module docstring: a full disk)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getbuffer()
+
+
+def tensor_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
+    """A safetensors file in memory."""
+    from safetensors.torch import save
+
+    return save(tensors, metadata=metadata)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     text = json.dumps(obj, indent=2) + "\n"
     atomic_write(path, lambda p: Path(p).write_text(text))
 
 
 def write_npz(path: str | Path, **arrays) -> None:
-    def write(p):
-        with open(p, "wb") as f:  # a file object: np.savez would append ".npz" to a name
-            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
-
-    atomic_write(path, write)
+    buf = io.BytesIO()  # np.savez writes through zipfile; in memory, the disk write is ours
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    write_bytes(path, buf.getbuffer())
 
 
 def read_samples(path: str | Path) -> dict[str, np.ndarray]:
@@ -116,7 +147,7 @@ def read_samples(path: str | Path) -> dict[str, np.ndarray]:
         with np.load(p, allow_pickle=False) as z:
             d = {k: z[k] for k in z.files}
     except Exception as e:
-        raise FileFormatError(f"{p}: not a readable .npz ({e})") from None
+        raise FileFormatError(f"{p}: not a readable .npz ({load_refusal(e)})") from None
     if "samples" not in d:
         raise FileFormatError(f"{p}: no 'samples' array (keys: {', '.join(d) or 'none'})")
     x = d["samples"]

@@ -19,6 +19,7 @@ The generator imports no method: the rules live in :mod:`slimstep.onestep`.
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
 
 import torch
@@ -97,9 +98,15 @@ class Generator(nn.Module):
         return s["steps"] * (2 if s["solver"] == "heun" else 1)
 
     def with_sampling(self, **over) -> Generator:
-        """The same network with other sampling settings (None values ignored)."""
-        s = {**self.sampling, **{k: v for k, v in over.items() if v is not None}}
-        return Generator(self.net, self.info, s, self.config)
+        """The same network with other sampling settings (None values ignored), checked by
+        the rules config.json's are (``steps=0`` is a :class:`~slimstep.errors.ConfigError`)."""
+        given = {k: v for k, v in over.items() if v is not None}
+        rules = ckpt.GENERATOR_KEYS.get(self.sampling.get("kind"), {})
+        for k, v in given.items():  # a key of another kind (solver of a flow map) is not read
+            ok, what = rules.get(k, (lambda _: True, ""))
+            if not ok(v):
+                raise ConfigError(f"{k}: must be {what}, got {v!r}")
+        return Generator(self.net, self.info, {**self.sampling, **given}, self.config)
 
     @torch.no_grad()
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -120,13 +127,18 @@ class Generator(nn.Module):
         For a conditional model without ``y``: ``labels="random"`` draws each
         sample's class from its seed; ``"null"`` samples unconditionally.
         """
+        _at_least("n", n, 1)  # the command line's words for the same mistakes
+        _at_least("seed", seed, 0)
+        _at_least("batch_size", batch_size, 1)
+        if labels not in ("random", "null", "given"):
+            raise ConfigError(f"labels takes random or null, not {labels!r}")
         seeds = list(range(seed, seed + n))
         z, ys = seeded_noise(tuple(self.info.shape), seeds,
                              self.num_classes if labels == "random" else 0)
         if y is not None:
             ys = y.to(torch.long).reshape(-1)
             if len(ys) != n:
-                raise ValueError(f"y has {len(ys)} labels for {n} samples")
+                raise ConfigError(f"y has {len(ys)} labels for {n} samples")
         return self.sample_from(z, ys, batch_size), ys
 
     @torch.no_grad()
@@ -139,6 +151,17 @@ class Generator(nn.Module):
             yb = y[i:i + batch_size].to(device) if y is not None else None
             out.append(self(z[i:i + batch_size].to(device), yb).float().cpu())
         return torch.cat(out) if out else z[:0].cpu()
+
+
+def _at_least(name: str, v, low: int) -> None:
+    try:  # any integer type (numpy's too), not a float or a bool
+        if isinstance(v, bool):
+            raise TypeError
+        v = operator.index(v)
+    except TypeError:
+        raise ConfigError(f"{name}: expected a whole number, got {v!r}") from None
+    if v < low:
+        raise ConfigError(f"{name}: must be at least {low}, got {v}")
 
 
 def load_net(path: str | Path, weights: str = "ema") -> tuple[nn.Module, dict]:

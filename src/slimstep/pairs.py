@@ -20,11 +20,10 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from slimstep.data.pairs import MANIFEST, read_manifest
 from slimstep.errors import SlimstepError
-from slimstep.files import atomic_write, write_json
+from slimstep.files import tensor_bytes, write_bytes, write_json
 from slimstep.generator import load, seeded_noise
 from slimstep.outdir import output_dir
 from slimstep.spec import PairsConfig
@@ -64,7 +63,7 @@ def generate_pairs(teacher: str | Path, out: str | Path, n: int, *, solver: str 
             "cfg_scale": float(gen.sampling.get("cfg_scale", 1.0)), "seed": seed,
             "shard_size": shard_size, "labels": labels if gen.num_classes else "none"}
     shards = math.ceil(n / shard_size)
-    with output_dir(out, lock=ctx.main):
+    with output_dir(out, lock=ctx.main, expect="pairs folder"):
         return _generate(gen, out, args, shards, labels, batch_size, ctx, progress)
 
 
@@ -104,7 +103,7 @@ def _generate(gen, out: Path, args: dict, shards: int, labels: str, batch_size: 
                    "seeds": torch.tensor(seeds, dtype=torch.long)}
         if y is not None:
             tensors["y"] = y.contiguous()
-        atomic_write(shard_path(out, i), lambda p, t=tensors: save_file(t, p))
+        write_bytes(shard_path(out, i), tensor_bytes(tensors))
         if bar:
             bar.update(ctx.world if ctx.world > 1 else 1)
     if bar:

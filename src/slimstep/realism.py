@@ -54,6 +54,7 @@ from slimstep.nets.discriminators import build_discriminator
 from slimstep.train import checkpoint as ck
 
 KIND = "realism"
+EXPECT = "realism discriminator"  # the product's name to slimstep.outdir
 DEFAULTS = {
     "steps": 3000,  # 30-50 s on one CPU thread for the digits chain's SLT student
     "batch_size": 128,
@@ -144,6 +145,8 @@ def settings(options: dict | None) -> dict:
         raise RealismError(f"screen-train options steps, batch_size, seed are integers, not {given}")
     if ints["steps"] < 1 or ints["batch_size"] < 2:
         raise RealismError("screen-train needs steps >= 1 and batch_size >= 2")
+    if ints["seed"] < 0:  # as every other seed of slimstep
+        raise RealismError(f"screen-train's seed must be an integer >= 0, not {ints['seed']}")
     if not (math.isfinite(floats["r1_gamma"]) and floats["r1_gamma"] >= 0
             and math.isfinite(floats["lr"]) and floats["lr"] > 0):  # also rejects nan
         raise RealismError(f"screen-train needs a finite r1_gamma >= 0 and lr > 0, not "
@@ -156,14 +159,18 @@ def settings(options: dict | None) -> dict:
 
 
 def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
-                  log=print, **options) -> Path:
+                  log=print, overwrite: bool = False, **options) -> Path:
     """Train the realism discriminator of ``student_ckpt`` against ``data_spec``'s train split
-    and write it to ``out``. ``options`` override :data:`DEFAULTS`."""
+    and write it to ``out``. ``options`` override :data:`DEFAULTS`. An existing discriminator
+    in ``out`` is replaced only with ``overwrite``; any other product there never is
+    (:func:`slimstep.outdir.output_dir`)."""
     from slimstep.data import load_data, loader_options
     from slimstep.generator import load, resolve_checkpoint
     from slimstep.methods.gdd import r1_penalty
+    from slimstep.outdir import check_output, output_dir
 
     o = settings(options)
+    check_output(out, EXPECT, overwrite)  # before training, not after it
     weights_digest(student_ckpt)  # a student without weights fails now, not after training
     student = load(student_ckpt)
     if student.nfe != 1:
@@ -205,7 +212,8 @@ def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
            "train": {key: o[key] for key in DEFAULTS},
            "judged": JUDGED, "heldout_accuracy": held and held["accuracy"],
            "heldout_scale": held and held["scale"], "seconds": round(time.perf_counter() - tic, 1)}
-    ck.save_model(out, disc, cfg)
+    with output_dir(out, expect=EXPECT, overwrite=overwrite):
+        ck.save_model(out, disc, cfg)
     if held is not None:
         scale = ("none (the scores separate real from fake completely, or do not vary)"
                  if held["scale"] is None else f"{held['scale']:.2f}")
@@ -227,7 +235,7 @@ def realism_for_stage(student_ckpt: str | Path, data_spec: str, out: Path, optio
                 and cfg.get("student", {}).get("weights") == weights_digest(student_ckpt)):
             return out
     log(f"[screen-train] realism discriminator -> {out}")
-    return train_realism(student_ckpt, data_spec, out, log=lambda *_: None, **want)
+    return train_realism(student_ckpt, data_spec, out, log=lambda *_: None, overwrite=True, **want)
 
 
 def _heldout(disc, data, student: Generator, k: int, gen: torch.Generator) -> dict | None:

@@ -41,8 +41,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import multiprocessing
 import os
+import re
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -55,6 +57,7 @@ import yaml
 from slimstep.config import CONFIGS, DEFAULTS, ConfigError, _yaml, find_config, load_config
 from slimstep.data import SPEC_KINDS, DataError, missing_path, student_data
 from slimstep.errors import SlimstepError, os_error
+from slimstep.methods import method_names
 from slimstep.outdir import output_dir
 from slimstep.spec import PairsConfig
 
@@ -134,14 +137,76 @@ def load_recipe(path: str | Path, data: str | None = None) -> tuple[dict, list[S
     unknown = set(raw) - {"stages", "eval", "title"}
     if unknown:
         raise RecipeError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}")
-    ev = {**EVAL_DEFAULTS, **(raw.get("eval") or {})}
-    if set(ev) - set(EVAL_DEFAULTS):
-        raise RecipeError(f"{path}: unknown eval key(s) {', '.join(sorted(set(ev) - set(EVAL_DEFAULTS)))}")
+    ev = _eval_settings(path, raw.get("eval"))
     ev["title"] = raw.get("title") or path.stem
     stages: dict[str, Stage] = {}
     for name, body in raw["stages"].items():
+        _check_name(path, name)
         stages[name] = _resolve(path, str(name), body or {}, stages, data)
     return ev, list(stages.values())
+
+
+#: a stage name becomes a folder of the run: one path component, never ``.``/``..``, no
+#: separator, no leading dot (the run's temporary files start with one)
+STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+
+
+def _check_name(path: Path, name) -> None:
+    if not isinstance(name, str) or not STAGE_NAME.fullmatch(name):
+        raise RecipeError(f"{path}: stage name {str(name)!r} is not a plain folder name (letters, digits, "
+                          "'_', '-', '+', '.'; starting with a letter or digit; at most 100 characters)")
+
+
+def _whole(v, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _eval_settings(path: Path, given) -> dict:
+    """The recipe's ``eval`` section, every value checked (a value is never replaced)."""
+    if given is not None and not isinstance(given, dict):
+        raise RecipeError(f"{path}: eval is a mapping of {', '.join(EVAL_DEFAULTS)}, not {given!r}")
+    ev = {**EVAL_DEFAULTS, **(given or {})}
+    if set(ev) - set(EVAL_DEFAULTS):
+        raise RecipeError(f"{path}: unknown eval key(s) {', '.join(sorted(set(ev) - set(EVAL_DEFAULTS)))}")
+    if ev["n"] is not None and not _whole(ev["n"], 1):
+        raise RecipeError(f"{path}: eval.n must be an integer >= 1 (or left out for the protocol's "
+                          f"default), not {ev['n']!r}")
+    for key, low in (("seeds", 0), ("teacher_nfes", 1)):
+        v = ev[key]
+        if not (isinstance(v, list) and v and all(_whole(x, low) for x in v)):
+            raise RecipeError(f"{path}: eval.{key} must be a non-empty list of integers >= {low}, "
+                              f"not {v!r}")
+    if not _whole(ev["speed_batch"], 1):
+        raise RecipeError(f"{path}: eval.speed_batch must be an integer >= 1, not {ev['speed_batch']!r}")
+    return ev
+
+
+def _check_screen(where: str, body: dict, deps: dict, spec: str) -> None:
+    """A screen stage's settings, checked at load as ``slimstep sample --screen`` checks them
+    (a bad one would otherwise fail after every stage above it had trained)."""
+    from slimstep.screen import SELECTS
+
+    n = body["candidates"]
+    if not _whole(n, 1):
+        raise RecipeError(f"{where}: candidates must be an integer >= 1, not {n!r}")
+    scorers = ("classifier", "density", "teacher", "realism")  # discriminator needs a file: CLI only
+    if body["scorer"] not in scorers:
+        raise RecipeError(f"{where}: scorer must be one of {', '.join(scorers)}, not {body['scorer']!r}")
+    if body["scorer"] in ("classifier", "density") and spec != "digits":
+        raise RecipeError(f"{where}: scorer '{body['scorer']}' uses the digits classifier; the "
+                          f"student is on '{spec}'")
+    if body["scorer"] == "teacher" and "teacher" not in deps:
+        raise RecipeError(f"{where}: scorer: teacher needs a teacher stage")
+    if body["final"] not in ("student", "teacher"):
+        raise RecipeError(f"{where}: final must be student or teacher, not {body['final']!r}")
+    select = body.get("select", "argmax")
+    if select not in SELECTS:
+        raise RecipeError(f"{where}: select must be one of {', '.join(SELECTS)}, not {select!r}")
+    t = body.get("temperature")
+    if t is not None and (select != "resample" or isinstance(t, bool) or not isinstance(t, (int, float))
+                          or not math.isfinite(t) or t <= 0):
+        raise RecipeError(f"{where}: temperature is a positive finite number and goes with "
+                          f"select: resample, not {t!r}")
 
 
 def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage], data: str | None = None) -> Stage:
@@ -153,6 +218,9 @@ def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage], data: st
     if kind not in KINDS:
         raise RecipeError(f"{where}: kind must be one of {', '.join(KINDS)} (or give a method)")
     overrides = body.pop("overrides", []) or []
+    if not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
+        raise RecipeError(f"{where}: overrides is a list of key=value strings (one per line, "
+                          f"'- train.steps=100'), not {overrides!r}")
     extra = set(body) - STAGE_KEYS[kind]
     if extra:
         raise RecipeError(f"{where}: unknown key(s) {', '.join(sorted(extra))} for a {kind} stage")
@@ -187,6 +255,9 @@ def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage], data: st
             _check_data_path(where, cfg["data"]["spec"])
         if kind == "distill":
             method = body.get("method") or cfg["method"]["name"]
+            if method not in method_names(students_only=True):
+                raise RecipeError(f"{where}: unknown method {method!r} (one of "
+                                  f"{', '.join(method_names(students_only=True))})")
             named = cfg["method"]["name"]
             if named not in (method, DEFAULTS["method"]["name"]):
                 raise RecipeError(f"{where}: {body['config']} is a recipe for '{named}', not '{method}'")
@@ -217,6 +288,8 @@ def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage], data: st
             if body["final"] == "teacher" and "teacher" not in st.deps:
                 raise RecipeError(f"{where}: final: teacher needs a teacher stage")
         st.spec = (dep("teacher") or dep("student")).spec
+        if kind == "screen":
+            _check_screen(where, body, st.deps, dep("student").spec)
         own = _digest(body)
         if kind == "screen" and body["scorer"] == "realism":
             # the discriminator's effective settings, screen-train's defaults included: a change
@@ -241,6 +314,17 @@ def _check_data_path(where: str, spec: str) -> None:
     if missing_path(spec) is not None:
         raise RecipeError(f"{where}: its data {spec} does not exist (slimstep run RECIPE --data SPEC "
                           "names the data set of every teacher)")
+
+
+def _check_contained(out: Path, stages: list[Stage]) -> None:
+    """Every folder a stage writes stays inside ``out``: a stage folder (or a model folder in
+    it) that is a symbolic link, or resolves elsewhere, is refused before anything runs."""
+    root = out.resolve()
+    for st in stages:
+        for d in (stage_dir(out, st), model_dir(out, st)):
+            if d.is_symlink() or not d.resolve().is_relative_to(root):
+                raise RecipeError(f"{d} is a symbolic link or leads outside {out}: a run writes only "
+                                  "inside its --out (remove the link)")
 
 
 def stage_dir(out: Path, st: Stage) -> Path:
@@ -471,7 +555,7 @@ def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None,
     from slimstep.files import write_npz
     from slimstep.viz import save_picture
 
-    n = int(ev["n"] or default_n(spec))
+    n = int(ev["n"] if ev["n"] is not None else default_n(spec))
     data_options = data_options or {}
     results, failed, secs = [], [], 0.0
     for i, seed in enumerate(ev["seeds"]):
@@ -663,7 +747,7 @@ def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print,
     report. Returns the results (also in ``DIR/results.json``). One run at a time
     per ``out`` (its lock); a recipe that fails to load leaves no folder. ``data``: the
     data spec of every teacher stage (:func:`load_recipe`)."""
-    with output_dir(out):
+    with output_dir(out, expect="run"):
         return _run(recipe, out, jobs, log, data)
 
 
@@ -676,6 +760,7 @@ def _run(recipe: str | Path, out: str | Path, jobs: int | None, log, data: str |
     tic = time.perf_counter()
     out = Path(out)
     ev, stages = load_recipe(recipe, data)
+    _check_contained(out, stages)
     by_name = {s.name: s for s in stages}
     if jobs is None:
         jobs = 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))

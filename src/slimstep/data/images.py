@@ -45,6 +45,7 @@ import torch
 from PIL import Image
 
 from slimstep.data import DataError, DataInfo
+from slimstep.errors import load_refusal
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CIFAR10_CLASSES = (
@@ -233,7 +234,7 @@ def read_npz(p: Path, keys: tuple[str, ...], what: str) -> tuple[dict[str, np.nd
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError) as e:  # also zipfile.BadZipFile, pickled objects
-        raise DataError(f"cannot read npz {p}: {e}") from None
+        raise DataError(f"cannot read npz {p}: {load_refusal(e)}") from None
     key = next((k for k in keys if k in arrays), None)
     if key is None:
         raise DataError(f"{p} has no {what} array {', '.join(keys[:-1])} or {keys[-1]} (keys: {sorted(arrays)})")

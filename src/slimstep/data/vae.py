@@ -144,15 +144,15 @@ def _read_manifest(path: Path) -> dict | None:
 def encode_dataset(vae_dir: Path, data: str, options: dict, progress: bool = False) -> tuple[Path, dict]:
     """Encode the training images of ``data`` (opened with ``options``) through the VAE
     into the cache, resuming a partial encode. Returns (cache folder, manifest)."""
-    from safetensors.torch import save_file
 
     from slimstep.data import load_data
-    from slimstep.files import atomic_write, write_json
+    from slimstep.files import tensor_bytes, write_bytes, write_json
 
     sha = vae_sha(vae_dir)
     key = hashlib.sha256(json.dumps([sha, data, options], sort_keys=True).encode()).hexdigest()[:16]
     out = cache_root() / key
     images = load_data(data, **options)
+    _check_round_trip(vae_dir, data, tuple(images.info.shape))
     n = images.split_size("train")
     want = {"format": FORMAT, "vae": str(vae_dir), "vae_sha256": sha, "data": data, "options": options, "n": n}
     man = _read_manifest(out / "manifest.json")
@@ -175,7 +175,7 @@ def encode_dataset(vae_dir: Path, data: str, options: dict, progress: bool = Fal
         if y is not None:
             tensors["labels"] = y[idx].contiguous()
         name = f"shard-{i:05d}.safetensors"
-        atomic_write(out / name, lambda p, t=tensors: save_file(t, p))
+        write_bytes(out / name, tensor_bytes(tensors))
         man["shards"].append(name)
         man["shape"] = list(z.shape[1:])
         man["complete"] = len(man["shards"]) * SHARD >= n
@@ -210,6 +210,29 @@ def open_vae_data(arg: str, *, flip: bool = False, **image_options):
                  "latents": str(out)},
     )
     return ImageData(z, y, info)
+
+
+def _check_round_trip(vae_dir: Path, data: str, shape: tuple[int, ...]) -> None:
+    """Refuse images the VAE cannot take or give back at their size, before anything is
+    encoded or trained: a model trained on their latents could never be evaluated (9x9
+    images decode to 8x8 or 10x10), and other channels fail inside the encoder."""
+    try:
+        cfg = json.loads((vae_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # load_vae names what is wrong with the folder
+    c_in, blocks = cfg.get("in_channels"), cfg.get("block_out_channels")
+    if len(shape) != 3:
+        return
+    c, h, w = shape
+    if isinstance(c_in, int) and c != c_in:
+        raise DataError(f"vae: {data} has {c}-channel images, the VAE {vae_dir} takes {c_in} "
+                        f"(convert the images, e.g. grey to RGB)")
+    if isinstance(blocks, list) and blocks:
+        f = 2 ** (len(blocks) - 1)  # one 2x downsampling between consecutive blocks
+        if h % f or w % f:
+            raise DataError(f"vae: {data} has {h}x{w} images; the VAE {vae_dir} downsamples by {f}, "
+                            f"so their latents would not decode back to {h}x{w} (set the data option "
+                            f"resolution to a multiple of {f})")
 
 
 def as_images(x: torch.Tensor, spec: str) -> torch.Tensor:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slimstep.errors import load_refusal
 from slimstep.eval import EvalError
 
 
@@ -116,7 +117,7 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     except EvalError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not npz, pickled, truncated
-        raise EvalError(f"cannot read reference stats {path}: {e}") from None
+        raise EvalError(f"cannot read reference stats {path}: {load_refusal(e)}") from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise EvalError(f"reference stats {path}: mu {mu.shape} and sigma {sigma.shape} disagree")
     return mu, sigma
@@ -133,7 +134,7 @@ def load_ref_features(path: str | os.PathLike) -> np.ndarray | None:
                 return None
             feats, dim = z["features"], z["mu"].shape[0]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise EvalError(f"cannot read reference features in {path}: {e}") from None
+        raise EvalError(f"cannot read reference features in {path}: {load_refusal(e)}") from None
     if feats.ndim != 2 or feats.shape[1] != dim or len(feats) < 2:
         raise EvalError(f"reference stats {path}: features {feats.shape} do not match mu [{dim}]")
     if not np.isfinite(feats).all():

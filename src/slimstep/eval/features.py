@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimstep.errors import load_refusal
 from slimstep.eval import EvalError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -285,9 +286,7 @@ class InceptionFeatures:
                 net = cls("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights_path))
         except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, KeyError, EOFError) as e:
             # a pickled object (refused), a wrong state dict, a bad file
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            if "Weights only load failed" in first:
-                first = "it holds pickled objects, which slimstep never un-pickles"
+            first = load_refusal(e)
             raise EvalError(
                 f"cannot load Inception weights {weights_path} as a plain state dict: {first}"
             ) from None

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from slimstep.eval.features import ASSETS, CLASSIFIERS, FeatureClassifier, sha256_file
-from slimstep.files import atomic_write
+from slimstep.files import atomic_write, tensor_bytes, write_bytes
 
 
 @dataclass(frozen=True)
@@ -126,13 +126,11 @@ def train(
 def save(model: FeatureClassifier, info: dict, out: str | os.PathLike, name: str = "digits") -> Path:
     """Write ``<stem>.safetensors`` + ``.json`` into ``out`` atomically (weights first;
     the JSON records their SHA-256, so a half-updated pair is detected)."""
-    from safetensors.torch import save_file
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{FILE_STEM[name]}.safetensors"
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    atomic_write(weights, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    write_bytes(weights, tensor_bytes(tensors, metadata={"format": "pt"}))
     info = {**info, "weights_sha256": sha256_file(weights)}
     text = json.dumps(info, indent=2) + "\n"
     atomic_write(out / f"{FILE_STEM[name]}.json", lambda p: Path(p).write_text(text))

@@ -46,6 +46,7 @@ from slimstep.importers import diffusers_folder, dit_layout, edm2_layout, edm_la
 from slimstep.importers.readers import TeacherImportError, file_digest, read_state_dict, sniff
 from slimstep.importers.safe_pickle import UnsafePickleError, safe_load
 from slimstep.nets import build_net, recorded_spec
+from slimstep.outdir import output_path, replace_folder
 from slimstep.spec import SampleConfig
 from slimstep.train import checkpoint as ckpt
 
@@ -117,8 +118,10 @@ def _sampling(opts: dict, where: str) -> dict:
     steps = _typed(opts, "steps", int, s.steps, where)
     if steps < 1:
         raise TeacherImportError(f"{where}: steps must be at least 1")
-    return {"kind": "velocity", "solver": solver, "steps": steps,
-            "cfg_scale": _typed(opts, "cfg_scale", float, s.cfg_scale, where),
+    cfg_scale = _typed(opts, "cfg_scale", float, s.cfg_scale, where)
+    if not math.isfinite(cfg_scale):  # written, it would make a checkpoint no reader accepts
+        raise TeacherImportError(f"{where}: cfg_scale must be a finite number, not {cfg_scale}")
+    return {"kind": "velocity", "solver": solver, "steps": steps, "cfg_scale": cfg_scale,
             "rtol": s.rtol, "atol": s.atol}
 
 
@@ -356,10 +359,12 @@ def _data_info(data: str | None, shape: list[int], num_classes: int) -> DataInfo
 
 
 def import_teacher(fmt: str, src: str | Path, out: str | Path, *, data: str | None = None,
-                   options: dict | None = None, scheduler: str | Path | None = None) -> Path:
+                   options: dict | None = None, scheduler: str | Path | None = None,
+                   overwrite: bool = False) -> Path:
     """Convert ``src`` (format ``fmt``) into a slimstep checkpoint directory ``out``.
     Every check runs first; on any error nothing is written. ``scheduler`` (diffusers
-    only) names the scheduler folder or config of a bare model folder."""
+    only) names the scheduler folder or config of a bare model folder. An existing
+    checkpoint in ``out`` is replaced only with ``overwrite``."""
     if fmt not in FORMATS:
         raise TeacherImportError(f"unknown format '{fmt}' (known: {', '.join(FORMATS)})")
     src, out = Path(src), Path(out)
@@ -369,9 +374,11 @@ def import_teacher(fmt: str, src: str | Path, out: str | Path, *, data: str | No
         raise TeacherImportError(f"{src}: no such file")
     if scheduler is not None and fmt != "diffusers":
         raise TeacherImportError("--scheduler is for --format diffusers")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise TeacherImportError(f"--out {out} exists and is not an empty directory: choose another path")
-    opts = dict(options or {})
+    with output_path(out, overwrite, folder=True):  # lock, refuse an existing one, clean old temps
+        return _import(fmt, src, out, data, dict(options or {}), scheduler)
+
+
+def _import(fmt: str, src: Path, out: Path, data: str | None, opts: dict, scheduler) -> Path:
     if fmt == "diffusers":  # the diffusers model is wrapped: its tensors fill net.model, names kept
         variant = _typed(opts, "variant", str, None, str(src))
         spec, sd, record = diffusers_folder.plan(src, scheduler, variant)
@@ -395,15 +402,18 @@ def import_teacher(fmt: str, src: str | Path, out: str | Path, *, data: str | No
 
 
 def _write_atomically(out: Path, net, config: dict) -> None:
-    """Assemble the checkpoint in a temporary sibling folder and rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Assemble the checkpoint in a temporary sibling folder, read it back with the reader
+    every command uses (a value no reader accepts is refused here, not at first use), and
+    rename it into place."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
         ckpt.save_model(tmp, net, config)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
+        try:
+            ckpt.read_model_config(tmp)
+        except ckpt.CheckpointError as e:
+            raise TeacherImportError(str(e).replace(str(tmp), str(out))) from None
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

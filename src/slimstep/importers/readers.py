@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from slimstep.errors import SlimstepError
+from slimstep.errors import SlimstepError, load_refusal
 
 #: sub-dicts of a training checkpoint that hold a state dict, in the order taken
 #: (EMA first: what SiT's and DiT's own samplers load)
@@ -80,7 +80,7 @@ def read_state_dict(path: Path, container: str | None = None
         except Exception as e:
             raise TeacherImportError(
                 f"{path}: not a state dict that torch.load(weights_only=True) can read "
-                f"({_first_line(e)}); an EDM network pickle is --format edm") from None
+                f"({load_refusal(e)}); an EDM network pickle is --format edm") from None
     else:
         raise TeacherImportError(f"{path}: neither a torch.save file nor safetensors "
                                  "(unrecognised first bytes)")

@@ -50,10 +50,10 @@ import json
 import warnings
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from slimstep.errors import OutputError
-from slimstep.files import atomic_write, cache_dir
+from slimstep.files import cache_dir, tensor_bytes, write_bytes
 from slimstep.methods.base import Method, MethodError
 from slimstep.methods.flowmap import random_labels
 from slimstep.nets import build_net, count_params
@@ -194,7 +194,7 @@ class SLT(Method):
                         bank[k] = torch.empty(n, *v.shape[1:])
                     bank[k][i:i + len(v)] = v.float().cpu()
         try:
-            atomic_write(path, lambda tmp: save_file(bank, tmp))
+            write_bytes(path, tensor_bytes(bank))
         except (OutputError, OSError) as e:  # a full or read-only cache costs the reuse, not the run
             warnings.warn(f"slt: the teacher bank is not cached ({e}); training goes on", stacklevel=2)
         self._bank = {k: v.to(device) for k, v in bank.items()}

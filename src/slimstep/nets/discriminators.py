@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimstep.errors import SlimstepError
+from slimstep.errors import SlimstepError, load_refusal
 
 
 class DiscriminatorError(SlimstepError, ValueError):
@@ -308,7 +308,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise DiscriminatorError(f"{p}: cannot be read as a state dict ({e})") from None
+        raise DiscriminatorError(f"{p}: cannot be read as a state dict ({load_refusal(e)})") from None
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]

@@ -30,11 +30,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from slimstep.errors import SlimstepError
-from slimstep.files import atomic_write, current_umask, fsync_dir, write_json
+from slimstep.errors import EnvironmentFailure, SlimstepError, load_refusal
+from slimstep.files import current_umask, fsync_dir, tensor_bytes, torch_bytes, write_bytes, write_json
 
 CONFIG, WEIGHTS, STATE = "config.json", "model.safetensors", "training_state.pt"
 #: config.json's ``format``: bumped when a reader of the old layout would misread the new one
@@ -63,7 +63,7 @@ def save_model(directory: str | Path, module: nn.Module, config: dict) -> None:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tensors = _contiguous_state(module)
-    atomic_write(d / WEIGHTS, lambda p: save_file(tensors, p))
+    write_bytes(d / WEIGHTS, tensor_bytes(tensors))
     write_json(d / CONFIG, {**config, "versions": versions()})
 
 
@@ -100,6 +100,9 @@ def read_model_config(directory: str | Path) -> dict:
     shape = cfg["data"]["shape"]
     if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape)):
         raise CheckpointError(f"{where}: data.shape must be a list of positive sizes, not {shape!r}")
+    in_shape = cfg["net"].get("in_shape")
+    if isinstance(in_shape, list) and in_shape != shape:  # samples the network cannot take
+        raise CheckpointError(f"{where}: data.shape {shape} contradicts the network's in_shape {in_shape}")
     check_generator(cfg["generator"], str(where))
     return cfg
 
@@ -192,10 +195,13 @@ def save_snapshot(out: str | Path, step: int, module: nn.Module, config: dict,
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a snapshot is a normal folder
         save_model(tmp, module, config)
-        atomic_write(tmp / STATE, lambda p: _save_state(state, p))
+        write_bytes(tmp / STATE, torch_bytes(state))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except EnvironmentFailure as e:  # name the snapshot's file, not the temporary folder's
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise EnvironmentFailure(str(e).replace(str(tmp), str(final))) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -204,13 +210,6 @@ def save_snapshot(out: str | Path, step: int, module: nn.Module, config: dict,
     for old in list_snapshots(out)[:-max(keep, 1)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _save_state(state: dict, path: str) -> None:
-    # Through a Python file object: a full disk is then an OSError(ENOSPC) naming the
-    # file; torch's own writer turns it into a long message with no errno.
-    with open(path, "wb") as f:
-        torch.save(state, f)
 
 
 def list_snapshots(out: str | Path) -> list[Path]:
@@ -227,4 +226,4 @@ def load_training_state(snapshot: str | Path) -> dict:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{p}: cannot be read as a training state ({e})") from None
+        raise CheckpointError(f"{p}: cannot be read as a training state ({load_refusal(e)})") from None

@@ -27,7 +27,7 @@ from torch import nn
 from slimstep.config import ConfigError, check_config
 from slimstep.data import ShapeOnly, load_data
 from slimstep.data.pairs import check_teacher
-from slimstep.errors import SlimstepError
+from slimstep.errors import SlimstepError, os_error
 from slimstep.files import atomic_write
 from slimstep.methods import build_method, method_class
 from slimstep.nets import recorded_spec
@@ -114,8 +114,11 @@ class Logger:
     def log(self, step: int, row: dict) -> None:
         if not self.main:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **row}) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, **row}) + "\n")
+        except OSError as e:  # a full disk: name this file (the OS names none for a write)
+            raise os_error(e, self.path) from None
         if self.tb:
             for k, v in row.items():
                 if isinstance(v, (int, float)):
@@ -206,7 +209,7 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
         opt = _optimizer(params, t, method.optimizer_options(name))
         phases[name] = (params, opt, _schedule(opt, t))
     ema = EMA(method.net, **t["ema"])
-    with output_dir(out, lock=ctx.main):
+    with output_dir(out, lock=ctx.main, expect="checkpoint"):
         return _run(cfg, out, resume, method, data, phases, ema, ctx, progress)
 
 
@@ -218,6 +221,9 @@ def _run(cfg: dict, out: Path, resume: bool, method, data, phases, ema, ctx, pro
         start = _resume(out, cfg, method, phases, ema)
     elif ckpt.list_snapshots(out):  # every rank checks, so none waits in a collective
         raise ResumeError(f"{out} already holds a training run: pass --resume or choose another --out")
+    elif (out / ckpt.CONFIG).is_file():  # an imported teacher, a copy: nothing to resume, not ours to replace
+        raise ResumeError(f"{out} already holds a checkpoint (not a training run to resume): "
+                          "choose another --out")
     if t["compile"]:
         for m in method.compiled_modules().values():
             m.compile()
