@@ -1,4 +1,4 @@
-"""Checks the import tests share: a user mistake ends in one error line and writes nothing."""
+"""Checks the CLI tests share: a user mistake ends in one error line and writes nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +9,15 @@ def one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("slimstep: error:"), err
     return err[0]
+
+
+def one_line(capsys, *fragments: str) -> str:
+    """The CLI's one error line, holding every fragment."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("slimstep: error:") and "\n" not in err, err
+    for f in fragments:
+        assert f in err, err
+    return err
 
 
 def nothing_written(out: Path) -> None:

@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 import pytest
+from cli_checks import one_line
 
 import slimstep
 from slimstep.cli import main
@@ -29,13 +30,6 @@ TINY = ["train.steps=2", "train.batch_size=16", "train.ckpt_every=2", "net.hidde
         "net.depth=1", "sample.solver=euler", "sample.steps=2"]
 TEACHER = ["teacher", "--config", "toy2d/teacher", "--quiet"]
 
-
-def one_line(capsys, *fragments):
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("slimstep: error:") and "\n" not in err, err
-    for f in fragments:
-        assert f in err, err
-    return err
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_checks import one_line
 
 import slimstep
 from slimstep.cli import main
@@ -30,13 +31,6 @@ TEACHER = ["teacher", "--config", "toy2d/teacher", "--quiet"]
 TEACHER_YAML = CONFIGS / "toy2d" / "teacher.yaml"
 GDD_YAML = CONFIGS / "toy2d" / "gdd.yaml"
 
-
-def one_line(capsys, *fragments):
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("slimstep: error:") and "\n" not in err, err
-    for f in fragments:
-        assert f in err, err
-    return err
 
 
 def files(d: Path) -> dict[str, bytes]:

@@ -71,6 +71,32 @@ class Dataset(Protocol):
         for an infinite one."""
 
 
+class LabelledSplits:
+    """A labelled image set held in memory with fixed ``train`` / ``test`` splits (digits,
+    Fashion-MNIST): subclasses set ``x``, ``y`` (the train split), ``flip`` and ``info``,
+    and define ``split(name) -> (x, y)``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    flip: bool
+    info: DataInfo
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def draw(self, n, generator):
+        idx = torch.randint(len(self.x), (n,), generator=generator)
+        x = self.x[idx]
+        if self.flip:  # one coin per image
+            m = torch.rand(n, generator=generator) < 0.5
+            x = torch.where(m[:, None, None, None], x.flip(-1), x)
+        return x, self.y[idx]
+
+    def reference(self, n=None, *, split="test", seed=0):
+        x, y = self.split(split)
+        return (x, y) if n is None else (x[:n], y[:n])
+
+
 class ShapeOnly:
     """The data of a data-free method (flowmap, SLT): the teacher fixes the sample shape
     and the classes, nothing is read. ``draw`` gives placeholders of the right shape (the
@@ -183,5 +209,5 @@ def load_data(spec: str, **options) -> Dataset:
 __all__ = ["DataError", "DataInfo", "Dataset", "ShapeOnly", "load_data"]
 
 
-__all__ = ["IMAGE_KINDS", "SPEC_KINDS", "DataError", "DataInfo", "Dataset", "load_data", "loader_options",
-           "missing_path", "student_data"]
+__all__ = ["IMAGE_KINDS", "SPEC_KINDS", "DataError", "DataInfo", "Dataset", "LabelledSplits", "load_data",
+           "loader_options", "missing_path", "student_data"]

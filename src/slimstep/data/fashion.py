@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slimstep.data import DataError, DataInfo
+from slimstep.data import DataError, DataInfo, LabelledSplits
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {
@@ -102,7 +102,7 @@ def folder_of(spec: str) -> str:
     return spec.partition(":")[2] or DEFAULT_DIR
 
 
-class FashionMNIST:
+class FashionMNIST(LabelledSplits):
     def __init__(self, folder: str | None = None, flip: bool = False, **unused):
         if unused:
             raise DataError(f"fashion-mnist takes no options {sorted(unused)} (only flip)")
@@ -116,17 +116,8 @@ class FashionMNIST:
             shape=(1, 28, 28), num_classes=10, scaling="uint8/127.5-1", options={"flip": flip},
         )
 
-    def draw(self, n, generator):
-        idx = torch.randint(len(self.x), (n,), generator=generator)
-        x = self.x[idx]
-        if self.flip:
-            m = torch.rand(n, generator=generator) < 0.5
-            x = torch.where(m[:, None, None, None], x.flip(-1), x)
-        return x, self.y[idx]
-
-    def reference(self, n=None, *, split="test", seed=0):
-        x, y = load_fashion_split(split, self.folder)
-        return (x, y) if n is None else (x[:n], y[:n])
+    def split(self, name):
+        return load_fashion_split(name, self.folder)
 
 
 __all__ = ["CLASSES", "DEFAULT_DIR", "FashionMNIST", "load_fashion_split", "read_idx"]
