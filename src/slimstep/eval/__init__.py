@@ -167,6 +167,7 @@ def _evaluate_classifier(
     spec: str, x: torch.Tensor, labels: Any, n_ref: int | None, seed: int, k: int, notes: list[str],
     inception_weights: Any = None, ref_stats: Any = None, fid: bool | None = None,
 ) -> dict[str, Any]:
+    from slimstep.eval import fid as fid_
     from slimstep.eval.features import CLASSIFIERS
 
     name = spec.partition(":")[0]
@@ -198,8 +199,6 @@ def _evaluate_classifier(
     sha = clf.info.get("weights_sha256", "")[:12]
     features = f"slimstep {name} classifier (sha256 {sha}), {clf.feature_dim}-d"
     extra: dict[str, Any] = {}
-    from slimstep.eval import fid as fid_
-
     if fid_.wanted(fid, inception_weights, image_data=False):
         net = fid_.inception(inception_weights)
         # Inception's reference: the first FID_REFERENCE_N train images (all of digits'
