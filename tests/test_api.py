@@ -19,8 +19,8 @@ def test_save_refuses_a_checkpoint_and_a_stage_folder_with_two_models(tmp_path):
     import pytest
 
     import slimstep
+    from slimstep.checkpoint import CheckpointError
     from slimstep.config import load_config
-    from slimstep.train.checkpoint import CheckpointError
     from slimstep.train.loop import train
 
     cfg = load_config("toy2d/teacher", ["train.steps=2", "train.ckpt_every=2", "net.hidden=8"])

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 import slimstep
+from slimstep import checkpoint as ckpt
+from slimstep.checkpoint import CheckpointError
 from slimstep.cli import main
 from slimstep.config import load_config
 from slimstep.data import DataInfo
 from slimstep.export import ExportError, export
 from slimstep.generator import KINDS, Generator, seeded_noise
 from slimstep.nets import build_net
-from slimstep.train import checkpoint as ckpt
-from slimstep.train.checkpoint import CheckpointError
 from slimstep.train.loop import train
 
 # torch 2.13 deprecates torch.jit.save / load; TorchScript is the format under test

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import slimstep
+from slimstep import checkpoint as ckpt
 from slimstep.cli import main
 from slimstep.config import load_config
 from slimstep.data import load_data
@@ -28,7 +29,6 @@ from slimstep.nets.discriminators import (
     minibatch_std,
     sum_head_means,
 )
-from slimstep.train import checkpoint as ckpt
 from slimstep.train.loop import FORMAT, train
 
 DIGITS_NET = {"name": "unet", "in_shape": [1, 8, 8], "num_classes": 10, "nf": 8,

@@ -16,10 +16,10 @@ from cli_checks import nothing_written, one_error_line
 from safetensors.torch import save_file
 
 import slimstep
+from slimstep import checkpoint as ckpt
 from slimstep.cli import main
 from slimstep.importers import TeacherImportError, import_teacher
 from slimstep.importers.safe_pickle import TensorUnpickler, UnsafePickleError, safe_load
-from slimstep.train import checkpoint as ckpt
 
 C, SIDE, P, D, DEPTH, HEADS, K = 1, 8, 2, 32, 2, 4, 10  # digits-shaped: 1x8x8, 10 classes
 

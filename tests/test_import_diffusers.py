@@ -15,6 +15,7 @@ from cli_checks import nothing_written, one_error_line
 from safetensors.torch import load_file, save_file
 
 import slimstep
+from slimstep import checkpoint as ckpt
 from slimstep.cli import main
 from slimstep.importers import import_teacher
 from slimstep.importers.diffusers_folder import VP_SCHEDULERS, read_scheduler
@@ -22,7 +23,6 @@ from slimstep.methods.gdd import frozen_fraction, gdd_i_frozen
 from slimstep.nets import build_net
 from slimstep.nets.vp import diffusers_alphas_cumprod
 from slimstep.solvers import guided
-from slimstep.train import checkpoint as ckpt
 
 diffusers = pytest.importorskip("diffusers")  # CI installs it (the extra); only a guard
 

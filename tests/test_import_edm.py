@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from cli_checks import nothing_written, one_error_line
 
 import slimstep
+from slimstep import checkpoint as ckpt
 from slimstep.cli import main
 from slimstep.importers import import_teacher
 from slimstep.importers.safe_pickle import ObjectRecord, UnsafePickleError, safe_load
-from slimstep.train import checkpoint as ckpt
 
 C, R, K = 1, 8, 10  # digits-shaped: 1x8x8, 10 classes
 MC, MULT, NB, ATTN = 16, (1, 2), 1, (4,)  # SongUNet

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from cli_checks import nothing_written, one_error_line
 
 import slimstep
+from slimstep import checkpoint as ckpt
 from slimstep.cli import main
 from slimstep.importers import import_teacher
 from slimstep.importers.safe_pickle import ObjectRecord, safe_load
 from slimstep.importers.synthetic import edm2_snapshot, edm_snapshot
 from slimstep.methods.gdd import frozen_fraction, gdd_i_frozen
 from slimstep.nets import build_net
-from slimstep.train import checkpoint as ckpt
 
 C, R, K = 1, 8, 10  # digits-shaped: 1x8x8, 10 classes
 UNET = dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])

@@ -80,8 +80,8 @@ def test_cli_sample_eval_and_bench_report_macs(tmp_path, capsys):
 
     import numpy as np
 
+    from slimstep import checkpoint as ckpt
     from slimstep.cli import main
-    from slimstep.train import checkpoint as ckpt
     from slimstep.train.loop import FORMAT
 
     gen = _generator(0, {"kind": "velocity", "solver": "euler", "steps": 1})

@@ -280,7 +280,7 @@ def test_teacher_flowmap_slt_and_screening(tmp_path, capsys, monkeypatch):
         assert "teacher's (2)" in str(e)
 
     # a run snapshotted before net.teacher_patch_size and method.bank were recorded resumes
-    from slimstep.train import checkpoint as ckpt
+    from slimstep import checkpoint as ckpt
 
     old = ["net.hidden_size=16", "net.steps=3", "net.patches=2", "net.num_heads=2",
            "train.ckpt_every=1"]

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 import slimstep
+from slimstep import checkpoint as ckpt
 from slimstep.data import load_data
 from slimstep.methods import flow_matching
 from slimstep.paths import interpolate
-from slimstep.train import checkpoint as ckpt
 from slimstep.train.ema import EMA
 from slimstep.train.loop import ResumeError, TrainingDiverged, train
 

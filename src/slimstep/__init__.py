@@ -1,5 +1,5 @@
 """slimstep: small one-step generators distilled from diffusion / flow-matching teachers."""
-__version__ = "0.1.0"
+from slimstep._version import __version__ as __version__
 
 
 def load(path, device="cpu"):

@@ -101,7 +101,8 @@ def cmd_sample(a) -> None:
 
 
 def _sample(a, png: Path) -> None:
-    from slimstep.files import data_fields, write_npz
+    from slimstep.data import data_fields
+    from slimstep.files import write_npz
     from slimstep.viz import save_picture
 
     gen = _generator(a)
@@ -639,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from slimstep import __version__
+    from slimstep._version import __version__
 
     return f"slimstep {__version__}"
 

@@ -156,14 +156,6 @@ def read_samples(path: str | Path) -> dict[str, np.ndarray]:
     return d
 
 
-def data_fields(info) -> dict[str, str]:
-    """The ``data`` and ``data_options`` entries of a samples file, from a model's
-    :class:`~slimstep.data.DataInfo`: what ``slimstep eval --samples`` re-opens."""
-    from slimstep.data import loader_options
-
-    return {"data": info.spec, "data_options": json.dumps(loader_options(info.options), sort_keys=True)}
-
-
 def samples_data_options(d: dict[str, np.ndarray], path: str | Path) -> dict:
     """The loader options a samples file records (none in files from before they were)."""
     if "data_options" not in d:

@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slimstep import checkpoint as ckpt
 from slimstep.data import DataInfo
 from slimstep.errors import ConfigError
 from slimstep.nets import build_net, count_params
 from slimstep.onestep import TWO_TIME_KINDS, two_time_step
 from slimstep.solvers import guided, integrate
-from slimstep.train import checkpoint as ckpt
 
 
 def seeded_noise(shape: tuple[int, ...], seeds: list[int], num_classes: int = 0

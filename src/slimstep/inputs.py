@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from slimstep import checkpoint as ckpt
 from slimstep.config import DEFAULTS
 from slimstep.data import student_data
 from slimstep.data.pairs import read_manifest
 from slimstep.errors import ConfigError
 from slimstep.generator import Generator, load, resolve_checkpoint
-from slimstep.train import checkpoint as ckpt
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
+from slimstep import checkpoint as ck
 from slimstep.data.pairs import MANIFEST, read_manifest
 from slimstep.errors import SlimstepError
 from slimstep.files import tensor_bytes, write_bytes, write_json
 from slimstep.generator import load, seeded_noise
 from slimstep.outdir import output_dir
 from slimstep.spec import PairsConfig
-from slimstep.train import checkpoint as ck
 from slimstep.train import dist
 
 

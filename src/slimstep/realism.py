@@ -48,10 +48,10 @@ from pathlib import Path
 
 import torch
 
+from slimstep import checkpoint as ck
 from slimstep.errors import SlimstepError
 from slimstep.generator import Generator
 from slimstep.nets.discriminators import build_discriminator
-from slimstep.train import checkpoint as ck
 
 KIND = "realism"
 EXPECT = "realism discriminator"  # the product's name to slimstep.outdir

@@ -351,7 +351,7 @@ def root_teacher(st: Stage, by_name: dict[str, Stage]) -> Stage | None:
 # ---------------------------------------------------------------- training
 
 def _finished(ckpt_dir: Path, steps: int) -> bool:
-    from slimstep.train.checkpoint import CONFIG, read_config
+    from slimstep.checkpoint import CONFIG, read_config
 
     return (ckpt_dir / CONFIG).is_file() and read_config(ckpt_dir).get("step") == steps
 
@@ -370,10 +370,10 @@ def is_done(out: Path, st: Stage) -> bool:
 
 def execute(out: Path, st: Stage, deps: dict[str, Path], progress: bool = False) -> float:
     """Run one stage (train or make pairs) and return its wall seconds."""
+    from slimstep import checkpoint as ckpt
     from slimstep.files import write_json
     from slimstep.inputs import resolve_inputs
     from slimstep.pairs import generate_pairs
-    from slimstep.train import checkpoint as ckpt
     from slimstep.train.loop import train
 
     d = model_dir(out, st)

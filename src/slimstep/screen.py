@@ -151,9 +151,9 @@ def screen_macs(student: Generator, n_candidates: int, scorer: Scorer, final: st
 
 def discriminator_scorer(ckpt: str | Path) -> Scorer:
     """The discriminator of a GDD run (its newest training snapshot)."""
+    from slimstep import checkpoint as ck
     from slimstep.generator import load_net
     from slimstep.nets.discriminators import build_discriminator, sum_head_means
-    from slimstep.train import checkpoint as ck
 
     cfg = ck.read_config(ckpt)
     m = cfg.get("method", {})

@@ -20,6 +20,7 @@ indices uniformly with replacement (a stateless stand-in for epoch shuffling).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
@@ -206,8 +207,11 @@ def load_data(spec: str, **options) -> Dataset:
     )
 
 
-__all__ = ["DataError", "DataInfo", "Dataset", "ShapeOnly", "load_data"]
+def data_fields(info) -> dict[str, str]:
+    """The ``data`` and ``data_options`` entries of a samples file, from a model's
+    :class:`~slimstep.data.DataInfo`: what ``slimstep eval --samples`` re-opens."""
+    return {"data": info.spec, "data_options": json.dumps(loader_options(info.options), sort_keys=True)}
 
 
-__all__ = ["IMAGE_KINDS", "SPEC_KINDS", "DataError", "DataInfo", "Dataset", "LabelledSplits", "load_data",
-           "loader_options", "missing_path", "student_data"]
+__all__ = ["IMAGE_KINDS", "SPEC_KINDS", "DataError", "DataInfo", "Dataset", "LabelledSplits", "data_fields",
+           "load_data", "loader_options", "missing_path", "student_data"]

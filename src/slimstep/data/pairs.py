@@ -92,7 +92,7 @@ def check_teacher(data, teacher) -> None:
                         "make pairs with this teacher")
     sha, src = man.get("teacher_sha"), getattr(teacher, "source", None)
     if sha and src is not None:
-        from slimstep.train.checkpoint import weights_digest
+        from slimstep.checkpoint import weights_digest
 
         if weights_digest(src) != sha:
             raise DataError(f"pairs in {where} were made by another teacher (weights {sha}, "

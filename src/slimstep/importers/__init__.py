@@ -40,6 +40,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from slimstep import checkpoint as ckpt
 from slimstep.data import DataError, DataInfo, load_data
 from slimstep.files import current_umask
 from slimstep.importers import diffusers_folder, dit_layout, edm2_layout, edm_layout
@@ -48,7 +49,6 @@ from slimstep.importers.safe_pickle import UnsafePickleError, safe_load
 from slimstep.nets import build_net, recorded_spec
 from slimstep.outdir import output_path, replace_folder
 from slimstep.spec import SampleConfig
-from slimstep.train import checkpoint as ckpt
 
 FORMATS = ("sit", "dit", "freeflow", "diffusers", "edm", "edm2")
 

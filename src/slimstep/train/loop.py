@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slimstep import checkpoint as ckpt
 from slimstep.config import ConfigError, check_config
 from slimstep.data import ShapeOnly, load_data
 from slimstep.data.pairs import check_teacher
@@ -32,7 +33,6 @@ from slimstep.files import atomic_write
 from slimstep.methods import build_method, method_class
 from slimstep.nets import recorded_spec
 from slimstep.outdir import output_dir
-from slimstep.train import checkpoint as ckpt
 from slimstep.train import dist
 from slimstep.train.ema import EMA
 

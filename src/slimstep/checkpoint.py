@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from slimstep._version import __version__
 from slimstep.errors import EnvironmentFailure, SlimstepError, load_refusal
 from slimstep.files import current_umask, fsync_dir, tensor_bytes, torch_bytes, write_bytes, write_json
 
@@ -47,9 +48,7 @@ class CheckpointError(SlimstepError, ValueError):
 
 
 def versions() -> dict:
-    import slimstep
-
-    return {"slimstep": slimstep.__version__, "torch": torch.__version__,
+    return {"slimstep": __version__, "torch": torch.__version__,
             "python": platform.python_version()}
 
 
