@@ -139,7 +139,7 @@ def test_flowmap_loss_runs_with_correction():
         out = m.loss(batch, 0, phase)
         out["loss"].backward()
         assert torch.isfinite(out["loss"])
-    assert m.export()["kind"] == "flowmap"
+    assert m.export().kind == "flowmap"
 
 
 # ------------------------------------------------------------------ data parallel
@@ -265,7 +265,7 @@ def test_meanflow_refuses_a_sharp_time_embedding():
 def test_gap_scale_is_derived_from_the_time_scale():
     """s = δ / time_scale: the gap reaches the sinusoid unscaled whatever the teacher."""
     sharp = _flowmap(tiny_teacher())  # DiT default time_scale 1000
-    assert sharp.s_scale == 1e-3 and sharp.export()["s"] == 1e-3
+    assert sharp.s_scale == 1e-3 and sharp.export().s == 1e-3
     spec = {**SPEC, "time_scale": 1.0}
     smooth = Generator(build_net(spec), INFO, {"kind": "velocity", "solver": "euler", "steps": 1},
                        {"net": spec})

@@ -215,7 +215,7 @@ def test_distill_is_slimflow_without_the_guide(pairs, reflowed):
 def test_one_step_checkpoint_samples_z_plus_v0(pairs, reflowed, tmp_path):
     out = train(_cfg("slimflow", pairs, init=reflowed), tmp_path / "sf", progress=False)
     gen = slimstep.load(out)
-    assert gen.nfe == 1 and gen.sampling["steps"] == 1
+    assert gen.nfe == 1 and gen.sampling.steps == 1
     x, _ = gen.generate(5, seed=11)
     z = torch.stack([torch.randn(2, generator=torch.Generator().manual_seed(s)) for s in range(11, 16)])
     with torch.no_grad():

@@ -21,7 +21,6 @@ holds only tensors and plain containers and is read with
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import re
@@ -36,6 +35,7 @@ from torch import nn
 from slimstep._version import __version__
 from slimstep.errors import EnvironmentFailure, SlimstepError, load_refusal
 from slimstep.files import current_umask, fsync_dir, tensor_bytes, torch_bytes, write_bytes, write_json
+from slimstep.spec.sampling import sampling_rule
 
 CONFIG, WEIGHTS, STATE = "config.json", "model.safetensors", "training_state.pt"
 #: config.json's ``format``: bumped when a reader of the old layout would misread the new one
@@ -102,46 +102,8 @@ def read_model_config(directory: str | Path) -> dict:
     in_shape = cfg["net"].get("in_shape")
     if isinstance(in_shape, list) and in_shape != shape:  # samples the network cannot take
         raise CheckpointError(f"{where}: data.shape {shape} contradicts the network's in_shape {in_shape}")
-    check_generator(cfg["generator"], str(where))
+    sampling_rule(cfg["generator"], str(where), CheckpointError)
     return cfg
-
-
-def _count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-#: the sampling rule's keys by generator kind, each with its check (one closed schema:
-#: a key another version wrote, or a value edited by hand, is one line, not a guess)
-_VELOCITY = {"solver": (lambda v: v in ("euler", "heun", "dopri5"), "euler, heun or dopri5"),
-             "steps": (_count, "an integer >= 1"), "cfg_scale": (_number, "a finite number"),
-             "rtol": (lambda v: _number(v) and v > 0, "a positive number"),
-             "atol": (lambda v: _number(v) and v > 0, "a positive number")}
-_TWO_TIME = {"t": (_number, "a finite number"), "s": (_number, "a finite number"),
-             "nfe": (_count, "an integer >= 1"), "steps": (_count, "an integer >= 1"),
-             "layer_map": (lambda v: isinstance(v, (str, list)), "a name or a list")}  # SLT's step -> layer record
-GENERATOR_KEYS = {"velocity": _VELOCITY, "flowmap": _TWO_TIME, "meanflow": _TWO_TIME, "slt": _TWO_TIME}
-
-
-def check_generator(g: dict, where: str) -> None:
-    """``config.json``'s ``generator`` section against :data:`GENERATOR_KEYS`."""
-    kind = g.get("kind")
-    if kind not in GENERATOR_KEYS:
-        raise CheckpointError(f"{where}: unknown generator kind {kind!r} (known: {', '.join(GENERATOR_KEYS)})")
-    rules = GENERATOR_KEYS[kind]
-    if kind == "velocity" and not {"solver", "steps"} <= set(g):
-        raise CheckpointError(f"{where}: a velocity generator needs solver and steps")
-    for k, v in g.items():
-        if k == "kind":
-            continue
-        if k not in rules:
-            raise CheckpointError(f"{where}: generator kind {kind!r} has no key {k!r} "
-                                  f"(known: {', '.join(rules)})")
-        if not rules[k][0](v):
-            raise CheckpointError(f"{where}: generator.{k} must be {rules[k][1]}, not {v!r}")
 
 
 def check_fits(module: nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:

@@ -55,9 +55,10 @@ from torch import nn
 
 from slimstep.errors import SlimstepError
 from slimstep.files import atomic_write, write_bytes
-from slimstep.generator import KINDS, Generator, load
+from slimstep.generator import Generator, load
 from slimstep.nets.dit import math_attention
-from slimstep.onestep import TWO_TIME_KINDS, euler_step, two_time_step
+from slimstep.onestep import euler_step, two_time_step
+from slimstep.spec.sampling import VelocityRule
 
 FORMATS = ("torchscript", "onnx")
 
@@ -94,26 +95,19 @@ def one_step_map(gen: Generator) -> OneStepMap:
     """The :class:`OneStepMap` of ``gen`` (sharing its network), or :class:`ExportError` when
     ``gen`` does not sample in one network evaluation."""
     s = gen.sampling
-    kind = s.get("kind")
-    if kind not in KINDS:
-        raise ExportError(f"unknown generator kind '{kind}' (known: {', '.join(KINDS)})")
-    if kind == "velocity":
-        solver, steps = s.get("solver"), int(s.get("steps", 0))
-        if solver != "euler" or steps != 1:
-            how = ("adaptive dopri5 (NFE varies)" if solver == "dopri5" else
-                   f"{solver} {steps} step(s) (NFE {steps * (2 if solver == 'heun' else 1)})")
+    if isinstance(s, VelocityRule):
+        if not s.one_step:
+            how = ("adaptive dopri5 (NFE varies)" if s.nfe is None else
+                   f"{s.solver} {s.steps} step(s) (NFE {s.nfe})")
             raise ExportError(f"export needs a one-step generator, this checkpoint samples with {how}: "
                               f"pass a one-step checkpoint or use --steps 1 --solver euler")
-        return OneStepMap(gen.net, "euler", num_classes=gen.num_classes,
-                          cfg_scale=float(s.get("cfg_scale", 1.0)))
-    assert kind in TWO_TIME_KINDS  # the closed set: velocity or a two-time map
-    if kind == "slt" and s.get("steps") is not None:
-        raise ExportError(f"export writes the {kind} student with its own depth steps: drop --steps")
-    if s.get("nfe", 1) != 1:
-        raise ExportError(f"export needs a one-step generator, this checkpoint's NFE is {s.get('nfe')}: "
+        return OneStepMap(gen.net, "euler", num_classes=gen.num_classes, cfg_scale=s.cfg_scale)
+    if s.kind == "slt" and s.steps is not None:
+        raise ExportError(f"export writes the {s.kind} student with its own depth steps: drop --steps")
+    if s.nfe != 1:
+        raise ExportError(f"export needs a one-step generator, this checkpoint's NFE is {s.nfe}: "
                           f"pass a one-step checkpoint or use --steps 1")
-    return OneStepMap(gen.net, "two_time", num_classes=gen.num_classes,
-                      t=float(s.get("t", 0.0)), s=float(s.get("s", 1.0)))
+    return OneStepMap(gen.net, "two_time", num_classes=gen.num_classes, t=s.t, s=s.s)
 
 
 def example_inputs(gen: Generator, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:

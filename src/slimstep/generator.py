@@ -5,8 +5,8 @@ its noise — and, for a class-conditional model without given labels, its
 class — from a CPU generator seeded with ``seed + i``. A sample therefore never
 depends on batch size, device or the number of processes.
 
-Generator kinds (``config.json["generator"]["kind"]``) are a closed set, :data:`KINDS`:
-a function ``(generator, z, y) -> (x, nfe)`` each.
+The sampling rule (``config.json["generator"]``, a :data:`~slimstep.spec.sampling.SamplingRule`)
+is one of a closed set, dispatched on its type to a function ``(generator, z, y) -> (x, nfe)``:
 
 * ``velocity`` — a velocity field ``v(x, t, y)`` integrated from ``t = 0`` to
   ``1`` (:mod:`slimstep.solvers`); with ``solver=euler, steps=1`` this is the
@@ -19,6 +19,7 @@ The generator imports no method: the rules live in :mod:`slimstep.onestep`.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from pathlib import Path
 
@@ -29,8 +30,9 @@ from slimstep import checkpoint as ckpt
 from slimstep.data import DataInfo
 from slimstep.errors import ConfigError
 from slimstep.nets import build_net, count_params
-from slimstep.onestep import TWO_TIME_KINDS, two_time_step
+from slimstep.onestep import two_time_step
 from slimstep.solvers import guided, integrate
+from slimstep.spec.sampling import SamplingRule, VelocityRule, rule_dict, sampling_rule
 
 
 def seeded_noise(shape: tuple[int, ...], seeds: list[int], num_classes: int = 0
@@ -48,25 +50,18 @@ def seeded_noise(shape: tuple[int, ...], seeds: list[int], num_classes: int = 0
 
 def _velocity(gen: Generator, z: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, int]:
     s = gen.sampling
-    v = guided(gen.net, y, float(s.get("cfg_scale", 1.0)), gen.num_classes)
-    return integrate(v, z, solver=s["solver"], steps=int(s["steps"]),
-                     rtol=float(s.get("rtol", 1e-5)), atol=float(s.get("atol", 1e-5)))
+    v = guided(gen.net, y, float(s.cfg_scale), gen.num_classes)
+    return integrate(v, z, solver=s.solver, steps=s.steps,
+                     rtol=1e-5 if s.rtol is None else s.rtol, atol=1e-5 if s.atol is None else s.atol)
 
 
 def _two_time(gen: Generator, z: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, int]:
     s = gen.sampling
-    steps = s.get("steps") if s.get("kind") == "slt" else None  # a depth-gap student's jumps
-    if steps is not None:
-        if getattr(gen.net, "depth", "table") != "gap":
-            raise ConfigError(f"--steps {steps}: only a depth-gap SLT student (net.depth: gap) runs "
-                              "another number of depth steps than its K")
-        if int(steps) < 1:
-            raise ConfigError(f"--steps must be at least 1, not {steps}")
-    return two_time_step(gen.net, z, y, t=float(s.get("t", 0.0)), s=float(s.get("s", 1.0)),
-                         steps=steps), 1
-
-
-KINDS: dict = {"velocity": _velocity, **{k: _two_time for k in TWO_TIME_KINDS}}
+    steps = s.steps if s.kind == "slt" else None  # a depth-gap student's jumps
+    if steps is not None and getattr(gen.net, "depth", "table") != "gap":
+        raise ConfigError(f"--steps {steps}: only a depth-gap SLT student (net.depth: gap) runs "
+                          "another number of depth steps than its K")
+    return two_time_step(gen.net, z, y, t=s.t, s=s.s, steps=steps), 1
 
 
 class Generator(nn.Module):
@@ -77,9 +72,12 @@ class Generator(nn.Module):
     network evaluations per sample of the latest call.
     """
 
-    def __init__(self, net: nn.Module, info: DataInfo, sampling: dict, config: dict | None = None):
+    def __init__(self, net: nn.Module, info: DataInfo, sampling: SamplingRule | dict,
+                 config: dict | None = None):
         super().__init__()
-        self.net, self.info, self.sampling = net.eval(), info, dict(sampling)
+        if isinstance(sampling, dict):  # a config.json section, or one written by hand
+            sampling = sampling_rule(sampling, "sampling", ConfigError)
+        self.net, self.info, self.sampling = net.eval(), info, sampling
         self.config = config or {}  # the checkpoint's config.json
         self.source: Path | None = None  # the checkpoint directory, when load() made it
         self.num_classes = getattr(net, "num_classes", 0) or 0
@@ -93,29 +91,30 @@ class Generator(nn.Module):
     def nfe(self) -> int:
         """Network evaluations per sample (the latest call's, for adaptive rules)."""
         s = self.sampling
-        if s["kind"] != "velocity" or s["solver"] == "dopri5":
-            return self.last_nfe or int(s.get("nfe", 0))
-        return s["steps"] * (2 if s["solver"] == "heun" else 1)
+        if isinstance(s, VelocityRule) and s.nfe is not None:
+            return s.nfe
+        return self.last_nfe or (s.nfe or 0)
 
     def with_sampling(self, **over) -> Generator:
         """The same network with other sampling settings (None values ignored), checked by
-        the rules config.json's are (``steps=0`` is a :class:`~slimstep.errors.ConfigError`)."""
-        given = {k: v for k, v in over.items() if v is not None}
-        rules = ckpt.GENERATOR_KEYS.get(self.sampling.get("kind"), {})
-        for k, v in given.items():  # a key of another kind (solver of a flow map) is not read
-            ok, what = rules.get(k, (lambda _: True, ""))
-            if not ok(v):
-                raise ConfigError(f"{k}: must be {what}, got {v!r}")
-        return Generator(self.net, self.info, {**self.sampling, **given}, self.config)
+        the rules config.json's are (``steps=0`` is a :class:`~slimstep.errors.ConfigError`).
+        A key of another kind (the solver of a flow map) is not read."""
+        known = {f.name: f for f in dataclasses.fields(self.sampling)}
+        given = {k: v for k, v in over.items() if v is not None and k in known}
+        for k, v in given.items():
+            try:
+                type(self.sampling).from_dict({k: v}, "sampling")
+            except ConfigError:
+                raise ConfigError(f"{k}: must be {known[k].metadata.get('need') or 'a ' + str(known[k].type)}, "
+                                  f"got {v!r}") from None
+        return Generator(self.net, self.info, dataclasses.replace(self.sampling, **given), self.config)
 
     @torch.no_grad()
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        kind = self.sampling["kind"]
-        if kind not in KINDS:
-            raise ckpt.CheckpointError(f"unknown generator kind '{kind}' (known: {', '.join(KINDS)})")
         if self.num_classes and y is None:
             y = torch.full((len(z),), self.num_classes, dtype=torch.long, device=z.device)
-        x, self.last_nfe = KINDS[kind](self, z, y)
+        step = _velocity if isinstance(self.sampling, VelocityRule) else _two_time
+        x, self.last_nfe = step(self, z, y)
         return x
 
     @torch.no_grad()
@@ -218,7 +217,7 @@ def save(gen: Generator, path: str | Path) -> Path:
     p = Path(path)
     if (p / ckpt.CONFIG).exists() or (p / ckpt.WEIGHTS).exists():
         raise ckpt.CheckpointError(f"{p} already holds a checkpoint: choose another path")
-    config = {**gen.config, "data": gen.info.to_dict(), "generator": dict(gen.sampling)}
+    config = {**gen.config, "data": gen.info.to_dict(), "generator": rule_dict(gen.sampling)}
     config.setdefault("format", ckpt.FORMAT)
     ckpt.save_model(p, gen.net, config)
     return p

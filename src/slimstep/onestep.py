@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: generator kinds sampled by :func:`two_time_step` (the method that trained them)
-TWO_TIME_KINDS = ("flowmap", "meanflow", "slt")
+from slimstep.spec.sampling import TWO_TIME_KINDS as TWO_TIME_KINDS  # the closed set, named once
+
 #: the kinds a one-step DiT teacher for SLT may have
 ONE_STEP_TEACHER_KINDS = ("flowmap", "meanflow")
 

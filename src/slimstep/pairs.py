@@ -28,6 +28,7 @@ from slimstep.files import tensor_bytes, write_bytes, write_json
 from slimstep.generator import load, seeded_noise
 from slimstep.outdir import output_dir
 from slimstep.spec import PairsConfig
+from slimstep.spec.sampling import VelocityRule
 from slimstep.train import dist
 
 
@@ -60,7 +61,7 @@ def generate_pairs(teacher: str | Path, out: str | Path, n: int, *, solver: str 
             "steps": steps if solver != "dopri5" else None,
             "rtol": rtol if solver == "dopri5" else None,
             "atol": atol if solver == "dopri5" else None,
-            "cfg_scale": float(gen.sampling.get("cfg_scale", 1.0)), "seed": seed,
+            "cfg_scale": gen.sampling.cfg_scale if isinstance(gen.sampling, VelocityRule) else 1.0, "seed": seed,
             "shard_size": shard_size, "labels": labels if gen.num_classes else "none"}
     shards = math.ceil(n / shard_size)
     with output_dir(out, lock=ctx.main, expect="pairs folder"):

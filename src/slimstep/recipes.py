@@ -60,6 +60,7 @@ from slimstep.errors import SlimstepError, os_error
 from slimstep.methods import method_names
 from slimstep.outdir import output_dir
 from slimstep.spec import PairsConfig
+from slimstep.spec.sampling import VelocityRule
 
 KINDS = ("teacher", "pairs", "distill", "screen")
 #: Keys a stage of each kind may hold (besides ``kind`` and ``overrides``).
@@ -663,7 +664,7 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
             r = score_samples(_generate(g), st.spec, ev, f"{st.name} euler-{k}", sdir / f"euler-{k}", _options(gen))
             rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params, "macs": _macs(g)})
         s = gen.sampling
-        r = score_samples(_generate(gen), st.spec, ev, f"{st.name} {s['solver']}-{s['steps']} (reference)", sdir,
+        r = score_samples(_generate(gen), st.spec, ev, f"{st.name} {s.solver}-{s.steps} (reference)", sdir,
                           _options(gen))
         rows.append({**r, "reference": True, "nfe": gen.nfe, "params": gen.params, **_speed(gen, ev)})
         for row in rows[:-1]:  # the curve's speed: same network, NFE-proportional
@@ -696,7 +697,7 @@ def _init_check(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, row: 
     if init is None or not row.get("files", {}).get("samples"):
         return None
     gen, name = load(model_dir(out, by_name[init])), init
-    if gen.sampling["kind"] == "velocity" and gen.nfe != 1:  # its student's one-step map starts at its Euler step
+    if isinstance(gen.sampling, VelocityRule) and gen.nfe != 1:  # its student's one-step map starts at its Euler step
         gen, name = gen.with_sampling(solver="euler", steps=1), f"{init} euler-1"
     x = torch.from_numpy(read_samples(row["files"]["samples"])["samples"])
     x0, _ = gen.generate(len(x), seed=int(ev["seeds"][0]))

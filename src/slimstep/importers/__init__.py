@@ -49,6 +49,7 @@ from slimstep.importers.safe_pickle import UnsafePickleError, safe_load
 from slimstep.nets import build_net, recorded_spec
 from slimstep.outdir import output_path, replace_folder
 from slimstep.spec import SampleConfig
+from slimstep.spec.sampling import SOLVER_NAMES, SOLVERS
 
 FORMATS = ("sit", "dit", "freeflow", "diffusers", "edm", "edm2")
 
@@ -113,8 +114,8 @@ def _typed(opts: dict, key: str, kind: type, default, where: str):
 def _sampling(opts: dict, where: str) -> dict:
     s = SampleConfig()
     solver = opts.get("solver", s.solver)
-    if solver not in ("euler", "heun", "dopri5"):
-        raise TeacherImportError(f"{where}: solver must be euler, heun or dopri5, not {solver!r}")
+    if solver not in SOLVERS:
+        raise TeacherImportError(f"{where}: solver must be {SOLVER_NAMES}, not {solver!r}")
     steps = _typed(opts, "steps", int, s.steps, where)
     if steps < 1:
         raise TeacherImportError(f"{where}: steps must be at least 1")

@@ -11,7 +11,7 @@ A method is a small object that owns its math and nothing else::
     type(m).data_spec(cfg)   # which data set the loop draws from (default cfg["data"]["spec"])
     m.net                    # the exported network: it gets the EMA and goes to model.safetensors
     m.modules()              # every trained module, saved raw in training_state.pt
-    m.export()               # the "generator" section of config.json: how to sample m.net
+    m.export()               # the SamplingRule of m.net (config.json's "generator" section)
 
 The loop owns optimizers, schedules, EMA, clipping, precision, data
 parallelism, logging, checkpoints, resume and the NaN guard. Randomness
@@ -21,7 +21,6 @@ inside ``loss`` comes from torch's global RNG, which the loop reseeds from
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import ClassVar
 
@@ -29,14 +28,15 @@ import torch
 from torch import nn
 
 from slimstep.errors import SlimstepError
+from slimstep.spec import is_number
+from slimstep.spec.sampling import SamplingRule
 
 
 class MethodError(SlimstepError, ValueError):
     """A method's configuration is unusable (one clear line for the user)."""
 
 
-def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+_num = is_number
 
 
 _POS = (lambda v: _num(v) and v > 0, "a positive number")
@@ -134,7 +134,8 @@ class Method:
              phase: str) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def export(self) -> dict:
+    def export(self) -> SamplingRule:
+        """How to sample ``self.net``: config.json's ``generator`` section."""
         raise NotImplementedError
 
     def method_config(self) -> dict:

@@ -82,6 +82,7 @@ from slimstep.methods.meanflow import MAX_TIME_SCALE
 from slimstep.nets.dit import math_attention
 from slimstep.nets.unet import sinusoidal
 from slimstep.solvers import guided
+from slimstep.spec.sampling import VelocityRule
 
 
 def _bc(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -200,7 +201,7 @@ class _Consistency(Method):
                               f"{info.num_classes}: {self.name} trains with the batch's labels")
 
     def export(self):
-        return {"kind": "velocity", "solver": "euler", "steps": 1, "cfg_scale": 1.0}
+        return VelocityRule(solver="euler", steps=1)
 
     def _draw(self, batch):
         x1 = batch[0]

@@ -69,6 +69,7 @@ from slimstep.methods.base import Method, MethodError
 from slimstep.nets import build_net
 from slimstep.onestep import euler_step
 from slimstep.solvers import guided
+from slimstep.spec.sampling import VelocityRule
 
 
 def _bc(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -207,7 +208,7 @@ class DMD2(Method):
         return phase != "gen" or (step + 1) % self.opts["fake_updates"] == 0
 
     def export(self):
-        return {"kind": "velocity", "solver": "euler", "steps": 1, "cfg_scale": 1.0}
+        return VelocityRule(solver="euler", steps=1)
 
     # -- the math
     def generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

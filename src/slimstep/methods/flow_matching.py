@@ -19,6 +19,7 @@ import torch
 from slimstep.methods.base import Method, MethodError
 from slimstep.nets import build_net
 from slimstep.paths import interpolate, target_velocity
+from slimstep.spec.sampling import VelocityRule
 
 
 def sample_time(n: int, kind: str, mean: float, std: float, device) -> torch.Tensor:
@@ -75,5 +76,5 @@ class FlowMatching(Method):
 
     def export(self):
         s = self.cfg["sample"]
-        return {"kind": "velocity", "solver": s["solver"], "steps": s["steps"],
-                "cfg_scale": s["cfg_scale"], "rtol": s["rtol"], "atol": s["atol"]}
+        return VelocityRule(solver=s["solver"], steps=s["steps"], cfg_scale=s["cfg_scale"], rtol=s["rtol"],
+                            atol=s["atol"])

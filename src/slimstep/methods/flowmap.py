@@ -52,6 +52,7 @@ from slimstep.methods.flow_matching import sample_time
 from slimstep.nets import build_net
 from slimstep.nets.dit import math_attention
 from slimstep.solvers import guided
+from slimstep.spec.sampling import TwoTimeRule
 
 
 def _bc(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -242,4 +243,4 @@ class FlowMap(Method):
         return out
 
     def export(self):
-        return {"kind": "flowmap", "nfe": 1, "t": 0.0, "s": self.s_scale}
+        return TwoTimeRule(kind="flowmap", t=0.0, s=self.s_scale)

@@ -100,6 +100,7 @@ from slimstep.nets.discriminators import (
     sum_head_means,
 )
 from slimstep.onestep import euler_step
+from slimstep.spec.sampling import VelocityRule
 
 # ----------------------------------------------------------------------------- GDD-I freeze rule
 
@@ -447,7 +448,7 @@ class GDD(Method):
         return "disc" if phase == "r1" else None
 
     def export(self):
-        return {"kind": "velocity", "solver": "euler", "steps": 1, "cfg_scale": 1.0}
+        return VelocityRule(solver="euler", steps=1)
 
     # -- the math
     def generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

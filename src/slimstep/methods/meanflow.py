@@ -79,6 +79,7 @@ from slimstep.methods.flow_matching import net_spec
 from slimstep.methods.flowmap import gap_scale, two_time_student
 from slimstep.nets import build_net
 from slimstep.nets.dit import math_attention
+from slimstep.spec.sampling import TwoTimeRule
 
 #: The largest network ``time_scale`` MeanFlow accepts: the embedding's fastest term then
 #: varies by at most 10 rad per unit t, and a JVP along t agrees with a central difference
@@ -267,4 +268,4 @@ class MeanFlow(Method):
         return guided_velocity(v, u_c, u_u, o["guidance_omega"], o["guidance_kappa"], on)
 
     def export(self):
-        return {"kind": "meanflow", "nfe": 1, "t": 0.0, "s": self.s_scale}
+        return TwoTimeRule(kind="meanflow", t=0.0, s=self.s_scale)

@@ -39,6 +39,7 @@ from slimstep.methods.base import Method, MethodError
 from slimstep.methods.flow_matching import net_spec, sample_time
 from slimstep.nets import build_net
 from slimstep.paths import interpolate
+from slimstep.spec.sampling import VelocityRule
 
 SCHEDULES = ("linear", "cos", "exp", "cos-half", "exp5")
 
@@ -134,8 +135,7 @@ class Reflow(Method):
 
     def export(self):
         s = self.cfg["sample"]
-        return {"kind": "velocity", "solver": s["solver"], "steps": s["steps"],
-                "cfg_scale": 1.0, "rtol": s["rtol"], "atol": s["atol"]}
+        return VelocityRule(solver=s["solver"], steps=s["steps"], rtol=s["rtol"], atol=s["atol"])
 
 
 class AnnealingReflow(Reflow):

@@ -28,6 +28,7 @@ from slimstep.losses import Distance
 from slimstep.methods.base import Method, MethodError
 from slimstep.methods.reflow import flip_pair, pairs_spec, student_net
 from slimstep.onestep import euler_step
+from slimstep.spec.sampling import VelocityRule
 
 
 class SlimFlow(Method):
@@ -87,4 +88,4 @@ class SlimFlow(Method):
         return out
 
     def export(self):
-        return {"kind": "velocity", "solver": "euler", "steps": 1, "cfg_scale": 1.0}
+        return VelocityRule(solver="euler", steps=1)

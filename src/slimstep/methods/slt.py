@@ -59,6 +59,7 @@ from slimstep.methods.flowmap import random_labels
 from slimstep.nets import build_net, count_params
 from slimstep.nets.shared_block import patch_steps, round_ratio
 from slimstep.onestep import ONE_STEP_TEACHER_KINDS
+from slimstep.spec.sampling import TwoTimeRule
 
 
 def layer_map(steps: int, patches: int, depth: int) -> list[tuple[int, int]]:
@@ -96,12 +97,12 @@ class SLT(Method):
 
     def __init__(self, cfg, info, *, device, teacher=None):
         super().__init__(cfg, info, device=device, teacher=teacher)
-        if teacher is None or teacher.sampling.get("kind") not in ONE_STEP_TEACHER_KINDS:
+        if teacher is None or teacher.sampling.kind not in ONE_STEP_TEACHER_KINDS:
             raise MethodError("slt needs a one-step DiT teacher (a flowmap or meanflow "
                               "checkpoint): pass --teacher CKPT")
         tspec = teacher.config["net"]
-        self.t0 = float(teacher.sampling.get("t", 0.0))
-        self.s0 = float(teacher.sampling.get("s", 1.0))
+        self.t0 = teacher.sampling.t
+        self.s0 = teacher.sampling.s
         n = dict(cfg["net"])
         n.pop("name", None)
         self.spec = {
@@ -228,5 +229,4 @@ class SLT(Method):
 
     def export(self):
         pairs = gap_layer_map(self.steps, len(self.map), self.teacher_depth) if self.depth == "gap" else self.map
-        return {"kind": "slt", "nfe": 1, "t": self.t0, "s": self.s0,
-                "layer_map": [list(p) for p in pairs]}
+        return TwoTimeRule(kind="slt", t=self.t0, s=self.s0, layer_map=[list(p) for p in pairs])

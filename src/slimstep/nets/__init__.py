@@ -15,12 +15,11 @@ on a conditional net means the null class for the whole batch.
 from __future__ import annotations
 
 import importlib
-import math
 
 from torch import nn
 
 from slimstep.errors import ConfigError
-from slimstep.spec import check_kwargs
+from slimstep.spec import check_kwargs, is_number
 
 _REGISTRY = {
     "mlp": "slimstep.nets.mlp:MLP",
@@ -55,10 +54,6 @@ def _sizes(v) -> bool:
     return isinstance(v, (list, tuple)) and len(v) > 0 and all(_positive_int(x) for x in v)
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 #: ranges of the size options, by name, for every network (the constructors trust them:
 #: torch builds a zero-width Linear silently and fails on a negative one with a traceback)
 VALUE_RULES: dict[str, tuple] = {
@@ -73,8 +68,8 @@ VALUE_RULES: dict[str, tuple] = {
                     (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                      "an integer >= 0")),
     **dict.fromkeys(("mlp_ratio", "time_scale", "depth_scale"),
-                    (lambda v: _finite(v) and v > 0, "a positive number")),
-    **dict.fromkeys(("dropout", "class_dropout_prob"), (lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)")),
+                    (lambda v: is_number(v) and v > 0, "a positive number")),
+    **dict.fromkeys(("dropout", "class_dropout_prob"), (lambda v: is_number(v) and 0 <= v < 1, "in [0, 1)")),
 }
 
 

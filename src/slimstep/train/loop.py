@@ -33,6 +33,7 @@ from slimstep.files import atomic_write
 from slimstep.methods import build_method, method_class
 from slimstep.nets import recorded_spec
 from slimstep.outdir import output_dir
+from slimstep.spec.sampling import rule_dict
 from slimstep.train import dist
 from slimstep.train.ema import EMA
 
@@ -236,7 +237,7 @@ def _run(cfg: dict, out: Path, resume: bool, method, data, phases, ema, ctx, pro
     def config(step):
         return {"format": FORMAT, "net": recorded_spec(getattr(method, "spec", None), method.net),
                 "teacher": cfg.get("teacher"), "pairs": cfg.get("pairs"), "init": cfg.get("init"),
-                "generator": method.export(), "method": method.method_config(),
+                "generator": rule_dict(method.export()), "method": method.method_config(),
                 "data": data.info.to_dict(), "train": t, "sample": cfg["sample"],
                 "step": step, "images_seen": step * t["batch_size"], "params": params}
 
