@@ -121,7 +121,7 @@ def _cost(recipe: Path, candidates: int, repeats: int) -> dict:
 
     _, stages = load_recipe(recipe)
     by = {s.name: s for s in stages}
-    slt = next((s for s in stages if s.cfg and s.cfg["method"]["name"] == "slt"), None)
+    slt = next((s for s in stages if s.cfg and s.cfg.method.name == "slt"), None)
     if slt is None or "teacher" not in slt.deps:
         raise SystemExit(f"{recipe}: no slt stage with a teacher")
     one = by[slt.deps["teacher"]]

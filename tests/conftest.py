@@ -22,7 +22,8 @@ def _fid_cache(tmp_path_factory):
 
 @pytest.fixture
 def toy_cfg():
-    """A tiny flow-matching recipe on moons: a few thousand parameters, seconds to run."""
+    """A tiny flow-matching recipe on moons: a few thousand parameters, seconds to run (as
+    the plain dict a test edits; train() checks it into a RunConfig)."""
     from slimstep.config import load_config
 
     return load_config(None, {
@@ -31,7 +32,7 @@ def toy_cfg():
         "train": {"steps": 6, "batch_size": 32, "lr": 1e-3, "log_every": 1, "ckpt_every": 3,
                   "keep": 5, "warmup": 2},
         "sample": {"solver": "euler", "steps": 4},
-    })
+    }).to_dict()
 
 
 @pytest.fixture

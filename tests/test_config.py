@@ -12,9 +12,9 @@ def test_file_then_overrides_over_defaults(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("data: toy2d:moons\nnet: {name: mlp, hidden: 8}\ntrain: {steps: 5}\n")
     cfg = load_config(p, ["train.steps=7", "net.depth=1"])
-    assert cfg["data"]["spec"] == "toy2d:moons"
-    assert cfg["net"] == {"name": "mlp", "hidden": 8, "depth": 1}
-    assert cfg["train"]["steps"] == 7 and cfg["train"]["batch_size"] == 128  # default kept
+    assert cfg.data.spec == "toy2d:moons"
+    assert cfg.net.to_dict() == {"name": "mlp", "hidden": 8, "depth": 1}
+    assert cfg.train.steps == 7 and cfg.train.batch_size == 128  # default kept
 
 
 @pytest.mark.parametrize("bad,msg", [(["train.stepz=1"], "unknown config key 'train.stepz'"),
@@ -39,9 +39,9 @@ def test_bad_files(tmp_path):
 def test_shipped_configs_load():
     for name in ("configs/toy2d/teacher.yaml", "configs/digits/teacher.yaml"):
         cfg = load_config(name)
-        assert cfg["method"]["name"] == "flow_matching"
+        assert cfg.method.name == "flow_matching"
     for res in (16, 32, 64):  # the generic image teachers: sized by their resolution, data to be named
         cfg = load_config(f"images/teacher-{res}", [f"data.spec=folder:/data/x{res}"])
-        assert cfg["data"] == {"spec": f"folder:/data/x{res}",
+        assert cfg.data.to_dict() == {"spec": f"folder:/data/x{res}",
                                "options": {"resolution": res, "center_crop": True, "flip": True}}
-        assert cfg["net"]["attn_resolutions"] == [8 if res == 16 else 16]
+        assert cfg.net.options["attn_resolutions"] == [8 if res == 16 else 16]

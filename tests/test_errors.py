@@ -272,7 +272,7 @@ def test_configs_resolve_by_short_name_from_anywhere(tmp_path, monkeypatch):
     from slimstep.recipes import load_recipe
 
     monkeypatch.chdir(tmp_path)
-    assert load_config("digits/teacher")["net"]["name"] == "unet"
+    assert load_config("digits/teacher").net.name == "unet"
     assert find_config("configs/digits/teacher.yaml") == find_config("digits/teacher.yaml")
     assert {s.name for s in load_recipe("digits/all")[1]} >= {"teacher", "pairs", "slimflow"}
     with pytest.raises(SlimstepError, match="not found: digits/nope"):

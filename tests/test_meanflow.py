@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from slimstep.config import load_config
 from slimstep.data import DataInfo
 from slimstep.generator import Generator
 from slimstep.methods.flowmap import FlowMap
@@ -102,7 +103,7 @@ def test_meanflow_conventions_on_the_gaussian_path():
 
 
 def _flowmap(teacher, **opts) -> FlowMap:
-    cfg = {"method": {"name": "flowmap", **opts}, "net": {"name": "dit"}}
+    cfg = load_config(None, {"method": {"name": "flowmap", **opts}, "net": {"name": "dit"}})
     return FlowMap(cfg, INFO, device=torch.device("cpu"), teacher=teacher)
 
 
@@ -257,7 +258,7 @@ def test_meanflow_refuses_a_sharp_time_embedding():
     from slimstep.methods.base import MethodError
     from slimstep.methods.meanflow import MeanFlow
 
-    cfg = {"method": {"name": "meanflow", "init": "teacher"}, "net": {"name": "dit"}}
+    cfg = load_config(None, {"method": {"name": "meanflow", "init": "teacher"}, "net": {"name": "dit"}})
     with pytest.raises(MethodError, match="time_scale 1000"):
         MeanFlow(cfg, INFO, device=torch.device("cpu"), teacher=tiny_teacher())  # DiT default
 
@@ -340,7 +341,7 @@ def _meanflow(**opts):
     for p in net.parameters():
         p.data.add_(0.05 * torch.randn_like(p))
     teacher = Generator(net, INFO, {"kind": "velocity", "solver": "euler", "steps": 1}, {"net": spec})
-    cfg = {"method": {"name": "meanflow", "init": "teacher", **opts}, "net": {}, "train": {}}
+    cfg = load_config(None, {"method": {"name": "meanflow", "init": "teacher", **opts}})
     m = MeanFlow(cfg, INFO, device=torch.device("cpu"), teacher=teacher)
     with torch.no_grad():  # the s-embedding starts at zero: perturb it so u depends on the gap
         for p in m.net.s_embedder.parameters():

@@ -143,7 +143,7 @@ def test_jobs_must_be_positive(tmp_path, capsys):
 def test_shipped_recipes_resolve():
     for name in ("demo.yaml", "digits/all.yaml", "toy2d/all.yaml"):
         ev, stages = load_recipe(CONFIGS / name)
-        kinds = {s.cfg["method"]["name"] for s in stages if s.cfg}
+        kinds = {s.cfg.method.name for s in stages if s.cfg}
         if name != "toy2d/all.yaml":  # the digits recipes hold every method
             assert kinds == {"flow_matching", "annealing-reflow", "slimflow", "distill", "gdd", "gdd-i",
                              "flowmap", "meanflow", "slt"}

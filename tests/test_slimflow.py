@@ -1,6 +1,5 @@
 """SlimFlow: pairs, annealing reflow, flow-guided distillation, the distill baseline."""
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -18,6 +17,7 @@ from slimstep.losses import LPIPS, Distance
 from slimstep.methods import build_method
 from slimstep.methods.reflow import beta_schedule, flip_pair, renoise
 from slimstep.pairs import PairsError, generate_pairs
+from slimstep.spec import Named
 from slimstep.train.loop import train
 
 TINY_NET = {"name": "mlp", "hidden": 16, "depth": 1, "time_dim": 8}
@@ -294,8 +294,7 @@ def test_student_gets_conditional_from_pairs_labels(tmp_path):
     p = generate_pairs(t, tmp_path / "p", 6, solver="euler", steps=1, progress=False)
     data = load_data(f"pairs:{p}")
     assert data.y is not None and data.y.dtype == torch.long
-    c = copy.deepcopy(cfg)
-    c.update(pairs=str(p), method={"name": "reflow", "flip": True})
+    c = cfg.replace(pairs=str(p), method=Named("reflow", {"flip": True}))
     m = build_method(c, data.info, torch.device("cpu"))
     assert m.net.num_classes == 10 and m.conditional
 

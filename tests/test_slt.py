@@ -117,7 +117,7 @@ def test_resample_limits_and_distribution():
 def _run(tmp_path, method, teacher, overrides, name):
     recipe = "dit-teacher" if method == "flow_matching" else method
     cfg = load_config(ROOT / "configs" / "digits" / f"{recipe}.yaml",
-                      overrides + ["train.batch_size=8", "train.log_every=1", "train.warmup=0"])
+                      overrides + ["train.batch_size=8", "train.log_every=1", "train.warmup=0"]).to_dict()
     cfg["method"]["name"] = method
     if teacher is not None:
         cfg["teacher"] = str(teacher)
@@ -290,7 +290,7 @@ def test_teacher_flowmap_slt_and_screening(tmp_path, capsys, monkeypatch):
     del c["net"]["teacher_patch_size"], c["method"]["bank"]
     snap.write_text(json.dumps(c))
     cfg = load_config(ROOT / "configs" / "digits" / "slt.yaml",
-                      [*old, "train.steps=2", "train.batch_size=8", "train.log_every=1", "train.warmup=0"])
+                      [*old, "train.steps=2", "train.batch_size=8", "train.log_every=1", "train.warmup=0"]).to_dict()
     cfg["teacher"] = str(fm)
     train(cfg, tmp_path / "slt-old", teacher=load(fm), resume=True, progress=False)
     assert json.loads((tmp_path / "slt-old" / "config.json").read_text())["step"] == 2

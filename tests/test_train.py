@@ -195,12 +195,13 @@ def test_bf16_autocast_path_trains(tmp_path, toy_cfg):
 
 
 def test_cosine_schedule_warms_up_then_decays_to_its_floor():
+    from slimstep.spec import TrainConfig
     from slimstep.train.loop import lr_factor
 
-    t = {"warmup": 10, "steps": 110, "schedule": "cosine", "min_lr": 0.1}
+    t = TrainConfig(warmup=10, steps=110, schedule="cosine", min_lr=0.1)
     assert lr_factor(0, t) == pytest.approx(0.1)  # warm-up: (step + 1) / warmup
     assert lr_factor(9, t) == pytest.approx(1.0)
     assert lr_factor(60, t) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
     assert lr_factor(110, t) == pytest.approx(0.1)
     assert lr_factor(500, t) == pytest.approx(0.1)  # never below the floor
-    assert lr_factor(60, {**t, "schedule": "constant"}) == 1.0
+    assert lr_factor(60, TrainConfig(warmup=10, steps=110, schedule="constant")) == 1.0

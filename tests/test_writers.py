@@ -405,7 +405,7 @@ def test_overrides_given_as_one_string_are_refused():
 
     with pytest.raises(ConfigError, match="overrides are a list of key=value strings"):
         load_config("toy2d/teacher", "train.steps=3")  # was read character by character: 't'
-    assert load_config("toy2d/teacher", ("train.steps=3",))["train"]["steps"] == 3
+    assert load_config("toy2d/teacher", ("train.steps=3",)).train.steps == 3
 
 
 def test_the_api_raises_the_clis_errors(models, capsys):

@@ -27,9 +27,9 @@ def cmd_teacher(a) -> None:
     from slimstep.train.loop import train
 
     cfg = load_config(a.config, a.overrides)
-    if cfg["method"]["name"] != "flow_matching":
+    if cfg.method.name != "flow_matching":
         raise ConfigError(f"slimstep teacher trains flow_matching, the config names "
-                          f"'{cfg['method']['name']}'")
+                          f"'{cfg.method.name}'")
     out = train(cfg, a.out, resume=a.resume, progress=not a.quiet)
     print(f"teacher checkpoint: {out}")
 
@@ -46,15 +46,16 @@ def cmd_pairs(a) -> None:
 def cmd_distill(a) -> None:
     from slimstep.config import DEFAULTS, load_config
     from slimstep.inputs import resolve_inputs
+    from slimstep.spec import Named
     from slimstep.train.loop import train
 
     cfg = load_config(a.config, a.overrides)
-    named = cfg["method"]["name"]
+    named = cfg.method.name
     if named not in (a.method, DEFAULTS["method"]["name"]):
         raise ConfigError(f"{a.config} is a recipe for method '{named}', not '{a.method}'")
-    cfg["method"]["name"] = a.method
-    inputs = resolve_inputs(cfg, teacher=a.teacher, pairs=a.pairs, init=a.init,
-                            device=_device(cfg["train"]["device"]))
+    cfg = cfg.replace(method=Named(a.method, cfg.method.options))
+    cfg, inputs = resolve_inputs(cfg, teacher=a.teacher, pairs=a.pairs, init=a.init,
+                                 device=_device(cfg.train.device))
     out = train(cfg, a.out, resume=a.resume, teacher=inputs.teacher, progress=not a.quiet)
     print(f"{a.method} checkpoint: {out}")
 

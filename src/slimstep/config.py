@@ -25,7 +25,8 @@ from pathlib import Path
 import yaml
 
 from slimstep.errors import ConfigError
-from slimstep.spec import SampleConfig, TrainConfig, check_kwargs
+from slimstep.nets import net_class
+from slimstep.spec import RunConfig, SampleConfig, TrainConfig, check_kwargs
 
 
 class _Loader(yaml.SafeLoader):
@@ -148,7 +149,7 @@ def find_config(name: str | Path, what: str = "config file") -> Path:
                       f"include {shipped or 'none'}, configs are under {CONFIGS})")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> dict:
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
     """Defaults <- YAML file <- overrides. ``data`` may be given as a bare spec string;
     ``path`` as a short name (:func:`find_config`)."""
     cfg = copy.deepcopy(DEFAULTS)
@@ -186,29 +187,16 @@ def _normalise(d: dict) -> dict:
     return d
 
 
-def check_config(cfg: dict, net: bool = False) -> dict:
-    """Refuse, in one line naming the key, a config that cannot train as written:
-    ``train`` and ``sample`` against their typed schemas (:mod:`slimstep.spec`), the
-    data section's shape and, with ``net``, the network's options against its
-    constructor. ``net`` is for a config that names its network: one that does not
-    (a method that takes the architecture of ``--init`` or the teacher) carries the
-    default name only as a placeholder, and :func:`slimstep.nets.build_net` checks
-    the options when, and if, a network is built from them. The dict itself is
-    returned unchanged (its values are what a run records and hashes)."""
-    from slimstep.nets import net_class
-
-    TrainConfig.from_dict(cfg["train"], "train")
-    SampleConfig.from_dict(cfg["sample"], "sample")
-    data = cfg["data"]
-    if not isinstance(data.get("spec"), str) or not data["spec"]:
-        raise ConfigError(f"data.spec must name a data set (e.g. digits, toy2d:moons), not {data.get('spec')!r}")
-    if not isinstance(data.get("options", {}), dict):
-        raise ConfigError(f"data.options must be a mapping (e.g. data.options.resolution=32), "
-                          f"not {data['options']!r}")
-    for section in ("net", "method"):
-        if not isinstance(cfg[section].get("name"), str):
-            raise ConfigError(f"{section}.name must be a name, not {cfg[section].get('name')!r}")
+def check_config(cfg: dict | RunConfig, net: bool = False) -> RunConfig:
+    """The typed config of ``cfg`` (a merged dict, e.g. a test's or an API user's), refusing
+    in one line naming the key a config that cannot train as written: every section
+    against its schema (:class:`slimstep.spec.RunConfig`) and, with ``net``, the network's
+    options against its constructor. ``net`` is for a config that names its network: one
+    that does not (a method that takes the architecture of ``--init`` or the teacher)
+    carries the default name only as a placeholder, and :func:`slimstep.nets.build_net`
+    checks the options when, and if, a network is built from them. Values are kept as
+    written (they are what a run records and hashes)."""
+    run = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
     if net:
-        opts = {k: v for k, v in cfg["net"].items() if k != "name"}
-        check_kwargs("net", opts, net_class(cfg["net"]["name"]))
-    return cfg
+        check_kwargs("net", run.net.options, net_class(run.net.name))
+    return run

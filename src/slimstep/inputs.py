@@ -21,6 +21,7 @@ from slimstep.data import student_data
 from slimstep.data.pairs import read_manifest
 from slimstep.errors import ConfigError
 from slimstep.generator import Generator, load, resolve_checkpoint
+from slimstep.spec import DataSection, RunConfig
 
 
 @dataclass(frozen=True)
@@ -32,29 +33,29 @@ class Inputs:
     init: Path | None = None
 
 
-def resolve_inputs(cfg: dict, *, teacher: str | Path | None = None, pairs: str | Path | None = None,
-                   init: str | Path | None = None, device="cpu") -> Inputs:
-    """Load and check ``teacher``, ``pairs`` and ``init`` (each optional) for ``cfg``, and
-    record their absolute paths in ``cfg`` (changed in place). Bad input is one
-    :class:`~slimstep.errors.SlimstepError` line."""
+def resolve_inputs(cfg: RunConfig, *, teacher: str | Path | None = None, pairs: str | Path | None = None,
+                   init: str | Path | None = None, device="cpu") -> tuple[RunConfig, Inputs]:
+    """Load and check ``teacher``, ``pairs`` and ``init`` (each optional) for ``cfg``; returns
+    ``cfg`` with their absolute paths recorded (and a teacher's data set) and the inputs.
+    Bad input is one :class:`~slimstep.errors.SlimstepError` line."""
     gen = None
     if teacher is not None:
         gen = load(teacher, device)
-        spec = cfg["data"]["spec"]
+        spec = cfg.data.spec
         if spec not in (gen.info.spec, DEFAULTS["data"]["spec"]):
             raise ConfigError(f"the config trains on '{spec}' but the teacher on '{gen.info.spec}'")
-        cfg["data"] = student_data(cfg["data"], gen.info.spec, gen.info.options)
-        cfg["teacher"] = str(gen.source)
+        data = student_data(cfg.data.to_dict(), gen.info.spec, gen.info.options)
+        cfg = cfg.replace(data=DataSection(data["spec"], data["options"]), teacher=str(gen.source))
     pairs_dir = None
     if pairs is not None:
         pairs_dir = Path(pairs).resolve()
         if read_manifest(pairs_dir) is None:
             raise ConfigError(f"--pairs {pairs}: no pairs there (no manifest.json): run slimstep pairs first")
-        cfg["pairs"] = str(pairs_dir)
+        cfg = cfg.replace(pairs=str(pairs_dir))
     init_dir = None
     if init is not None:
         init_dir = resolve_checkpoint(init).resolve()
         if not (init_dir / ckpt.CONFIG).is_file():
             raise ConfigError(f"--init {init}: not a checkpoint (no {ckpt.CONFIG})")
-        cfg["init"] = str(init_dir)
-    return Inputs(gen, pairs_dir, init_dir)
+        cfg = cfg.replace(init=str(init_dir))
+    return cfg, Inputs(gen, pairs_dir, init_dir)

@@ -49,9 +49,12 @@ from pathlib import Path
 import torch
 
 from slimstep import checkpoint as ck
+from slimstep.data import load_data, loader_options
 from slimstep.errors import SlimstepError
-from slimstep.generator import Generator
+from slimstep.generator import Generator, load, resolve_checkpoint
+from slimstep.methods.gdd import r1_penalty
 from slimstep.nets.discriminators import build_discriminator
+from slimstep.outdir import check_output, output_dir
 
 KIND = "realism"
 EXPECT = "realism discriminator"  # the product's name to slimstep.outdir
@@ -77,8 +80,6 @@ class RealismError(SlimstepError, ValueError):
 def weights_digest(ckpt: str | Path) -> str:
     """Short sha256 of a checkpoint's model.safetensors: which student a discriminator saw
     (``ckpt`` may be a run's stage folder, as everywhere a checkpoint is read)."""
-    from slimstep.generator import resolve_checkpoint
-
     try:
         return ck.weights_digest(resolve_checkpoint(ckpt))
     except ck.CheckpointError as e:
@@ -164,11 +165,6 @@ def train_realism(student_ckpt: str | Path, data_spec: str, out: str | Path, *,
     and write it to ``out``. ``options`` override :data:`DEFAULTS`. An existing discriminator
     in ``out`` is replaced only with ``overwrite``; any other product there never is
     (:func:`slimstep.outdir.output_dir`)."""
-    from slimstep.data import load_data, loader_options
-    from slimstep.generator import load, resolve_checkpoint
-    from slimstep.methods.gdd import r1_penalty
-    from slimstep.outdir import check_output, output_dir
-
     o = settings(options)
     check_output(out, EXPECT, overwrite)  # before training, not after it
     weights_digest(student_ckpt)  # a student without weights fails now, not after training

@@ -38,7 +38,6 @@ one two-thread job.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -59,7 +58,7 @@ from slimstep.data import SPEC_KINDS, DataError, missing_path, student_data
 from slimstep.errors import SlimstepError, os_error
 from slimstep.methods import method_names
 from slimstep.outdir import output_dir
-from slimstep.spec import PairsConfig
+from slimstep.spec import DataSection, Named, PairsConfig, RunConfig
 from slimstep.spec.sampling import VelocityRule
 
 KINDS = ("teacher", "pairs", "distill", "screen")
@@ -88,7 +87,7 @@ class Stage:
     name: str
     kind: str
     params: dict
-    cfg: dict | None = None  # resolved training config (teacher, distill)
+    cfg: RunConfig | None = None  # resolved training config (teacher, distill)
     deps: dict = field(default_factory=dict)  # role -> stage name
     spec: str = ""  # data spec of the stage's model
     hash: str = ""
@@ -103,9 +102,11 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def config_hash(cfg: dict) -> str:
-    """Hash of what determines a training run's weights (not its logging)."""
-    keep = {k: cfg[k] for k in ("data", "net", "method", "train")}
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of what determines a training run's weights (not its logging): of the plain
+    config as written, so typing it changed no hash."""
+    plain = cfg.to_dict()
+    keep = {k: plain[k] for k in ("data", "net", "method", "train")}
     keep["train"] = {k: v for k, v in keep["train"].items() if k not in UNHASHED_TRAIN}
     return _digest(keep)
 
@@ -247,29 +248,29 @@ def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage], data: st
             cfg = load_config(path.parent / body["config"], list(overrides))
         except ConfigError as e:
             raise RecipeError(f"{where}: {e}") from None
-        if kind == "teacher" and cfg["method"]["name"] != "flow_matching":
+        if kind == "teacher" and cfg.method.name != "flow_matching":
             raise RecipeError(f"{where}: a teacher trains flow_matching, its config names "
-                              f"'{cfg['method']['name']}'")
+                              f"'{cfg.method.name}'")
         if kind == "teacher":
             if data is not None:
-                cfg["data"]["spec"] = data
-            _check_data_path(where, cfg["data"]["spec"])
+                cfg = cfg.replace(data=DataSection(data, cfg.data.options))
+            _check_data_path(where, cfg.data.spec)
         if kind == "distill":
-            method = body.get("method") or cfg["method"]["name"]
+            method = body.get("method") or cfg.method.name
             if method not in method_names(students_only=True):
                 raise RecipeError(f"{where}: unknown method {method!r} (one of "
                                   f"{', '.join(method_names(students_only=True))})")
-            named = cfg["method"]["name"]
+            named = cfg.method.name
             if named not in (method, DEFAULTS["method"]["name"]):
                 raise RecipeError(f"{where}: {body['config']} is a recipe for '{named}', not '{method}'")
-            cfg["method"]["name"] = method
+            cfg = cfg.replace(method=Named(method, cfg.method.options))
             if dep("teacher") is not None:  # its teacher's data, at the teacher's resolution and crop
                 try:
-                    cfg["data"] = student_data(cfg["data"], dep("teacher").spec,
-                                               dep("teacher").cfg["data"].get("options") or {})
+                    d = student_data(cfg.data.to_dict(), dep("teacher").spec, dep("teacher").cfg.data.options)
                 except DataError as e:
                     raise RecipeError(f"{where}: {e}") from None
-        st.cfg, st.spec = cfg, cfg["data"]["spec"]
+                cfg = cfg.replace(data=DataSection(d["spec"], d["options"]))
+        st.cfg, st.spec = cfg, cfg.data.spec
         own = config_hash(cfg)
     else:
         if overrides:
@@ -365,7 +366,7 @@ def is_done(out: Path, st: Stage) -> bool:
         m = read_manifest(d)
         return m is not None and bool(m.get("complete"))
     if st.trains:
-        return _finished(d, st.cfg["train"]["steps"])
+        return _finished(d, st.cfg.train.steps)
     return True
 
 
@@ -384,9 +385,8 @@ def execute(out: Path, st: Stage, deps: dict[str, Path], progress: bool = False)
         generate_pairs(deps["teacher"], d, int(p["n"]), solver=p["solver"], steps=int(p["steps"]),
                        seed=int(p["seed"]), progress=progress)
     elif st.trains:
-        cfg = copy.deepcopy(st.cfg)
-        inputs = resolve_inputs(cfg, teacher=deps.get("teacher"), pairs=deps.get("pairs"),
-                                init=deps.get("init"))
+        cfg, inputs = resolve_inputs(st.cfg, teacher=deps.get("teacher"), pairs=deps.get("pairs"),
+                                     init=deps.get("init"))
         train(cfg, d, resume=bool(ckpt.list_snapshots(d)), teacher=inputs.teacher, progress=progress)
     secs = time.perf_counter() - tic
     write_json(d / "stage.json", {"stage": st.name, "kind": st.kind, "hash": st.hash, "seconds": secs})
@@ -517,7 +517,7 @@ def _chain_work(stages: list[Stage]) -> dict[str, float]:
     """Training steps on the longest chain from each stage to a leaf (itself included)."""
     work: dict[str, float] = {}
     for st in reversed(stages):  # every reader comes after what it reads
-        own = st.cfg["train"]["steps"] if st.trains else 0
+        own = st.cfg.train.steps if st.trains else 0
         readers = [work[r.name] for r in stages if st.name in r.deps.values()]
         work[st.name] = own + max(readers, default=0)
     return work
@@ -680,7 +680,7 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
     elif st.kind == "screen":
         rows.append(_evaluate_screen(out, st, by_name, ev, sdir))
     for row in rows:
-        row.update(stage=st.name, kind=st.kind, method=(st.cfg or {}).get("method", {}).get("name", st.kind))
+        row.update(stage=st.name, kind=st.kind, method=st.cfg.method.name if st.cfg else st.kind)
     write_json(cache, {"hash": st.hash, "protocol": proto, "rows": rows})
     return rows
 
@@ -693,7 +693,7 @@ def _init_check(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, row: 
     from slimstep.flags import compare_to_init, initialisation
     from slimstep.generator import load
 
-    init = initialisation(st.cfg["method"]["name"], st.cfg["method"], st.deps)
+    init = initialisation(st.cfg.method.name, st.cfg.method.to_dict(), st.deps)
     if init is None or not row.get("files", {}).get("samples"):
         return None
     gen, name = load(model_dir(out, by_name[init])), init
@@ -797,7 +797,7 @@ def _run(recipe: str | Path, out: str | Path, jobs: int | None, log, data: str |
                                    "metrics_file": (str(model_dir(out, s) / "metrics.jsonl")
                                                     if s.trains else None),
                                    "params": s.params, "overrides": s.overrides,
-                                   "config": s.cfg}
+                                   "config": s.cfg.to_dict() if s.cfg else None}
                           for s in stages},
                "rows": rows, "seconds": time.perf_counter() - tic}
     write_json(out / "results.json", results)

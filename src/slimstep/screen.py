@@ -65,8 +65,14 @@ from pathlib import Path
 
 import torch
 
+from slimstep import checkpoint as ck
+from slimstep.data.digits import load_digits_split
 from slimstep.errors import SlimstepError
-from slimstep.generator import Generator, seeded_noise
+from slimstep.eval.features import DigitsClassifier
+from slimstep.eval.speed import count_macs
+from slimstep.generator import Generator, load_net, seeded_noise
+from slimstep.nets.discriminators import build_discriminator, sum_head_means
+from slimstep.realism import realism_scorer
 
 SCORERS = ("classifier", "density", "teacher", "discriminator", "realism")
 SELECTS = ("argmax", "resample")
@@ -93,8 +99,6 @@ def _digits_only(gen: Generator, name: str) -> None:
 
 
 def classifier_scorer() -> Scorer:
-    from slimstep.eval.features import DigitsClassifier
-
     clf = DigitsClassifier.load()
 
     def score(x, y, z):
@@ -110,9 +114,6 @@ def classifier_scorer() -> Scorer:
 
 
 def density_scorer(k: int = 5) -> Scorer:
-    from slimstep.data.digits import load_digits_split
-    from slimstep.eval.features import DigitsClassifier
-
     clf = DigitsClassifier.load()
     ref = clf.features(load_digits_split("train")[0])
 
@@ -143,18 +144,12 @@ def screen_macs(student: Generator, n_candidates: int, scorer: Scorer, final: st
                 teacher: Generator | None = None, y: torch.Tensor | None = None) -> int:
     """Multiply-accumulates of one screened output (module doc): :func:`screen` of one sample
     under the FLOP counter (seed 0; the count does not depend on the seed)."""
-    from slimstep.eval.speed import count_macs
-
     return count_macs(lambda: screen(student, 1, n_candidates, scorer, final=final,
                                      teacher=teacher, y=y))
 
 
 def discriminator_scorer(ckpt: str | Path) -> Scorer:
     """The discriminator of a GDD run (its newest training snapshot)."""
-    from slimstep import checkpoint as ck
-    from slimstep.generator import load_net
-    from slimstep.nets.discriminators import build_discriminator, sum_head_means
-
     cfg = ck.read_config(ckpt)
     m = cfg.get("method", {})
     snaps = ck.list_snapshots(ckpt)
@@ -196,7 +191,6 @@ def make_scorer(name: str, student: Generator, teacher: Generator | None = None,
                               "whose snapshot holds a discriminator); none was given")
         return discriminator_scorer(discriminator)
     if name == "realism":
-        from slimstep.realism import realism_scorer
 
         if not discriminator:
             raise ScreenError("--scorer realism needs --discriminator DISC (made by slimstep "

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slimstep.data import DataError, DataInfo, LabelledSplits
+from slimstep.data.base import DataError, DataInfo, LabelledSplits
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {

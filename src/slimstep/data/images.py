@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from slimstep.data import DataError, DataInfo
+from slimstep.data.base import DataError, DataInfo
 from slimstep.errors import load_refusal
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slimstep.data import DataError, DataInfo
+from slimstep.data.base import DataError, DataInfo
 from slimstep.data.images import ImageData, npz_labels, read_npz
 
 SCALING = "float, as stored (not rescaled)"

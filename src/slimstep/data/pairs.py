@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from slimstep.data import DataError, DataInfo
+from slimstep.checkpoint import weights_digest
+from slimstep.data.base import DataError, DataInfo
 
 MANIFEST = "manifest.json"
 
@@ -92,8 +93,6 @@ def check_teacher(data, teacher) -> None:
                         "make pairs with this teacher")
     sha, src = man.get("teacher_sha"), getattr(teacher, "source", None)
     if sha and src is not None:
-        from slimstep.checkpoint import weights_digest
-
         if weights_digest(src) != sha:
             raise DataError(f"pairs in {where} were made by another teacher (weights {sha}, "
                             f"{src}'s are {weights_digest(src)}): make pairs with this teacher")

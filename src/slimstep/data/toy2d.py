@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from slimstep.data import DataError, DataInfo
+from slimstep.data.base import DataError, DataInfo
 
 N_REFERENCE = 10_000  # reference() size when n is None (W2 / MMD want >= 2,000)
 _SPLITS = {"train": 0, "test": 1}

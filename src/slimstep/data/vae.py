@@ -42,9 +42,11 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from slimstep.data import IMAGE_KINDS, IMAGE_OPTIONS, DataError, DataInfo
-from slimstep.files import cache_dir
+from slimstep.data.base import IMAGE_KINDS, IMAGE_OPTIONS, DataError, DataInfo
+from slimstep.data.images import ImageData, open_image_data
+from slimstep.files import cache_dir, tensor_bytes, write_bytes, write_json
 
 FORMAT = "slimstep-latents/1"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -144,14 +146,11 @@ def _read_manifest(path: Path) -> dict | None:
 def encode_dataset(vae_dir: Path, data: str, options: dict, progress: bool = False) -> tuple[Path, dict]:
     """Encode the training images of ``data`` (opened with ``options``) through the VAE
     into the cache, resuming a partial encode. Returns (cache folder, manifest)."""
-
-    from slimstep.data import load_data
-    from slimstep.files import tensor_bytes, write_bytes, write_json
-
     sha = vae_sha(vae_dir)
     key = hashlib.sha256(json.dumps([sha, data, options], sort_keys=True).encode()).hexdigest()[:16]
     out = cache_root() / key
-    images = load_data(data, **options)
+    kind, _, path = data.partition(":")  # an image spec: parse() checked its kind
+    images = open_image_data(kind, path, **options)
     _check_round_trip(vae_dir, data, tuple(images.info.shape))
     n = images.split_size("train")
     want = {"format": FORMAT, "vae": str(vae_dir), "vae_sha256": sha, "data": data, "options": options, "n": n}
@@ -187,10 +186,6 @@ def encode_dataset(vae_dir: Path, data: str, options: dict, progress: bool = Fal
 
 def open_vae_data(arg: str, *, flip: bool = False, **image_options):
     """Open ``vae:VAE_DIR:DATA`` (see the module docstring), encoding on first use."""
-    from safetensors.torch import load_file
-
-    from slimstep.data.images import ImageData
-
     unknown = sorted(set(image_options) - set(IMAGE_OPTIONS))
     if unknown:
         raise DataError(f"vae: data options are {', '.join(IMAGE_OPTIONS)} and flip, not {unknown}")

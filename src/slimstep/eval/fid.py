@@ -27,7 +27,13 @@ from typing import Any
 
 import torch
 
-from slimstep.eval import EvalError
+from slimstep.eval import (
+    EvalError,
+    features,  # as a module: tests stand a fake in for its InceptionFeatures
+)
+from slimstep.eval.fd import feature_stats, frechet_distance, load_ref_features, load_stats, save_stats
+from slimstep.eval.inception import SHA1, PackageInception, is_package_archive, package_weights
+from slimstep.eval.kid import KID_SUBSET_SIZE, KID_SUBSETS, kid, kid_subset_size
 
 PREPROCESS = "uint8-trunc,gray-to-rgb,tf1-bilinear-299,(x-128)/128"
 
@@ -41,8 +47,6 @@ def fid_mode() -> str:
 
 def available() -> bool:
     """Whether weights for FID are at hand without naming a file (the package is installed)."""
-    from slimstep.eval.inception import package_weights
-
     p = package_weights()
     return p is not None and p.is_file()
 
@@ -60,16 +64,13 @@ def wanted(fid: bool | None, weights: Any, image_data: bool) -> bool:
 def inception(weights: str | os.PathLike | None = None):
     """The feature network: ``.features(x) -> [N, 2048]``, ``.dim``, ``.name``, ``.key``
     (what identifies its weights in cache names)."""
-    from slimstep.eval.inception import SHA1, PackageInception, is_package_archive
-
     if weights is None or is_package_archive(weights):
         net = PackageInception(weights)
         net.key = f"fidhelper-{SHA1[:12]}"
         return net
-    from slimstep.eval.features import InceptionFeatures, sha256_file
 
-    net = InceptionFeatures(weights)
-    net.key = f"fidelity-{sha256_file(weights)[:12]}"
+    net = features.InceptionFeatures(weights)
+    net.key = f"fidelity-{features.sha256_file(weights)[:12]}"
     return net
 
 
@@ -88,9 +89,6 @@ def score(
     the samples ``x`` and of the held-out real images ``held`` against the reference
     (``reference()`` gives its ``n_reference`` images, called only when no statistics
     are kept yet); ``extra`` holds KID's protocol keys."""
-    from slimstep.eval.fd import feature_stats, frechet_distance, load_ref_features, load_stats, save_stats
-    from slimstep.eval.kid import KID_SUBSET_SIZE, KID_SUBSETS, kid, kid_subset_size
-
     explicit = ref_stats is not None
     path = Path(ref_stats) if explicit else cache_path(net, f"{data_key}|n={n_reference}")
     if path.is_file():

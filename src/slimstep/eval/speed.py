@@ -15,6 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from slimstep.nets import count_params
+from slimstep.nets.dit import math_attention
 
 
 def count_macs(fn: Callable[..., Any], *inputs: Any, **kwargs: Any) -> int:
@@ -26,8 +27,6 @@ def count_macs(fn: Callable[..., Any], *inputs: Any, **kwargs: Any) -> int:
     formula for the CPU kernel of ``scaled_dot_product_attention`` and counted it as 0
     (issue 24: a DiT block's 2T²D attention MACs were missing from every figure before).
     A wrapped diffusers network's own attention processors are outside that switch."""
-    from slimstep.nets.dit import math_attention
-
     with torch.no_grad(), math_attention(), FlopCounterMode(display=False) as counter:
         fn(*inputs, **kwargs)
     return int(counter.get_total_flops()) // 2

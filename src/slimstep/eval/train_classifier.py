@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from slimstep.data.digits import load_digits_split
+from slimstep.data.fashion import load_fashion_split
 from slimstep.eval.features import ASSETS, CLASSIFIERS, FeatureClassifier, sha256_file
 from slimstep.files import atomic_write, tensor_bytes, write_bytes
 
@@ -49,10 +51,8 @@ FILE_STEM = {"digits": "digits_classifier", "fashion-mnist": "fashion_classifier
 
 def load_split(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if name == "digits":
-        from slimstep.data.digits import load_digits_split
 
         return load_digits_split(split)
-    from slimstep.data.fashion import load_fashion_split
 
     return load_fashion_split(split)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 from slimstep.methods.base import Method, MethodError
+from slimstep.spec import RunConfig
 
 _REGISTRY = {
     "flow_matching": "slimstep.methods.flow_matching:FlowMatching",
@@ -35,9 +36,9 @@ def method_class(name: str) -> type[Method]:
     return getattr(importlib.import_module(module), cls)
 
 
-def build_method(cfg: dict, info, device, teacher=None) -> Method:
-    """Instantiate the method named by ``cfg["method"]["name"]``."""
-    return method_class(cfg["method"]["name"])(cfg, info, device=device, teacher=teacher)
+def build_method(cfg: RunConfig, info, device, teacher=None) -> Method:
+    """Instantiate the method named by ``cfg.method.name``."""
+    return method_class(cfg.method.name)(cfg, info, device=device, teacher=teacher)
 
 
 __all__ = ["Method", "MethodError", "build_method", "method_class"]

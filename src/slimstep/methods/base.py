@@ -8,7 +8,7 @@ A method is a small object that owns its math and nothing else::
     m.loss(batch, step, phase) -> {"loss": scalar tensor, **scalars to log}
     m.phase_active(phase, step) # False skips that phase's step (default: always True)
                              # batch = the data set's draw(): (x, y) or (x, y, z) for pairs
-    type(m).data_spec(cfg)   # which data set the loop draws from (default cfg["data"]["spec"])
+    type(m).data_spec(cfg)   # which data set the loop draws from (default cfg.data.spec)
     m.net                    # the exported network: it gets the EMA and goes to model.safetensors
     m.modules()              # every trained module, saved raw in training_state.pt
     m.export()               # the SamplingRule of m.net (config.json's "generator" section)
@@ -22,13 +22,14 @@ inside ``loss`` comes from torch's global RNG, which the loop reseeds from
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from slimstep.errors import SlimstepError
-from slimstep.spec import is_number
+from slimstep.spec import RunConfig, is_number
 from slimstep.spec.sampling import SamplingRule
 
 
@@ -82,6 +83,15 @@ def check_options(method: str, opts: dict, defaults: dict) -> None:
             raise MethodError(f"method.{k} must be {want}, not {v!r} ({method})")
 
 
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """A phase's departures from the ``train`` section's optimizer (None: train's own)."""
+
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    lr_scale: float = 1.0  # applied to whichever lr holds (GDD's lazy-R1 ratio)
+
+
 class Method:
     name: ClassVar[str] = ""
     phases: ClassVar[tuple[str, ...]] = ("main",)
@@ -91,9 +101,9 @@ class Method:
     data_free: ClassVar[bool] = False
     net: nn.Module
 
-    def __init__(self, cfg: dict, info, *, device: torch.device, teacher=None):
+    def __init__(self, cfg: RunConfig, info, *, device: torch.device, teacher=None):
         self.cfg, self.info, self.device, self.teacher = cfg, info, device, teacher
-        opts = {k: v for k, v in cfg["method"].items() if k != "name"}
+        opts = dict(cfg.method.options)
         unknown = sorted(set(opts) - set(self.defaults))
         if unknown:
             raise MethodError(f"method '{self.name}' has no option(s) {', '.join(unknown)}; "
@@ -102,9 +112,9 @@ class Method:
         self.opts = {**self.defaults, **opts}
 
     @classmethod
-    def data_spec(cls, cfg: dict) -> str:
+    def data_spec(cls, cfg: RunConfig) -> str:
         """The data set the loop draws batches from (pairs methods override)."""
-        return cfg["data"]["spec"]
+        return cfg.data.spec
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net}
@@ -126,9 +136,9 @@ class Method:
         """An earlier phase whose optimizer (and schedule) ``phase`` steps too (default: its own)."""
         return None
 
-    def optimizer_options(self, phase: str) -> dict:
-        """Per-phase overrides of ``train`` optimizer settings (e.g. GAN betas)."""
-        return {}
+    def optimizer_options(self, phase: str) -> OptimizerSettings:
+        """Per-phase overrides of the ``train`` optimizer settings (e.g. GAN betas)."""
+        return OptimizerSettings()
 
     def loss(self, batch: tuple[torch.Tensor | None, ...], step: int,
              phase: str) -> dict[str, torch.Tensor]:

@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimstep.methods.base import Method, MethodError
+from slimstep.methods.base import Method, MethodError, OptimizerSettings
 from slimstep.nets import build_net
 from slimstep.onestep import euler_step
 from slimstep.solvers import guided
@@ -201,7 +201,7 @@ class DMD2(Method):
 
     def optimizer_options(self, phase):
         lr = self.opts["lr_g" if phase == "gen" else "lr_d"]
-        return {} if lr is None else {"lr": float(lr)}
+        return OptimizerSettings(lr=lr)
 
     def phase_active(self, phase: str, step: int) -> bool:
         """The two time-scale rule: the generator steps once per ``fake_updates``."""

@@ -19,6 +19,7 @@ import torch
 from slimstep.methods.base import Method, MethodError
 from slimstep.nets import build_net
 from slimstep.paths import interpolate, target_velocity
+from slimstep.spec import RunConfig
 from slimstep.spec.sampling import VelocityRule
 
 
@@ -30,14 +31,14 @@ def sample_time(n: int, kind: str, mean: float, std: float, device) -> torch.Ten
     raise MethodError(f"time_sampling must be uniform or logit-normal, not '{kind}'")
 
 
-def net_spec(cfg: dict, info, conditional: bool) -> dict:
+def net_spec(cfg: RunConfig, info, conditional: bool) -> dict:
     """The network section completed with what the data fixes (a net.in_shape that
     contradicts the data is a mistake, not something to overwrite quietly)."""
-    given = cfg["net"].get("in_shape")
+    given = cfg.net.options.get("in_shape")
     if given is not None and list(given) != list(info.shape):
         raise MethodError(f"net.in_shape={list(given)} but the data {info.spec} has samples of shape "
                           f"{list(info.shape)}: leave net.in_shape out, the data sets it")
-    return {**cfg["net"], "in_shape": list(info.shape),
+    return {**cfg.net.to_dict(), "in_shape": list(info.shape),
             "num_classes": info.num_classes if conditional else 0}
 
 
@@ -75,6 +76,5 @@ class FlowMatching(Method):
         return {"loss": (v.float() - target_velocity(x0, x1)).pow(2).mean()}
 
     def export(self):
-        s = self.cfg["sample"]
-        return VelocityRule(solver=s["solver"], steps=s["steps"], cfg_scale=s["cfg_scale"], rtol=s["rtol"],
-                            atol=s["atol"])
+        s = self.cfg.sample
+        return VelocityRule(solver=s.solver, steps=s.steps, cfg_scale=s.cfg_scale, rtol=s.rtol, atol=s.atol)

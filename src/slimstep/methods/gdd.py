@@ -91,7 +91,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimstep.methods.base import Method, MethodError
+from slimstep.methods.base import Method, MethodError, OptimizerSettings
 from slimstep.nets import build_net
 from slimstep.nets.discriminators import (
     KINDS,
@@ -433,13 +433,12 @@ class GDD(Method):
         return [p for p in mod.parameters() if p.requires_grad]
 
     def optimizer_options(self, phase):
-        lr = self.opts["lr_d" if phase == "disc" else "lr_g"]
-        lr = float(self.cfg["train"]["lr"] if lr is None else lr)
+        lr = self.opts["lr_d" if phase == "disc" else "lr_g"]  # None: train.lr
         betas = [float(b) for b in self.opts["betas"]]
         if phase == "disc" and self._separate_r1:  # StyleGAN2's lazy-regularisation ratio
             c = self.opts["r1_every"] / (self.opts["r1_every"] + 1)
-            lr, betas = lr * c, [b ** c for b in betas]
-        return {"betas": betas, "lr": lr}
+            return OptimizerSettings(lr=lr, betas=tuple(b ** c for b in betas), lr_scale=c)
+        return OptimizerSettings(lr=lr, betas=tuple(betas))
 
     def phase_active(self, phase, step):
         return phase != "r1" or step % self.opts["r1_every"] == 0

@@ -206,7 +206,7 @@ class MeanFlow(Method):
             net, self.spec = two_time_student(teacher, self.name)
             check_smooth_time(net, "the teacher's network")
         else:
-            if cfg["net"].get("name") not in ("dit", "mlp"):
+            if cfg.net.name not in ("dit", "mlp"):
                 raise MethodError("meanflow from scratch needs net.name: dit or mlp")
             self.spec = {**net_spec(cfg, info, info.num_classes > 0), "extra_time_embeds": 1}
             net = build_net(self.spec)

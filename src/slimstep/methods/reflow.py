@@ -39,6 +39,7 @@ from slimstep.methods.base import Method, MethodError
 from slimstep.methods.flow_matching import net_spec, sample_time
 from slimstep.nets import build_net
 from slimstep.paths import interpolate
+from slimstep.spec import RunConfig
 from slimstep.spec.sampling import VelocityRule
 
 SCHEDULES = ("linear", "cos", "exp", "cos-half", "exp5")
@@ -77,20 +78,20 @@ def flip_pair(x: torch.Tensor, z: torch.Tensor, p: float = 0.5) -> tuple[torch.T
     return x, z
 
 
-def pairs_spec(cfg: dict) -> str:
-    if not cfg.get("pairs"):
-        raise MethodError(f"method '{cfg['method']['name']}' trains on teacher pairs: pass --pairs DIR "
+def pairs_spec(cfg: RunConfig) -> str:
+    if not cfg.pairs:
+        raise MethodError(f"method '{cfg.method.name}' trains on teacher pairs: pass --pairs DIR "
                           "(made by slimstep pairs)")
-    return f"pairs:{cfg['pairs']}"
+    return f"pairs:{cfg.pairs}"
 
 
-def student_net(cfg: dict, info, conditional: bool, weights: str = "ema"):
+def student_net(cfg: RunConfig, info, conditional: bool, weights: str = "ema"):
     """The student: from ``--init`` (its own architecture and weights) or built
     from the recipe's ``net`` section with random weights. Returns (net, spec)."""
-    if cfg.get("init"):
-        net, icfg = load_net(cfg["init"], weights)
+    if cfg.init:
+        net, icfg = load_net(cfg.init, weights)
         if tuple(icfg["data"]["shape"]) != tuple(info.shape):
-            raise MethodError(f"--init {cfg['init']} was trained on shape {icfg['data']['shape']}, "
+            raise MethodError(f"--init {cfg.init} was trained on shape {icfg['data']['shape']}, "
                               f"the pairs have {list(info.shape)}")
         return net, icfg["net"]
     spec = net_spec(cfg, info, conditional)
@@ -134,8 +135,8 @@ class Reflow(Method):
         return {"loss": (v.float() - (x1 - z)).pow(2).mean(), "beta": torch.tensor(beta)}
 
     def export(self):
-        s = self.cfg["sample"]
-        return VelocityRule(solver=s["solver"], steps=s["steps"], rtol=s["rtol"], atol=s["atol"])
+        s = self.cfg.sample
+        return VelocityRule(solver=s.solver, steps=s.steps, rtol=s.rtol, atol=s.atol)
 
 
 class AnnealingReflow(Reflow):

@@ -50,7 +50,7 @@ class SlimFlow(Method):
 
     def __init__(self, cfg, info, *, device, teacher=None):
         super().__init__(cfg, info, device=device, teacher=teacher)
-        if self.requires_init and not cfg.get("init"):
+        if self.requires_init and not cfg.init:
             raise MethodError(f"method '{self.name}' starts from a reflow checkpoint: pass --init CKPT")
         try:
             self.distance = Distance(self.opts["distance"], self.opts["lpips_weights"]).to(device)
@@ -61,7 +61,7 @@ class SlimFlow(Method):
         self.conditional = bool(getattr(net, "num_classes", 0))
         self.guide = None
         if self.opts.get("guide_weight", 0.0) > 0:
-            guide, _ = load_net(cfg["init"], "ema")
+            guide, _ = load_net(cfg.init, "ema")
             self.guide = guide.to(device).eval().requires_grad_(False)
 
     def loss(self, batch, step, phase):

@@ -103,7 +103,7 @@ class SLT(Method):
         tspec = teacher.config["net"]
         self.t0 = teacher.sampling.t
         self.s0 = teacher.sampling.s
-        n = dict(cfg["net"])
+        n = cfg.net.to_dict()
         n.pop("name", None)
         self.spec = {
             "name": "shared_block", "in_shape": list(info.shape),
@@ -132,7 +132,7 @@ class SLT(Method):
             raise MethodError("slt: random_steps needs the depth-gap arm (net.depth: gap): a "
                               "depth table runs only its K steps")
         self.layers = sorted({lj for _, lj in self._all_pairs()})
-        self.bank_seed = int(cfg.get("train", {}).get("seed", 0))
+        self.bank_seed = cfg.train.seed
         self.teacher_spec = dict(tspec)
         self._bank = None
 

@@ -31,8 +31,10 @@ from slimstep.data.pairs import check_teacher
 from slimstep.errors import SlimstepError, os_error
 from slimstep.files import atomic_write
 from slimstep.methods import build_method, method_class
+from slimstep.methods.base import OptimizerSettings
 from slimstep.nets import recorded_spec
 from slimstep.outdir import output_dir
+from slimstep.spec import RunConfig, TrainConfig
 from slimstep.spec.sampling import rule_dict
 from slimstep.train import dist
 from slimstep.train.ema import EMA
@@ -55,30 +57,27 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank * 7_919 + step * 104_729 + 1) % (2**63 - 1)
 
 
-def _optimizer(params, train: dict, over: dict) -> torch.optim.Optimizer:
-    o = {**train, **over}
-    kind = o["optimizer"]
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(kind)
-    if cls is None:
-        raise ConfigError(f"train.optimizer must be adam or adamw, not '{kind}'")
-    return cls(params, lr=float(o["lr"]), betas=tuple(o["betas"]),
-               weight_decay=float(o["weight_decay"]))
+_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}  # TrainConfig names the choice
 
 
-def lr_factor(step: int, t: dict) -> float:
-    """Linear warm-up over ``t["warmup"]`` steps, then constant or a cosine decay to
-    ``t["min_lr"]`` x lr at the last step (``t["schedule"]``)."""
-    warm = min(1.0, (step + 1) / t["warmup"]) if t["warmup"] > 0 else 1.0
-    if t["schedule"] == "constant" or step < t["warmup"]:
+def _optimizer(params, t: TrainConfig, over: OptimizerSettings) -> torch.optim.Optimizer:
+    lr = (t.lr if over.lr is None else over.lr) * over.lr_scale
+    betas = t.betas if over.betas is None else over.betas
+    return _OPTIMIZERS[t.optimizer](params, lr=float(lr), betas=tuple(betas), weight_decay=float(t.weight_decay))
+
+
+def lr_factor(step: int, t: TrainConfig) -> float:
+    """Linear warm-up over ``t.warmup`` steps, then constant or a cosine decay to
+    ``t.min_lr`` x lr at the last step (``t.schedule``)."""
+    warm = min(1.0, (step + 1) / t.warmup) if t.warmup > 0 else 1.0
+    if t.schedule == "constant" or step < t.warmup:
         return warm
-    span = max(t["steps"] - t["warmup"], 1)
-    cos = 0.5 * (1 + math.cos(math.pi * min(step - t["warmup"], span) / span))
-    return t["min_lr"] + (1 - t["min_lr"]) * cos
+    span = max(t.steps - t.warmup, 1)
+    cos = 0.5 * (1 + math.cos(math.pi * min(step - t.warmup, span) / span))
+    return t.min_lr + (1 - t.min_lr) * cos
 
 
-def _schedule(opt, t: dict):
-    if t["schedule"] not in ("constant", "cosine"):
-        raise ConfigError(f"train.schedule must be constant or cosine, not '{t['schedule']}'")
+def _schedule(opt, t: TrainConfig):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
 
 
@@ -132,16 +131,16 @@ class Logger:
 
 def _train_step(method, data, phases, ema, ctx, cfg, step):
     """One optimizer step of every phase; returns the scalars to log."""
-    t = cfg["train"]
-    torch.manual_seed(step_seed(t["seed"], ctx.rank, step))
-    gen = torch.Generator().manual_seed(step_seed(t["seed"], ctx.rank, step) ^ 0x5EED)
+    t = cfg.train
+    torch.manual_seed(step_seed(t.seed, ctx.rank, step))
+    gen = torch.Generator().manual_seed(step_seed(t.seed, ctx.rank, step) ^ 0x5EED)
     batch = tuple(b.to(ctx.device) if b is not None else None
-                  for b in data.draw(t["batch_size"] // ctx.world, gen))
-    size = len(batch[0]) // t["accum"]  # train() checked that the batch divides evenly
+                  for b in data.draw(t.batch_size // ctx.world, gen))
+    size = len(batch[0]) // t.accum  # train() checked that the batch divides evenly
     micro = [tuple(b[i:i + size] if b is not None else None for b in batch)
              for i in range(0, len(batch[0]), size)]
     amp = torch.autocast(ctx.device.type, dtype=torch.bfloat16,
-                         enabled=t["precision"] == "bf16")
+                         enabled=t.precision == "bf16")
     logs: dict[str, float] = {}
     for name, (params, opt, sched) in phases.items():
         if not method.phase_active(name, step):  # GDD's separate lazy R1 step, DMD2's generator (TTUR)
@@ -158,7 +157,7 @@ def _train_step(method, data, phases, ema, ctx, cfg, step):
                 key = k if len(phases) == 1 else f"{name}/{k}"
                 logs[key] = logs.get(key, 0.0) + float(v.detach()) / len(micro)
         dist.allreduce_grads(params, ctx.world)
-        clip = t["grad_clip"] if t["grad_clip"] > 0 else math.inf
+        clip = t.grad_clip if t.grad_clip > 0 else math.inf
         gnorm = float(nn.utils.clip_grad_norm_(params, clip))
         if not math.isfinite(gnorm):
             raise TrainingDiverged(f"gradient norm of phase '{name}' is {gnorm} at step {step}")
@@ -167,35 +166,36 @@ def _train_step(method, data, phases, ema, ctx, cfg, step):
         opt.step()
         if method.shared_optimizer(name) is None:  # a shared optimizer keeps its owner's schedule
             sched.step()
-    ema.update(method.net, step, t["batch_size"])
+    ema.update(method.net, step, t.batch_size)
     return logs
 
 
-def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
+def train(cfg: RunConfig | dict, out: str | Path, *, resume: bool = False, teacher=None,
           progress: bool = True) -> Path:
-    """Train ``cfg["method"]`` and write checkpoints to ``out``; returns ``out``.
+    """Train ``cfg.method`` and write checkpoints to ``out``; returns ``out``. ``cfg`` is
+    :func:`slimstep.config.load_config`'s value (a plain dict is checked into one).
 
     Everything that can be checked — the config, the data, the method and its
     inputs — is checked before ``out`` is created; then ``out`` is locked for the
     run (:func:`slimstep.outdir.output_dir`)."""
     out = Path(out)
-    check_config(cfg)
-    t = cfg["train"]
-    ctx = dist.setup(t["device"])
-    if t["batch_size"] % (ctx.world * t["accum"]):
-        raise ConfigError(f"train.batch_size {t['batch_size']} must divide by "
-                          f"world size x accum = {ctx.world * t['accum']}")
-    if t["precision"] == "bf16" and ctx.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    cfg = check_config(cfg)
+    t = cfg.train
+    ctx = dist.setup(t.device)
+    if t.batch_size % (ctx.world * t.accum):
+        raise ConfigError(f"train.batch_size {t.batch_size} must divide by "
+                          f"world size x accum = {ctx.world * t.accum}")
+    if t.precision == "bf16" and ctx.device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"train.precision=bf16 does not run on {torch.cuda.get_device_name(ctx.device)}: "
                           "use fp32")
-    torch.manual_seed(t["seed"])  # same initial weights on every rank
-    mcls = method_class(cfg["method"]["name"])
+    torch.manual_seed(t.seed)  # same initial weights on every rank
+    mcls = method_class(cfg.method.name)
     if mcls.data_free and teacher is not None:
         data = ShapeOnly(teacher.info)
     else:
         spec = mcls.data_spec(cfg)
         # The options are those of the config's data set; pairs carry their teacher's shapes.
-        data = load_data(spec, **(cfg["data"].get("options", {}) if spec == cfg["data"]["spec"] else {}))
+        data = load_data(spec, **(cfg.data.options if spec == cfg.data.spec else {}))
     check_teacher(data, teacher)  # pairs from another teacher, data set or shape
     method = build_method(cfg, data.info, ctx.device, teacher=teacher)
     for m in method.modules().values():
@@ -209,14 +209,14 @@ def train(cfg: dict, out: str | Path, *, resume: bool = False, teacher=None,
             continue
         opt = _optimizer(params, t, method.optimizer_options(name))
         phases[name] = (params, opt, _schedule(opt, t))
-    ema = EMA(method.net, **t["ema"])
+    ema = EMA(method.net, **t.ema.to_dict())
     with output_dir(out, lock=ctx.main, expect="checkpoint"):
         return _run(cfg, out, resume, method, data, phases, ema, ctx, progress)
 
 
-def _run(cfg: dict, out: Path, resume: bool, method, data, phases, ema, ctx, progress: bool) -> Path:
+def _run(cfg: RunConfig, out: Path, resume: bool, method, data, phases, ema, ctx, progress: bool) -> Path:
     """The run itself, in a locked ``out``: resume or start, train, snapshot."""
-    t = cfg["train"]
+    t = cfg.train
     start = 0
     if resume:
         start = _resume(out, cfg, method, phases, ema)
@@ -225,7 +225,7 @@ def _run(cfg: dict, out: Path, resume: bool, method, data, phases, ema, ctx, pro
     elif (out / ckpt.CONFIG).is_file():  # an imported teacher, a copy: nothing to resume, not ours to replace
         raise ResumeError(f"{out} already holds a checkpoint (not a training run to resume): "
                           "choose another --out")
-    if t["compile"]:
+    if t.compile:
         for m in method.compiled_modules().values():
             m.compile()
 
@@ -236,10 +236,10 @@ def _run(cfg: dict, out: Path, resume: bool, method, data, phases, ema, ctx, pro
 
     def config(step):
         return {"format": FORMAT, "net": recorded_spec(getattr(method, "spec", None), method.net),
-                "teacher": cfg.get("teacher"), "pairs": cfg.get("pairs"), "init": cfg.get("init"),
+                "teacher": cfg.teacher, "pairs": cfg.pairs, "init": cfg.init,
                 "generator": rule_dict(method.export()), "method": method.method_config(),
-                "data": data.info.to_dict(), "train": t, "sample": cfg["sample"],
-                "step": step, "images_seen": step * t["batch_size"], "params": params}
+                "data": data.info.to_dict(), "train": t.to_dict(), "sample": cfg.sample.to_dict(),
+                "step": step, "images_seen": step * t.batch_size, "params": params}
 
     def save(step):
         if ctx.main:
@@ -247,32 +247,32 @@ def _run(cfg: dict, out: Path, resume: bool, method, data, phases, ema, ctx, pro
                      "modules": {k: m.state_dict() for k, m in method.modules().items()},
                      "optimizers": {k: v[1].state_dict() for k, v in phases.items()},
                      "schedulers": {k: v[2].state_dict() for k, v in phases.items()}}
-            ckpt.save_snapshot(out, step, ema.net, config(step), state, t["keep"])
+            ckpt.save_snapshot(out, step, ema.net, config(step), state, t.keep)
 
     logger = Logger(out, ctx.main, start)
     bar = None
     if ctx.main and progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=t["steps"], initial=start, desc=method.name, mininterval=1.0,
+        bar = tqdm(total=t.steps, initial=start, desc=method.name, mininterval=1.0,
                    dynamic_ncols=True)
     tic, last = time.perf_counter(), start
     try:
-        for step in range(start, t["steps"]):
+        for step in range(start, t.steps):
             for m in method.modules().values():
                 m.train()
             logs = _train_step(method, data, phases, ema, ctx, cfg, step)
             done = step + 1
-            if done % t["log_every"] == 0 or done == t["steps"]:
+            if done % t.log_every == 0 or done == t.steps:
                 now = time.perf_counter()
                 logs = {k: float(dist.allreduce_mean(torch.tensor(v), ctx.world))
                         for k, v in logs.items()}
-                logs["images_per_s"] = (done - last) * t["batch_size"] / max(now - tic, 1e-9)
+                logs["images_per_s"] = (done - last) * t.batch_size / max(now - tic, 1e-9)
                 tic, last = now, done
                 logger.log(step, logs)
                 if bar:
                     bar.set_postfix(loss=f"{logs.get('loss', next(iter(logs.values()))):.4g}")
-            if done % t["ckpt_every"] == 0 or done == t["steps"]:
+            if done % t.ckpt_every == 0 or done == t.steps:
                 save(done)
             if bar:
                 bar.update(1)
@@ -317,7 +317,7 @@ _ADDED_LATER = {
 }
 
 
-def _resume(out: Path, cfg: dict, method, phases, ema) -> int:
+def _resume(out: Path, cfg: RunConfig, method, phases, ema) -> int:
     snaps = ckpt.list_snapshots(out)
     if not snaps:
         raise ResumeError(f"--resume: no checkpoint in {out}/checkpoints")
@@ -332,12 +332,13 @@ def _resume(out: Path, cfg: dict, method, phases, ema) -> int:
                     mine = {kk: v for kk, v in mine.items() if kk != k}  # written before it was
         if saved.get(key) != mine:
             raise ResumeError(f"--resume: the {key} section differs from the run in {out}")
-    if isinstance(saved.get("data"), dict) and saved["data"].get("spec") != cfg["data"]["spec"]:
+    if isinstance(saved.get("data"), dict) and saved["data"].get("spec") != cfg.data.spec:
         raise ResumeError(f"--resume: the run in {out} trained on {saved['data'].get('spec')}, "
-                          f"not {cfg['data']['spec']}")
-    changed = _changed_train_keys(saved.get("train") or {}, cfg["train"])
+                          f"not {cfg.data.spec}")
+    mine = cfg.train.to_dict()
+    changed = _changed_train_keys(saved.get("train") or {}, mine)
     if changed:
-        was = ", ".join(f"train.{k} {saved['train'].get(k)!r} -> {cfg['train'].get(k)!r}" for k in changed)
+        was = ", ".join(f"train.{k} {saved['train'].get(k)!r} -> {mine.get(k)!r}" for k in changed)
         raise ResumeError(f"--resume: {was} (the run in {out} used the first); a resumed run keeps "
                           f"its optimizer and schedule state, so only {', '.join(sorted(RESUMABLE))} may change")
     state = ckpt.load_training_state(snaps[-1])
