@@ -182,7 +182,7 @@ def cmd_eval(a) -> None:
     from slimstep.eval import evaluate, format_table
     from slimstep.files import read_samples, samples_data_options, write_json
     from slimstep.outdir import check_path, output_path
-    from slimstep.recipes import default_n
+    from slimstep.run import default_n
 
     if (a.ckpt is None) == (a.samples is None):
         raise ConfigError("give exactly one of --ckpt DIR or --samples FILE")
@@ -355,13 +355,13 @@ def _finish_run(res: dict) -> None:
 
 
 def cmd_run(a) -> None:
-    from slimstep.recipes import run
+    from slimstep.run import run
 
     _finish_run(run(a.recipe, a.out, jobs=a.jobs, data=a.data))
 
 
 def cmd_demo(a) -> None:
-    from slimstep.recipes import demo
+    from slimstep.run import demo
 
     _finish_run(demo(a.out, jobs=a.jobs))
 

@@ -12,7 +12,7 @@ valid keys instead of ending in a ``TypeError``.
 
 The config stays a plain dict on its way through the loop and into
 ``config.json``; these classes check it and never rewrite its values, so what a
-run records (and hashes, see :func:`slimstep.recipes.config_hash`) is exactly
+run records (and hashes, see :func:`slimstep.run.config_hash`) is exactly
 what the user wrote.
 """
 
