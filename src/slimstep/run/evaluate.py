@@ -26,7 +26,7 @@ from slimstep.generator import load
 from slimstep.realism import realism_for_stage
 from slimstep.run import samples
 from slimstep.run.execute import model_dir, stage_dir
-from slimstep.run.recipe import PROTOCOL_VERSION, Stage, _digest, default_n
+from slimstep.run.recipe import PROTOCOL_VERSION, Stage, default_n, digest
 from slimstep.screen import make_scorer
 
 
@@ -117,7 +117,7 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
     """Rows for one stage: a teacher gives its reference sampler and its Euler
     NFE curve; a student one row; screening one row. Reused when unchanged."""
     sdir = stage_dir(out, st)
-    proto = _digest({**{k: ev[k] for k in ("n", "seeds", "teacher_nfes", "speed_batch")},
+    proto = digest({**{k: ev[k] for k in ("n", "seeds", "teacher_nfes", "speed_batch")},
                      "version": PROTOCOL_VERSION})
     cache = sdir / "result.json"
     if cache.is_file():

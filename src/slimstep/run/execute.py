@@ -22,7 +22,7 @@ from slimstep.run.recipe import RecipeError, Stage
 from slimstep.train.loop import train
 
 
-def _check_contained(out: Path, stages: list[Stage]) -> None:
+def check_contained(out: Path, stages: list[Stage]) -> None:
     """Every folder a stage writes stays inside ``out``: a stage folder (or a model folder in
     it) that is a symbolic link, or resolves elsewhere, is refused before anything runs."""
     root = out.resolve()

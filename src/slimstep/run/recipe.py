@@ -80,7 +80,7 @@ class Stage:
         return self.kind in ("teacher", "distill")
 
 
-def _digest(obj) -> str:
+def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -88,7 +88,7 @@ def config_hash(cfg: dict) -> str:
     """Hash of what determines a training run's weights (not its logging)."""
     keep = {k: cfg[k] for k in ("data", "net", "method", "train")}
     keep["train"] = {k: v for k, v in keep["train"].items() if k not in UNHASHED_TRAIN}
-    return _digest(keep)
+    return digest(keep)
 
 
 def default_n(spec: str) -> int:
@@ -270,7 +270,7 @@ def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage], data: st
         st.spec = (dep("teacher") or dep("student")).spec
         if kind == "screen":
             _check_screen(where, body, st.deps, dep("student").spec)
-        own = _digest(body)
+        own = digest(body)
         if kind == "screen" and body["scorer"] == "realism":
             # the discriminator's effective settings, screen-train's defaults included: a change
             # of those defaults must not reuse the rows of a discriminator trained the old way
@@ -278,8 +278,8 @@ def _resolve(path: Path, name: str, body: dict, done: dict[str, Stage], data: st
                 effective = realism.settings(body.get("realism"))
             except realism.RealismError as e:
                 raise RecipeError(f"{where}: {e}") from None
-            own = _digest([own, effective, realism.JUDGED])
-    st.hash = _digest([kind, own, {r: done[d].hash for r, d in sorted(st.deps.items())}])
+            own = digest([own, effective, realism.JUDGED])
+    st.hash = digest([kind, own, {r: done[d].hash for r, d in sorted(st.deps.items())}])
     return st
 
 

@@ -17,7 +17,7 @@ from slimstep.flags import row_flags
 from slimstep.outdir import output_dir
 from slimstep.report import write_reports
 from slimstep.run.evaluate import evaluate_stage
-from slimstep.run.execute import _check_contained, model_dir, root_teacher
+from slimstep.run.execute import check_contained, model_dir, root_teacher
 from slimstep.run.recipe import EVAL_DEFAULTS, RecipeError, load_recipe
 from slimstep.run.schedule import run_stages
 from slimstep.verdict import HEADLINES
@@ -36,7 +36,7 @@ def _run(recipe: str | Path, out: str | Path, jobs: int | None, log, data: str |
     tic = time.perf_counter()
     out = Path(out)
     ev, stages = load_recipe(recipe, data)
-    _check_contained(out, stages)
+    check_contained(out, stages)
     by_name = {s.name: s for s in stages}
     if jobs is None:
         jobs = 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
