@@ -79,8 +79,8 @@ def pairs_done(directory: Path) -> Path:
 def score(ckpt: Path, name: str, spec: str, threads: int = 1, seed: int = 0, **sampling) -> dict:
     """Evaluate a checkpoint with the protocol (same seeds and N for every row)."""
     from slimstep.generator import load
-    from slimstep.recipes import default_n
-    from slimstep.recipes import score as _score
+    from slimstep.run import default_n
+    from slimstep.run import score as _score
 
     torch.set_num_threads(threads)
     gen = load(ckpt).with_sampling(**sampling)

@@ -173,7 +173,7 @@ def claims_table(c: dict) -> list[str]:
 def link_finished(main_out: Path, claims_out: Path) -> None:
     """The claims recipe's stages that fashion/all already trained (same config hash: the
     teacher, its pairs, the seed-0 arms) are linked in, so they are reused, not retrained."""
-    from slimstep.recipes import load_recipe, model_dir
+    from slimstep.run import load_recipe, model_dir
 
     _, main_stages = load_recipe("fashion/all")
     _, claim_stages = load_recipe("fashion/claims")

@@ -116,7 +116,7 @@ def _cost(recipe: Path, candidates: int, repeats: int) -> dict:
     from slimstep.eval.speed import count_macs
     from slimstep.nets import count_params
     from slimstep.realism import build_realism_disc, disc_score, settings
-    from slimstep.recipes import load_recipe
+    from slimstep.run import load_recipe
     from slimstep.screen import screen
 
     _, stages = load_recipe(recipe)

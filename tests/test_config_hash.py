@@ -1,7 +1,7 @@
 """The shipped recipes' stage hashes are pinned: trained products are reused by them.
 
 A run keeps every model under ``DIR/<stage>/model-<hash>`` and reuses it while the
-hash holds (:mod:`slimstep.recipes`). A refactor of how configs are read, checked or
+hash holds (:mod:`slimstep.run`). A refactor of how configs are read, checked or
 defaulted must leave these hashes exactly as they are, or every finished model of
 every user retrains. A *deliberate* change to a recipe or a default changes them:
 update the table in the same commit, saying why.
@@ -9,7 +9,7 @@ update the table in the same commit, saying why.
 
 import pytest
 
-from slimstep.recipes import config_hash, load_recipe
+from slimstep.run import config_hash, load_recipe
 
 #: recipe -> stage -> (config_hash of its training config or None, stage hash)
 PINNED = {

@@ -269,7 +269,7 @@ def test_a_stale_lock_is_taken_over_and_released(tmp_path):
 
 def test_configs_resolve_by_short_name_from_anywhere(tmp_path, monkeypatch):
     from slimstep.config import find_config, load_config
-    from slimstep.recipes import load_recipe
+    from slimstep.run import load_recipe
 
     monkeypatch.chdir(tmp_path)
     assert load_config("digits/teacher").net.name == "unet"

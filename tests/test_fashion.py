@@ -123,7 +123,7 @@ def test_the_real_files_and_the_shipped_classifier_accuracy():
 def test_fashion_recipes_load_and_share_their_teacher_with_the_claims():
     """fashion/all and fashion/claims resolve; the claims' teacher, pairs and seed-0 arms hash
     as fashion/all's (benchmarks/fashion.py links them in, so nothing trains twice)."""
-    from slimstep.recipes import load_recipe
+    from slimstep.run import load_recipe
 
     ev, stages = load_recipe("fashion/all")
     assert ev["n"] == 10000 and len(ev["seeds"]) >= 3
@@ -182,7 +182,7 @@ def test_every_fashion_stage_kind_runs_end_to_end_on_tiny_data(tmp_path):
     """fashion/all's stage configs, shrunk to a few steps and tiny widths, through `slimstep run`
     on idx files written here: teacher -> pairs -> annealing reflow -> slimflow, GDD-I, the DiT
     teacher -> flowmap -> SLT -> realism screening; each row scored on the Fashion-MNIST protocol."""
-    from slimstep.recipes import run
+    from slimstep.run import run
 
     cfg = Path(__file__).resolve().parents[1] / "src" / "slimstep" / "configs" / "fashion"
     root = make_fashion(tmp_path / "fm", n_train=48, n_test=24)

@@ -109,7 +109,7 @@ def test_toy_floor_is_the_mean_of_the_seeds_draws():
     noisy: moons W2 at N = 2,000 has sd ~0.02 around ~0.09), stated in the row."""
     from slimstep.data import load_data
     from slimstep.eval.toy import w2
-    from slimstep.recipes import score_samples
+    from slimstep.run import score_samples
 
     ds = load_data("toy2d:moons")
 

@@ -11,7 +11,7 @@ import pytest
 
 from slimstep.cli import main
 from slimstep.files import read_samples
-from slimstep.recipes import RecipeError, load_recipe, run
+from slimstep.run import RecipeError, load_recipe, run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = ["train.steps=6", "train.ckpt_every=3", "train.batch_size=32"]

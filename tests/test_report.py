@@ -13,8 +13,8 @@ from slimstep.eval import EvalError
 from slimstep.files import write_npz
 from slimstep.flags import compare_to_init, initialisation, row_flags
 from slimstep.palette import METHOD_STYLE
-from slimstep.recipes import score_samples
 from slimstep.report import collapse_notes, console_table, plot_nfe, plot_speed, summary_table, write_reports
+from slimstep.run import score_samples
 from slimstep.verdict import verdict, verdict_lines
 
 FLOOR = {"w2": 0.1, "mmd": 0.001}
@@ -22,7 +22,7 @@ CLAMP = "{}% of sample values were outside [-1, 1] and were clamped"
 
 
 def row(name, w2, sd=0.0, *, kind="distill", method=None, nfe=1, params=1000, seeds=2, samples=None, **kw):
-    """One result row as recipes.run writes it (teacher 't', reference W2 0.2, 1000 params)."""
+    """One result row as slimstep.run.run writes it (teacher 't', reference W2 0.2, 1000 params)."""
     r = {"name": name, "stage": kw.pop("stage", name), "kind": kind, "method": method or name, "data": "toy2d:moons",
          "n": 200, "seeds": list(range(seeds)), "nfe": nfe, "params": params, "teacher": "t",
          "metrics": {"w2": w2, "mmd": w2 / 100}, "metrics_sd": {"w2": sd, "mmd": 0.0},

@@ -301,7 +301,7 @@ def test_recipe_screen_stage_with_realism_resampling(tmp_path):
     (reused on a rerun), resamples, and its row counts NFE by the one rule."""
     from test_recipes import moons_stages, recipe
 
-    from slimstep.recipes import run
+    from slimstep.run import run
 
     stages = {k: v for k, v in moons_stages().items() if k in ("t", "p", "reflow")}
     stages["scr"] = {"kind": "screen", "student": "reflow", "candidates": 3, "scorer": "realism",
@@ -324,7 +324,7 @@ def test_realism_screen_stage_is_keyed_by_the_discriminator_settings(tmp_path, m
     from test_recipes import moons_stages, recipe
 
     from slimstep import realism
-    from slimstep.recipes import load_recipe
+    from slimstep.run import load_recipe
 
     stages = {k: v for k, v in moons_stages().items() if k in ("t", "p", "reflow")}
     stages["scr"] = {"kind": "screen", "student": "reflow", "scorer": "realism", "select": "resample"}
@@ -394,7 +394,7 @@ def test_realism_options_are_checked_in_one_place(tmp_path):
     from test_recipes import moons_stages, recipe
 
     from slimstep.realism import DEFAULTS, RealismError, settings
-    from slimstep.recipes import RecipeError, load_recipe
+    from slimstep.run import RecipeError, load_recipe
 
     assert settings({"r1_gamma": None}) == settings(None) == {**DEFAULTS}
     assert settings({"lr": "2e-4", "steps": 10.0})["lr"] == 2e-4  # YAML 1.1 reads 2e-4 as text

@@ -11,7 +11,6 @@ import argparse
 import json
 import math
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -102,9 +101,10 @@ def cmd_sample(a) -> None:
 
 
 def _sample(a, png: Path) -> None:
-    from slimstep.data import data_fields
-    from slimstep.files import write_npz
-    from slimstep.viz import save_picture
+    from slimstep.data import loader_options
+    from slimstep.generator import load
+    from slimstep.run import samples
+    from slimstep.screen import make_scorer
 
     gen = _generator(a)
     y, mode = _labels(gen, a.labels, a.n)
@@ -112,58 +112,18 @@ def _sample(a, png: Path) -> None:
                              or a.select != "argmax" or a.temperature is not None):
         raise ConfigError("--scorer, --final, --teacher, --discriminator, --select and "
                           "--temperature go with --screen N")
-    tic = time.perf_counter()
-    extra, nfe, macs = {}, None, None
+    screening = None
     if a.screen is not None:
-        from slimstep.generator import load
-        from slimstep.screen import make_scorer, screen
-
         teacher = load(a.teacher, _device(a.device)) if a.teacher else None
-        scorer = make_scorer(a.scorer or "classifier", gen, teacher, a.discriminator, a.ckpt)
-        if mode == "null" and gen.num_classes:
-            import torch
-
-            y = torch.full((a.n,), gen.num_classes, dtype=torch.long)
-        x, ys, info = screen(gen, a.n, a.screen, scorer, seed=a.seed, final=a.final,
-                             teacher=teacher, y=y, batch_size=a.batch_size, select=a.select,
-                             temperature=a.temperature)
-        nfe = info["nfe"]
-        from slimstep.screen import screen_macs
-
-        macs = screen_macs(gen, a.screen, scorer, a.final, teacher)
-        extra = {"candidate": info["candidate"].numpy(), "score": info["score"].numpy(),
-                 "screen": a.screen, "scorer": a.scorer or "classifier", "final": a.final,
-                 "select": a.select}
-        if a.select == "resample":
-            extra["temperature"] = 1.0 if a.temperature is None else a.temperature
-    else:
-        x, ys = gen.generate(a.n, seed=a.seed, y=y, batch_size=a.batch_size, labels=mode)
-    secs = time.perf_counter() - tic
-    nfe = gen.nfe if nfe is None else nfe
-    macs = _sample_macs(gen) if macs is None else macs
-    fields = data_fields(gen.info)
-    kind, _, arg = gen.info.spec.partition(":")
-    if kind == "vae":  # a latent model's samples are the images its VAE decodes them to
-        from slimstep.data.vae import decode, parse
-
-        extra.update(latents=x.numpy(), latent_data=gen.info.spec)
-        x, fields["data"] = decode(x, arg), parse(arg)[1]
-    arrays = {"samples": x.numpy(), "seeds": list(range(a.seed, a.seed + a.n)),
-              "nfe": nfe, "macs": macs, **fields, **extra}
-    if ys is not None:
-        arrays["labels"] = ys.numpy()
-    write_npz(a.out, **arrays)
-    save_picture(x, png, title=f"{Path(a.ckpt).name}, NFE {nfe}")
-    print(f"{a.n} samples, NFE {nfe}, {macs:,} MACs per sample, {secs:.2f} s -> {a.out} and {png}")
-
-
-def _sample_macs(gen) -> int:
-    """Multiply-accumulates of one sample of ``gen`` (every network call, every block pass)."""
-    import torch
-
-    from slimstep.eval.speed import count_macs
-
-    return count_macs(gen, torch.randn(1, *gen.info.shape, device=next(gen.net.parameters()).device))
+        scorer = a.scorer or "classifier"
+        screening = samples.Screening(a.screen, make_scorer(scorer, gen, teacher, a.discriminator, a.ckpt),
+                                      scorer, a.final, teacher, a.select, a.temperature)
+    drawn = samples.draw(gen, a.n, a.seed, screening=screening, y=y, labels=mode, batch_size=a.batch_size,
+                         with_macs=True)
+    arrays = samples.npz_fields(drawn, gen.info.spec, loader_options(gen.info.options), decode=True)
+    samples.save(a.out, arrays, png, title=f"{Path(a.ckpt).name}, NFE {drawn.nfe}")
+    print(f"{a.n} samples, NFE {drawn.nfe}, {drawn.macs:,} MACs per sample, {drawn.seconds:.2f} s "
+          f"-> {a.out} and {png}")
 
 
 def cmd_screen_train(a) -> None:
@@ -183,7 +143,7 @@ def cmd_eval(a) -> None:
     from slimstep.eval import evaluate, format_table
     from slimstep.files import read_samples, samples_data_options, write_json
     from slimstep.outdir import check_path, output_path
-    from slimstep.recipes import default_n
+    from slimstep.run import default_n, samples
 
     if (a.ckpt is None) == (a.samples is None):
         raise ConfigError("give exactly one of --ckpt DIR or --samples FILE")
@@ -208,7 +168,7 @@ def cmd_eval(a) -> None:
         options = loader_options(gen.info.options) if spec == gen.info.spec else {}
         n = a.n or default_n(spec)
         x, labels = gen.generate(n, seed=a.seed, batch_size=a.batch_size)
-        name, nfe, macs = Path(a.ckpt).name, gen.nfe, _sample_macs(gen)
+        name, nfe, macs = Path(a.ckpt).name, gen.nfe, samples.macs(gen)
     if not spec:
         raise ConfigError("the samples file names no data set: pass --data")
     fid = _fid_choice(a, spec)
@@ -356,13 +316,13 @@ def _finish_run(res: dict) -> None:
 
 
 def cmd_run(a) -> None:
-    from slimstep.recipes import run
+    from slimstep.run import run
 
     _finish_run(run(a.recipe, a.out, jobs=a.jobs, data=a.data))
 
 
 def cmd_demo(a) -> None:
-    from slimstep.recipes import demo
+    from slimstep.run import demo
 
     _finish_run(demo(a.out, jobs=a.jobs))
 

@@ -1,7 +1,7 @@
 """A training run's inputs — teacher, pairs, init — resolved and checked in one place.
 
 ``slimstep distill`` (:mod:`slimstep.cli`) and a ``slimstep run`` stage
-(:mod:`slimstep.recipes`) both call :func:`resolve_inputs`, so the two paths cannot
+(:mod:`slimstep.run`) both call :func:`resolve_inputs`, so the two paths cannot
 assemble a run differently. It loads the teacher, makes the config's data set the
 teacher's, at the teacher's resolution and crop (a config that names another one is
 refused), checks that the pairs and the init exist in their formats, and writes the

@@ -47,7 +47,7 @@ def teacher_style(index: int, reference: bool) -> tuple[str, str]:
 
 
 def row_style(row: dict, teachers: list[str]) -> tuple[str, str]:
-    """(colour, marker) of a result row of :func:`slimstep.recipes.run`; ``teachers`` is
+    """(colour, marker) of a result row of :func:`slimstep.run.run`; ``teachers`` is
     the list of teacher stage names of the whole run, so every plot agrees."""
     if row.get("kind") == "teacher":
         return teacher_style(teachers.index(row["stage"]), bool(row.get("reference")))

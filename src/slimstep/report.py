@@ -8,7 +8,7 @@ quality-vs-NFE curves with every student as a labelled point, quality vs speed,
 a sample grid per model, the loss curves and the evaluation's notes, each said
 once. Every plot colours a method the same way (:mod:`slimstep.palette`).
 
-Every number comes from the result rows of :func:`slimstep.recipes.run`;
+Every number comes from the result rows of :func:`slimstep.run.run`;
 nothing here computes a metric. Both files are built from one list of blocks
 so they cannot disagree.
 """

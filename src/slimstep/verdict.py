@@ -11,7 +11,7 @@
 * **Best small model**: the same among students with at most 1/4 of their
   teacher's parameters (SlimFlow's question), or a line saying none is that small.
 
-Pure functions of the result rows of :func:`slimstep.recipes.run`; the report
+Pure functions of the result rows of :func:`slimstep.run.run`; the report
 and ``slimstep run``'s summary print the same lines.
 """
 

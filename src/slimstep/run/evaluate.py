@@ -1,0 +1,205 @@
+"""Evaluating the stages of a run: one protocol for every model, one row each (a
+teacher's also its Euler NFE curve), kept in ``DIR/<stage>/result.json``.
+
+**One protocol.** Every model is sampled from the same seeds (``eval.seeds``,
+``eval.n`` samples from each) and scored by :func:`slimstep.eval.evaluate`; the
+table shows the mean over seeds (and their spread). Speed is measured after all
+training, one model at a time, at batch 256. An evaluation is kept under its stage's
+hash and the protocol's (:data:`~slimstep.run.recipe.PROTOCOL_VERSION`), so a killed
+run, rerun, redoes only what had not finished.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from slimstep.data import loader_options
+from slimstep.data.vae import as_images
+from slimstep.eval import EvalError, evaluate
+from slimstep.eval.speed import bench_generator
+from slimstep.files import read_samples, write_json
+from slimstep.flags import compare_to_init, initialisation
+from slimstep.generator import load
+from slimstep.realism import realism_for_stage
+from slimstep.run import samples
+from slimstep.run.execute import model_dir, stage_dir
+from slimstep.run.recipe import PROTOCOL_VERSION, Stage, default_n, digest
+from slimstep.screen import make_scorer
+from slimstep.spec.sampling import VelocityRule
+
+
+def _mean_metrics(results: list[dict]) -> tuple[dict, dict]:
+    keys = [k for k, v in results[0]["metrics"].items() if isinstance(v, (int, float))]
+    mean, sd = {}, {}
+    for k in keys:
+        vals = torch.tensor([float(r["metrics"][k]) for r in results], dtype=torch.float64)
+        mean[k] = float(vals.mean())
+        sd[k] = float(vals.std()) if len(vals) > 1 else 0.0
+    return mean, sd
+
+
+def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None,
+                  data_options: dict | None = None) -> dict:
+    """``make(seed, n) -> Drawn`` (:func:`slimstep.run.samples.draw`; or the tuple ``(x, y,
+    seconds, extra arrays)``); score on every protocol seed, keep the first seed's samples
+    (``samples.npz`` + ``samples.png``) under ``keep``. A seed whose samples cannot be
+    scored (NaN, ...) is left out and listed in ``failed_seeds``; when every seed fails the
+    row cannot exist and the evaluation error is raised. ``data_options``: the model's
+    image loader options (:func:`slimstep.data.loader_options`)."""
+    n = int(ev["n"] if ev["n"] is not None else default_n(spec))
+    data_options = data_options or {}
+    results, failed, secs = [], [], 0.0
+    for i, seed in enumerate(ev["seeds"]):
+        drawn = _drawn(make(int(seed), n), int(seed))
+        x, y = drawn.x, drawn.labels
+        secs += drawn.seconds
+        if i == 0 and keep is not None:  # kept before scoring: a broken model's samples are evidence too
+            samples.save(keep / "samples.npz", samples.npz_fields(drawn, spec, data_options, temperature=False),
+                         keep / "samples.png", picture=as_images(x[:100], spec), title=name)
+        try:
+            results.append(evaluate(x, spec, labels=y, seed=int(seed), data_options=data_options))
+        except EvalError as e:
+            failed.append({"seed": int(seed), "error": str(e)})
+    if not results:
+        raise EvalError(f"no seed could be scored ({failed[0]['error']})")
+    mean, sd = _mean_metrics(results)
+    first = results[0]
+    floor, floor_note = first["floor"], None
+    if spec.partition(":")[0] == "toy2d":  # a toy floor is one noisy draw per seed: their mean
+        floor = {k: float(torch.tensor([float(r["floor"][k]) for r in results],
+                                       dtype=torch.float64).mean()) for k in first["floor"]}
+        floor_note = f"mean of the {len(results)} scored seeds' real/real draws"
+    return {"name": name, "data": spec, "n": n, "seeds": list(ev["seeds"]), "metrics": mean,
+            "metrics_sd": sd, "per_seed": [r["metrics"] for r in results], "floor": floor,
+            "per_seed_floor": [r["floor"] for r in results], "floor_note": floor_note,
+            "notes": first["notes"], "sample_seconds": secs,  # notes of the first scored seed
+            "failed_seeds": failed,
+            "files": ({"samples": str(keep / "samples.npz"), "picture": str(keep / "samples.png")}
+                      if keep is not None else {})}
+
+
+def _drawn(got, seed: int) -> samples.Drawn:
+    """``make``'s answer as a :class:`~slimstep.run.samples.Drawn` (a tuple's ``nfe`` entry
+    is its NFE)."""
+    if isinstance(got, samples.Drawn):
+        return got
+    x, y, secs, extra = got
+    extra = dict(extra)
+    return samples.Drawn(x, y, seed, extra.pop("nfe", None), secs, extra=extra)
+
+
+def score(gen, spec: str, name: str, n: int | None = None, seed: int = 0) -> dict:
+    """One protocol row for a generator at one seed (the benchmark scripts' unit)."""
+    n = n or default_n(spec)
+    drawn = samples.draw(gen, n, seed)
+    res = evaluate(drawn.x, spec, labels=drawn.labels, seed=seed, data_options=_options(gen))
+    res.update(name=name, nfe=gen.nfe, macs=samples.macs(gen), params=gen.params,
+               samples_per_s=round(n / drawn.seconds, 1))
+    return res
+
+
+def _options(gen) -> dict:
+    return loader_options(gen.info.options)
+
+
+def _speed(gen, ev: dict) -> dict:
+    r = bench_generator(gen, batch_size=int(ev["speed_batch"]), iters=3)
+    return {"samples_per_s": r["samples_per_s"], "macs": r["macs"], "latency_s": r["latency_s"]}
+
+
+def _generate(gen):
+    return lambda seed, n: samples.draw(gen, n, seed)
+
+
+def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, log=print) -> list[dict]:
+    """Rows for one stage: a teacher gives its reference sampler and its Euler
+    NFE curve; a student one row; screening one row. Reused when unchanged."""
+    sdir = stage_dir(out, st)
+    proto = digest({**{k: ev[k] for k in ("n", "seeds", "teacher_nfes", "speed_batch")},
+                     "version": PROTOCOL_VERSION})
+    cache = sdir / "result.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("hash") == st.hash and saved.get("protocol") == proto:
+            log(f"[reuse] evaluation of {st.name}")
+            rows = saved["rows"]
+            for r in rows:  # kept files live in this stage's folder, wherever the run now is
+                if r.get("files"):
+                    r["files"] = {k: str(sdir / Path(v).name) for k, v in r["files"].items()}
+            if st.kind == "distill" and "init_check" not in rows[0]:  # a result from before the check
+                rows[0]["init_check"] = _init_check(out, st, by_name, ev, rows[0])
+                write_json(cache, {**saved, "rows": rows})
+            return rows
+    log(f"[eval] {st.name}")
+    rows = []
+    if st.kind == "teacher":
+        gen = load(model_dir(out, st))
+        for k in ev["teacher_nfes"]:
+            g = gen.with_sampling(solver="euler", steps=int(k))
+            r = score_samples(_generate(g), st.spec, ev, f"{st.name} euler-{k}", sdir / f"euler-{k}", _options(gen))
+            rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params, "macs": samples.macs(g)})
+        s = gen.sampling
+        r = score_samples(_generate(gen), st.spec, ev, f"{st.name} {s.solver}-{s.steps} (reference)", sdir,
+                          _options(gen))
+        rows.append({**r, "reference": True, "nfe": gen.nfe, "params": gen.params, **_speed(gen, ev)})
+        for row in rows[:-1]:  # the curve's speed: same network, NFE-proportional
+            row["samples_per_s"] = None
+        one = next((row for row in rows if row.get("nfe") == 1), None)
+        if one is not None:
+            one.update(_speed(gen.with_sampling(solver="euler", steps=1), ev))
+    elif st.kind == "distill":
+        gen = load(model_dir(out, st))
+        r = score_samples(_generate(gen), st.spec, ev, st.name, sdir, _options(gen))
+        rows.append({**r, "nfe": gen.nfe, "params": gen.params, **_speed(gen, ev)})
+        rows[0]["init_check"] = _init_check(out, st, by_name, ev, rows[0])
+    elif st.kind == "screen":
+        rows.append(_evaluate_screen(out, st, by_name, ev, sdir))
+    for row in rows:
+        row.update(stage=st.name, kind=st.kind, method=st.cfg.method.name if st.cfg else st.kind)
+    write_json(cache, {"hash": st.hash, "protocol": proto, "rows": rows})
+    return rows
+
+
+def _init_check(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, row: dict) -> dict | None:
+    """Did the student move from its initialisation? Its kept samples (first protocol seed)
+    against the initialisation's one-step samples from the same seeds (:mod:`slimstep.flags`).
+    None for a student trained from scratch."""
+    init = initialisation(st.cfg.method.name, st.cfg.method.to_dict(), st.deps)
+    if init is None or not row.get("files", {}).get("samples"):
+        return None
+    gen, name = load(model_dir(out, by_name[init])), init
+    if isinstance(gen.sampling, VelocityRule) and gen.nfe != 1:  # its student's one-step map starts at its Euler step
+        gen, name = gen.with_sampling(solver="euler", steps=1), f"{init} euler-1"
+    x = torch.from_numpy(read_samples(row["files"]["samples"])["samples"])
+    x0, _ = gen.generate(len(x), seed=int(ev["seeds"][0]))
+    return compare_to_init(x, x0, st.spec, row["floor"], name)
+
+
+def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, sdir: Path) -> dict:
+    p = st.params
+    student_dir = model_dir(out, by_name[st.deps["student"]])
+    student = load(student_dir)
+    teacher = load(model_dir(out, by_name[st.deps["teacher"]])) if "teacher" in st.deps else None
+    disc = (realism_for_stage(student_dir, st.spec, model_dir(out, st) / "realism", p.get("realism"))
+            if p["scorer"] == "realism" else None)
+    n_c, select = int(p["candidates"]), p.get("select", "argmax")  # defaults kept out of the hash
+    scr = samples.Screening(n_c, make_scorer(p["scorer"], student, teacher, disc, student_dir), p["scorer"],
+                            p["final"], teacher, select, p.get("temperature"))
+    scorer, nfe, macs = scr.scorer, scr.nfe(student), scr.macs(student)
+
+    def make(seed, n):
+        return samples.draw(student, n, seed, screening=scr)
+
+    how = p["scorer"] if select == "argmax" else f"{p['scorer']} resample T={p.get('temperature', 1.0):g}"
+    name = f"{st.name} ({st.deps['student']} x{n_c}, {how}, final {p['final']})"
+    r = score_samples(make, st.spec, ev, name, sdir, _options(student))
+    final = teacher if p["final"] == "teacher" else student
+    params = student.params + (teacher.params if teacher is not None and p["final"] == "teacher" else 0)
+    secs_per_sample = r["sample_seconds"] / (r["n"] * len(ev["seeds"]))
+    scoring = f" + {n_c * scorer.nfe} scorer" if getattr(scorer, "nfe", 0) else ""
+    return {**r, "nfe": nfe, "nfe_note": f"{n_c * student.nfe} student{scoring} + "
+            f"{'1 teacher' if p['final'] == 'teacher' else '0'} calls", "params": params,
+            "samples_per_s": round(1 / secs_per_sample, 1), "macs": macs, "final_params": final.params}
