@@ -37,11 +37,13 @@ setup: $(VENV)/.installed fashion-data
 demo: setup
 	$(BIN)/slimstep demo
 
-test: setup
+# The suite runs after the lint: a broken layer or import circle fails CI as a test would.
+test: lint
 	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
