@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Runner, machine  # noqa: E402
 
-from slimstep.report import fmt  # noqa: E402
+from slimstep.numbers import fmt  # noqa: E402
 
 RECIPES = {"full": [("configs/digits/all.yaml", "digits"), ("configs/toy2d/all.yaml", "toy2d")],
            "quick": [("configs/demo.yaml", "demo")]}

@@ -138,9 +138,10 @@ def test_digits_evaluate_floor_and_noise():
     noise = evaluate(torch.randn(597, 1, 8, 8, generator=torch.Generator().manual_seed(0)), "digits")
     assert noise["metrics"]["fd"] > 10 * noise["floor"]["fd"]
     assert noise["metrics"]["precision"] < 0.5 * noise["floor"]["precision"]
-    assert any("clamped" in n for n in noise["notes"])
+    assert any("clamped" in n["text"] for n in noise["notes"])
+    assert any(n["kind"] == "clamped" and 0 < n["percent"] <= 100 for n in noise["notes"])
     small = evaluate(x[:100], "digits")
-    assert any("differs from the floor" in n for n in small["notes"])
+    assert any("differs from the floor" in n["text"] for n in small["notes"])
     table = format_table([{**real, "name": "real"}, {**noise, "name": "noise"}])
     assert "(floor " in table and "noise" in table.splitlines()[-1]
 
@@ -157,7 +158,9 @@ def test_copying_the_training_set_is_flagged():
     copied = evaluate(xr[:597], "digits")
     assert copied["metrics"]["fd"] < copied["floor"]["fd"]
     assert copied["metrics"]["copy_rate"] == 1.0
-    assert any("below the real/real floor" in n for n in copied["notes"])
+    assert any("below the real/real floor" in n["text"] for n in copied["notes"])
+    below = next(n for n in copied["notes"] if n["kind"] == "below-floor")
+    assert below["value"] == copied["metrics"]["fd"] and below["copy_rate"] == 1.0
 
 
 # ----------------------------------------------------------------------------- toy2d
@@ -204,12 +207,12 @@ def test_image_eval_without_weights_is_swd_with_its_floor(tmp_path, image_folder
     json.dumps(r)
     assert set(r["metrics"]) == {"swd", "swd_16"} and r["metrics"] == r["floor"]
     assert r["floor_n"] == len(real) == 12 and r["reference_n"] == 12
-    assert any(INCEPTION_FILE in n and "no FID" in n for n in r["notes"])
+    assert any(INCEPTION_FILE in n["text"] and "no FID" in n["text"] for n in r["notes"])
     noise = evaluate(torch.rand(12, 3, 16, 16) * 2 - 1, spec, data_options=opts)
     assert noise["metrics"]["swd"] > 2 * noise["floor"]["swd"]
     assert "swd" in format_table([noise]) and "(floor " in format_table([noise])
     more = evaluate(torch.rand(20, 3, 16, 16) * 2 - 1, spec, data_options=opts)
-    assert more["floor_n"] == 12 and any("only 12 held-out" in n for n in more["notes"])
+    assert more["floor_n"] == 12 and any("only 12 held-out" in n["text"] for n in more["notes"])
     with pytest.raises(EvalError, match=r"samples are \(3, 16, 16\).*\(3, 20, 20\)"):
         evaluate(real, spec)  # the real images at their own size: not the model's
     few = image_folder(tmp_path / "few", n=8)
@@ -258,7 +261,7 @@ def test_image_fid_beside_swd_with_weights(tmp_path, monkeypatch, image_folder):
     assert list(r["metrics"])[:4] == ["fid", "kid", "kid_std", "swd"]
     assert {"fid", "kid", "kid_std", "swd"} <= set(r["floor"])
     assert r["floor"]["fid"] < r["metrics"]["fid"] and stats.is_file()
-    assert not any("no FID" in n or "no KID" in n for n in r["notes"])
+    assert not any("no FID" in n["text"] or "no KID" in n["text"] for n in r["notes"])
     assert "kid" in format_table([r]) and "kid_subset_size" not in format_table([r])
     again = evaluate(x, spec, inception_weights=weights, ref_stats=stats)  # read back, same numbers
     assert again["metrics"] == r["metrics"] and again["floor"] == r["floor"]
@@ -291,7 +294,7 @@ def test_image_kid_uses_the_reference_features_at_one_subset_size(tmp_path, monk
     assert r["kid_subset_size"] == 12 and r["kid_subsets"] == KID_SUBSETS  # N = 12 < 15 held-out, 15 reference
     assert r["metrics"]["kid"] == pytest.approx(kid(net.features(x), ref_f, subset_size=12)["kid"], rel=1e-9)
     assert r["floor"]["kid"] == pytest.approx(kid(net.features(held), ref_f, subset_size=12)["kid"], rel=1e-9)
-    assert any("KID subsets of 12, not torch-fidelity's 1000" in n for n in r["notes"])
+    assert any("KID subsets of 12, not torch-fidelity's 1000" in n["text"] for n in r["notes"])
     np.testing.assert_allclose(load_ref_features(stats), ref_f.numpy(), rtol=1e-6)  # stored beside mu, sigma
 
     # A stats file with mu and sigma only (EDM's, pytorch-fid's, slimstep's before KID): FID, no KID.
@@ -300,7 +303,7 @@ def test_image_kid_uses_the_reference_features_at_one_subset_size(tmp_path, monk
     old = evaluate(x, spec, inception_weights=weights, ref_stats=tmp_path / "old.npz")
     assert old["metrics"]["fid"] == r["metrics"]["fid"] and old["floor"]["fid"] == r["floor"]["fid"]
     assert "kid" not in old["metrics"] and "kid" not in old["floor"] and "kid_subset_size" not in old
-    assert any(n.startswith("no KID: reference stats") and "features" in n for n in old["notes"])
+    assert any(n["text"].startswith("no KID: reference stats") and "features" in n["text"] for n in old["notes"])
 
 
 def test_latents_have_no_image_protocol(tmp_path):

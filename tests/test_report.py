@@ -13,16 +13,20 @@ from slimstep.eval import EvalError
 from slimstep.files import write_npz
 from slimstep.flags import compare_to_init, initialisation, row_flags
 from slimstep.palette import METHOD_STYLE
-from slimstep.report import collapse_notes, console_table, plot_nfe, plot_speed, summary_table, write_reports
+from slimstep.report import console_table, write_reports
+from slimstep.report.notes import collapse_notes
+from slimstep.report.plots import plot_nfe, plot_speed
+from slimstep.report.tables import summary_table
 from slimstep.run import score_samples
+from slimstep.spec.results import Note
 from slimstep.verdict import verdict, verdict_lines
 
 FLOOR = {"w2": 0.1, "mmd": 0.001}
-CLAMP = "{}% of sample values were outside [-1, 1] and were clamped"
+CLAMP = "{}% of sample values were outside [-1, 1] and were clamped"  # a note before records: text only
 
 
 def row(name, w2, sd=0.0, *, kind="distill", method=None, nfe=1, params=1000, seeds=2, samples=None, **kw):
-    """One result row as slimstep.run.run writes it (teacher 't', reference W2 0.2, 1000 params)."""
+    """One result row as recipes.run writes it (teacher 't', reference W2 0.2, 1000 params)."""
     r = {"name": name, "stage": kw.pop("stage", name), "kind": kind, "method": method or name, "data": "toy2d:moons",
          "n": 200, "seeds": list(range(seeds)), "nfe": nfe, "params": params, "teacher": "t",
          "metrics": {"w2": w2, "mmd": w2 / 100}, "metrics_sd": {"w2": sd, "mmd": 0.0},
@@ -49,8 +53,9 @@ def fixed_results(tmp_path, seeds=2):
         row("t euler-2", 0.5, 0.02, kind="teacher", stage="t", curve=True, nfe=2, seeds=seeds, sps=None),
         row("t heun-8 (reference)", 0.2, 0.01, kind="teacher", stage="t", reference=True, nfe=16, seeds=seeds,
             samples=paths["t-ref"], sps=1e3),
-        row("worse", 0.6, 0.01, method="distill", seeds=seeds, samples=paths["worse"], notes=[CLAMP.format(2.5)]),
-        row("b", 0.31, 0.02, method="slimflow", seeds=seeds, samples=paths["b"], notes=[CLAMP.format(0.5)]),
+        row("worse", 0.6, 0.01, method="distill", seeds=seeds, samples=paths["worse"],
+            notes=[Note.clamped(0.025).to_dict()]),
+        row("b", 0.31, 0.02, method="slimflow", seeds=seeds, samples=paths["b"], notes=[Note.clamped(0.005).to_dict()]),
         row("a", 0.30, 0.01, method="gdd-i", seeds=seeds, samples=paths["a"]),
         row("small", 0.45, 0.01, method="annealing-reflow", params=200, seeds=seeds, samples=paths["small"]),
         frozen,
@@ -71,18 +76,18 @@ def test_verdict_picks_the_best_one_step_student_and_its_ties(tmp_path):
     rows = fixed_results(tmp_path)["rows"]
     v = verdict(rows)
     # copycat scores lowest (below the floor, flagged) and is still the lowest one-step student
-    assert v["best"]["name"] == "copycat"
+    assert v.best.name == "copycat"
     rest = [r for r in rows if r["name"] != "copycat"]
     v = verdict(rest)
-    assert v["best"]["name"] == "a" and [r["name"] for r in v["within"]] == ["b"]  # 0.31 - 0.30 <= 0.01 + 0.02
-    assert v["small"]["name"] == "small" and v["small_within"] == []
+    assert v.best.name == "a" and [r.name for r in v.within] == ["b"]  # 0.31 - 0.30 <= 0.01 + 0.02
+    assert v.small.name == "small" and v.small_within == ()
     lines = verdict_lines(rest)
     assert lines[0].startswith("Best one-step model: a: W2 0.3, 1.5x its teacher's (t heun-8 (reference): 0.2)")
     assert "within the seed spread of it: b." in lines[0]
     assert lines[1].startswith("Best small model (at most 1/4 of its teacher's parameters): small: W2 0.45")
     # One seed: no spread, so no ties are claimed and the line says why.
     one = [r for r in fixed_results(tmp_path, seeds=1)["rows"] if r["name"] != "copycat"]
-    assert verdict(one)["within"] == [] and "one seed: no spread" in verdict_lines(one)[0]
+    assert verdict(one).within == () and "one seed: no spread" in verdict_lines(one)[0]
 
 
 def test_report_reads_at_a_glance(tmp_path):
@@ -107,8 +112,12 @@ def test_report_reads_at_a_glance(tmp_path):
     # each flag explained once, naming its models
     assert html.count("the one-step map did not move") == 1 and "frozen (W2 0 from t euler-1" in html
     # repeated clamping notes: one line, every model with its share
-    assert collapse_notes(res["rows"]) == ["sample values outside [-1, 1] were clamped before scoring, as "
-                                           "when saved as images: worse 2.5 %, b 0.5 %"]
+    clamped = ["sample values outside [-1, 1] were clamped before scoring, as when saved as images: "
+               "worse 2.50 %, b 0.50 %"]
+    assert collapse_notes(res["rows"]) == clamped
+    # a results.json from before the records (notes as the text eval wrote) reads the same
+    old = [{**r, "notes": [CLAMP.format(f"{n['percent']:.2f}") for n in r["notes"]]} for r in res["rows"]]
+    assert collapse_notes(old) == clamped
     for png in ("toy2d-moons-strip.png", "toy2d-moons-nfe.png", "toy2d-moons-speed.png"):
         assert (tmp_path / png).is_file() and f"src='{png}'" in html
     text = console_table(res)
@@ -198,3 +207,22 @@ def test_a_student_close_to_its_init_but_scoring_apart_is_not_flagged():
          "init_check": {**chk, "metric": "fd"}}
     assert row_flags(d, 1, {"init": one}) == []
     assert [f["id"] for f in row_flags({**d, "metrics": {"fd": 12.0}}, 1, {"init": one})] == ["equals-init"]
+
+
+def test_rows_flags_and_notes_are_records_that_give_their_json_back(tmp_path):
+    """results.json is read through records (slimstep.spec.results): to_dict gives each stored
+    row back, key for key; a note from before the records (a string) still reads as its kind."""
+    from slimstep.spec.results import Flag, Row
+
+    for r in fixed_results(tmp_path)["rows"]:
+        rec = Row.from_dict(r)
+        assert rec.to_dict() == r and list(rec.to_dict()) == list(r)
+        assert all(isinstance(f, Flag) for f in rec.flags)
+    frozen = Row.from_dict(next(r for r in fixed_results(tmp_path)["rows"] if r["name"] == "frozen"))
+    assert frozen.init_check.equal and [f.id for f in frozen.flags] == ["equals-init"]
+    assert Note.from_dict(CLAMP.format("2.50")) == Note.clamped(0.025)
+    assert Note.from_dict("N = 200 < 2,000: W2 and MMD are noisy").kind == Note.TEXT
+    built = Row(name="x", metrics={"w2": 0.1}, notes=(Note.clamped(0.01),))
+    assert built.to_dict() == {"name": "x", "metrics": {"w2": 0.1}, "metrics_sd": {}, "floor": {},
+                               "notes": [Note.clamped(0.01).to_dict()], "files": {}, "flags": []}
+    assert Row.from_dict(built.to_dict()) == built

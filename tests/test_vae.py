@@ -129,7 +129,7 @@ def test_train_sample_and_score_through_the_vae(tmp_path, tiny_vae, image_folder
     images = json.loads((tmp_path / "r.json").read_text())
     direct = evaluate(torch.from_numpy(s["latents"]), spec, data_options={"resolution": 16})
     assert direct["metrics"]["swd"] == pytest.approx(images["metrics"]["swd"], rel=1e-5)
-    assert any("decoded by the VAE" in n for n in direct["notes"])
+    assert any("decoded by the VAE" in n["text"] for n in direct["notes"])
     capsys.readouterr()
     assert main(["eval", "--ckpt", str(tmp_path / "t"), "--n", "12", "--steps", "1", "--solver", "euler"]) == 0
     assert "swd" in capsys.readouterr().out

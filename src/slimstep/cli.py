@@ -181,7 +181,7 @@ def cmd_eval(a) -> None:
     res = {"name": name, "nfe": nfe, "macs": macs, **res}
     print(format_table([res]))
     for note in res.get("notes", []):
-        print(f"note: {note}")
+        print(f"note: {note['text']}")
     if a.out:
         with output_path(a.out, a.overwrite):
             write_json(a.out, res)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 
+from slimstep.spec.results import Row
+
 METHOD_STYLE: dict[str, tuple[str, str]] = {
     "reflow": ("#17becf", "v"),
     "annealing-reflow": ("#1f77b4", "^"),
@@ -46,9 +48,9 @@ def teacher_style(index: int, reference: bool) -> tuple[str, str]:
     return TEACHER_COLOURS[index % len(TEACHER_COLOURS)], "*" if reference else "o"
 
 
-def row_style(row: dict, teachers: list[str]) -> tuple[str, str]:
+def row_style(row: Row, teachers: list[str]) -> tuple[str, str]:
     """(colour, marker) of a result row of :func:`slimstep.run.run`; ``teachers`` is
     the list of teacher stage names of the whole run, so every plot agrees."""
-    if row.get("kind") == "teacher":
-        return teacher_style(teachers.index(row["stage"]), bool(row.get("reference")))
-    return method_style(row.get("method") or row.get("kind") or row["name"])
+    if row.kind == "teacher":
+        return teacher_style(teachers.index(row.stage), bool(row.reference))
+    return method_style(row.method or row.kind or row.name)

@@ -51,6 +51,7 @@ import torch
 
 from slimstep.data import IMAGE_KINDS
 from slimstep.errors import SlimstepError
+from slimstep.spec.results import Note
 
 
 class EvalError(SlimstepError, ValueError):
@@ -72,10 +73,10 @@ def _as_samples(samples: Any, shape: tuple[int, ...] | None, what: str) -> torch
     return x
 
 
-def _clamp(x: torch.Tensor, notes: list[str]) -> torch.Tensor:
+def _clamp(x: torch.Tensor, notes: list[str | Note]) -> torch.Tensor:
     out = (x.abs() > 1).float().mean().item()
     if out > 0:
-        notes.append(f"{100 * out:.2f}% of sample values were outside [-1, 1] and were clamped")
+        notes.append(Note.clamped(out))
     return x.clamp(-1, 1)
 
 
@@ -164,7 +165,7 @@ FID_REFERENCE_N = 10000
 
 
 def _evaluate_classifier(
-    spec: str, x: torch.Tensor, labels: Any, n_ref: int | None, seed: int, k: int, notes: list[str],
+    spec: str, x: torch.Tensor, labels: Any, n_ref: int | None, seed: int, k: int, notes: list[str | Note],
     inception_weights: Any = None, ref_stats: Any = None, fid: bool | None = None,
 ) -> dict[str, Any]:
     from slimstep.eval import fid as fid_
@@ -184,12 +185,7 @@ def _evaluate_classifier(
     metrics = _classifier_block(clf, x, y, ref_feats, feat_stats, k, seed, xr, radius)
     floor = dict(_floor(spec, n_ref, k, seed, y is not None))
     if metrics["fd"] < floor["fd"]:
-        notes.append(
-            f"FD {metrics['fd']:.3g} is below the real/real floor {floor['fd']:.3g}: the samples are "
-            f"closer to the training split than held-out data is; copy_rate "
-            f"{metrics['copy_rate']:.2f} (held-out data: {floor['copy_rate']:.2f}) tells whether that is "
-            f"copying (docs/evaluation.md)"
-        )
+        notes.append(Note.below_floor("fd", metrics["fd"], floor["fd"], metrics["copy_rate"], floor["copy_rate"]))
     if len(x) != len(xt):
         notes.append(
             f"N = {len(x)} differs from the floor's N = {len(xt)}: FD is biased by sample count "
@@ -215,7 +211,7 @@ def _evaluate_classifier(
 
 
 def _evaluate_toy(
-    spec: str, x: torch.Tensor, n_ref: int | None, seed: int, notes: list[str]
+    spec: str, x: torch.Tensor, n_ref: int | None, seed: int, notes: list[str | Note]
 ) -> dict[str, Any]:
     from slimstep.data import load_data
     from slimstep.eval.toy import mmd, w2
@@ -275,9 +271,11 @@ def evaluate(
             (``resolution``, ``center_crop``), so the real images match the samples.
 
     Returns:
-        ``{"data", "n", "metrics", "floor", "floor_n", "notes", ...}``, JSON-serialisable.
+        ``{"data", "n", "metrics", "floor", "floor_n", "notes", ...}``, JSON-serialisable;
+        each note a :class:`~slimstep.spec.results.Note` as its dict (``{"kind", "text", ...}``:
+        its text, and for the clamping and below-floor notes their numbers).
     """
-    notes: list[str] = []
+    notes: list[str | Note] = []  # a plain string is a note of text only
     kind = data_spec.partition(":")[0]
     if data_spec == "digits" or kind == "fashion-mnist":
         out = _evaluate_classifier(data_spec, samples, labels, n_ref, seed, k, notes, inception_weights, ref_stats,
@@ -303,7 +301,8 @@ def evaluate(
         out = evaluate_images(images, x, n_ref, data_options or {}, inception_weights, ref_stats, notes, fid)
     else:
         raise EvalError(f"no evaluation protocol for data spec '{data_spec}'")
-    return {"data": data_spec, "n": len(samples), **out, "seed": seed, "notes": notes}
+    return {"data": data_spec, "n": len(samples), **out, "seed": seed,
+            "notes": [(Note.plain(n) if isinstance(n, str) else n).to_dict() for n in notes]}
 
 
 def _fmt(v: Any) -> str:

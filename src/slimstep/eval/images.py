@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from slimstep.eval import EvalError, _as_samples, _clamp
+from slimstep.spec.results import Note
 
 SPLIT_SEED = 0  # the fixed shuffle that picks reference and held-out images
 MIN_IMAGES = 10  # two disjoint halves of at least 5 images each
@@ -59,7 +60,7 @@ def _reference_images(ds, split: str, index: torch.Tensor) -> torch.Tensor:
 
 def evaluate_images(
     spec: str, samples: Any, n_ref: int | None, data_options: dict, inception_weights: Any,
-    ref_stats: Any, notes: list[str], fid: bool | None = None,
+    ref_stats: Any, notes: list[str | Note], fid: bool | None = None,
 ) -> dict[str, Any]:
     from slimstep.data import load_data
     from slimstep.eval import fid as fid_
