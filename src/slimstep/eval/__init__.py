@@ -49,35 +49,18 @@ from typing import Any
 
 import torch
 
-from slimstep.data import IMAGE_KINDS
-from slimstep.errors import SlimstepError
+from slimstep.data import IMAGE_KINDS, load_data
+from slimstep.data.digits import load_digits_split
+from slimstep.data.fashion import folder_of, load_fashion_split
+from slimstep.data.vae import decode, parse
+from slimstep.eval import fid as fid_
+from slimstep.eval.base import DIGITS_FLOOR_N, HEADLINE, EvalError, as_samples, clamp
+from slimstep.eval.fd import feature_stats, frechet_distance
+from slimstep.eval.features import CLASSIFIERS
+from slimstep.eval.images import evaluate_images
+from slimstep.eval.prdc import prdc
+from slimstep.eval.toy import mmd, w2
 from slimstep.spec.results import Note
-
-
-class EvalError(SlimstepError, ValueError):
-    """An evaluation input (samples, spec, weights or stats file) is unusable (one clear line)."""
-
-
-DIGITS_FLOOR_N = 597  # size of the digits test split (slimstep.data.digits.N_TEST)
-HEADLINE = ("fd", "fid", "kid", "swd", "w2", "mmd", "precision", "recall")  # shown with their floor
-
-
-def _as_samples(samples: Any, shape: tuple[int, ...] | None, what: str) -> torch.Tensor:
-    x = torch.as_tensor(samples).detach().cpu().float()
-    if shape is not None and (x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != shape):
-        raise EvalError(f"{what} samples must be [N, {', '.join(map(str, shape))}], got {tuple(x.shape)}")
-    if len(x) < 5:
-        raise EvalError(f"evaluate needs at least 5 samples, got {len(x)}")
-    if not torch.isfinite(x).all():
-        raise EvalError(f"{int((~torch.isfinite(x)).sum())} sample values are NaN or inf")
-    return x
-
-
-def _clamp(x: torch.Tensor, notes: list[str | Note]) -> torch.Tensor:
-    out = (x.abs() > 1).float().mean().item()
-    if out > 0:
-        notes.append(Note.clamped(out))
-    return x.clamp(-1, 1)
 
 
 def _nn_pixel_distance(x: torch.Tensor, train: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -95,9 +78,6 @@ def _classifier_block(
     clf: Any, x: torch.Tensor, y: torch.Tensor | None, ref_feats: torch.Tensor,
     ref_stats: tuple, k: int, seed: int, train_px: torch.Tensor, copy_radius: float,
 ) -> dict[str, Any]:
-    from slimstep.eval.fd import feature_stats, frechet_distance
-    from slimstep.eval.prdc import prdc
-
     f, logits = clf.features_and_logits(x)
     m: dict[str, Any] = {"fd": frechet_distance(*feature_stats(f), *ref_stats)}
     # k-NN metrics at equal sizes: min(N, N_ref) points on each side, chosen by seed.
@@ -121,11 +101,7 @@ def _classifier_block(
 def _split_loader(spec: str):
     """``load(split) -> (x, y)`` of a data set scored in its own classifier's features."""
     if spec == "digits":
-        from slimstep.data.digits import load_digits_split
-
         return load_digits_split
-    from slimstep.data.fashion import folder_of, load_fashion_split
-
     return lambda split: load_fashion_split(split, folder_of(spec))
 
 
@@ -134,9 +110,6 @@ def _reference(spec: str, n_ref: int | None) -> tuple[Any, torch.Tensor, tuple, 
     """``(classifier, reference features, their stats, train pixels, copy radius)`` of a
     classifier protocol: computed once per process (Fashion-MNIST's 60,000 reference
     images and the copy radius take a minute), shared by every evaluation."""
-    from slimstep.eval.fd import feature_stats
-    from slimstep.eval.features import CLASSIFIERS
-
     clf = CLASSIFIERS[spec.partition(":")[0]].load()
     load = _split_loader(spec)
     xr, _ = load("train")
@@ -168,11 +141,8 @@ def _evaluate_classifier(
     spec: str, x: torch.Tensor, labels: Any, n_ref: int | None, seed: int, k: int, notes: list[str | Note],
     inception_weights: Any = None, ref_stats: Any = None, fid: bool | None = None,
 ) -> dict[str, Any]:
-    from slimstep.eval import fid as fid_
-    from slimstep.eval.features import CLASSIFIERS
-
     name = spec.partition(":")[0]
-    x = _clamp(_as_samples(x, CLASSIFIERS[name].input_shape, name), notes)
+    x = clamp(as_samples(x, CLASSIFIERS[name].input_shape, name), notes)
     y = None
     if labels is not None:
         y = torch.as_tensor(labels).long().cpu()
@@ -213,10 +183,7 @@ def _evaluate_classifier(
 def _evaluate_toy(
     spec: str, x: torch.Tensor, n_ref: int | None, seed: int, notes: list[str | Note]
 ) -> dict[str, Any]:
-    from slimstep.data import load_data
-    from slimstep.eval.toy import mmd, w2
-
-    x = _as_samples(x, (2,), "toy2d")
+    x = as_samples(x, (2,), "toy2d")
     ds = load_data(spec)
     n = len(x)
     if n < 2000:
@@ -287,16 +254,11 @@ def evaluate(
                         "protocol for them; decode the samples and score the images, or train on "
                         "vae:VAE_DIR:DATA, whose models are scored on their decoded images (docs/data.md)")
     elif kind in IMAGE_KINDS:
-        from slimstep.eval.images import evaluate_images
-
         out = evaluate_images(data_spec, samples, n_ref, data_options or {}, inception_weights, ref_stats, notes,
                               fid)
     elif kind == "vae":  # latent samples: decoded, then scored as images of the data behind the VAE
-        from slimstep.data.vae import decode, parse
-        from slimstep.eval.images import evaluate_images
-
         vae_dir, images = parse(data_spec[len("vae:"):])
-        x = decode(_as_samples(samples, None, "latent"), data_spec[len("vae:"):])
+        x = decode(as_samples(samples, None, "latent"), data_spec[len("vae:"):])
         notes.append(f"latent samples decoded by the VAE in {vae_dir}, scored as images of {images}")
         out = evaluate_images(images, x, n_ref, data_options or {}, inception_weights, ref_stats, notes, fid)
     else:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from slimstep.errors import load_refusal
-from slimstep.eval import EvalError
+from slimstep.eval.base import EvalError
 
 
 def feature_stats(feats: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

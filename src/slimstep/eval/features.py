@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimstep.errors import load_refusal
-from slimstep.eval import EvalError
+from slimstep.eval.base import EvalError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DIGITS_WEIGHTS = ASSETS / "digits_classifier.safetensors"

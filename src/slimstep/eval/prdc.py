@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from slimstep.eval import EvalError
+from slimstep.eval.base import EvalError
 
 
 def _cdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

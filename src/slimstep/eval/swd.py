@@ -47,7 +47,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from slimstep.eval import EvalError
+from slimstep.eval.base import EvalError
 
 PATCH = 7  # patch side
 PATCHES = 64  # patch positions per pyramid level (shared by every image)

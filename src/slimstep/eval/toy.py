@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from slimstep.eval import EvalError
+from slimstep.eval.base import EvalError
 
 
 def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
