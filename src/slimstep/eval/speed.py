@@ -32,6 +32,11 @@ def count_macs(fn: Callable[..., Any], *inputs: Any, **kwargs: Any) -> int:
     return int(counter.get_total_flops()) // 2
 
 
+def sample_macs(gen) -> int:
+    """Multiply-accumulates of one sample of ``gen`` (every network call, every block pass)."""
+    return count_macs(gen, torch.randn(1, *gen.info.shape, device=next(gen.net.parameters()).device))
+
+
 def _tensors(obj: Any) -> list[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         return [obj]
@@ -119,4 +124,5 @@ def bench_generator(gen, batch_size: int = 256, iters: int = 10) -> dict:
     }
 
 
-__all__ = ["bench_generator", "count_macs", "count_params", "measure_latency", "measure_throughput"]
+__all__ = ["bench_generator", "count_macs", "count_params", "measure_latency", "measure_throughput",
+           "sample_macs"]

@@ -19,7 +19,7 @@ import torch
 from slimstep.data import loader_options
 from slimstep.data.vae import as_images
 from slimstep.eval import EvalError, evaluate
-from slimstep.eval.speed import bench_generator
+from slimstep.eval.speed import bench_generator, sample_macs
 from slimstep.files import read_samples, write_json
 from slimstep.flags import compare_to_init, initialisation
 from slimstep.generator import load
@@ -96,7 +96,7 @@ def score(gen, spec: str, name: str, n: int | None = None, seed: int = 0) -> dic
     n = n or default_n(spec)
     drawn = samples.draw(gen, n, seed)
     res = evaluate(drawn.x, spec, labels=drawn.labels, seed=seed, data_options=_options(gen))
-    res.update(name=name, nfe=gen.nfe, macs=samples.macs(gen), params=gen.params,
+    res.update(name=name, nfe=gen.nfe, macs=sample_macs(gen), params=gen.params,
                samples_per_s=round(n / drawn.seconds, 1))
     return res
 
@@ -140,7 +140,7 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
         for k in ev["teacher_nfes"]:
             g = gen.with_sampling(solver="euler", steps=int(k))
             r = score_samples(_generate(g), st.spec, ev, f"{st.name} euler-{k}", sdir / f"euler-{k}", _options(gen))
-            rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params, "macs": samples.macs(g)})
+            rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params, "macs": sample_macs(g)})
         s = gen.sampling
         r = score_samples(_generate(gen), st.spec, ev, f"{st.name} {s.solver}-{s.steps} (reference)", sdir,
                           _options(gen))

@@ -39,6 +39,7 @@ import yaml
 from slimstep import realism
 from slimstep.config import DEFAULTS, ConfigError, _yaml, find_config, load_config
 from slimstep.data import SPEC_KINDS, DataError, missing_path, student_data
+from slimstep.eval import default_n as default_n  # the protocol's, named here for recipes
 from slimstep.methods import method_names
 from slimstep.screen import SELECTS
 from slimstep.spec import DataSection, Named, PairsConfig, RunConfig
@@ -91,14 +92,6 @@ def config_hash(cfg: RunConfig) -> str:
     keep = {k: plain[k] for k in ("data", "net", "method", "train")}
     keep["train"] = {k: v for k, v in keep["train"].items() if k not in UNHASHED_TRAIN}
     return digest(keep)
-
-
-def default_n(spec: str) -> int:
-    """The protocol's sample count: the floor's size on digits (597) and Fashion-MNIST
-    (10,000), 2,000 elsewhere."""
-    if spec.partition(":")[0] == "fashion-mnist":
-        return 10000
-    return 597 if spec == "digits" else 2000
 
 
 # ---------------------------------------------------------------- the recipe

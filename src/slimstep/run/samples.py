@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from slimstep.data import vae
-from slimstep.eval.speed import count_macs
+from slimstep.eval.speed import sample_macs
 from slimstep.files import write_npz
 from slimstep.generator import Generator
 from slimstep.screen import Scorer, screen, screen_macs, screen_nfe
@@ -66,11 +66,6 @@ class Drawn:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def macs(gen: Generator) -> int:
-    """Multiply-accumulates of one sample of ``gen`` (every network call, every block pass)."""
-    return count_macs(gen, torch.randn(1, *gen.info.shape, device=next(gen.net.parameters()).device))
-
-
 def draw(gen: Generator, n: int, seed: int = 0, *, screening: Screening | None = None,
          y: torch.Tensor | None = None, labels: str = "random", batch_size: int = 256,
          with_macs: bool = False) -> Drawn:
@@ -96,7 +91,7 @@ def draw(gen: Generator, n: int, seed: int = 0, *, screening: Screening | None =
     secs = time.perf_counter() - tic
     m = None
     if with_macs:
-        m = macs(gen) if screening is None else screening.macs(gen)
+        m = sample_macs(gen) if screening is None else screening.macs(gen)
     return Drawn(x, ys, seed, nfe, secs, m, extra)
 
 
