@@ -64,7 +64,7 @@ def initialisation(method: str, method_opts: dict, deps: dict) -> str | None:
     if method == "meanflow":
         from slimstep.methods import method_class
 
-        start = method_opts.get("init", method_class("meanflow").defaults["init"])
+        start = method_opts.get("init", method_class("meanflow").Options().init)
         return deps.get("teacher") if start == "teacher" else None  # scratch: a fresh DiT
     if method in FROM_TEACHER:
         return deps.get("teacher")
