@@ -281,7 +281,7 @@ def test_gdd_i_digits_recipe_freezes_what_it_froze_before():
     before = {f"{prefix}.{layer}.{n}" for prefix, m in net.named_modules()
               for layer in {"ResBlock": ("conv1", "conv2"), "AttnBlock": ("proj_out",)}.get(
                   type(m).__name__, ()) for n, _ in m.get_submodule(layer).named_parameters()}
-    assert set(gdd_i_frozen(net, GDDI.defaults["freeze_level"])) == before
+    assert set(gdd_i_frozen(net, GDDI.Options().freeze_level)) == before
     assert round(100 * frozen_fraction(net), 1) == 80.2
 
 

@@ -12,7 +12,7 @@ import torch
 from slimstep.eval import EvalError
 from slimstep.files import write_npz
 from slimstep.flags import compare_to_init, initialisation, row_flags
-from slimstep.palette import METHOD_STYLE
+from slimstep.palette import method_style
 from slimstep.report import console_table, write_reports
 from slimstep.report.notes import collapse_notes
 from slimstep.report.plots import plot_nfe, plot_speed
@@ -135,7 +135,7 @@ def test_one_palette_in_both_plots(tmp_path):
     both = set(nfe) & set(speed)
     assert {"a", "b", "small", "frozen", "t heun-8"} <= both
     assert all(nfe[k] == speed[k] for k in both)
-    assert nfe["a"] == METHOD_STYLE["gdd-i"] and nfe["b"] == METHOD_STYLE["slimflow"]
+    assert nfe["a"] == method_style("gdd-i") and nfe["b"] == method_style("slimflow")
     assert len({nfe[k] for k in both}) == len(both)  # no two methods share a mark here
 
 

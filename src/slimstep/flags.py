@@ -38,6 +38,7 @@ from slimstep.eval.fd import feature_stats, frechet_distance
 from slimstep.eval.features import DigitsClassifier
 from slimstep.eval.swd import patch_swd
 from slimstep.eval.toy import w2
+from slimstep.methods import method_class, starts_from_teacher
 from slimstep.numbers import fmt
 from slimstep.spec.results import HEADLINES, Flag, InitCheck, Row
 
@@ -56,10 +57,6 @@ FLAGS: dict[str, tuple[str, str]] = {
     "diverged": ("diverged", "training diverged (the NaN guard stopped it): no model to score"),
     "skipped": ("skipped", "a stage it reads failed, so it did not run"),
 }
-#: Methods whose network starts as a copy of the teacher's (gdd.py loads the teacher's state
-#: dict; flowmap.py / meanflow.py build a two-time DiT from it with a zero gap embedding;
-#: dmd2.py and consistency.py (scd, ect) copy the teacher's network).
-FROM_TEACHER = ("gdd", "gdd-i", "flowmap", "dmd2", "scd", "ect")
 #: Paired samples closer than this fraction of their spread are the same map.
 SHIFT_TOL = 1e-3
 
@@ -73,13 +70,9 @@ def initialisation(method: str, method_opts: dict, deps: dict) -> str | None:
     """The stage a student's weights start from (None: from scratch), given its method,
     method options and its ``deps`` (role -> stage name)."""
     if method == "meanflow":
-        # why here: the method class will declare where it starts (then this goes); until
-        # then, the flags (read by the report) do not load every method's training code
-        from slimstep.methods import method_class
-
-        start = method_opts.get("init", method_class("meanflow").defaults["init"])
+        start = method_opts.get("init", method_class("meanflow").Options().init)
         return deps.get("teacher") if start == "teacher" else None  # scratch: a fresh DiT
-    if method in FROM_TEACHER:
+    if starts_from_teacher(method):  # the method's own declaration
         return deps.get("teacher")
     if method == "slt":  # a fresh shared block, trained to follow the teacher's layers
         return None

@@ -2,7 +2,8 @@
 (the report's NFE and speed plots, the comparison strip, the benchmark plots),
 so a method is recognised by its mark without reading a legend.
 
-Students are keyed by method name: ``gdd`` is the same green plus in a digits
+Students are keyed by method name, each method declaring its own mark (``Method.style``):
+``gdd`` is the same green plus in a digits
 plot and a moons plot. Teachers all train ``flow_matching``, so a report keys
 them by their stage instead, in order of appearance (``teacher_style``).
 """
@@ -11,21 +12,11 @@ from __future__ import annotations
 
 import hashlib
 
+from slimstep import methods
 from slimstep.spec.results import Row
 
-METHOD_STYLE: dict[str, tuple[str, str]] = {
-    "reflow": ("#17becf", "v"),
-    "annealing-reflow": ("#1f77b4", "^"),
-    "slimflow": ("#ff7f0e", "s"),
-    "distill": ("#8c564b", "D"),
-    "gdd": ("#2ca02c", "P"),
-    "gdd-i": ("#bcbd22", "X"),
-    "flowmap": ("#9467bd", "h"),
-    "meanflow": ("#e377c2", "p"),
-    "slt": ("#d62728", "*"),
-    "dmd2": ("#008080", "d"),  # the baselines users pick instead: teal, goldenrod, olive
-    "scd": ("#b8860b", "<"),
-    "ect": ("#6b8e23", ">"),
+#: Rows that are not a method's student (a method declares its own: ``Method.style``).
+ROW_STYLE: dict[str, tuple[str, str]] = {
     "screen": ("#7f0000", "8"),  # screened sampling: SLT's red family, darker
 }
 #: Teachers in greys and a brown that no student uses, first teacher darkest.
@@ -35,9 +26,10 @@ _SPARE = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6
 
 
 def method_style(method: str) -> tuple[str, str]:
-    """(colour, marker) of a student method."""
-    if method in METHOD_STYLE:
-        return METHOD_STYLE[method]
+    """(colour, marker) of a student method: the one it declares (``Method.style``)."""
+    declared = ROW_STYLE.get(method) or methods.method_style(method)
+    if declared is not None:
+        return declared
     h = int(hashlib.sha256(method.encode()).hexdigest(), 16)
     return _SPARE[h % len(_SPARE)], "oDs^v<>ph"[h // len(_SPARE) % 9]
 

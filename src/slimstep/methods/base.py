@@ -3,6 +3,7 @@
 A method is a small object that owns its math and nothing else::
 
     m = SomeMethod(cfg, data_info, device=..., teacher=None)
+    m.opts                   # its Options: the method section, checked and typed (SomeMethod.Options)
     m.phases                 # ("main",) — one optimizer per phase (GDD: ("disc", "gen"))
     m.parameters(phase)      # what that phase's optimizer steps
     m.loss(batch, step, phase) -> {"loss": scalar tensor, **scalars to log}
@@ -13,6 +14,11 @@ A method is a small object that owns its math and nothing else::
     m.modules()              # every trained module, saved raw in training_state.pt
     m.export()               # the SamplingRule of m.net (config.json's "generator" section)
 
+A method declares, next to its math: ``name`` (the method section's ``name``),
+``Options`` (a frozen dataclass of its keys), ``style`` (its colour and marker in
+plots) and ``starts_from_teacher``. Nothing else lists methods: the registry
+(:mod:`slimstep.methods`) finds them (docs/adding-a-method.md).
+
 The loop owns optimizers, schedules, EMA, clipping, precision, data
 parallelism, logging, checkpoints, resume and the NaN guard. Randomness
 inside ``loss`` comes from torch's global RNG, which the loop reseeds from
@@ -22,14 +28,15 @@ inside ``loss`` comes from torch's global RNG, which the loop reseeds from
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from slimstep.errors import SlimstepError
-from slimstep.spec import RunConfig, is_number
+from slimstep.spec import RunConfig
+from slimstep.spec.rules import Section
 from slimstep.spec.sampling import SamplingRule
 
 
@@ -37,50 +44,14 @@ class MethodError(SlimstepError, ValueError):
     """A method's configuration is unusable (one clear line for the user)."""
 
 
-_num = is_number
-
-
-_POS = (lambda v: _num(v) and v > 0, "a positive number")
-_NONNEG = (lambda v: _num(v) and v >= 0, "a number, 0 or more")
-_UNIT = (lambda v: _num(v) and 0 <= v <= 1, "a number from 0 to 1")
-_POS_OR_NONE = (lambda v: v is None or (_num(v) and v > 0), "a positive number or null")
-_BELOW_ONE = (lambda v: _num(v) and 0 <= v < 1, "a number from 0 to below 1")
-
-#: Ranges of method options, by name (a name means the same thing in every method that has
-#: it). With the type check against each method's defaults, a nonsense value is one line
-#: before anything trains (issue 13: ``method.r_neq_t=2`` trained, ``method.lr_g=-1`` ended
-#: in torch's traceback).
-OPTION_RULES: dict[str, tuple] = {
-    **dict.fromkeys(("logit_std", "correction_logit_std", "weight_eps", "fd_eps", "fake_updates",
-                     "cls_hidden", "sigma_data", "stage_steps", "shrink_q"), _POS),
-    **dict.fromkeys(("r_logit_std", "lr_g", "lr_d"), _POS_OR_NONE),
-    **dict.fromkeys(("label_dropout", "fake_label_dropout", "r_neq_t", "delta_one",
-                     "correction_fraction", "tau_min", "tau_max", "guidance_t_min",
-                     "guidance_t_max", "t_min", "t_max"), _UNIT),
-    "guidance_kappa": _BELOW_ONE,
-    **dict.fromkeys(("weight_power", "r1_gamma", "r1_every", "gan_weight", "instance_weight",
-                     "pair_weight", "guide_weight", "hidden_weight", "output_weight",
-                     "correction_weight", "anneal_steps", "bank", "guidance_omega", "cls_weight", "tangent_c",
-                     "tangent_warmup", "shrink_k", "shrink_b", "huber_c"), _NONNEG),
-}
-
-
-def check_options(method: str, opts: dict, defaults: dict) -> None:
-    """Each given option has its default's kind (number, integer, true/false) and its range."""
-    for k, v in opts.items():
-        d = defaults.get(k)
-        if isinstance(d, bool):
-            ok, want = isinstance(v, bool), "true or false"
-        elif isinstance(d, int):
-            ok, want = isinstance(v, int) and not isinstance(v, bool), "an integer"
-        elif isinstance(d, float):
-            ok, want = _num(v), "a finite number"
-        else:
-            ok, want = True, ""
-        if ok and k in OPTION_RULES:
-            ok, want = OPTION_RULES[k][0](v), OPTION_RULES[k][1]
-        if not ok:
-            raise MethodError(f"method.{k} must be {want}, not {v!r} ({method})")
+#: The ranges method options share, in the words an error line says (``rule(1.4, positive,
+#: POSITIVE)``): a name means the same thing in every method that has it (issue 13:
+#: ``method.r_neq_t=2`` trained, ``method.lr_g=-1`` ended in torch's traceback).
+POSITIVE = "a positive number"
+NON_NEGATIVE = "a number, 0 or more"
+UNIT = "a number from 0 to 1"
+POSITIVE_OR_NULL = "a positive number or null"
+BELOW_ONE = "a number from 0 to below 1"
 
 
 @dataclass(frozen=True)
@@ -95,21 +66,32 @@ class OptimizerSettings:
 class Method:
     name: ClassVar[str] = ""
     phases: ClassVar[tuple[str, ...]] = ("main",)
-    #: method-section keys and their defaults; others are rejected
-    defaults: ClassVar[dict] = {}
+
+    @dataclass(frozen=True)
+    class Options(Section):
+        """The method section's keys (besides ``name``): a method declares its own, each
+        field typed, ranged with :func:`~slimstep.spec.rules.rule` and commented; a
+        subclass method extends its parent's by inheritance. Others are rejected."""
+
+    #: (colour, marker) of the method in every plot (:mod:`slimstep.palette`); None: one
+    #: picked from its name
+    style: ClassVar[tuple[str, str] | None] = None
+    #: the student's network starts as a copy of the teacher's (:mod:`slimstep.flags`)
+    starts_from_teacher: ClassVar[bool] = False
     #: trains from the teacher alone (noise in, teacher out): the loop reads no data set
     data_free: ClassVar[bool] = False
     net: nn.Module
+    opts: Options
 
     def __init__(self, cfg: RunConfig, info, *, device: torch.device, teacher=None):
         self.cfg, self.info, self.device, self.teacher = cfg, info, device, teacher
         opts = dict(cfg.method.options)
-        unknown = sorted(set(opts) - set(self.defaults))
+        known = [f.name for f in fields(self.Options)]
+        unknown = sorted(set(opts) - set(known))
         if unknown:
             raise MethodError(f"method '{self.name}' has no option(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(self.defaults)) or 'none'}")
-        check_options(self.name, opts, self.defaults)
-        self.opts = {**self.defaults, **opts}
+                              f"known: {', '.join(sorted(known)) or 'none'}")
+        self.opts = self.Options.from_dict(opts, "method", error=MethodError, context=f" ({self.name})")
 
     @classmethod
     def data_spec(cls, cfg: RunConfig) -> str:
@@ -149,4 +131,5 @@ class Method:
         raise NotImplementedError
 
     def method_config(self) -> dict:
-        return {"name": self.name, **self.opts}
+        """config.json's ``method`` section: the name and every option, given or default."""
+        return {"name": self.name, **self.opts.to_dict()}

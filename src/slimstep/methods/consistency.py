@@ -72,16 +72,19 @@ the target :math:`\mathrm{sg}[f_\theta(x_r, r)]` with the same dropout draw (the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.func import jvp
 
-from slimstep.methods.base import Method, MethodError
+from slimstep.methods.base import NON_NEGATIVE, POSITIVE, Method, MethodError
 from slimstep.methods.dmd2 import teacher_copy
 from slimstep.methods.meanflow import MAX_TIME_SCALE
 from slimstep.nets.dit import math_attention
 from slimstep.nets.unet import sinusoidal
 from slimstep.solvers import guided
+from slimstep.spec.rules import non_negative, positive, rule
 from slimstep.spec.sampling import VelocityRule
 
 
@@ -184,6 +187,7 @@ class _Consistency(Method):
     """The shared part: the teacher's network as ``F``, its one-step export."""
 
     jvp: bool = False
+    starts_from_teacher = True  # F is a copy of the teacher's network
 
     def __init__(self, cfg, info, *, device, teacher=None):
         super().__init__(cfg, info, device=device, teacher=teacher)
@@ -206,7 +210,7 @@ class _Consistency(Method):
     def _draw(self, batch):
         x1 = batch[0]
         y = batch[1] if self.num_classes else None
-        t = torch.sigmoid(self.opts["logit_mean"] + self.opts["logit_std"]
+        t = torch.sigmoid(self.opts.logit_mean + self.opts.logit_std
                           * torch.randn(len(x1), device=x1.device))
         return x1, y, t.clamp(1e-4, 1 - 1e-4), torch.randn_like(x1)
 
@@ -214,20 +218,23 @@ class _Consistency(Method):
 class SCD(_Consistency):
     name = "scd"
     jvp = True
-    defaults = {
-        "logit_mean": 1.0,  # t ~ LN(logit_mean, logit_std) = sCM's τ ~ N(-1.0, 1.4) (CIFAR-10)
-        "logit_std": 1.4,
-        "sigma_data": 0.5,  # σ_d of TrigFlow: sets the trig-unit tangent and k
-        "tangent_c": 0.1,  # ĝ = g / (‖g‖ + c)
-        "tangent_warmup": 10000,  # steps over which (1 - t) dF/dt ramps 0 -> 1 (sCM: 10k)
-        "adaptive_weight": True,  # sCM's learnt e^{w(t)}; false = plain mean squared error
-        "cfg_scale": 1.0,  # guidance folded into the teacher's velocity
-    }
+    style = ("#b8860b", "<")
+
+    @dataclass(frozen=True)
+    class Options(Method.Options):
+        logit_mean: float = 1.0  # t ~ LN(logit_mean, logit_std) = sCM's τ ~ N(-1.0, 1.4) (CIFAR-10)
+        logit_std: float = rule(1.4, positive, POSITIVE)
+        sigma_data: float = rule(0.5, positive, POSITIVE)  # σ_d of TrigFlow: sets the trig-unit tangent and k
+        tangent_c: float = rule(0.1, non_negative, NON_NEGATIVE)  # ĝ = g / (‖g‖ + c)
+        # steps over which (1 - t) dF/dt ramps 0 -> 1 (sCM: 10k)
+        tangent_warmup: int = rule(10000, non_negative, NON_NEGATIVE)
+        adaptive_weight: bool = True  # sCM's learnt e^{w(t)}; false = plain mean squared error
+        cfg_scale: float = 1.0  # guidance folded into the teacher's velocity
 
     def __init__(self, cfg, info, *, device, teacher=None):
         super().__init__(cfg, info, device=device, teacher=teacher)
         self.teacher_net = teacher.net.to(device).eval().requires_grad_(False)
-        self.weight = TimeWeight().to(device) if self.opts["adaptive_weight"] else None
+        self.weight = TimeWeight().to(device) if self.opts.adaptive_weight else None
 
     def modules(self):
         return {"net": self.net, **({"weight": self.weight} if self.weight is not None else {})}
@@ -242,10 +249,10 @@ class SCD(_Consistency):
         tb = _bc(t, x1)
         xt = tb * x1 + (1 - tb) * z
         with torch.no_grad():
-            v = guided(self.teacher_net, y, float(o["cfg_scale"]), self.num_classes)(xt, t)
-        warm = min(1.0, step / o["tangent_warmup"]) if o["tangent_warmup"] > 0 else 1.0
+            v = guided(self.teacher_net, y, float(o.cfg_scale), self.num_classes)(xt, t)
+        warm = min(1.0, step / o.tangent_warmup) if o.tangent_warmup > 0 else 1.0
         F, dfdt = scd_tangent(self.net, xt, t, v, y, warm)
-        k, g = scd_target(F, dfdt, t, float(o["sigma_data"]), float(o["tangent_c"]))
+        k, g = scd_target(F, dfdt, t, float(o.sigma_data), float(o.tangent_c))
         mse = ((_wide(F) - _wide(F.detach())) / k - g).pow(2).flatten(1).mean(1)
         out = {"mse": mse.mean().detach(), "tangent": dfdt.float().flatten(1).norm(dim=1).mean(),
                "warmup": torch.tensor(warm)}
@@ -257,25 +264,27 @@ class SCD(_Consistency):
 
 class ECT(_Consistency):
     name = "ect"
-    defaults = {
-        "logit_mean": 1.1,  # t ~ LN(logit_mean, logit_std) = ECT's log σ ~ N(-1.1, 2.0)
-        "logit_std": 2.0,
-        "stage_steps": 1000,  # steps per stage: Δt shrinks by q at every stage
-        "shrink_q": 2.0,  # q (ECT: 2)
-        "shrink_k": 8.0,  # k of the sigmoid mapping (ECT: 8)
-        "shrink_b": 1.0,  # b (ECT: 1)
-        "huber_c": 0.0,  # c of sqrt(‖Δ‖² + c²) - c (ECT: 0, the L2 norm)
-    }
+    style = ("#6b8e23", ">")
+
+    @dataclass(frozen=True)
+    class Options(Method.Options):
+        logit_mean: float = 1.1  # t ~ LN(logit_mean, logit_std) = ECT's log σ ~ N(-1.1, 2.0)
+        logit_std: float = rule(2.0, positive, POSITIVE)
+        stage_steps: int = rule(1000, positive, POSITIVE)  # steps per stage: Δt shrinks by q at every stage
+        shrink_q: float = rule(2.0, positive, POSITIVE)  # q (ECT: 2; above 1)
+        shrink_k: float = rule(8.0, non_negative, NON_NEGATIVE)  # k of the sigmoid mapping (ECT: 8)
+        shrink_b: float = rule(1.0, non_negative, NON_NEGATIVE)  # b (ECT: 1)
+        huber_c: float = rule(0.0, non_negative, NON_NEGATIVE)  # c of sqrt(‖Δ‖² + c²) - c (ECT: 0, the L2 norm)
 
     def __init__(self, cfg, info, *, device, teacher=None):
         super().__init__(cfg, info, device=device, teacher=teacher)
-        if not self.opts["shrink_q"] > 1:
-            raise MethodError(f"method.shrink_q must be above 1, not {self.opts['shrink_q']!r} (ect)")
+        if not self.opts.shrink_q > 1:
+            raise MethodError(f"method.shrink_q must be above 1, not {self.opts.shrink_q!r} (ect)")
 
     def loss(self, batch, step, phase):
         o = self.opts
         x1, y, t, z = self._draw(batch)
-        stage = step // o["stage_steps"]
-        r = ect_partner(t, stage, float(o["shrink_q"]), float(o["shrink_k"]), float(o["shrink_b"]))
-        loss, mse = ect_loss(self.net, x1, z, t, r, y, o["huber_c"])
+        stage = step // o.stage_steps
+        r = ect_partner(t, stage, float(o.shrink_q), float(o.shrink_k), float(o.shrink_b))
+        loss, mse = ect_loss(self.net, x1, z, t, r, y, o.huber_c)
         return {"loss": loss, "mse": mse.detach(), "stage": torch.tensor(float(stage))}

@@ -9,11 +9,23 @@ SlimFlow) or, without it, from random weights built from the recipe's ``net``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from slimstep.methods.base import NON_NEGATIVE, Method
 from slimstep.methods.slimflow import SlimFlow
+from slimstep.spec.rules import non_negative, rule
 
 
 class Distill(SlimFlow):
     name = "distill"
-    defaults = {k: v for k, v in SlimFlow.defaults.items()
-                if k not in ("guide_weight", "tau_min", "tau_max")}
+    style = ("#8c564b", "D")
     requires_init = False
+
+    @dataclass(frozen=True)
+    class Options(Method.Options):
+        """SlimFlow's options without the guidance term's (guide_weight, tau_min, tau_max)."""
+
+        distance: str = "l2"  # l2 | pseudo-huber | lpips
+        lpips_weights: str | None = None  # local LPIPS-VGG safetensors file (distance=lpips)
+        pair_weight: float = rule(1.0, non_negative, NON_NEGATIVE)  # w_p: the offline pairs term
+        flip: bool = False  # mirror image and noise together, p = 0.5 per batch

@@ -61,14 +61,17 @@ on images and latents; on 2-D points the term is off unless a recipe sets them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimstep.methods.base import Method, MethodError, OptimizerSettings
+from slimstep.methods.base import NON_NEGATIVE, POSITIVE, POSITIVE_OR_NULL, UNIT, Method, MethodError, OptimizerSettings
 from slimstep.nets import build_net
 from slimstep.onestep import euler_step
 from slimstep.solvers import guided
+from slimstep.spec.rules import non_negative, positive, rule, unit
 from slimstep.spec.sampling import VelocityRule
 
 
@@ -141,34 +144,45 @@ class FeatureClassifier(nn.Module):
         return self.mlp(self.pool(h).float()).squeeze(1)
 
 
+#: An index into the fake network's features (negative: from the end). Its range is the
+#: network's, so ``DMD2.__init__`` checks it; the option checker passes a type it does not read.
+FeatureIndex = int
+
+
 class DMD2(Method):
     name = "dmd2"
     phases = ("fake", "gen")
-    defaults = {
-        "fake_updates": 5,  # fake-network updates per generator update (DMD2's TTUR: 5)
-        "t_min": 0.02,  # t ~ U(t_min, t_max) for the DM and GAN terms (DMD2: 20..980 / 1000)
-        "t_max": 0.98,
-        "cfg_scale": 1.0,  # guidance of the real score (DMD2's real_guidance_scale)
+    style = ("#008080", "d")  # the baselines users pick instead: teal, goldenrod, olive
+    starts_from_teacher = True  # the generator and the fake network copy the teacher's
+
+    @dataclass(frozen=True)
+    class Options(Method.Options):
+        # fake-network updates per generator update (DMD2's TTUR: 5)
+        fake_updates: int = rule(5, positive, POSITIVE)
+        # t ~ U(t_min, t_max) for the DM and GAN terms (DMD2: 20..980 / 1000)
+        t_min: float = rule(0.02, unit, UNIT)
+        t_max: float = rule(0.98, unit, UNIT)
+        cfg_scale: float = 1.0  # guidance of the real score (DMD2's real_guidance_scale)
         # λ_gan of the generator's GAN term and λ_cls of the classifier loss in the fake phase;
         # null = DMD2's values (ImageNet-64: 3e-3 and 1e-2) on images and latents, 0 on points
-        "gan_weight": None,
-        "cls_weight": None,
-        "gan_feature": None,  # index into the fake net's features; null = the middle one
-        "cls_hidden": 256,
-        "lr_g": None,  # null = train.lr
-        "lr_d": None,  # the fake network's and classifier's lr; null = train.lr
-    }
+        gan_weight: float | None = rule(None, non_negative, NON_NEGATIVE)
+        cls_weight: float | None = rule(None, non_negative, NON_NEGATIVE)
+        gan_feature: FeatureIndex | None = None  # index into the fake net's features; null = the middle one
+        cls_hidden: int = rule(256, positive, POSITIVE)  # the classifier head's width
+        lr_g: float | None = rule(None, positive, POSITIVE_OR_NULL)  # null = train.lr
+        # the fake network's and classifier's lr; null = train.lr
+        lr_d: float | None = rule(None, positive, POSITIVE_OR_NULL)
 
     def __init__(self, cfg, info, *, device, teacher=None):
         super().__init__(cfg, info, device=device, teacher=teacher)
         o = self.opts
-        if not o["t_min"] < o["t_max"]:
-            raise MethodError(f"method.t_min must be below method.t_max ({o['t_min']} >= {o['t_max']})")
+        if not o.t_min < o.t_max:
+            raise MethodError(f"method.t_min must be below method.t_max ({o.t_min} >= {o.t_max})")
         net, self.spec = teacher_copy(teacher, info, self.name)
         self.net = net.to(device)
         spatial = info.kind in ("image", "latent")
-        self.gan_weight = float(o["gan_weight"] if o["gan_weight"] is not None else 3e-3 * spatial)
-        self.cls_weight = float(o["cls_weight"] if o["cls_weight"] is not None else 1e-2 * spatial)
+        self.gan_weight = float(o.gan_weight if o.gan_weight is not None else 3e-3 * spatial)
+        self.cls_weight = float(o.cls_weight if o.cls_weight is not None else 1e-2 * spatial)
         self.num_classes = int(getattr(net, "num_classes", 0) or 0)
         if self.num_classes and info.num_classes != self.num_classes:
             raise MethodError(f"the teacher has {self.num_classes} classes, the data "
@@ -182,13 +196,13 @@ class DMD2(Method):
                 probe = torch.zeros(2, *info.shape, device=device)
                 feats = self.fake(probe, torch.full((2,), 0.5, device=device), None,
                                   return_features=True)[1]
-            idx = len(feats) // 2 if o["gan_feature"] is None else o["gan_feature"]
+            idx = len(feats) // 2 if o.gan_feature is None else o.gan_feature
             if isinstance(idx, bool) or not isinstance(idx, int) or not -len(feats) <= idx < len(feats):
                 raise MethodError(f"method.gan_feature must index the fake network's "
                                   f"{len(feats)} features, not {idx}")
             self.feature = idx
             self.cls = FeatureClassifier(FeatureClassifier.pool(feats[idx]).shape[1],
-                                         o["cls_hidden"]).to(device)
+                                         o.cls_hidden).to(device)
         self._fake_params = self.parameters("fake")
 
     # -- the contract
@@ -200,12 +214,12 @@ class DMD2(Method):
         return [p for m in mods for p in m.parameters() if p.requires_grad]
 
     def optimizer_options(self, phase):
-        lr = self.opts["lr_g" if phase == "gen" else "lr_d"]
+        lr = self.opts.lr_g if phase == "gen" else self.opts.lr_d
         return OptimizerSettings(lr=lr)
 
     def phase_active(self, phase: str, step: int) -> bool:
         """The two time-scale rule: the generator steps once per ``fake_updates``."""
-        return phase != "gen" or (step + 1) % self.opts["fake_updates"] == 0
+        return phase != "gen" or (step + 1) % self.opts.fake_updates == 0
 
     def export(self):
         return VelocityRule(solver="euler", steps=1)
@@ -215,7 +229,7 @@ class DMD2(Method):
         return euler_step(self.net, z, y)
 
     def _t(self, n: int, device) -> torch.Tensor:
-        lo, hi = float(self.opts["t_min"]), float(self.opts["t_max"])
+        lo, hi = float(self.opts.t_min), float(self.opts.t_max)
         return lo + (hi - lo) * torch.rand(n, device=device)
 
     def _noised(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -258,7 +272,7 @@ class DMD2(Method):
         t = self._t(len(x), x.device)
         with torch.no_grad():
             xt = self._noised(x.detach(), t)
-            v_real = guided(self.teacher_net, y, float(o["cfg_scale"]), self.num_classes)(xt, t)
+            v_real = guided(self.teacher_net, y, float(o.cfg_scale), self.num_classes)(xt, t)
             v_fake = self.fake(xt, t, y)
         grad = dm_gradient(x.detach(), xt, t, v_real, v_fake)
         dm = dm_loss(x, grad)

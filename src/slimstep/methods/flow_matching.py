@@ -14,12 +14,15 @@ field needed for classifier-free guidance at sampling time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from slimstep.methods.base import Method, MethodError
+from slimstep.methods.base import POSITIVE, UNIT, Method, MethodError
 from slimstep.nets import build_net
 from slimstep.paths import interpolate, target_velocity
 from slimstep.spec import RunConfig
+from slimstep.spec.rules import positive, rule, unit
 from slimstep.spec.sampling import VelocityRule
 
 
@@ -44,31 +47,32 @@ def net_spec(cfg: RunConfig, info, conditional: bool) -> dict:
 
 class FlowMatching(Method):
     name = "flow_matching"
-    defaults = {
-        "time_sampling": "uniform",  # uniform | logit-normal
-        "logit_mean": 0.0,
-        "logit_std": 1.0,
-        "conditional": "auto",  # auto = when the data has classes
-        "label_dropout": 0.1,
-    }
+
+    @dataclass(frozen=True)
+    class Options(Method.Options):
+        time_sampling: str = "uniform"  # uniform | logit-normal
+        logit_mean: float = 0.0  # t ~ LN(logit_mean, logit_std) when logit-normal
+        logit_std: float = rule(1.0, positive, POSITIVE)
+        conditional: bool | str = "auto"  # auto = when the data has classes
+        label_dropout: float = rule(0.1, unit, UNIT)  # share of labels dropped to the null class
 
     def __init__(self, cfg, info, *, device, teacher=None):
         super().__init__(cfg, info, device=device, teacher=teacher)
-        cond = self.opts["conditional"]
+        cond = self.opts.conditional
         self.conditional = info.num_classes > 0 if cond == "auto" else bool(cond)
         if self.conditional and info.num_classes == 0:
             raise MethodError("conditional=true but the data set has no classes")
-        sample_time(1, self.opts["time_sampling"], 0, 1, "cpu")  # validate early
+        sample_time(1, self.opts.time_sampling, 0, 1, "cpu")  # validate early
         self.spec = net_spec(cfg, info, self.conditional)
         self.net = build_net(self.spec).to(device)
 
     def loss(self, batch, step, phase):
         x1, y = batch[:2]
         x0 = torch.randn_like(x1)
-        t = sample_time(len(x1), self.opts["time_sampling"], self.opts["logit_mean"],
-                        self.opts["logit_std"], x1.device)
+        t = sample_time(len(x1), self.opts.time_sampling, self.opts.logit_mean,
+                        self.opts.logit_std, x1.device)
         if self.conditional:
-            drop = torch.rand(len(y), device=y.device) < self.opts["label_dropout"]
+            drop = torch.rand(len(y), device=y.device) < self.opts.label_dropout
             y = torch.where(drop, torch.full_like(y, self.info.num_classes), y)
         else:
             y = None

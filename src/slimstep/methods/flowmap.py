@@ -44,14 +44,17 @@ split 75 / 25 between the two losses (``correction_fraction``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.func import jvp
 
-from slimstep.methods.base import Method, MethodError
+from slimstep.methods.base import NON_NEGATIVE, POSITIVE, UNIT, Method, MethodError
 from slimstep.methods.flow_matching import sample_time
 from slimstep.nets import build_net
 from slimstep.nets.dit import math_attention
 from slimstep.solvers import guided
+from slimstep.spec.rules import non_negative, positive, rule, unit
 from slimstep.spec.sampling import TwoTimeRule
 
 
@@ -122,37 +125,40 @@ def random_labels(n: int, num_classes: int, device) -> torch.Tensor | None:
 class FlowMap(Method):
     name = "flowmap"
     data_free = True  # the teacher fixes shape and classes; nothing is read
-    defaults = {
-        "derivative": "jvp",  # jvp | fd (central finite difference, step fd_eps)
-        "fd_eps": 1e-3,
-        "weight_power": 1.0,  # k of the power-law adaptive weight; 0 = plain L2
-        "weight_eps": 1e-3,
-        "delta_one": 0.25,  # fraction of prediction samples at δ = 1 (the one-step map)
+    style = ("#9467bd", "h")
+    starts_from_teacher = True  # a two-time DiT built from the teacher, zero gap embedding
+
+    @dataclass(frozen=True)
+    class Options(Method.Options):
+        derivative: str = "jvp"  # jvp | fd (central finite difference, step fd_eps)
+        fd_eps: float = rule(1e-3, positive, POSITIVE)
+        weight_power: float = rule(1.0, non_negative, NON_NEGATIVE)  # k of the power-law adaptive weight; 0 = plain L2
+        weight_eps: float = rule(1e-3, positive, POSITIVE)
+        delta_one: float = rule(0.25, unit, UNIT)  # fraction of prediction samples at δ = 1 (the one-step map)
         # δ enters the s-embedding as s = s_scale·δ (then × the net's time_scale); None =
         # 1 / time_scale (see gap_scale): F smooth in δ, which the target δ·∂_δF needs
-        "s_scale": None,
-        "cfg_scale": 1.0,  # guidance folded into the teacher velocity
-        "correction": False,  # the VSD-style correction loss with a fake velocity net
-        "correction_weight": 1.0,  # fixed λ, or α when correction_balance is on
+        s_scale: float | None = None
+        cfg_scale: float = 1.0  # guidance folded into the teacher velocity
+        correction: bool = False  # the VSD-style correction loss with a fake velocity net
+        correction_weight: float = rule(1.0, non_negative, NON_NEGATIVE)  # fixed λ, or α when correction_balance is on
         # FreeFlow's balance: λ = α·E‖Δ_pred‖ / E‖Δ_corr‖ per batch (see correction_lambda)
-        "correction_balance": False,
-        "correction_fraction": 0.25,  # batch share of the correction loss (75/25 split)
-        "correction_logit_mean": -0.8,  # t of the correction: logit-normal, biased to noise
-        "correction_logit_std": 1.0,
-        "fake_label_dropout": 0.1,
-    }
+        correction_balance: bool = False
+        correction_fraction: float = rule(0.25, unit, UNIT)  # batch share of the correction loss (75/25 split)
+        correction_logit_mean: float = -0.8  # t of the correction: logit-normal, biased to noise
+        correction_logit_std: float = rule(1.0, positive, POSITIVE)
+        fake_label_dropout: float = rule(0.1, unit, UNIT)  # the fake velocity net's label dropout
 
     def __init__(self, cfg, info, *, device, teacher=None):
         super().__init__(cfg, info, device=device, teacher=teacher)
-        if self.opts["derivative"] not in ("jvp", "fd"):
+        if self.opts.derivative not in ("jvp", "fd"):
             raise MethodError("derivative must be jvp or fd")
         net, self.spec = two_time_student(teacher, self.name)
         self.net = net.to(device)
-        self.s_scale = gap_scale(self.net, self.opts["s_scale"])
+        self.s_scale = gap_scale(self.net, self.opts.s_scale)
         self.teacher_net = teacher.net.to(device).eval().requires_grad_(False)
         self.num_classes = int(self.spec.get("num_classes", 0) or 0)
         self.fake = None
-        if self.opts["correction"]:
+        if self.opts.correction:
             self.fake = build_net(teacher.config["net"]).to(device)
             self.fake.load_state_dict(teacher.net.state_dict())
             self.phases = ("fake", "main")
@@ -167,20 +173,20 @@ class FlowMap(Method):
     # ------------------------------------------------------------------ math
 
     def v_teacher(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        return guided(self.teacher_net, y, float(self.opts["cfg_scale"]), self.num_classes)(x, t)
+        return guided(self.teacher_net, y, float(self.opts.cfg_scale), self.num_classes)(x, t)
 
     def F(self, z, delta, y):
         return self.net(z, torch.zeros_like(delta), y, s=self.s_scale * delta)
 
     def F_and_dF(self, z, delta, y) -> tuple[torch.Tensor, torch.Tensor]:
         """F(z, δ) (with graph) and ∂_δF (no graph) by JVP or finite difference."""
-        if self.opts["derivative"] == "jvp":
+        if self.opts.derivative == "jvp":
             with math_attention():
                 F, dF = jvp(lambda d: self.F(z, d, y), (delta,), (torch.ones_like(delta),))
             return F, dF.detach()
         F = self.F(z, delta, y)
         with torch.no_grad():
-            e = float(self.opts["fd_eps"])
+            e = float(self.opts.fd_eps)
             dF = (self.F(z, delta + e, y) - self.F(z, delta - e, y)) / (2 * e)
         return F, dF
 
@@ -193,14 +199,14 @@ class FlowMap(Method):
             target = self.v_teacher(z + db * F.detach(), delta, y) - db * dF
         err = (F.float() - target.float()).pow(2).flatten(1).mean(1)
         self.pred_norm = (err.detach() * z[0].numel()).sqrt().mean()  # E‖Δ_pred‖
-        w = (err.detach() + self.opts["weight_eps"]).pow(-self.opts["weight_power"])
+        w = (err.detach() + self.opts.weight_eps).pow(-self.opts.weight_power)
         return (w * err).mean(), err.mean()
 
     def loss(self, batch, step, phase):
         n = len(batch[0])
         dev = batch[0].device
         shape = batch[0].shape[1:]
-        n_corr = int(round(n * self.opts["correction_fraction"])) if self.fake is not None else 0
+        n_corr = int(round(n * self.opts.correction_fraction)) if self.fake is not None else 0
         if phase == "fake":  # flow matching of the fake net on the student's own samples
             z = torch.randn(n_corr, *shape, device=dev)
             y = random_labels(n_corr, self.num_classes, dev)
@@ -210,7 +216,7 @@ class FlowMap(Method):
             t = torch.rand(n_corr, device=dev)
             yd = y
             if y is not None:
-                drop = torch.rand(n_corr, device=dev) < self.opts["fake_label_dropout"]
+                drop = torch.rand(n_corr, device=dev) < self.opts.fake_label_dropout
                 yd = torch.where(drop, torch.full_like(y, self.num_classes), y)
             tb = _bc(t, x)
             v = self.fake(tb * x + (1 - tb) * x0, t, yd)
@@ -219,7 +225,7 @@ class FlowMap(Method):
         z = torch.randn(n_pred, *shape, device=dev)
         y = random_labels(n_pred, self.num_classes, dev)
         delta = torch.rand(n_pred, device=dev)
-        delta = torch.where(torch.rand(n_pred, device=dev) < self.opts["delta_one"],
+        delta = torch.where(torch.rand(n_pred, device=dev) < self.opts.delta_one,
                             torch.ones_like(delta), delta)
         loss, mse = self.prediction_loss(z, delta, y)
         out = {"pred": loss.detach(), "residual": mse.detach()}
@@ -227,15 +233,15 @@ class FlowMap(Method):
             zc = torch.randn(n_corr, *shape, device=dev)
             yc = random_labels(n_corr, self.num_classes, dev)
             x = zc + self.F(zc, torch.ones(n_corr, device=dev), yc)
-            t = sample_time(n_corr, "logit-normal", self.opts["correction_logit_mean"],
-                            self.opts["correction_logit_std"], dev)
+            t = sample_time(n_corr, "logit-normal", self.opts.correction_logit_mean,
+                            self.opts.correction_logit_std, dev)
             with torch.no_grad():
                 tb = _bc(t, x)
                 xt = tb * x.detach() + (1 - tb) * torch.randn_like(x)
-                g = guided(self.fake, yc, float(self.opts["cfg_scale"]), self.num_classes)(xt, t) \
+                g = guided(self.fake, yc, float(self.opts.cfg_scale), self.num_classes)(xt, t) \
                     - self.v_teacher(xt, t, yc)
             corr = (x.float() * g.float()).flatten(1).mean(1).mean()
-            lam = correction_lambda(self.opts["correction_weight"], self.opts["correction_balance"],
+            lam = correction_lambda(self.opts.correction_weight, self.opts.correction_balance,
                                     self.pred_norm, g)
             out["corr"], out["corr_lambda"] = corr.detach(), lam.detach()
             loss = (n_pred * loss + n_corr * lam * corr) / n

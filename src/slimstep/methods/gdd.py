@@ -86,20 +86,29 @@ from __future__ import annotations
 import inspect
 import math
 import re
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimstep.methods.base import Method, MethodError, OptimizerSettings
-from slimstep.nets import build_net
+from slimstep.methods.base import NON_NEGATIVE, POSITIVE_OR_NULL, Method, MethodError, OptimizerSettings
+from slimstep.nets import build_net, net_class
+from slimstep.nets.diffusers_vp import DiffusersVP
 from slimstep.nets.discriminators import (
     KINDS,
     DiscriminatorError,
     build_discriminator,
     sum_head_means,
 )
+from slimstep.nets.dit import DiT, DiTBlock
+from slimstep.nets.edm2_unet import Block as EDM2Block
+from slimstep.nets.edm2_unet import EDM2UNet
+from slimstep.nets.edm_unet import EDMUNet
+from slimstep.nets.edm_unet import UNetBlock as EDMBlock
+from slimstep.nets.unet import AttnBlock, ResBlock, UNet
 from slimstep.onestep import euler_step
+from slimstep.spec.rules import non_negative, positive, rule
 from slimstep.spec.sampling import VelocityRule
 
 # ----------------------------------------------------------------------------- GDD-I freeze rule
@@ -151,14 +160,6 @@ def gdd_i_frozen(net: nn.Module, level: int = 1) -> list[str]:
 
     Weights and biases of a frozen layer are both frozen.
     """
-    from slimstep.nets.diffusers_vp import DiffusersVP
-    from slimstep.nets.dit import DiT, DiTBlock
-    from slimstep.nets.edm2_unet import Block as EDM2Block
-    from slimstep.nets.edm2_unet import EDM2UNet
-    from slimstep.nets.edm_unet import EDMUNet
-    from slimstep.nets.edm_unet import UNetBlock as EDMBlock
-    from slimstep.nets.unet import AttnBlock, ResBlock, UNet
-
     if isinstance(level, bool) or level not in FREEZE_LEVELS:
         raise MethodError(f"freeze_level must be one of {FREEZE_LEVELS}, not {level!r}")
     qkv = level >= 2
@@ -294,8 +295,6 @@ def official_r1_gamma(gamma: float, batch_per_gpu: int, patches: int = 25) -> fl
 def generator_spec(teacher_spec: dict, precond: str = "teacher") -> dict:
     """The generator's network spec: the teacher's, with every dropout option at 0 and, for
     ``precond="official"``, an EDM teacher's preconditioning replaced by GDDPrecond's."""
-    from slimstep.nets import net_class
-
     spec = dict(teacher_spec)
     try:
         accepted = inspect.signature(net_class(spec.get("name", "")).__init__).parameters
@@ -341,23 +340,26 @@ def r1_penalty(disc, x: torch.Tensor, y: torch.Tensor | None,
 class GDD(Method):
     name = "gdd"
     phases = ("disc", "gen")
-    defaults = {
-        "disc": "auto",  # auto (conv for images, mlp for points) | conv | mlp | teacher | projected
-        "disc_options": {},  # {kind: keyword arguments}; only the chosen kind's are used
-        "lr_g": None,  # null = train.lr
-        "lr_d": None,
-        "betas": [0.0, 0.99],
-        "r1_gamma": 1e-4,  # the paper's CIFAR-10 value
-        "r1_every": 16,  # lazy regularisation interval (0 = no R1)
-        "gan_weight": 1.0,
-        "instance_weight": 0.0,  # d(G(z), teacher ODE(z)); 0 = the paper's GDD
-        "instance_distance": "pseudo-huber",  # pseudo-huber | l2
-        "instance_solver": None,  # null = the teacher's own sampler
-        "instance_steps": None,
-        "diffaugment": "",  # "" (the paper) or e.g. "color,translation,cutout"
-        "precond": "teacher",  # teacher (the teacher's own) | official (GDDPrecond, EDM teachers)
-        "r1_step": "joint",  # joint (in the disc step) | separate (official: lazy extra D step)
-    }
+    style = ("#2ca02c", "P")
+    starts_from_teacher = True  # the generator loads the teacher's state dict
+
+    @dataclass(frozen=True)
+    class Options(Method.Options):
+        disc: str = "auto"  # auto (conv for images, mlp for points) | conv | mlp | teacher | projected
+        disc_options: dict | None = rule({})  # {kind: keyword arguments}; only the chosen kind's are used
+        lr_g: float | None = rule(None, positive, POSITIVE_OR_NULL)  # null = train.lr
+        lr_d: float | None = rule(None, positive, POSITIVE_OR_NULL)  # the discriminator's; null = train.lr
+        betas: list[float] = rule([0.0, 0.99])  # both phases' Adam betas
+        r1_gamma: float = rule(1e-4, non_negative, NON_NEGATIVE)  # the paper's CIFAR-10 value
+        r1_every: int = rule(16, non_negative, NON_NEGATIVE)  # lazy regularisation interval (0 = no R1)
+        gan_weight: float = rule(1.0, non_negative, NON_NEGATIVE)  # the generator's GAN term
+        instance_weight: float = rule(0.0, non_negative, NON_NEGATIVE)  # d(G(z), teacher ODE(z)); 0 = the paper's GDD
+        instance_distance: str = "pseudo-huber"  # pseudo-huber | l2
+        instance_solver: str | None = None  # null = the teacher's own sampler
+        instance_steps: int | None = None  # null = the teacher's own sampler's
+        diffaugment: str = ""  # "" (the paper) or e.g. "color,translation,cutout"
+        precond: str = "teacher"  # teacher (the teacher's own) | official (GDDPrecond, EDM teachers)
+        r1_step: str = "joint"  # joint (in the disc step) | separate (official: lazy extra D step)
 
     def __init__(self, cfg, info, *, device, teacher=None):
         super().__init__(cfg, info, device=device, teacher=teacher)
@@ -365,13 +367,13 @@ class GDD(Method):
         if teacher is None or not getattr(teacher, "config", {}).get("net"):
             raise MethodError(f"method '{self.name}' needs a teacher checkpoint (--teacher DIR) "
                               f"whose config.json has a 'net' section")
-        if o["precond"] not in PRECOND_CHOICES:
+        if o.precond not in PRECOND_CHOICES:
             raise MethodError(f"method.precond must be one of {', '.join(PRECOND_CHOICES)}, "
-                              f"not {o['precond']!r} ({self.name})")
-        if o["r1_step"] not in R1_STEPS:
+                              f"not {o.precond!r} ({self.name})")
+        if o.r1_step not in R1_STEPS:
             raise MethodError(f"method.r1_step must be one of {', '.join(R1_STEPS)}, "
-                              f"not {o['r1_step']!r} ({self.name})")
-        self.spec = generator_spec(teacher.config["net"], o["precond"])
+                              f"not {o.r1_step!r} ({self.name})")
+        self.spec = generator_spec(teacher.config["net"], o.precond)
         shape = tuple(self.spec.get("in_shape", ()))
         if shape != tuple(info.shape):
             raise MethodError(f"the teacher's network takes {shape}, the data is {tuple(info.shape)}")
@@ -379,27 +381,27 @@ class GDD(Method):
         net.load_state_dict(teacher.net.state_dict())  # the teacher's EMA weights
         no_dropout(net)
         self.net = net.to(device)
-        self._separate_r1 = (o["r1_step"] == "separate" and o["r1_every"] > 0
-                             and o["r1_gamma"] > 0)
+        self._separate_r1 = (o.r1_step == "separate" and o.r1_every > 0
+                             and o.r1_gamma > 0)
         self.phases = ("gen", "disc", "r1") if self._separate_r1 else type(self).phases
         self.num_classes = getattr(net, "num_classes", 0) or 0
         if self.num_classes and info.num_classes != self.num_classes:
             raise MethodError(f"the teacher has {self.num_classes} classes, the data "
                               f"{info.num_classes}: GDD generates with the real batch's labels")
         self.freeze()
-        if o["diffaugment"] and info.kind != "image":
+        if o.diffaugment and info.kind != "image":
             raise MethodError("diffaugment works on images only")
-        bad = set(filter(None, (p.strip() for p in o["diffaugment"].split(",")))) - set(AUGMENTS)
+        bad = set(filter(None, (p.strip() for p in o.diffaugment.split(",")))) - set(AUGMENTS)
         if bad:
             raise MethodError(f"diffaugment: unknown policy {sorted(bad)} ({', '.join(AUGMENTS)})")
-        if o["instance_distance"] not in ("pseudo-huber", "l2"):
+        if o.instance_distance not in ("pseudo-huber", "l2"):
             raise MethodError(f"instance_distance must be pseudo-huber or l2, "
-                              f"not '{o['instance_distance']}'")
-        if int(o["r1_every"]) < 0 or float(o["r1_gamma"]) < 0:
+                              f"not '{o.instance_distance}'")
+        if int(o.r1_every) < 0 or float(o.r1_gamma) < 0:
             raise MethodError("r1_every and r1_gamma must be >= 0")
         spatial = info.kind in ("image", "latent")  # a conv discriminator fits any NCHW grid
-        kind = o["disc"] if o["disc"] != "auto" else ("conv" if spatial else "mlp")
-        per_kind = dict(o["disc_options"] or {})
+        kind = o.disc if o.disc != "auto" else ("conv" if spatial else "mlp")
+        per_kind = dict(o.disc_options or {})
         unknown = sorted(set(per_kind) - set(KINDS))
         if unknown:
             raise MethodError(f"disc_options is keyed by discriminator kind ({', '.join(KINDS)}), "
@@ -412,9 +414,9 @@ class GDD(Method):
             raise MethodError(str(e)) from None
         self._disc_params = [p for p in self.disc.parameters() if p.requires_grad]
         self._instance = None
-        if float(o["instance_weight"]) > 0:
-            self._instance = teacher.with_sampling(solver=o["instance_solver"],
-                                                   steps=o["instance_steps"])
+        if float(o.instance_weight) > 0:
+            self._instance = teacher.with_sampling(solver=o.instance_solver,
+                                                   steps=o.instance_steps)
 
     def freeze(self) -> None:
         """GDD trains every generator parameter; GDD-I overrides this."""
@@ -425,7 +427,7 @@ class GDD(Method):
 
     def compiled_modules(self):
         # R1 differentiates D's input gradient (create_graph): D stays eager when it is on
-        r1 = self.opts["r1_every"] > 0 and self.opts["r1_gamma"] > 0
+        r1 = self.opts.r1_every > 0 and self.opts.r1_gamma > 0
         return {"net": self.net} if r1 else self.modules()
 
     def parameters(self, phase):
@@ -433,15 +435,15 @@ class GDD(Method):
         return [p for p in mod.parameters() if p.requires_grad]
 
     def optimizer_options(self, phase):
-        lr = self.opts["lr_d" if phase == "disc" else "lr_g"]  # None: train.lr
-        betas = [float(b) for b in self.opts["betas"]]
+        lr = self.opts.lr_d if phase == "disc" else self.opts.lr_g  # None: train.lr
+        betas = [float(b) for b in self.opts.betas]
         if phase == "disc" and self._separate_r1:  # StyleGAN2's lazy-regularisation ratio
-            c = self.opts["r1_every"] / (self.opts["r1_every"] + 1)
+            c = self.opts.r1_every / (self.opts.r1_every + 1)
             return OptimizerSettings(lr=lr, betas=tuple(b ** c for b in betas), lr_scale=c)
         return OptimizerSettings(lr=lr, betas=tuple(betas))
 
     def phase_active(self, phase, step):
-        return phase != "r1" or step % self.opts["r1_every"] == 0
+        return phase != "r1" or step % self.opts.r1_every == 0
 
     def shared_optimizer(self, phase):
         return "disc" if phase == "r1" else None
@@ -455,7 +457,7 @@ class GDD(Method):
         return euler_step(self.net, z, y)
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        return diff_augment(x, self.opts["diffaugment"]) if self.opts["diffaugment"] else x
+        return diff_augment(x, self.opts.diffaugment) if self.opts.diffaugment else x
 
     def _d(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         return self.disc(self._augment(x), y).float()
@@ -472,17 +474,17 @@ class GDD(Method):
         if phase == "r1":  # the separate lazy R1 step (r1_step: separate)
             for p in self._disc_params:
                 p.requires_grad_(True)
-            _, pen = r1_penalty(self.disc, x, y, self._augment if o["diffaugment"] else None)
-            return {"loss": o["r1_every"] * float(o["r1_gamma"]) / 2 * pen, "r1": pen.detach()}
+            _, pen = r1_penalty(self.disc, x, y, self._augment if o.diffaugment else None)
+            return {"loss": o.r1_every * float(o.r1_gamma) / 2 * pen, "r1": pen.detach()}
         if phase == "disc":
             for p in self._disc_params:
                 p.requires_grad_(True)
             with torch.no_grad():
                 fake = self.generate(z, y)
-            r1_now = (o["r1_every"] > 0 and o["r1_gamma"] > 0 and step % o["r1_every"] == 0
+            r1_now = (o.r1_every > 0 and o.r1_gamma > 0 and step % o.r1_every == 0
                       and not self._separate_r1)
             if r1_now:
-                real_logits, pen = r1_penalty(self.disc, x, y, self._augment if o["diffaugment"]
+                real_logits, pen = r1_penalty(self.disc, x, y, self._augment if o.diffaugment
                                               else None)
                 real_logits = real_logits.float()
             else:
@@ -496,7 +498,7 @@ class GDD(Method):
                                  + self._heads((fake_logits < 0).float())) / n}
             loss = gan
             if pen is not None:
-                loss = gan + o["r1_every"] * float(o["r1_gamma"]) / 2 * pen
+                loss = gan + o.r1_every * float(o.r1_gamma) / 2 * pen
                 out["r1"] = pen.detach()
             return {"loss": loss, **out}
 
@@ -504,19 +506,19 @@ class GDD(Method):
         for p in self._disc_params:
             p.requires_grad_(False)
         fake = self.generate(z, y)
-        loss = float(o["gan_weight"]) * self._heads(F.softplus(-self._d(fake, y)))
+        loss = float(o.gan_weight) * self._heads(F.softplus(-self._d(fake, y)))
         out = {"gan": loss.detach()}
         if self._instance is not None:
             with torch.no_grad():
                 target = self._instance(z, y)
             d = (fake.float() - target.float()).pow(2).flatten(1).sum(1)
-            if o["instance_distance"] == "pseudo-huber":
+            if o.instance_distance == "pseudo-huber":
                 c = 0.00054 * math.sqrt(fake[0].numel())
                 d = (d + c * c).sqrt() - c
             else:
                 d = d / fake[0].numel()
             inst = d.mean()
-            loss = loss + float(o["instance_weight"]) * inst
+            loss = loss + float(o.instance_weight) * inst
             out["instance"] = inst.detach()
         return {"loss": loss, **out}
 
@@ -526,11 +528,14 @@ class GDDI(GDD):
     attention output and MLP matrices (DiT) frozen; ``freeze_level`` 2 adds qkv."""
 
     name = "gdd-i"
-    defaults = {**GDD.defaults,
-                "freeze_level": 1}  # 1: convs + attention out-proj (the official level 1); 2: + qkv
+    style = ("#bcbd22", "X")
+
+    @dataclass(frozen=True)
+    class Options(GDD.Options):
+        freeze_level: int = 1  # 1: convs + attention out-proj (the official level 1); 2: + qkv
 
     def freeze(self) -> None:
-        frozen = set(gdd_i_frozen(self.net, self.opts["freeze_level"]))
+        frozen = set(gdd_i_frozen(self.net, self.opts.freeze_level))
         for n, p in self.net.named_parameters():
             if n in frozen:
                 p.requires_grad_(False)

@@ -70,15 +70,26 @@ inside the JVP.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.func import jvp
 
-from slimstep.methods.base import Method, MethodError
+from slimstep.methods.base import (
+    BELOW_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_OR_NULL,
+    UNIT,
+    Method,
+    MethodError,
+)
 from slimstep.methods.flow_matching import net_spec
 from slimstep.methods.flowmap import gap_scale, two_time_student
 from slimstep.nets import build_net
 from slimstep.nets.dit import math_attention
+from slimstep.spec.rules import below_one, non_negative, positive, rule, unit
 from slimstep.spec.sampling import TwoTimeRule
 
 #: The largest network ``time_scale`` MeanFlow accepts: the embedding's fastest term then
@@ -175,34 +186,37 @@ def check_smooth_time(net: nn.Module, what: str) -> None:
 
 class MeanFlow(Method):
     name = "meanflow"
-    defaults = {
-        "logit_mean": -0.4,  # t ~ LN(logit_mean, logit_std)
-        "logit_std": 1.0,
-        "r_logit_mean": None,  # r ~ LN(r_logit_mean, r_logit_std); None = t's law
-        "r_logit_std": None,
-        "r_neq_t": 0.25,  # share of r != t (MeanFlow ImageNet 0.25, py-meanflow CIFAR 0.75)
-        "weight_power": 1.0,  # p of the adaptive weight (MeanFlow: 0.75 - 1)
-        "weight_eps": 1e-3,
-        "init": "teacher",  # teacher (fine-tune the teacher's weights) | scratch
-        "velocity": "data",  # data (eps - x) | teacher (the teacher's marginal velocity)
-        "label_dropout": 0.1,
-        "s_scale": None,  # gap enters as s = s_scale·(t - r); None = 1 / time_scale (gap_scale)
-        "tr_sampler": "sort",  # sort (JAX code: sort, then mask) | v1 (py-meanflow: mask, r = min)
-        "guidance_omega": 1.0,  # ω of the guided target (1 with κ = 0: no guidance)
-        "guidance_kappa": 0.0,  # κ: weight of the class-conditional u in ṽ
-        "guidance_t_min": 0.0,  # guided for MeanFlow times t (1 = noise) in [t_min, t_max]
-        "guidance_t_max": 1.0,
-    }
+    style = ("#e377c2", "p")  # starts from the teacher only with init: teacher (flags.initialisation)
+
+    @dataclass(frozen=True)
+    class Options(Method.Options):
+        logit_mean: float = -0.4  # t ~ LN(logit_mean, logit_std)
+        logit_std: float = rule(1.0, positive, POSITIVE)
+        r_logit_mean: float | None = None  # r ~ LN(r_logit_mean, r_logit_std); None = t's law
+        r_logit_std: float | None = rule(None, positive, POSITIVE_OR_NULL)
+        r_neq_t: float = rule(0.25, unit, UNIT)  # share of r != t (MeanFlow ImageNet 0.25, py-meanflow CIFAR 0.75)
+        weight_power: float = rule(1.0, non_negative, NON_NEGATIVE)  # p of the adaptive weight (MeanFlow: 0.75 - 1)
+        weight_eps: float = rule(1e-3, positive, POSITIVE)
+        init: str = "teacher"  # teacher (fine-tune the teacher's weights) | scratch
+        velocity: str = "data"  # data (eps - x) | teacher (the teacher's marginal velocity)
+        label_dropout: float = rule(0.1, unit, UNIT)
+        s_scale: float | None = None  # gap enters as s = s_scale·(t - r); None = 1 / time_scale (gap_scale)
+        tr_sampler: str = "sort"  # sort (JAX code: sort, then mask) | v1 (py-meanflow: mask, r = min)
+        # ω of the guided target (1 with κ = 0: no guidance)
+        guidance_omega: float = rule(1.0, non_negative, NON_NEGATIVE)
+        guidance_kappa: float = rule(0.0, below_one, BELOW_ONE)  # κ: weight of the class-conditional u in ṽ
+        guidance_t_min: float = rule(0.0, unit, UNIT)  # guided for MeanFlow times t (1 = noise) in [t_min, t_max]
+        guidance_t_max: float = rule(1.0, unit, UNIT)
 
     def __init__(self, cfg, info, *, device, teacher=None):
         super().__init__(cfg, info, device=device, teacher=teacher)
         o = self.opts
-        if o["init"] not in ("teacher", "scratch") or o["velocity"] not in ("data", "teacher"):
+        if o.init not in ("teacher", "scratch") or o.velocity not in ("data", "teacher"):
             raise MethodError("meanflow: init must be teacher|scratch, velocity data|teacher")
-        if o["init"] == "teacher" or o["velocity"] == "teacher":
+        if o.init == "teacher" or o.velocity == "teacher":
             if teacher is None:
                 raise MethodError("meanflow with init=teacher or velocity=teacher needs --teacher CKPT")
-        if o["init"] == "teacher":
+        if o.init == "teacher":
             net, self.spec = two_time_student(teacher, self.name)
             check_smooth_time(net, "the teacher's network")
         else:
@@ -212,19 +226,19 @@ class MeanFlow(Method):
             net = build_net(self.spec)
             check_smooth_time(net, "net")
         self.net = net.to(device)
-        self.s_scale = gap_scale(self.net, o["s_scale"])
+        self.s_scale = gap_scale(self.net, o.s_scale)
         self.num_classes = int(self.spec.get("num_classes", 0) or 0)
-        if o["tr_sampler"] not in TR_SAMPLERS:
+        if o.tr_sampler not in TR_SAMPLERS:
             raise MethodError(f"method.tr_sampler must be one of {', '.join(TR_SAMPLERS)}, "
-                              f"not {o['tr_sampler']!r} (meanflow)")
-        if not o["guidance_t_min"] <= o["guidance_t_max"]:
+                              f"not {o.tr_sampler!r} (meanflow)")
+        if not o.guidance_t_min <= o.guidance_t_max:
             raise MethodError("method.guidance_t_min must be at most method.guidance_t_max (meanflow)")
-        self.guided = o["guidance_omega"] != 1.0 or o["guidance_kappa"] != 0.0
+        self.guided = o.guidance_omega != 1.0 or o.guidance_kappa != 0.0
         if self.guided and not self.num_classes:
             raise MethodError("meanflow's guided target (guidance_omega != 1 or guidance_kappa != 0) "
                               "needs class-conditional data and network")
         self.teacher_net = None
-        if o["velocity"] == "teacher":
+        if o.velocity == "teacher":
             self.teacher_net = teacher.net.to(device).eval().requires_grad_(False)
 
     def loss(self, batch, step, phase):
@@ -232,11 +246,11 @@ class MeanFlow(Method):
         o = self.opts
         y = y if self.num_classes else None
         if y is not None:
-            drop = torch.rand(len(y), device=y.device) < o["label_dropout"]
+            drop = torch.rand(len(y), device=y.device) < o.label_dropout
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         eps = torch.randn_like(x)
-        t, r = sample_t_r(len(x), o["logit_mean"], o["logit_std"], o["r_neq_t"], x.device,
-                          o["r_logit_mean"], o["r_logit_std"], o["tr_sampler"])
+        t, r = sample_t_r(len(x), o.logit_mean, o.logit_std, o.r_neq_t, x.device,
+                          o.r_logit_mean, o.r_logit_std, o.tr_sampler)
         v = None
         z = (1 - _bc(t, x)) * x + _bc(t, x) * eps
         if self.teacher_net is not None:
@@ -246,7 +260,7 @@ class MeanFlow(Method):
         if self.guided:
             v = self._guided(z, t, y, eps - x if v is None else v)
             out["v_shift"] = (v - (eps - x)).pow(2).flatten(1).sum(1).mean().detach()
-        loss, mse = meanflow_loss(self.net, x, eps, t, r, y, o["weight_power"], o["weight_eps"], v,
+        loss, mse = meanflow_loss(self.net, x, eps, t, r, y, o.weight_power, o.weight_eps, v,
                                   self.s_scale)
         return {"loss": loss, "mse": mse.detach(), **out}
 
@@ -264,8 +278,8 @@ class MeanFlow(Method):
         finally:
             self.net.train(was)
         u_c, u_u = both.chunk(2)
-        on = (y != self.num_classes) & (t >= o["guidance_t_min"]) & (t <= o["guidance_t_max"])
-        return guided_velocity(v, u_c, u_u, o["guidance_omega"], o["guidance_kappa"], on)
+        on = (y != self.num_classes) & (t >= o.guidance_t_min) & (t <= o.guidance_t_max)
+        return guided_velocity(v, u_c, u_u, o.guidance_omega, o.guidance_kappa, on)
 
     def export(self):
         return TwoTimeRule(kind="meanflow", t=0.0, s=self.s_scale)

@@ -31,15 +31,17 @@ pair a valid teacher pair of the mirrored data distribution.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from slimstep.generator import load_net
-from slimstep.methods.base import Method, MethodError
+from slimstep.methods.base import NON_NEGATIVE, POSITIVE, Method, MethodError
 from slimstep.methods.flow_matching import net_spec, sample_time
 from slimstep.nets import build_net
 from slimstep.paths import interpolate
 from slimstep.spec import RunConfig
+from slimstep.spec.rules import non_negative, positive, rule
 from slimstep.spec.sampling import VelocityRule
 
 SCHEDULES = ("linear", "cos", "exp", "cos-half", "exp5")
@@ -100,13 +102,15 @@ def student_net(cfg: RunConfig, info, conditional: bool, weights: str = "ema"):
 
 class Reflow(Method):
     name = "reflow"
-    defaults = {
-        "flip": False,  # mirror image and noise together, p = 0.5 per batch (images only)
-        "conditional": "auto",  # auto = when the pairs carry labels
-        "time_sampling": "uniform",
-        "logit_mean": 0.0,
-        "logit_std": 1.0,
-    }
+    style = ("#17becf", "v")
+
+    @dataclass(frozen=True)
+    class Options(Method.Options):
+        flip: bool = False  # mirror image and noise together, p = 0.5 per batch (images only)
+        conditional: bool | str = "auto"  # auto = when the pairs carry labels
+        time_sampling: str = "uniform"  # uniform | logit-normal
+        logit_mean: float = 0.0  # t ~ LN(logit_mean, logit_std) when logit-normal
+        logit_std: float = rule(1.0, positive, POSITIVE)
 
     @classmethod
     def data_spec(cls, cfg):
@@ -114,9 +118,9 @@ class Reflow(Method):
 
     def __init__(self, cfg, info, *, device, teacher=None):
         super().__init__(cfg, info, device=device, teacher=teacher)
-        cond = self.opts["conditional"]
+        cond = self.opts.conditional
         self.conditional = info.num_classes > 0 if cond == "auto" else bool(cond)
-        sample_time(1, self.opts["time_sampling"], 0, 1, "cpu")  # validate early
+        sample_time(1, self.opts.time_sampling, 0, 1, "cpu")  # validate early
         net, self.spec = student_net(cfg, info, self.conditional)
         self.net = net.to(device)
 
@@ -125,12 +129,12 @@ class Reflow(Method):
 
     def loss(self, batch, step, phase):
         x1, y, z = batch
-        if self.opts["flip"]:
+        if self.opts.flip:
             x1, z = flip_pair(x1, z)
         beta = self.beta(step)
         z = renoise(z, beta)
-        t = sample_time(len(x1), self.opts["time_sampling"], self.opts["logit_mean"],
-                        self.opts["logit_std"], x1.device)
+        t = sample_time(len(x1), self.opts.time_sampling, self.opts.logit_mean,
+                        self.opts.logit_std, x1.device)
         v = self.net(interpolate(z, x1, t), t, y if self.conditional else None)
         return {"loss": (v.float() - (x1 - z)).pow(2).mean(), "beta": torch.tensor(beta)}
 
@@ -141,11 +145,16 @@ class Reflow(Method):
 
 class AnnealingReflow(Reflow):
     name = "annealing-reflow"
-    defaults = {**Reflow.defaults, "anneal_steps": 1000, "beta_schedule": "linear"}
+    style = ("#1f77b4", "^")
+
+    @dataclass(frozen=True)
+    class Options(Reflow.Options):
+        anneal_steps: int = rule(1000, non_negative, NON_NEGATIVE)  # steps over which β anneals 1 -> 0
+        beta_schedule: str = "linear"  # linear | cos | exp | cos-half | exp5 (module doc)
 
     def __init__(self, cfg, info, *, device, teacher=None):
         super().__init__(cfg, info, device=device, teacher=teacher)
-        beta_schedule(0, 1, self.opts["beta_schedule"])  # validate early
+        beta_schedule(0, 1, self.opts.beta_schedule)  # validate early
 
     def beta(self, step: int) -> float:
-        return beta_schedule(step, int(self.opts["anneal_steps"]), self.opts["beta_schedule"])
+        return beta_schedule(step, int(self.opts.anneal_steps), self.opts.beta_schedule)

@@ -48,17 +48,19 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load_file
 
 from slimstep.errors import OutputError
 from slimstep.files import cache_dir, tensor_bytes, write_bytes
-from slimstep.methods.base import Method, MethodError
+from slimstep.methods.base import NON_NEGATIVE, Method, MethodError
 from slimstep.methods.flowmap import random_labels
 from slimstep.nets import build_net, count_params
 from slimstep.nets.shared_block import patch_steps, round_ratio
 from slimstep.onestep import ONE_STEP_TEACHER_KINDS
+from slimstep.spec.rules import non_negative, rule
 from slimstep.spec.sampling import TwoTimeRule
 
 
@@ -84,16 +86,18 @@ BANK_FORMAT = "slt-bank/1"
 class SLT(Method):
     name = "slt"
     data_free = True  # the teacher fixes shape and classes; nothing is read
-    defaults = {
-        "hidden_weight": 1.0,  # w_h
-        "output_weight": 1.0,  # w_o
+    style = ("#d62728", "*")
+
+    @dataclass(frozen=True)
+    class Options(Method.Options):
+        hidden_weight: float = rule(1.0, non_negative, NON_NEGATIVE)  # w_h
+        output_weight: float = rule(1.0, non_negative, NON_NEGATIVE)  # w_o
         # depth-gap arm only: a fresh step count n ~ U{1..K} per batch, so the student
         # learns every n it may be sampled with; off = always K (as the table arm)
-        "random_steps": False,
+        random_steps: bool = False
         # a fixed bank of N teacher targets computed once (cached on disk); 0 = fresh
         # noise and a teacher call every step
-        "bank": 0,
-    }
+        bank: int = rule(0, non_negative, NON_NEGATIVE)
 
     def __init__(self, cfg, info, *, device, teacher=None):
         super().__init__(cfg, info, device=device, teacher=teacher)
@@ -128,7 +132,7 @@ class SLT(Method):
         self.ratio = count_params(self.net) / count_params(self.teacher_net)
         self.depth, self.steps = self.net.depth, self.net.steps
         self.teacher_depth = tspec["depth"]
-        if self.opts["random_steps"] and self.depth != "gap":
+        if self.opts.random_steps and self.depth != "gap":
             raise MethodError("slt: random_steps needs the depth-gap arm (net.depth: gap): a "
                               "depth table runs only its K steps")
         self.layers = sorted({lj for _, lj in self._all_pairs()})
@@ -140,7 +144,7 @@ class SLT(Method):
         """Every (k_j, l_j) a step can use: the table map, or the depth-gap map at each n."""
         if self.depth != "gap":
             return list(self.map)
-        ns = range(1, self.steps + 1) if self.opts["random_steps"] else [self.steps]
+        ns = range(1, self.steps + 1) if self.opts.random_steps else [self.steps]
         return [p for n in ns for p in gap_layer_map(n, len(self.map), self.teacher_depth)]
 
     def _teacher(self, z, y):
@@ -172,7 +176,7 @@ class SLT(Method):
         atomic writes make the concurrent writes safe (each rank pays the teacher pass)."""
         if self._bank is not None:
             return self._bank
-        n = int(self.opts["bank"])
+        n = int(self.opts.bank)
         path = cache_dir("slt-bank") / f"{self._bank_key(n, shape, device)}.safetensors"
         if path.is_file():
             try:
@@ -203,7 +207,7 @@ class SLT(Method):
 
     def loss(self, batch, step, phase):
         n, dev = len(batch[0]), batch[0].device
-        if self.opts["bank"]:
+        if self.opts.bank:
             b = self.bank(batch[0].shape[1:], dev)
             i = torch.randint(len(b["z"]), (n,)).to(dev)
             z, y = b["z"][i], (b["y"][i] if "y" in b else None)
@@ -215,7 +219,7 @@ class SLT(Method):
         t = torch.full((n,), self.t0, device=dev)
         s = torch.full((n,), self.s0, device=dev)
         steps, pairs = self.steps, self.map
-        if self.opts["random_steps"]:
+        if self.opts.random_steps:
             steps = int(torch.randint(1, self.steps + 1, ()))
         if self.depth == "gap":
             pairs = gap_layer_map(steps, len(self.map), self.teacher_depth)
@@ -224,7 +228,7 @@ class SLT(Method):
             (fs.float() - feats_t[lj].float()).pow(2).mean() / feats_t[lj].float().pow(2).mean()
             for fs, (_, lj) in zip(feats_s, pairs, strict=True)) / len(pairs)
         output = (out_s.float() - out_t.float()).pow(2).mean()
-        loss = self.opts["hidden_weight"] * hidden + self.opts["output_weight"] * output
+        loss = self.opts.hidden_weight * hidden + self.opts.output_weight * output
         return {"loss": loss, "hidden": hidden.detach(), "output": output.detach()}
 
     def export(self):
