@@ -81,6 +81,7 @@ def test_the_declared_method_is_checked_like_a_built_in(tmp_path, monkeypatch):
     from slimstep.config import load_config
     from slimstep.data import DataInfo
     from slimstep.methods import MethodError, build_method, method_class, method_names, method_style
+    from slimstep.spec import Named
 
     monkeypatch.syspath_prepend(str(plugin(tmp_path / "plugins")))
     assert "direct" in method_names(students_only=True) and "gdd" in method_names()
@@ -89,7 +90,7 @@ def test_the_declared_method_is_checked_like_a_built_in(tmp_path, monkeypatch):
     cfg = load_config(None, {"method": {"name": "direct", "huber_c": -1}, "net": {"name": "mlp"}})
     with pytest.raises(MethodError, match=r"method.huber_c must be a number, 0 or more, not -1 \(direct\)"):
         build_method(cfg, info, torch.device("cpu"))
-    cfg["method"] = {"name": "direct", "huber": 1}
+    cfg = cfg.replace(method=Named("direct", {"huber": 1}))
     with pytest.raises(MethodError, match="method 'direct' has no option"):
         build_method(cfg, info, torch.device("cpu"))
     assert method_class("direct").Options().huber_c == 0.0

@@ -19,7 +19,7 @@ import importlib
 from torch import nn
 
 from slimstep.errors import ConfigError
-from slimstep.spec import check_kwargs, is_number
+from slimstep.spec import check_kwargs, is_int, is_number
 
 _REGISTRY = {
     "mlp": "slimstep.nets.mlp:MLP",
@@ -47,7 +47,7 @@ def net_class(name: str) -> type[nn.Module]:
 
 
 def _positive_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+    return is_int(v) and v >= 1
 
 
 def _sizes(v) -> bool:
@@ -65,7 +65,7 @@ VALUE_RULES: dict[str, tuple] = {
     "attn_resolutions": (lambda v: isinstance(v, (list, tuple)) and all(_positive_int(x) for x in v),
                          "a list of integers >= 1"),
     **dict.fromkeys(("num_classes", "extra_time_embeds"),
-                    (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                    (lambda v: is_int(v) and v >= 0,
                      "an integer >= 0")),
     **dict.fromkeys(("mlp_ratio", "time_scale", "depth_scale"),
                     (lambda v: is_number(v) and v > 0, "a positive number")),

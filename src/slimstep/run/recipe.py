@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from slimstep.data import SPEC_KINDS, DataError, missing_path, student_data
 from slimstep.eval import default_n as default_n  # the protocol's, named here for recipes
 from slimstep.methods import method_names
 from slimstep.screen import SELECTS
-from slimstep.spec import DataSection, Named, PairsConfig, RunConfig
+from slimstep.spec import DataSection, Named, PairsConfig, RunConfig, is_int, is_number
 
 KINDS = ("teacher", "pairs", "distill", "screen")
 #: Keys a stage of each kind may hold (besides ``kind`` and ``overrides``).
@@ -135,7 +134,7 @@ def _check_name(path: Path, name) -> None:
 
 
 def _whole(v, low: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+    return is_int(v) and v >= low
 
 
 def _eval_settings(path: Path, given) -> dict:
@@ -178,8 +177,7 @@ def _check_screen(where: str, body: dict, deps: dict, spec: str) -> None:
     if select not in SELECTS:
         raise RecipeError(f"{where}: select must be one of {', '.join(SELECTS)}, not {select!r}")
     t = body.get("temperature")
-    if t is not None and (select != "resample" or isinstance(t, bool) or not isinstance(t, (int, float))
-                          or not math.isfinite(t) or t <= 0):
+    if t is not None and (select != "resample" or not is_number(t) or t <= 0):
         raise RecipeError(f"{where}: temperature is a positive finite number and goes with "
                           f"select: resample, not {t!r}")
 
