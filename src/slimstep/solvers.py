@@ -20,9 +20,10 @@ from collections.abc import Callable
 
 import torch
 
+from slimstep.spec.sampling import SOLVERS  # the names, defined once
+
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # v(x, t[B]) -> like x
 
-SOLVERS = ("euler", "heun", "dopri5")
 
 
 class _Counted:

@@ -16,7 +16,7 @@ from slimstep._version import __version__
 from slimstep.errors import one_line
 from slimstep.methods import method_names
 from slimstep.realism import DEFAULTS as RD  # the help states the defaults training uses
-from slimstep.spec import DEVICE, PairsConfig
+from slimstep.spec import DEVICE, SOLVERS, PairsConfig
 
 DESCRIPTION = "``slimstep`` — the command line."  # the first line of slimstep.cli's docstring
 
@@ -91,7 +91,7 @@ def _device_name(text: str) -> str:
 def _sampling_args(p, steps=True) -> None:
     if steps:
         p.add_argument("--steps", type=_count, help="ODE steps (default: the checkpoint's)")
-        p.add_argument("--solver", choices=["euler", "heun", "dopri5"],
+        p.add_argument("--solver", choices=SOLVERS,
                        help="ODE solver (default: the checkpoint's)")
         p.add_argument("--cfg-scale", type=_finite, help="classifier-free guidance scale")
     p.add_argument("--batch-size", type=_count, default=256, help="samples per network call")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="teacher checkpoint")
     p.add_argument("--n", type=_count, required=True, help="number of pairs")
     p.add_argument("--out", required=True, help="pairs directory (shards + manifest)")
-    p.add_argument("--solver", default=pd.solver, choices=["euler", "heun", "dopri5"], help="ODE solver")
+    p.add_argument("--solver", default=pd.solver, choices=SOLVERS, help="ODE solver")
     p.add_argument("--steps", type=_count, default=pd.steps, help="steps of euler / heun")
     p.add_argument("--rtol", type=_positive, default=pd.rtol, help="dopri5 tolerance")
     p.add_argument("--atol", type=_positive, default=pd.atol, help="dopri5 tolerance")
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: onnx for a .onnx --out, else torchscript; onnx needs the "
                         "packages onnx and onnxscript")
     p.add_argument("--steps", type=_count, help="ODE steps (only 1 exports; default: the checkpoint's)")
-    p.add_argument("--solver", choices=["euler", "heun", "dopri5"], help="ODE solver (only euler exports)")
+    p.add_argument("--solver", choices=SOLVERS, help="ODE solver (only euler exports)")
     p.add_argument("--cfg-scale", type=_finite, help="classifier-free guidance scale, built into the file")
     p.add_argument("--device", type=_device_name, default="cpu",
                    help="where to load the checkpoint; the file holds CPU weights")
