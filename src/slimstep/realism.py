@@ -55,6 +55,7 @@ from slimstep.generator import Generator, load, resolve_checkpoint
 from slimstep.methods.gdd import r1_penalty
 from slimstep.nets.discriminators import build_discriminator
 from slimstep.outdir import check_output, output_dir
+from slimstep.spec import is_number
 
 KIND = "realism"
 EXPECT = "realism discriminator"  # the product's name to slimstep.outdir
@@ -148,8 +149,8 @@ def settings(options: dict | None) -> dict:
         raise RealismError("screen-train needs steps >= 1 and batch_size >= 2")
     if ints["seed"] < 0:  # as every other seed of slimstep
         raise RealismError(f"screen-train's seed must be an integer >= 0, not {ints['seed']}")
-    if not (math.isfinite(floats["r1_gamma"]) and floats["r1_gamma"] >= 0
-            and math.isfinite(floats["lr"]) and floats["lr"] > 0):  # also rejects nan
+    if not (is_number(floats["r1_gamma"]) and floats["r1_gamma"] >= 0
+            and is_number(floats["lr"]) and floats["lr"] > 0):  # also rejects nan
         raise RealismError(f"screen-train needs a finite r1_gamma >= 0 and lr > 0, not "
                            f"{o['r1_gamma']} and {o['lr']}")
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):

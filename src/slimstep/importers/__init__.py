@@ -48,7 +48,7 @@ from slimstep.importers.readers import TeacherImportError, file_digest, read_sta
 from slimstep.importers.safe_pickle import UnsafePickleError, safe_load
 from slimstep.nets import build_net, recorded_spec
 from slimstep.outdir import output_path, replace_folder
-from slimstep.spec import SampleConfig
+from slimstep.spec import SampleConfig, is_number
 from slimstep.spec.sampling import SOLVER_NAMES, SOLVERS
 
 FORMATS = ("sit", "dit", "freeflow", "diffusers", "edm", "edm2")
@@ -120,7 +120,7 @@ def _sampling(opts: dict, where: str) -> dict:
     if steps < 1:
         raise TeacherImportError(f"{where}: steps must be at least 1")
     cfg_scale = _typed(opts, "cfg_scale", float, s.cfg_scale, where)
-    if not math.isfinite(cfg_scale):  # written, it would make a checkpoint no reader accepts
+    if not is_number(cfg_scale):  # written, it would make a checkpoint no reader accepts
         raise TeacherImportError(f"{where}: cfg_scale must be a finite number, not {cfg_scale}")
     return {"kind": "velocity", "solver": solver, "steps": steps, "cfg_scale": cfg_scale,
             "rtol": s.rtol, "atol": s.atol}
