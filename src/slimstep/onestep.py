@@ -11,15 +11,13 @@ network evaluation, written once and used by the generator, export and the metho
   depth-gap SLT student also takes ``steps`` (its number of depth jumps; still one call).
 
 A checkpoint's ``generator.kind`` names the rule: ``velocity`` (the ODE, :mod:`slimstep.solvers`;
-the euler map when sampled with ``solver=euler, steps=1``) or one of :data:`TWO_TIME_KINDS`.
+the euler map when sampled with ``solver=euler, steps=1``) or one of :data:`slimstep.spec.sampling.TWO_TIME_KINDS`.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from slimstep.spec.sampling import TWO_TIME_KINDS as TWO_TIME_KINDS  # the closed set, named once
 
 #: the kinds a one-step DiT teacher for SLT may have
 ONE_STEP_TEACHER_KINDS = ("flowmap", "meanflow")
