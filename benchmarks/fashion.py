@@ -28,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Runner, machine  # noqa: E402
 
+from slimstep.numbers import fmt_macs  # noqa: E402
+
 DEST = RESULTS / "fashion"
 
 def direct_teacher(row: dict, rows: list[dict], stages: dict) -> str | None:
@@ -58,6 +60,7 @@ def summary(results: dict) -> dict:
             "teacher": r["stage"] if is_teacher else direct_teacher(r, rows, stages),
             "nfe": r.get("nfe"),
             "params": r.get("params"),
+            "macs": r.get("macs"),
             "fd_mean": r["metrics"]["fd"],
             "fd_sd": r["metrics_sd"]["fd"],
             "reference": reference,
@@ -69,7 +72,7 @@ def summary(results: dict) -> dict:
 def fashion_table(results: dict, summ: dict) -> list[str]:
     ref = {r["teacher"]: r for r in summ["rows"] if r["reference"]}
     by_name = {r["name"]: r for r in results["rows"]}
-    cols = ["model", "method", "compared with", "NFE", "params", "FD (mean)", "± sd", "s.e. / FD",
+    cols = ["model", "method", "compared with", "NFE", "MACs / sample", "params", "FD (mean)", "± sd", "s.e. / FD",
             "FD / reference", "precision", "recall", "samples/s"]
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     k = len(summ["seeds"])
@@ -80,7 +83,8 @@ def fashion_table(results: dict, summ: dict) -> list[str]:
         se = s["fd_sd"] / math.sqrt(k) / s["fd_mean"] if s["fd_mean"] else float("nan")
         m = full["metrics"]
         md.append("| " + " | ".join([
-            s["name"], s["method"], s["teacher"] or "", str(s["nfe"]), f"{s['params']:,}" if s["params"] else "",
+            s["name"], s["method"], s["teacher"] or "", str(s["nfe"]), fmt_macs(s["macs"]),
+            f"{s['params']:,}" if s["params"] else "",
             f"{s['fd_mean']:.3g}", f"{s['fd_sd']:.2g}", f"{100 * se:.1f} %", ratio,
             f"{m.get('precision', float('nan')):.3f}", f"{m.get('recall', float('nan')):.3f}",
             f"{full['samples_per_s']:,.0f}" if full.get("samples_per_s") else ""]) + " |")

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Runner, machine  # noqa: E402
 
-from slimstep.numbers import fmt  # noqa: E402
+from slimstep.numbers import fmt, fmt_macs  # noqa: E402
 
 RECIPES = {"full": [("configs/digits/all.yaml", "digits"), ("configs/toy2d/all.yaml", "toy2d")],
            "quick": [("configs/demo.yaml", "demo")]}
@@ -31,7 +31,7 @@ RECIPES = {"full": [("configs/digits/all.yaml", "digits"), ("configs/toy2d/all.y
 
 def headline_table(rows: list[dict]) -> list[str]:
     key = rows[0]["headline"] if "headline" in rows[0] else "fd"
-    cols = ["method", "teacher", "NFE", f"{key} (mean of seeds)", "± sd", f"{key} / teacher's",
+    cols = ["method", "teacher", "NFE", "MACs / sample", f"{key} (mean of seeds)", "± sd", f"{key} / teacher's",
             "params", "params / teacher's", "samples/s", "samples/s / teacher's", "train s"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -43,7 +43,8 @@ def headline_table(rows: list[dict]) -> list[str]:
             return f"{r[k]:.3g}x" if r.get(k) is not None else ""
 
         out.append("| " + " | ".join([
-            r["name"], r.get("teacher") or "", str(r["nfe"]), fmt(m[key]), fmt(r["metrics_sd"].get(key), 2),
+            r["name"], r.get("teacher") or "", str(r["nfe"]), fmt_macs(r.get("macs")), fmt(m[key]),
+            fmt(r["metrics_sd"].get(key), 2),
             ratio("quality_ratio"), fmt(r["params"]), ratio("params_ratio"), fmt(r.get("samples_per_s")),
             ratio("speedup"), fmt(r.get("train_s"))]) + " |")
     return out

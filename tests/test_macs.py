@@ -127,3 +127,22 @@ def test_toy_floor_is_the_mean_of_the_seeds_draws():
     assert row["floor"]["w2"] == pytest.approx(sum(draws) / 2, rel=1e-9)
     assert [f["w2"] for f in row["per_seed_floor"]] == pytest.approx(draws)
     assert "mean of the 2 scored seeds" in row["floor_note"]
+
+
+def test_benchmark_tables_show_macs_per_sample():
+    """BENCHMARKS.md's method tables (benchmarks/methods.py) carry MACs beside NFE, written
+    as the report writes them."""
+    import sys
+    from pathlib import Path
+
+    from slimstep.numbers import fmt_macs
+
+    assert [fmt_macs(v) for v in (None, 512, 2_500, 1_234_567, 3.4e9)] == ["", "512", "2.5k", "1.23M", "3.4G"]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from methods import headline_table
+
+    row = {"name": "s", "teacher": "t", "nfe": 1, "macs": 1_234_567, "metrics": {"fd": 5.0},
+           "metrics_sd": {"fd": 0.5}, "params": 10, "headline": "fd"}
+    head, _, line = headline_table([row])
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[head.strip("|").split("|").index(" MACs / sample ")] == "1.23M"

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from slimstep.numbers import fmt
+from slimstep.numbers import fmt, fmt_macs
 from slimstep.spec.results import Flag, Row
 
 #: a stage with no model: (stage name, kind, its flag as a record or a dict)
@@ -46,16 +46,6 @@ def _ratio(v) -> str:
 
 def _badges(flags: list[Flag]) -> Cell:
     return Cell(badges=tuple((f.id, f.badge) for f in flags))
-
-
-def _macs(v) -> str:
-    """Multiply-accumulates in engineering units (1.2M, 3.4G); "" when not measured."""
-    if v is None:
-        return ""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if v >= scale:
-            return f"{v / scale:.3g}{unit}"
-    return str(int(v))
 
 
 def group_rows(rows: list[Row], key: str) -> tuple[list[Row], list[Row]]:
@@ -106,7 +96,7 @@ def summary_table(rows: list, failed: list[Failed] = ()) -> tuple[list[str], lis
         q = fmt(r.metrics[key]) + (f" ± {fmt(sd, 2)}" if seeds > 1 and sd is not None else "")
         return [(r.name, None), (_badges(r.flags or ()), None), (r.teacher or "", None),
                 (fmt(r.params), r.params), (_ratio(r.params_ratio), r.params_ratio),
-                (fmt(r.nfe), r.nfe), (_macs(r.macs), r.macs),
+                (fmt(r.nfe), r.nfe), (fmt_macs(r.macs), r.macs),
                 (q, r.metrics[key]),
                 (_ratio(r.quality_ratio), r.quality_ratio),
                 *[(fmt(r.metrics.get(k)), r.metrics.get(k)) for k in extra],
