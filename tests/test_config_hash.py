@@ -26,6 +26,10 @@ PINNED = {
         "slt": ("ce7947e83c", "e47baea6d0"),
         "slt-screen": (None, "3ec70acabb"),
         "teacher": ("52737cab01", "a0e2e00dfa"),
+        # issue 25: the baselines on digits (added; the stages above are unchanged)
+        "dmd2": ("dc62705ad4", "6893380594"),
+        "ect": ("644f303ca1", "4b915a457a"),
+        "scd": ("4b8f49fff5", "77b1c7de12"),
     },
     "toy2d/all": {
         "moons-annealing-reflow": ("212be02aa8", "e83a6a9135"),

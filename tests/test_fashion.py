@@ -164,7 +164,7 @@ def test_summary_rows_and_paired_claims():
     by = {r["name"]: r for r in s["rows"]}
     assert "t euler-2" not in by  # the curve's other points are not summary rows
     assert by["t euler-1"] == {"name": "t euler-1", "method": "teacher", "teacher": "t", "nfe": 1, "params": 100,
-                               "fd_mean": 40.0, "fd_sd": 0.1, "reference": False}
+                               "macs": None, "fd_mean": 40.0, "fd_sd": 0.1, "reference": False}
     assert by["t heun-16 (reference)"]["reference"] and by["g"]["teacher"] == "t" and by["g"]["method"] == "gdd"
     assert by["slt"]["teacher"] == "fm" and by["fm"]["reference"] and by["scr"]["teacher"] == "fm"
     p = paired([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
@@ -181,7 +181,8 @@ def test_summary_rows_and_paired_claims():
 def test_every_fashion_stage_kind_runs_end_to_end_on_tiny_data(tmp_path):
     """fashion/all's stage configs, shrunk to a few steps and tiny widths, through `slimstep run`
     on idx files written here: teacher -> pairs -> annealing reflow -> slimflow, GDD-I, the DiT
-    teacher -> flowmap -> SLT -> realism screening; each row scored on the Fashion-MNIST protocol."""
+    teacher -> flowmap -> SLT -> realism screening, the DMD2 / ECT / sCD baselines; each row
+    scored on the Fashion-MNIST protocol."""
     from slimstep.run import run
 
     cfg = Path(__file__).resolve().parents[1] / "src" / "slimstep" / "configs" / "fashion"
@@ -197,7 +198,10 @@ def test_every_fashion_stage_kind_runs_end_to_end_on_tiny_data(tmp_path):
                      "pairs": "pairs", "init": "reflow", "overrides": tiny},
         "gdd-i": {"method": "gdd-i", "config": f"{cfg}/gdd-i.yaml", "teacher": "teacher",
                   "overrides": [*tiny, "method.disc_options.conv.channels=8"]},
+        "dmd2": {"method": "dmd2", "config": f"{cfg}/dmd2.yaml", "teacher": "teacher", "overrides": tiny},
+        "ect": {"method": "ect", "config": f"{cfg}/ect.yaml", "teacher": "teacher", "overrides": tiny},
         "dit": {"kind": "teacher", "config": f"{cfg}/dit-teacher.yaml", "overrides": [*tiny, *dit]},
+        "scd": {"method": "scd", "config": f"{cfg}/scd.yaml", "teacher": "dit", "overrides": tiny},
         "flowmap": {"method": "flowmap", "config": f"{cfg}/flowmap.yaml", "teacher": "dit", "overrides": tiny},
         "slt": {"method": "slt", "config": f"{cfg}/slt.yaml", "teacher": "flowmap",
                 "overrides": [*tiny, "net.hidden_size=16", "net.num_heads=2", "method.bank=64"]},
@@ -210,5 +214,6 @@ def test_every_fashion_stage_kind_runs_end_to_end_on_tiny_data(tmp_path):
     res = run(tmp_path / "r.yaml", tmp_path / "out", jobs=1, log=lambda *a: None, data=f"fashion-mnist:{root}")
     assert not res["failed"], res["failed"]
     names = {r["stage"] for r in res["rows"]}
-    assert names == {"teacher", "reflow", "slimflow", "gdd-i", "dit", "flowmap", "slt", "screen"}
+    assert names == {"teacher", "reflow", "slimflow", "gdd-i", "dmd2", "ect", "dit", "scd", "flowmap", "slt",
+                     "screen"}
     assert all("fd" in r["metrics"] and r["floor"]["fd"] >= 0 for r in res["rows"])

@@ -441,3 +441,22 @@ def test_flowmap_and_meanflow_refuse_a_vp_adapted_network(unet_teacher, tmp_path
         assert main(["distill", "--method", method, "--config", f"configs/digits/{method}.yaml",
                      "--teacher", str(unet_teacher), "--out", str(tmp_path / method), "--quiet"]) == 2
         assert "diffusers_vp" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("method", ["dmd2", "ect"])
+def test_dmd2_and_ect_train_from_an_imported_unet(unet_teacher, tmp_path, capsys, method):
+    """The generator / consistency function is a copy of the wrapped diffusers UNet."""
+    out = tmp_path / method
+    assert main(["distill", "--method", method, "--config", f"digits/{method}", "--teacher", str(unet_teacher),
+                 "--out", str(out), "--quiet", "train.steps=2", "train.batch_size=8",
+                 "train.ckpt_every=2"]) == 0, capsys.readouterr().err
+    gen = slimstep.load(out)
+    x, _ = gen.generate(3, seed=0)
+    assert x.shape == (3, C, SIDE, SIDE) and torch.isfinite(x).all() and gen.nfe == 1
+
+
+def test_scd_refuses_a_vp_adapted_network(unet_teacher, tmp_path, capsys):
+    """sCD differentiates along t; a diffusers UNet embeds t on DDPM's 0..999 scale."""
+    assert main(["distill", "--method", "scd", "--config", "digits/scd", "--teacher", str(unet_teacher),
+                 "--out", str(tmp_path / "scd"), "--quiet"]) == 2
+    assert "time_scale" in one_error_line(capsys)

@@ -649,3 +649,16 @@ def test_the_shared_snapshot_builder_writes_edm_s_layout(tmp_path):
         v = slimstep.load(tmp_path / "out").net.double()(x.double(), t.double(), y)
     want = reference_velocity(sd, "edm", "ddpmpp", x, t, y)
     assert (v - want).abs().max().item() / want.abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("method", ["dmd2", "ect", "scd"])
+def test_baselines_train_from_an_edm_teacher(edm_teacher, tmp_path, capsys, method):
+    """DMD2, ECT and sCD tune a copy of the imported network (EDM's c_noise = ln(σ)/4 is a
+    smooth time input, so sCD's JVP along t is allowed); the one-step export samples."""
+    out = tmp_path / method
+    assert main(["distill", "--method", method, "--config", f"digits/{method}", "--teacher", str(edm_teacher),
+                 "--out", str(out), "--quiet", "train.steps=2", "train.batch_size=8",
+                 "train.ckpt_every=2"]) == 0, capsys.readouterr().err
+    gen = slimstep.load(out)
+    x, _ = gen.generate(3, seed=0)
+    assert x.shape == (3, C, R, R) and torch.isfinite(x).all() and gen.nfe == 1

@@ -15,6 +15,7 @@ on a conditional net means the null class for the whole batch.
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from torch import nn
 
@@ -99,8 +100,12 @@ def build_net(spec: dict) -> nn.Module:
 def recorded_spec(spec: dict | None, net: nn.Module) -> dict | None:
     """``spec`` as config.json records it: with the network's ``time_scale`` made explicit,
     because methods that differentiate along a time input (MeanFlow) or derive a gap scale
-    from it (flowmap) read it from the checkpoint, not from a constructor default."""
+    from it (flowmap) read it from the checkpoint, not from a constructor default. A network
+    whose time scale is not an option (a wrapped diffusers model: its DDPM timestep range)
+    keeps its spec as it is."""
     if spec is None or not hasattr(net, "time_scale"):
+        return spec
+    if "time_scale" not in inspect.signature(type(net).__init__).parameters:
         return spec
     return {**spec, "time_scale": float(net.time_scale)}
 

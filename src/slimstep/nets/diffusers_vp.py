@@ -123,6 +123,9 @@ class DiffusersVP(nn.Module):
         self.in_shape, self.num_classes = tuple(shape["in_shape"]), shape["num_classes"]
         self.in_channels = shape["in_shape"][0]
         self.vp = VPAdapter(diffusers_alphas_cumprod(**(schedule or {})), prediction)
+        # t reaches the model as a DDPM timestep on 0..T-1 (piecewise linear in log σ): the
+        # scale the JVP-along-t methods (meanflow, scd) read to refuse a sharp time input
+        self.time_scale = float(self.vp.num_timesteps)
         cls = getattr(require_diffusers(), model_class)
         self.model = cls.from_config(config)
 

@@ -200,7 +200,10 @@ class UNetBlock(nn.Module):
             # qkv channels are laid out [head, channel, (q, k, v)]
             q, k, v = self.qkv(self.norm2(h)).reshape(n, d, 3, hh * ww).unbind(2)
             a = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.attn_mode)
-            h = (self.proj(a.transpose(1, 2).reshape(b, c, hh, ww)) + h) * self.skip_scale
+            # contiguous: a strided 1x1 conv output would reach the next GroupNorm, whose
+            # forward-mode derivative (the JVP of scd / meanflow / flowmap) needs a plain layout
+            a = a.transpose(1, 2).reshape(b, c, hh, ww).contiguous()
+            h = (self.proj(a) + h) * self.skip_scale
         return h
 
 
