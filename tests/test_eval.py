@@ -109,6 +109,22 @@ def test_prdc_identical_and_far_apart():
     assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
 
 
+def test_prdc_matrix_product_path_equals_the_exact_one(monkeypatch):
+    """Beyond EXACT_PAIRS the distances come from a float64 matrix product: the four numbers
+    equal the exact path's, and duplicated points (zero-radius balls) still count."""
+    import importlib
+
+    P = importlib.import_module("slimstep.eval.prdc")
+    g = torch.Generator().manual_seed(1)
+    real = torch.randn(300, 16, generator=g) * 3 + 5  # large norms: cancellation is worst there
+    fake = torch.cat([real[:40], torch.randn(260, 16, generator=g) * 3 + 5])  # 40 exact copies
+    real = torch.cat([real, real[:5], real[:5], real[:5]])  # duplicated reals: zero radii at k=2
+    exact = prdc(real, fake, k=2)
+    monkeypatch.setattr(P, "EXACT_PAIRS", 0)
+    assert prdc(real, fake, k=2) == exact
+    assert torch.equal(P.knn_radii(real, 2)[:5], torch.zeros(5, dtype=torch.float64))
+
+
 # ----------------------------------------------------------------------------- digits
 
 def test_shipped_digits_classifier():

@@ -114,16 +114,31 @@ def _generate(gen):
     return lambda seed, n: samples.draw(gen, n, seed)
 
 
+def _protocol(ev: dict) -> str:
+    return digest({**{k: ev[k] for k in ("n", "seeds", "teacher_nfes", "speed_batch")}, "version": PROTOCOL_VERSION})
+
+
+def is_scored(out: Path, st: Stage, ev: dict) -> bool:
+    """Does the stage's evaluation cache hold this model's rows under this protocol?"""
+    return _cached(stage_dir(out, st) / "result.json", st, ev) is not None
+
+
+def _cached(cache: Path, st: Stage, ev: dict) -> dict | None:
+    if not cache.is_file():
+        return None
+    saved = json.loads(cache.read_text())
+    return saved if saved.get("hash") == st.hash and saved.get("protocol") == _protocol(ev) else None
+
+
 def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, log=print) -> list[dict]:
     """Rows for one stage: a teacher gives its reference sampler and its Euler
     NFE curve; a student one row; screening one row. Reused when unchanged."""
     sdir = stage_dir(out, st)
-    proto = digest({**{k: ev[k] for k in ("n", "seeds", "teacher_nfes", "speed_batch")},
-                     "version": PROTOCOL_VERSION})
+    proto = _protocol(ev)
     cache = sdir / "result.json"
     if cache.is_file():
-        saved = json.loads(cache.read_text())
-        if saved.get("hash") == st.hash and saved.get("protocol") == proto:
+        saved = _cached(cache, st, ev)
+        if saved is not None:
             log(f"[reuse] evaluation of {st.name}")
             rows = saved["rows"]
             for r in rows:  # kept files live in this stage's folder, wherever the run now is

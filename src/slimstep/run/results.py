@@ -43,7 +43,7 @@ def _run(recipe: str | Path, out: str | Path, jobs: int | None, log, data: str |
     if jobs < 1:
         raise RecipeError(f"--jobs must be at least 1, not {jobs}")
     log(f"{len(stages)} stages from {recipe}, {jobs} at a time -> {out}")
-    status = run_stages(out, stages, jobs, log)
+    status = run_stages(out, stages, jobs, log, ev)
     rows = []
     for st in stages:
         if status[st.name]["status"] in ("failed", "skipped") or st.kind == "pairs":

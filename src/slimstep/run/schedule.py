@@ -5,6 +5,12 @@ each once every stage it reads has finished.
 independent stages side by side — on a small CPU box two single-thread jobs beat
 one two-thread job. The stage on the longest chain of training steps starts first;
 a worker dies with its parent; a failed stage skips every stage that reads it.
+
+**Evaluation as stages finish.** Given the protocol (``ev``), a worker left free by
+training evaluates each stage whose models are ready, into the stage's evaluation cache
+(:func:`~slimstep.run.evaluate.evaluate_stage`); the run's own pass then reads the cache.
+Fashion-MNIST's evaluations take hours of one thread: done at the end, one at a time,
+they would leave the second core idle, and an interrupted run would have scored nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 import torch
 
 from slimstep.errors import SlimstepError, os_error
+from slimstep.run.evaluate import evaluate_stage, is_scored
 from slimstep.run.execute import execute, is_done, model_dir
 from slimstep.run.recipe import RecipeError, Stage
 
@@ -68,8 +75,24 @@ def _worker(out: str, st: Stage, deps: dict[str, str]) -> tuple[float, str | Non
         return 0.0, traceback.format_exc(limit=8)
 
 
-def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print) -> dict[str, dict]:
-    """Train / make every stage not yet done, ``jobs`` at a time. Returns
+def _quiet(*_args) -> None:
+    """A worker's evaluation log: the parent says what it hands out."""
+
+
+def _evaluator(out: str, st: Stage, by_name: dict[str, Stage], ev: dict) -> None:
+    """Entry point of an evaluation in a worker: fills the stage's evaluation cache, never
+    raises (a failure is met again, and reported, by the run's own pass)."""
+    try:
+        evaluate_stage(Path(out), st, by_name, ev, _quiet)
+    except Exception:  # noqa: BLE001 - the run's own pass re-evaluates and reports it
+        pass
+
+
+def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print, ev: dict | None = None
+               ) -> dict[str, dict]:
+    """Train / make every stage not yet done, ``jobs`` at a time; with the protocol ``ev``
+    and more than one job, evaluate each stage in a free worker once its models are ready
+    (the module docstring). Returns
     ``{stage: {"status": done|reused|failed|skipped, "seconds", "error"?}}``."""
     by_name = {s.name: s for s in stages}
     status: dict[str, dict] = {}
@@ -86,10 +109,12 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print) -> dict
     pool = (ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                 initializer=_worker_init, initargs=(threads, os.getpid())) if jobs > 1 else None)
     running: dict = {}
+    evaluating: dict = {}
+    unscored = [s for s in stages if s.kind != "pairs"] if pool is not None and ev is not None else []
     # Longest chain first: a stage that others wait on (or a long one) starts before a leaf.
     work = _chain_work(stages)
     try:
-        while pending or running:
+        while pending or running or evaluating or unscored:
             for st in sorted(pending, key=lambda s: -work[s.name]):
                 states = [status.get(d, {}).get("status") for d in st.deps.values()]
                 if any(s in ("failed", "skipped") for s in states):
@@ -112,16 +137,33 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print) -> dict
                     secs, err = _worker(str(out), st, deps_of(st))
                     _record(status, st, secs, err, log)
                     pending.remove(st)
-                elif len(running) < jobs:
+                elif len(running) + len(evaluating) < jobs:
                     log(f"[run] {st.name} -> {model_dir(out, st)}")
                     running[pool.submit(_worker, str(out), st, deps_of(st))] = st
                     pending.remove(st)
-            if running:
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for st in list(unscored):  # training first: a free worker scores what is ready
+                ready = [status.get(n, {}).get("status") for n in ([st.name] if st.kind != "screen" else [])
+                         + list(st.deps.values())]
+                if any(r in ("failed", "skipped") for r in ready):
+                    unscored.remove(st)
+                elif all(r in ("done", "reused") for r in ready) and is_scored(out, st, ev):
+                    unscored.remove(st)
+                elif all(r in ("done", "reused") for r in ready) and len(running) + len(evaluating) < jobs:
+                    log(f"[eval] {st.name} (in a worker)")
+                    evaluating[pool.submit(_evaluator, str(out), st, by_name, ev)] = st
+                    unscored.remove(st)
+            if running or evaluating:
+                finished, _ = wait([*running, *evaluating], return_when=FIRST_COMPLETED)
                 for f in finished:
+                    if f in evaluating:
+                        evaluating.pop(f)
+                        f.result()  # None: the evaluator never raises
+                        continue
                     st = running.pop(f)
                     secs, err = f.result()
                     _record(status, st, secs, err, log)
+            elif unscored and not pending:  # only evaluations left that can never start
+                unscored.clear()
             elif pending and not any(  # nothing can start and nothing runs: a stuck dependency
                     all(status.get(d, {}).get("status") in ("done", "reused") for d in s.deps.values())
                     for s in pending):
