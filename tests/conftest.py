@@ -124,3 +124,25 @@ def runs_pair_methods(tmp_path, capsys):
             assert tuple(x.shape[1:]) == tuple(shape) and torch.isfinite(x).all(), method
 
     return check
+
+
+@pytest.fixture
+def trains_one_step(tmp_path, capsys):
+    """``check(teacher, method, shape)``: 2 training steps of a teacher-initialised one-step
+    method (``configs/digits/<method>.yaml``: dmd2, ect, scd) from ``teacher``; the exported
+    generator takes one call and samples finite images of the teacher's shape."""
+    import torch
+
+    import slimstep
+    from slimstep.cli import main
+
+    def check(teacher: Path, method: str, shape: tuple[int, ...]) -> None:
+        out = tmp_path / method
+        assert main(["distill", "--method", method, "--config", f"digits/{method}", "--teacher", str(teacher),
+                     "--out", str(out), "--quiet", "train.steps=2", "train.batch_size=8",
+                     "train.ckpt_every=2"]) == 0, capsys.readouterr().err
+        gen = slimstep.load(out)
+        x, _ = gen.generate(3, seed=0)
+        assert tuple(x.shape[1:]) == tuple(shape) and torch.isfinite(x).all() and gen.nfe == 1
+
+    return check

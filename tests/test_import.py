@@ -453,13 +453,7 @@ def test_gdd_from_dit_and_slt_from_freeflow(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method", ["dmd2", "ect", "scd"])
-def test_baselines_train_from_a_sit_teacher(sit_teacher, tmp_path, capsys, method):
+def test_baselines_train_from_a_sit_teacher(sit_teacher, trains_one_step, method):
     """DMD2, ECT and sCD tune a copy of the imported SiT (t embedded unscaled, so sCD's JVP
     along t is allowed); the one-step export samples."""
-    out = tmp_path / method
-    assert main(["distill", "--method", method, "--config", f"digits/{method}", "--teacher", str(sit_teacher),
-                 "--out", str(out), "--quiet", "train.steps=2", "train.batch_size=8",
-                 "train.ckpt_every=2"]) == 0, capsys.readouterr().err
-    gen = slimstep.load(out)
-    x, _ = gen.generate(3, seed=0)
-    assert x.shape == (3, C, SIDE, SIDE) and torch.isfinite(x).all() and gen.nfe == 1
+    trains_one_step(sit_teacher, method, (C, SIDE, SIDE))

@@ -444,15 +444,9 @@ def test_flowmap_and_meanflow_refuse_a_vp_adapted_network(unet_teacher, tmp_path
 
 
 @pytest.mark.parametrize("method", ["dmd2", "ect"])
-def test_dmd2_and_ect_train_from_an_imported_unet(unet_teacher, tmp_path, capsys, method):
+def test_dmd2_and_ect_train_from_an_imported_unet(unet_teacher, trains_one_step, method):
     """The generator / consistency function is a copy of the wrapped diffusers UNet."""
-    out = tmp_path / method
-    assert main(["distill", "--method", method, "--config", f"digits/{method}", "--teacher", str(unet_teacher),
-                 "--out", str(out), "--quiet", "train.steps=2", "train.batch_size=8",
-                 "train.ckpt_every=2"]) == 0, capsys.readouterr().err
-    gen = slimstep.load(out)
-    x, _ = gen.generate(3, seed=0)
-    assert x.shape == (3, C, SIDE, SIDE) and torch.isfinite(x).all() and gen.nfe == 1
+    trains_one_step(unet_teacher, method, (C, SIDE, SIDE))
 
 
 def test_scd_refuses_a_vp_adapted_network(unet_teacher, tmp_path, capsys):

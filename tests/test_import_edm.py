@@ -652,13 +652,7 @@ def test_the_shared_snapshot_builder_writes_edm_s_layout(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["dmd2", "ect", "scd"])
-def test_baselines_train_from_an_edm_teacher(edm_teacher, tmp_path, capsys, method):
+def test_baselines_train_from_an_edm_teacher(edm_teacher, trains_one_step, method):
     """DMD2, ECT and sCD tune a copy of the imported network (EDM's c_noise = ln(σ)/4 is a
     smooth time input, so sCD's JVP along t is allowed); the one-step export samples."""
-    out = tmp_path / method
-    assert main(["distill", "--method", method, "--config", f"digits/{method}", "--teacher", str(edm_teacher),
-                 "--out", str(out), "--quiet", "train.steps=2", "train.batch_size=8",
-                 "train.ckpt_every=2"]) == 0, capsys.readouterr().err
-    gen = slimstep.load(out)
-    x, _ = gen.generate(3, seed=0)
-    assert x.shape == (3, C, R, R) and torch.isfinite(x).all() and gen.nfe == 1
+    trains_one_step(edm_teacher, method, (C, R, R))

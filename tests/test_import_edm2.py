@@ -357,16 +357,9 @@ def test_pair_methods_and_meanflow_train_from_an_edm2_teacher(tmp_path, capsys, 
 
 
 @pytest.mark.parametrize("method", ["dmd2", "ect", "scd"])
-def test_baselines_train_from_an_edm2_teacher(tmp_path, capsys, method):
+def test_baselines_train_from_an_edm2_teacher(tmp_path, trains_one_step, method):
     """DMD2, ECT and sCD tune a copy of the imported EDM2 U-Net (c_noise = ln(σ)/4, a smooth
     time input, so sCD's JVP along t is allowed); the one-step export samples."""
     src = tmp_path / "edm2-digits.pkl"
     snapshot(src, seed=4)
-    teacher = import_teacher("edm2", src, tmp_path / "edm2", data="digits")
-    out = tmp_path / method
-    assert main(["distill", "--method", method, "--config", f"digits/{method}", "--teacher", str(teacher),
-                 "--out", str(out), "--quiet", "train.steps=2", "train.batch_size=8",
-                 "train.ckpt_every=2"]) == 0, capsys.readouterr().err
-    gen = slimstep.load(out)
-    x, _ = gen.generate(3, seed=0)
-    assert x.shape == (3, C, R, R) and torch.isfinite(x).all() and gen.nfe == 1
+    trains_one_step(import_teacher("edm2", src, tmp_path / "edm2", data="digits"), method, (C, R, R))
