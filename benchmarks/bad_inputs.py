@@ -440,7 +440,7 @@ for i, (body, head) in enumerate([
     (GST + "  s: {kind: screen, student: g, teacher: t, scorer: teacher, final: bogus}\n", ""),
     (GST + "  s: {kind: screen, student: g, teacher: t, scorer: teacher, select: top}\n", ""),
     (GST + "  s: {kind: screen, student: g, teacher: t, scorer: teacher, select: resample, temperature: -1}\n", ""),
-    (GST + "  s: {kind: screen, student: g}\n", ""),  # the digits classifier on a toy
+    (GST + "  s: {kind: screen, student: g}\n", ""),  # the evaluation classifier on a toy
     (f"  g:\n    method: bogus\n    config: {GY}\n    teacher: t\n", ""),
     (f"  g:\n    method: gdd\n    config: {GY}\n    teacher: t\n    overrides: train.steps=3\n", ""),
     ("", "eval: {seeds: 5}\n"),

@@ -217,3 +217,24 @@ def test_every_fashion_stage_kind_runs_end_to_end_on_tiny_data(tmp_path):
     assert names == {"teacher", "reflow", "slimflow", "gdd-i", "dmd2", "ect", "dit", "scd", "flowmap", "slt",
                      "screen"}
     assert all("fd" in r["metrics"] and r["floor"]["fd"] >= 0 for r in res["rows"])
+
+
+def test_classifier_and_density_scorers_use_the_fashion_classifier(tmp_path):
+    """Screening's classifier and density scorers read the model's own data set's shipped
+    classifier: on Fashion-MNIST, its class probability and its k-NN density over the train
+    split (a train image is its own nearest neighbour: density ranks it above noise)."""
+    from slimstep.eval.features import FashionClassifier
+    from slimstep.screen import ScreenError, classifier_scorer, density_scorer
+
+    root = make_fashion(tmp_path / "fm", n_train=24, n_test=12)
+    spec = f"fashion-mnist:{root}"
+    x, y = load_data(spec).x[:6], torch.arange(6)
+    p = classifier_scorer(spec)(x, y, None)
+    expect = torch.softmax(FashionClassifier.load().logits(x), 1)[torch.arange(6), y]
+    torch.testing.assert_close(p, expect)
+    dens = density_scorer(spec, k=1)
+    noise = torch.rand(6, 1, 28, 28) * 2 - 1
+    torch.testing.assert_close(dens(x, None, None), torch.zeros(6), atol=1e-4, rtol=0)
+    assert (dens(noise, None, None) < -1e-2).all()
+    with pytest.raises(ScreenError, match="evaluation classifier of digits or fashion-mnist"):
+        classifier_scorer("toy2d:moons")

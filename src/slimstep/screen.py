@@ -19,11 +19,11 @@ shared by all its candidates, so screening never changes the class histogram.
 
 **Scorers** (higher = better; one score per candidate):
 
-* ``classifier`` — the digits classifier's probability of the output's class
-  (its max-softmax confidence for unconditional models);
+* ``classifier`` — the evaluation classifier's probability of the output's class
+  (its max-softmax confidence for unconditional models): the model's data set's own
+  shipped classifier (digits or Fashion-MNIST);
 * ``density`` — k-NN density in the evaluation features: minus the distance from
-  the candidate's digits-classifier features to its k-th nearest train-split
-  feature (k = 5);
+  the candidate's classifier features to its k-th nearest train-split feature (k = 5);
 * ``teacher`` — minus the mean squared distance between the student's output and
   the one-step teacher's output on the same noise. It costs one teacher call per
   candidate, so it screens for fidelity, not for speed;
@@ -66,9 +66,9 @@ from pathlib import Path
 import torch
 
 from slimstep import checkpoint as ck
-from slimstep.data.digits import load_digits_split
 from slimstep.errors import SlimstepError
-from slimstep.eval.features import DigitsClassifier
+from slimstep.eval import protocol_split
+from slimstep.eval.features import CLASSIFIERS, FeatureClassifier
 from slimstep.eval.speed import count_macs
 from slimstep.generator import Generator, load_net, seeded_noise
 from slimstep.nets.discriminators import build_discriminator, sum_head_means
@@ -92,14 +92,17 @@ def candidate_seeds(seed: int, i: int, n_candidates: int) -> list[int]:
     return [seed + i] + [(seed + i + j * SEED_STEP) % 2**32 for j in range(1, n_candidates)]
 
 
-def _digits_only(gen: Generator, name: str) -> None:
-    if gen.info.spec != "digits":
-        raise ScreenError(f"scorer '{name}' uses the digits classifier; the model is on "
-                          f"'{gen.info.spec}'")
+def _protocol_classifier(spec: str, name: str) -> FeatureClassifier:
+    """The shipped evaluation classifier of the model's data set (digits, Fashion-MNIST)."""
+    kind = spec.partition(":")[0]
+    if kind not in CLASSIFIERS:
+        raise ScreenError(f"scorer '{name}' uses the evaluation classifier of "
+                          f"{' or '.join(CLASSIFIERS)}; the model is on '{spec}'")
+    return CLASSIFIERS[kind].load()
 
 
-def classifier_scorer() -> Scorer:
-    clf = DigitsClassifier.load()
+def classifier_scorer(spec: str = "digits") -> Scorer:
+    clf = _protocol_classifier(spec, "classifier")
 
     def score(x, y, z):
         p = torch.softmax(clf.logits(x.clamp(-1, 1)), dim=1)
@@ -113,9 +116,9 @@ def classifier_scorer() -> Scorer:
     return score
 
 
-def density_scorer(k: int = 5) -> Scorer:
-    clf = DigitsClassifier.load()
-    ref = clf.features(load_digits_split("train")[0])
+def density_scorer(spec: str = "digits", k: int = 5) -> Scorer:
+    clf = _protocol_classifier(spec, "density")
+    ref = clf.features(protocol_split(spec, "train")[0])
 
     def score(x, y, z):
         d = torch.cdist(clf.features(x.clamp(-1, 1)), ref)
@@ -176,11 +179,9 @@ def discriminator_scorer(ckpt: str | Path) -> Scorer:
 def make_scorer(name: str, student: Generator, teacher: Generator | None = None,
                 discriminator: str | None = None, student_ckpt: str | Path | None = None) -> Scorer:
     if name == "classifier":
-        _digits_only(student, name)
-        return classifier_scorer()
+        return classifier_scorer(student.info.spec)
     if name == "density":
-        _digits_only(student, name)
-        return density_scorer()
+        return density_scorer(student.info.spec)
     if name == "teacher":
         if teacher is None:
             raise ScreenError("--scorer teacher needs --teacher CKPT (a one-step checkpoint)")

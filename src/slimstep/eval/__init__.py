@@ -113,6 +113,12 @@ def _split_loader(spec: str):
     return lambda split: load_fashion_split(split, folder_of(spec))
 
 
+def protocol_split(spec: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` of a classifier protocol's ``train`` or ``test`` split (digits,
+    ``fashion-mnist[:DIR]``): what its metrics and the screening scorers compare with."""
+    return _split_loader(spec)(split)
+
+
 @functools.lru_cache(maxsize=2)
 def _reference(spec: str, n_ref: int | None) -> tuple[Any, torch.Tensor, tuple, torch.Tensor, float]:
     """``(classifier, reference features, their stats, train pixels, copy radius)`` of a

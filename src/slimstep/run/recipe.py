@@ -39,6 +39,7 @@ from slimstep import realism
 from slimstep.config import DEFAULTS, ConfigError, _yaml, find_config, load_config
 from slimstep.data import SPEC_KINDS, DataError, missing_path, student_data
 from slimstep.eval import default_n as default_n  # the protocol's, named here for recipes
+from slimstep.eval.features import CLASSIFIERS
 from slimstep.methods import method_names
 from slimstep.screen import SELECTS
 from slimstep.spec import DataSection, Named, PairsConfig, RunConfig, is_int, is_number
@@ -166,9 +167,9 @@ def _check_screen(where: str, body: dict, deps: dict, spec: str) -> None:
     scorers = ("classifier", "density", "teacher", "realism")  # discriminator needs a file: CLI only
     if body["scorer"] not in scorers:
         raise RecipeError(f"{where}: scorer must be one of {', '.join(scorers)}, not {body['scorer']!r}")
-    if body["scorer"] in ("classifier", "density") and spec != "digits":
-        raise RecipeError(f"{where}: scorer '{body['scorer']}' uses the digits classifier; the "
-                          f"student is on '{spec}'")
+    if body["scorer"] in ("classifier", "density") and spec.partition(":")[0] not in CLASSIFIERS:
+        raise RecipeError(f"{where}: scorer '{body['scorer']}' uses the evaluation classifier of "
+                          f"{' or '.join(CLASSIFIERS)}; the student is on '{spec}'")
     if body["scorer"] == "teacher" and "teacher" not in deps:
         raise RecipeError(f"{where}: scorer: teacher needs a teacher stage")
     if body["final"] not in ("student", "teacher"):
