@@ -208,7 +208,7 @@ c("pairs --teacher nonexistent", ["pairs", "--teacher", "/nope", "--n", "4", "--
 c("pairs --out existing file", ["pairs", "--teacher", str(T), "--n", "4", "--out", str(W / "text.txt")])
 c("distill --method bogus", [*D, "--method", "bogus", "--config", "toy2d/gdd", "--out", str(W / "o/d1")])
 c(
-    "distill slimflow no pairs",
+    "distill annealing-reflow no pairs",
     [*D, "--method", "annealing-reflow", "--config", "toy2d/annealing-reflow", "--out", str(W / "o/d2"), *TINY[:3]],
 )
 c(
