@@ -20,6 +20,7 @@ class Distill(SlimFlow):
     name = "distill"
     style = ("#8c564b", "D")
     requires_init = False
+    guided = False
 
     @dataclass(frozen=True)
     class Options(Method.Options):

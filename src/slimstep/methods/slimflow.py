@@ -48,6 +48,7 @@ class SlimFlow(Method):
         tau_max: float = rule(0.8, unit, UNIT)
         flip: bool = False  # mirror image and noise together, p = 0.5 per batch
     requires_init = True
+    guided = True  # the online two-step guidance term (distill: the same method without it)
 
     @classmethod
     def data_spec(cls, cfg):
@@ -65,7 +66,7 @@ class SlimFlow(Method):
         self.net = net.to(device)
         self.conditional = bool(getattr(net, "num_classes", 0))
         self.guide = None
-        if getattr(self.opts, "guide_weight", 0.0) > 0:
+        if self.guided and self.opts.guide_weight > 0:
             guide, _ = load_net(cfg.init, "ema")
             self.guide = guide.to(device).eval().requires_grad_(False)
 
