@@ -60,7 +60,6 @@ def summary(results: dict) -> dict:
             "teacher": r["stage"] if is_teacher else direct_teacher(r, rows, stages),
             "nfe": r.get("nfe"),
             "params": r.get("params"),
-            "macs": r.get("macs"),
             "fd_mean": r["metrics"]["fd"],
             "fd_sd": r["metrics_sd"]["fd"],
             "reference": reference,
@@ -83,7 +82,7 @@ def fashion_table(results: dict, summ: dict) -> list[str]:
         se = s["fd_sd"] / math.sqrt(k) / s["fd_mean"] if s["fd_mean"] else float("nan")
         m = full["metrics"]
         md.append("| " + " | ".join([
-            s["name"], s["method"], s["teacher"] or "", str(s["nfe"]), fmt_macs(s["macs"]),
+            s["name"], s["method"], s["teacher"] or "", str(s["nfe"]), fmt_macs(full.get("macs")),
             f"{s['params']:,}" if s["params"] else "",
             f"{s['fd_mean']:.3g}", f"{s['fd_sd']:.2g}", f"{100 * se:.1f} %", ratio,
             f"{m.get('precision', float('nan')):.3f}", f"{m.get('recall', float('nan')):.3f}",

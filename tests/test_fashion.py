@@ -140,7 +140,7 @@ def test_summary_rows_and_paired_claims():
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from fashion import claims, paired, summary
+    from fashion import claims, fashion_table, paired, summary
 
     def row(stage, kind, method, fd, sd=0.1, **kw):
         return {"name": kw.pop("name", stage), "stage": stage, "kind": kind, "method": method, "n": 10000,
@@ -164,9 +164,12 @@ def test_summary_rows_and_paired_claims():
     by = {r["name"]: r for r in s["rows"]}
     assert "t euler-2" not in by  # the curve's other points are not summary rows
     assert by["t euler-1"] == {"name": "t euler-1", "method": "teacher", "teacher": "t", "nfe": 1, "params": 100,
-                               "macs": None, "fd_mean": 40.0, "fd_sd": 0.1, "reference": False}
+                               "fd_mean": 40.0, "fd_sd": 0.1, "reference": False}
     assert by["t heun-16 (reference)"]["reference"] and by["g"]["teacher"] == "t" and by["g"]["method"] == "gdd"
     assert by["slt"]["teacher"] == "fm" and by["fm"]["reference"] and by["scr"]["teacher"] == "fm"
+    rows[3]["macs"] = 2_500_000  # the table (fashion.md) shows each row's MACs beside its NFE
+    table = fashion_table({"rows": rows, "stages": stages}, s)
+    assert "MACs / sample" in table[0] and "| g | gdd | t | 1 | 2.5M | 100 |" in "\n".join(table)
     p = paired([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
     assert p["diffs"] == [-1.0, -2.0, -3.0] and p["mean"] == -2.0 and p["se"] == pytest.approx(1 / 3 ** 0.5)
     assert p["verdict"] == "A better"
