@@ -144,11 +144,10 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print, ev: dic
             for st in list(unscored):  # training first: a free worker scores what is ready
                 ready = [status.get(n, {}).get("status") for n in ([st.name] if st.kind != "screen" else [])
                          + list(st.deps.values())]
-                if any(r in ("failed", "skipped") for r in ready):
+                made = all(r in ("done", "reused") for r in ready)
+                if any(r in ("failed", "skipped") for r in ready) or (made and is_scored(out, st, ev)):
                     unscored.remove(st)
-                elif all(r in ("done", "reused") for r in ready) and is_scored(out, st, ev):
-                    unscored.remove(st)
-                elif all(r in ("done", "reused") for r in ready) and len(running) + len(evaluating) < jobs:
+                elif made and len(running) + len(evaluating) < jobs:
                     log(f"[eval] {st.name} (in a worker)")
                     evaluating[pool.submit(_evaluator, str(out), st, by_name, ev)] = st
                     unscored.remove(st)
