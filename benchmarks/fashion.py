@@ -251,6 +251,8 @@ def main() -> None:
     md = ["# Fashion-MNIST: every method, one protocol", "",
           f"{m['date']}, {m['cores']} CPU cores ({a.jobs} stages at once, one thread each), torch {m['torch']}. "
           f"Reproduce: `python benchmarks/fashion.py {argv}`.", "",
+          *(["**Interim**: the run had not finished when these tables were made; stages not yet scored "
+             "have no row.", ""] if results.get("interim") else []),
           f"N = {summ['n']:,} samples per seed, seeds {summ['seeds']}; FD in the shipped Fashion-MNIST "
           f"classifier's features against the 60,000 train images; real/real floor (the 10,000 test images) "
           f"FD {summ['floor_fd']:.3g}.", "", *fashion_table(results, summ), "", *discrimination(summ, results), ""]

@@ -84,11 +84,50 @@ def test_run_trains_scores_reports_and_reuses(tmp_path):
     assert status == {"t": "reused", "p": "reused", "reflow": "done", "sf": "done", "gan": "reused"}
 
 
-def test_parallel_jobs_give_the_same_models(tmp_path):
+def interim_snapshots(monkeypatch) -> list[tuple[dict, str]]:
+    """Every interim ``results.json`` a run writes, with its ``report.md`` (no gap between them)."""
+    from slimstep.run import results as run_results
+
+    monkeypatch.setattr(run_results, "INTERIM_GAP_S", 0.0)
+    seen: list[tuple[dict, str]] = []
+    real = run_results.write_reports
+
+    def spy(out, res):
+        paths = real(out, res)
+        if res.get("interim"):
+            seen.append((json.loads(json.dumps(res)), Path(paths["md"]).read_text()))
+        return paths
+
+    monkeypatch.setattr(run_results, "write_reports", spy)
+    return seen
+
+
+def test_an_interim_report_shows_what_is_scored_while_the_run_goes_on(tmp_path, monkeypatch):
+    seen = interim_snapshots(monkeypatch)
+    stages = {k: v for k, v in moons_stages().items() if k in ("t", "gan")}
+    out = tmp_path / "out"
+    res = run(recipe(tmp_path, stages), out, jobs=1, log=lambda *_: None)
+    # First: the teacher trained, nothing scored, the student still waiting.
+    first, md = seen[0]
+    assert first["rows"] == [] and first["stages"]["gan"]["status"] == "waiting"
+    assert md.startswith("# tiny (interim)") and "waiting: gan" in md and "not yet scored: t" in md
+    # While the final pass scores: the teacher's rows, not the student's.
+    part = next((r, m) for r, m in seen if r["rows"] and all(row["stage"] == "t" for row in r["rows"]))
+    assert "| t heun-16 (reference) |" in part[1] and "not yet scored: gan" in part[1]
+    # The end: the final report replaces the interim one.
+    saved = json.loads((out / "results.json").read_text())
+    assert "interim" not in saved and len(saved["rows"]) == len(res["rows"])
+    assert "(interim)" not in (out / "report.md").read_text()
+
+
+def test_parallel_jobs_give_the_same_models(tmp_path, monkeypatch):
     stages = {k: v for k, v in moons_stages().items() if k in ("t", "gan")}
     a = run(recipe(tmp_path, stages), tmp_path / "a", jobs=1, log=lambda *_: None)
     said: list[str] = []
+    seen = interim_snapshots(monkeypatch)
     b = run(recipe(tmp_path, stages), tmp_path / "b", jobs=2, log=said.append)
+    # The interim report names what is training while it trains.
+    assert any(r["stages"]["t"]["status"] == "training" for r, _ in seen)
     # With two jobs each stage is scored in a worker as soon as it is trained (the teacher
     # while the student trains); the run's own pass then reads the evaluation cache.
     for s in ("t", "gan"):

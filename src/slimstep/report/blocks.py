@@ -49,10 +49,13 @@ def blocks_for(out: Path, results: dict) -> list[tuple]:
     ev = results["eval"]
     by_spec = rows_by_spec(results)
     specs = list(by_spec)
+    interim = bool(results.get("interim"))
     b: list[tuple] = [
-        ("h1", results["title"]),
+        ("h1", results["title"] + (" (interim)" if interim else "")),
         ("p", f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')} · {machine()} · "
-              f"{results['seconds'] / 60:.1f} min in all (training reused from earlier runs is not counted)"),
+              f"{results['seconds'] / 60:.1f} min {'so far' if interim else 'in all'} "
+              "(training reused from earlier runs is not counted)"),
+        *([("p", _interim_line(results))] if interim else []),
         ("h2", "verdict"),
         *[("verdict", spec, verdict_lines(by_spec[spec])) for spec in specs],
         ("p", f"One protocol for every row: samples from seeds {', '.join(str(s) for s in ev['seeds'])} "
@@ -113,3 +116,20 @@ def blocks_for(out: Path, results: dict) -> list[tuple]:
                 fmt(s.get("seconds")), os.path.relpath(s["dir"], out), " ".join(s.get("overrides") or [])]
                for n, s in stages.items()]))
     return b
+
+
+def _interim_line(results: dict) -> str:
+    """What an interim report (written while the run goes on) does not show yet."""
+    scored = {r["stage"] for r in results["rows"]}
+    by_state: dict[str, list[str]] = {}
+    for name, st in results["stages"].items():
+        state = st["status"]
+        if state in ("done", "reused", "evaluated only") and st["kind"] != "pairs" and name not in scored:
+            state = "not yet scored"
+        if state not in ("done", "reused", "evaluated only", "failed", "skipped"):
+            by_state.setdefault(state, []).append(name)
+    waits = "; ".join(f"{state}: {', '.join(names)}" for state, names in by_state.items())
+    return ("Interim report: the run is still going (or was stopped), so the tables show only the "
+            "stages scored so far and the verdict covers only them. "
+            + (f"Still to come — {waits}. " if waits else "")
+            + "The run rewrites this report as stages finish; its last write is the final report.")

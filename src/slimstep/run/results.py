@@ -4,6 +4,7 @@ its teacher and write ``results.json`` and the report (``slimstep run``, ``slims
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -11,16 +12,20 @@ from pathlib import Path
 import torch
 
 from slimstep.config import CONFIGS
+from slimstep.errors import SlimstepError
 from slimstep.eval import EvalError
 from slimstep.files import write_json
 from slimstep.flags import row_flags
 from slimstep.outdir import output_dir
 from slimstep.report import write_reports
-from slimstep.run.evaluate import evaluate_stage
+from slimstep.run.evaluate import evaluate_stage, is_scored
 from slimstep.run.execute import check_contained, model_dir, root_teacher
-from slimstep.run.recipe import EVAL_DEFAULTS, RecipeError, load_recipe
+from slimstep.run.recipe import EVAL_DEFAULTS, RecipeError, Stage, load_recipe
 from slimstep.run.schedule import run_stages
 from slimstep.verdict import HEADLINES
+
+#: The least time between two interim reports of a run (each takes a second or two).
+INTERIM_GAP_S = 30.0
 
 
 def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print, data: str | None = None) -> dict:
@@ -37,23 +42,42 @@ def _run(recipe: str | Path, out: str | Path, jobs: int | None, log, data: str |
     out = Path(out)
     ev, stages = load_recipe(recipe, data)
     check_contained(out, stages)
-    by_name = {s.name: s for s in stages}
     if jobs is None:
         jobs = 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
     if jobs < 1:
         raise RecipeError(f"--jobs must be at least 1, not {jobs}")
     log(f"{len(stages)} stages from {recipe}, {jobs} at a time -> {out}")
-    status = run_stages(out, stages, jobs, log, ev)
+    interim = _Interim(out, recipe, ev, stages, tic, log)
+    status = run_stages(out, stages, jobs, log, ev, on_progress=interim.update)
+    results = _results(out, recipe, ev, stages, status, tic, log, final=True, progress=interim.evaluated)
+    failed = [s.name for s in stages if status[s.name]["status"] in ("failed", "skipped")]
+    results.update(failed=failed)
+    return results
+
+
+def _results(out: Path, recipe: str | Path, ev: dict, stages: list[Stage], status: dict[str, dict],
+             tic: float, log, final: bool, progress=None) -> dict:
+    """Score the stages and write ``results.json`` and the report. ``final``: the run is
+    over, so every stage not failed is evaluated (here, if no worker did it). Otherwise an
+    interim report: only the rows already in the evaluation caches, and each stage's state
+    (``training``, ``waiting``...) in the stage table. ``progress(status)`` is called after
+    each evaluation of the final pass."""
+    by_name = {s.name: s for s in stages}
     rows = []
     for st in stages:
         if status[st.name]["status"] in ("failed", "skipped") or st.kind == "pairs":
             continue
-        try:
-            got = evaluate_stage(out, st, by_name, ev, log)
-        except EvalError as e:  # no seed scored (a NaN model): the stage has no row, the rest goes on
-            status[st.name].update(status="failed", error=f"evaluation: {e}")
-            log(f"[failed] evaluation of {st.name}: {e}")
+        if not final and not (_made(st, status) and is_scored(out, st, ev)):
             continue
+        try:
+            got = evaluate_stage(out, st, by_name, ev, log if final else _quiet)
+        except EvalError as e:  # no seed scored (a NaN model): the stage has no row, the rest goes on
+            if final:
+                status[st.name].update(status="failed", error=f"evaluation: {e}")
+                log(f"[failed] evaluation of {st.name}: {e}")
+            continue
+        if progress is not None:
+            progress(status)
         for r in got:
             r["train_s"] = status[st.name]["seconds"] if st.trains and not r.get("curve") else None
             root = root_teacher(st, by_name)
@@ -75,11 +99,54 @@ def _run(recipe: str | Path, out: str | Path, jobs: int | None, log, data: str |
                                    "config": s.cfg.to_dict() if s.cfg else None}
                           for s in stages},
                "rows": rows, "seconds": time.perf_counter() - tic}
+    if not final:
+        results["interim"] = True
     write_json(out / "results.json", results)
-    paths = write_reports(out, results)
-    failed = [s.name for s in stages if status[s.name]["status"] in ("failed", "skipped")]
-    results.update(report=paths, failed=failed)
+    results.update(report=write_reports(out, results))
     return results
+
+
+def _made(st: Stage, status: dict[str, dict]) -> bool:
+    """Are the models a stage's rows are scored from all made? (A screen stage has none of
+    its own.)"""
+    names = ([st.name] if st.kind != "screen" else []) + list(st.deps.values())
+    return all(status.get(n, {}).get("status") in ("done", "reused") for n in names)
+
+
+def _quiet(*_args) -> None:
+    """An interim report's log: it only reads what was scored."""
+
+
+class _Interim:
+    """The report while the run goes on: rewritten whenever a stage ends, an evaluation
+    lands or the stages' states change, at most once every :data:`INTERIM_GAP_S` seconds
+    (a later call writes what waited). A long run (Fashion-MNIST: a day of CPU) thus shows
+    its finished rows at once, and an interrupted one leaves a report of what it had."""
+
+    def __init__(self, out: Path, recipe: str | Path, ev: dict, stages: list[Stage], tic: float, log):
+        self.out, self.recipe, self.ev, self.stages, self.tic, self.log = out, recipe, ev, stages, tic, log
+        self.seen: str | None = None
+        self.last = float("-inf")
+
+    def update(self, status: dict[str, dict], training: set[str] = frozenset(),
+               evaluating: set[str] = frozenset()) -> None:
+        state = {s.name: dict(status.get(s.name) or {"status": "training" if s.name in training else "waiting",
+                                                      "seconds": None}) for s in self.stages}
+        for name in evaluating:
+            state[name]["status"] = f"{state[name]['status']}, evaluating"
+        key = json.dumps([state, [is_scored(self.out, s, self.ev) for s in self.stages if s.kind != "pairs"]],
+                         sort_keys=True, default=str)
+        if key == self.seen or time.monotonic() - self.last < INTERIM_GAP_S:
+            return
+        try:
+            _results(self.out, self.recipe, self.ev, self.stages, state, self.tic, self.log, final=False)
+        except (OSError, SlimstepError) as e:  # the run goes on; its final report says what is wrong
+            self.log(f"[report] interim report not written: {e}")
+        self.seen, self.last = key, time.monotonic()
+
+    def evaluated(self, status: dict[str, dict]) -> None:
+        """After each evaluation of the final pass (``--jobs 1`` evaluates only there)."""
+        self.update(status)
 
 
 def _add_ratios(rows: list[dict]) -> None:

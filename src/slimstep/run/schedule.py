@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -33,6 +34,9 @@ from slimstep.errors import SlimstepError, os_error
 from slimstep.run.evaluate import evaluate_stage, is_scored
 from slimstep.run.execute import execute, is_done, model_dir
 from slimstep.run.recipe import RecipeError, Stage
+
+#: The longest the scheduler waits on its workers before it calls ``on_progress`` again.
+PROGRESS_S = 60.0
 
 
 def _worker_init(threads: int, parent: int) -> None:
@@ -88,12 +92,17 @@ def _evaluator(out: str, st: Stage, by_name: dict[str, Stage], ev: dict) -> None
         pass
 
 
-def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print, ev: dict | None = None
+def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print, ev: dict | None = None,
+               on_progress: Callable[[dict[str, dict], set[str], set[str]], None] | None = None
                ) -> dict[str, dict]:
     """Train / make every stage not yet done, ``jobs`` at a time; with the protocol ``ev``
     and more than one job, evaluate each stage in a free worker once its models are ready
     (the module docstring). Returns
-    ``{stage: {"status": done|reused|failed|skipped, "seconds", "error"?}}``."""
+    ``{stage: {"status": done|reused|failed|skipped, "seconds", "error"?}}``.
+
+    ``on_progress(status, training, evaluating)``: called after every stage that ends and
+    every evaluation that ends, and at least every :data:`PROGRESS_S` seconds while workers
+    run (the run's interim report; it decides itself whether anything changed)."""
     by_name = {s.name: s for s in stages}
     status: dict[str, dict] = {}
     pending = [s for s in stages if s.kind != "screen"]
@@ -137,6 +146,8 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print, ev: dic
                     secs, err = _worker(str(out), st, deps_of(st))
                     _record(status, st, secs, err, log)
                     pending.remove(st)
+                    if on_progress is not None:
+                        on_progress(status, set(), set())
                 elif len(running) + len(evaluating) < jobs:
                     log(f"[run] {st.name} -> {model_dir(out, st)}")
                     running[pool.submit(_worker, str(out), st, deps_of(st))] = st
@@ -151,8 +162,10 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print, ev: dic
                     log(f"[eval] {st.name} (in a worker)")
                     evaluating[pool.submit(_evaluator, str(out), st, by_name, ev)] = st
                     unscored.remove(st)
+            if on_progress is not None:
+                on_progress(status, {s.name for s in running.values()}, {s.name for s in evaluating.values()})
             if running or evaluating:
-                finished, _ = wait([*running, *evaluating], return_when=FIRST_COMPLETED)
+                finished, _ = wait([*running, *evaluating], timeout=PROGRESS_S, return_when=FIRST_COMPLETED)
                 for f in finished:
                     if f in evaluating:
                         evaluating.pop(f)
