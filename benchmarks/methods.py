@@ -131,9 +131,10 @@ def main() -> None:
         failed = [n for n, s in res["stages"].items() if s["status"] in ("failed", "skipped")]
         if failed:
             md += [f"Failed or skipped stages: {', '.join(failed)} (see the report's stage table).", ""]
-        md += ["Stages (training seconds of the invocation that trained each; reused = trained earlier):", "",
-               "| stage | kind | status | seconds | overrides |", "|---|---|---|---|---|",
-               *[f"| {n} | {s['kind']} | {s['status']} | {fmt(s.get('seconds'))} | "
+        md += ["Stages (seconds: the invocation that last ran each, reused = trained earlier; training s: "
+               "the training loop's wall time summed over every invocation that resumed it):", "",
+               "| stage | kind | status | seconds | training s | overrides |", "|---|---|---|---|---|---|",
+               *[f"| {n} | {s['kind']} | {s['status']} | {fmt(s.get('seconds'))} | {fmt(s.get('train_seconds'))} | "
                  f"{' '.join(s.get('overrides') or [])} |" for n, s in res["stages"].items()], ""]
     md += ["## Commands (wall seconds)", "", "```",
            *[f"{c}    # {r.times[c]:.0f} s" for c in r.commands()],

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slimstep import checkpoint as ckpt
 from slimstep.cli import main
 from slimstep.files import read_samples
 from slimstep.run import RecipeError, load_recipe, run
@@ -69,10 +70,16 @@ def test_run_trains_scores_reports_and_reuses(tmp_path):
     for png in ("toy2d-moons-nfe.png", "toy2d-moons-speed.png", "toy2d-moons-loss.png", "sf/samples.png"):
         assert (out / png).is_file() and f"src='{png}'" in html
 
+    # A row's training seconds: its training loop's, as its checkpoint records them.
+    sf = next(row for row in res["rows"] if row["stage"] == "sf")
+    recorded = ckpt.read_config(Path(res["stages"]["sf"]["dir"]))["train_seconds"]
+    assert sf["train_s"] == res["stages"]["sf"]["train_seconds"] == recorded > 0
+
     # Rerun: nothing trains again, the same numbers come back.
     before = mtimes(out)
     res2 = run(r, out, jobs=1, log=lambda *_: None)
     assert mtimes(out) == before
+    assert res2["stages"]["sf"]["train_seconds"] == recorded
     assert {n: s["status"] for n, s in res2["stages"].items()} == {n: "reused" for n in res2["stages"]}
     assert [row["metrics"] for row in res2["rows"]] == [row["metrics"] for row in res["rows"]]
 

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from slimstep.data import load_data
 from slimstep.methods import flow_matching
 from slimstep.paths import interpolate
 from slimstep.train.ema import EMA
-from slimstep.train.loop import ResumeError, TrainingDiverged, train
+from slimstep.train.loop import ResumeError, TrainingDiverged, train, training_seconds
 
 
 def losses(out: Path) -> list[tuple[int, float]]:
@@ -28,13 +29,35 @@ def test_resume_continues_the_same_loss_sequence(tmp_path, toy_cfg):
     half_cfg["train"]["steps"] = 3
     train(half_cfg, tmp_path / "split", progress=False)
     assert [s for s, _ in losses(tmp_path / "split")] == [0, 1, 2]
+    first = ckpt.read_config(tmp_path / "split")["train_seconds"]
+    tic = time.perf_counter()
     train(toy_cfg, tmp_path / "split", resume=True, progress=False)
+    # The training time counts every invocation: the first's, then the resumed one's.
+    total = ckpt.read_config(tmp_path / "split")["train_seconds"]
+    assert 0 < first < total <= first + time.perf_counter() - tic + 0.1
     assert losses(tmp_path / "split") == losses(full)  # bit-identical, not approximately
     a = load_file(str(full / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     cfg = ckpt.read_config(full)
     assert cfg["step"] == 6 and cfg["images_seen"] == 6 * 32 and cfg["data"]["spec"] == "toy2d:moons"
+
+
+def test_training_seconds_of_an_older_checkpoint_come_from_its_log(tmp_path):
+    """A checkpoint from before ``train_seconds`` was recorded: each metrics row's
+    images_per_s covers the steps since the row before, so 25 steps of 32 images at 400/s
+    took 2 s, and the next 25 at 200/s took 4 s."""
+    d = tmp_path / "old"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"step": 50, "train": {"batch_size": 32}}))
+    rows = [{"step": 24, "loss": 1.0, "images_per_s": 400.0}, {"step": 49, "loss": 1.0, "images_per_s": 200.0},
+            {"step": 74, "loss": 1.0, "images_per_s": 100.0}]  # past the checkpoint: a killed run's tail
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert training_seconds(d) == pytest.approx(6.0)
+    assert training_seconds(d, step=25) == pytest.approx(2.0)
+    assert training_seconds(d, step=30) is None  # the log does not reach step 30's row
+    (d / "config.json").write_text(json.dumps({"step": 50, "train": {"batch_size": 32}, "train_seconds": 7.5}))
+    assert training_seconds(d) == 7.5  # recorded: the log is not read
 
 
 def test_training_beats_the_zero_velocity_baseline(tmp_path, toy_cfg):

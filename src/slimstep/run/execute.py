@@ -18,7 +18,7 @@ from slimstep.files import write_json
 from slimstep.inputs import resolve_inputs
 from slimstep.pairs import generate_pairs
 from slimstep.run.recipe import RecipeError, Stage
-from slimstep.train.loop import train
+from slimstep.train.loop import train, training_seconds
 
 
 def check_contained(out: Path, stages: list[Stage]) -> None:
@@ -80,5 +80,13 @@ def execute(out: Path, st: Stage, deps: dict[str, Path], progress: bool = False)
                                      init=deps.get("init"))
         train(cfg, d, resume=bool(ckpt.list_snapshots(d)), teacher=inputs.teacher, progress=progress)
     secs = time.perf_counter() - tic
-    write_json(d / "stage.json", {"stage": st.name, "kind": st.kind, "hash": st.hash, "seconds": secs})
+    write_json(d / "stage.json", {"stage": st.name, "kind": st.kind, "hash": st.hash, "seconds": secs,
+                                  "train_seconds": stage_train_seconds(out, st, secs)})
     return secs
+
+
+def stage_train_seconds(out: Path, st: Stage, secs: float | None = None) -> float | None:
+    """A trained stage's training time over every invocation that resumed it
+    (:func:`~slimstep.train.loop.training_seconds`); else ``secs``, this invocation's."""
+    got = training_seconds(model_dir(out, st)) if st.trains else None
+    return got if got is not None else secs

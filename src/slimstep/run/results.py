@@ -79,7 +79,8 @@ def _results(out: Path, recipe: str | Path, ev: dict, stages: list[Stage], statu
         if progress is not None:
             progress(status)
         for r in got:
-            r["train_s"] = status[st.name]["seconds"] if st.trains and not r.get("curve") else None
+            r["train_s"] = (status[st.name].get("train_seconds", status[st.name]["seconds"])
+                            if st.trains and not r.get("curve") else None)
             root = root_teacher(st, by_name)
             r["teacher"] = root.name if root is not None else None
             rows.append(r)

@@ -32,7 +32,7 @@ import torch
 
 from slimstep.errors import SlimstepError, os_error
 from slimstep.run.evaluate import evaluate_stage, is_scored
-from slimstep.run.execute import execute, is_done, model_dir
+from slimstep.run.execute import execute, is_done, model_dir, stage_train_seconds
 from slimstep.run.recipe import RecipeError, Stage
 
 #: The longest the scheduler waits on its workers before it calls ``on_progress`` again.
@@ -136,15 +136,19 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print, ev: dic
                     continue
                 if is_done(out, st):
                     prev = model_dir(out, st) / "stage.json"
-                    secs = json.loads(prev.read_text())["seconds"] if prev.is_file() else float("nan")
-                    status[st.name] = {"status": "reused", "seconds": secs}
+                    saved = json.loads(prev.read_text()) if prev.is_file() else {}
+                    secs = saved.get("seconds", float("nan"))
+                    train_s = saved.get("train_seconds")
+                    status[st.name] = {"status": "reused", "seconds": secs,
+                                       "train_seconds": train_s if train_s is not None
+                                       else stage_train_seconds(out, st, secs)}
                     pending.remove(st)
                     log(f"[reuse] {st.name} ({model_dir(out, st)})")
                     continue
                 if pool is None:
                     log(f"[run] {st.name} -> {model_dir(out, st)}")
                     secs, err = _worker(str(out), st, deps_of(st))
-                    _record(status, st, secs, err, log)
+                    _record(status, st, secs, err, log, out)
                     pending.remove(st)
                     if on_progress is not None:
                         on_progress(status, set(), set())
@@ -173,7 +177,7 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print, ev: dic
                         continue
                     st = running.pop(f)
                     secs, err = f.result()
-                    _record(status, st, secs, err, log)
+                    _record(status, st, secs, err, log, out)
             elif unscored and not pending:  # only evaluations left that can never start
                 unscored.clear()
             elif pending and not any(  # nothing can start and nothing runs: a stuck dependency
@@ -206,10 +210,12 @@ def _chain_work(stages: list[Stage]) -> dict[str, float]:
     return work
 
 
-def _record(status: dict, st: Stage, secs: float, err: str | None, log) -> None:
+def _record(status: dict, st: Stage, secs: float, err: str | None, log, out: Path) -> None:
     if err is None:
-        status[st.name] = {"status": "done", "seconds": secs}
-        log(f"[done] {st.name} in {secs:.0f} s")
+        train_s = stage_train_seconds(out, st, secs)
+        status[st.name] = {"status": "done", "seconds": secs, "train_seconds": train_s}
+        resumed = f" (its training {train_s:.0f} s over every resume)" if train_s and train_s > 1.05 * secs else ""
+        log(f"[done] {st.name} in {secs:.0f} s{resumed}")
     else:
         status[st.name] = {"status": "failed", "seconds": secs, "error": err.strip().splitlines()[-1]}
         log(f"[failed] {st.name}: {err.strip()}")

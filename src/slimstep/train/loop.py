@@ -92,6 +92,33 @@ def _row_step(line: str) -> float:
     return step if isinstance(step, (int, float)) else math.inf
 
 
+def training_seconds(ckpt_dir: Path, log: Path | None = None, step: int | None = None) -> float | None:
+    """Wall seconds the training loop ran to reach the checkpoint in ``ckpt_dir``, summed over
+    every invocation that resumed it (``train_seconds`` in its config). A checkpoint written
+    before that key existed: the loop time its metrics log records (each row's
+    ``images_per_s`` is the images of the steps since the row before over their wall time),
+    up to ``step`` (default: the checkpoint's). None when neither says."""
+    cfg = ckpt.read_config(ckpt_dir) if (Path(ckpt_dir) / ckpt.CONFIG).is_file() else {}
+    if isinstance(cfg.get("train_seconds"), (int, float)):
+        return float(cfg["train_seconds"])
+    log = Path(ckpt_dir) / "metrics.jsonl" if log is None else log
+    step = cfg.get("step") if step is None else step
+    batch = (cfg.get("train") or {}).get("batch_size")
+    if not log.is_file() or not isinstance(step, int) or not batch:
+        return None
+    total, prev = 0.0, -1
+    for line in log.read_text(errors="replace").splitlines():
+        at = _row_step(line)
+        if at >= step:
+            break
+        ips = json.loads(line).get("images_per_s")
+        if not isinstance(ips, (int, float)) or ips <= 0:
+            return None
+        total += (at - prev) * batch / ips
+        prev = at
+    return total if prev == step - 1 else None  # the log must reach the checkpoint's step
+
+
 class Logger:
     """metrics.jsonl on rank 0, plus TensorBoard when it is installed."""
 
@@ -217,9 +244,10 @@ def train(cfg: RunConfig | dict, out: str | Path, *, resume: bool = False, teach
 def _run(cfg: RunConfig, out: Path, resume: bool, method, data, phases, ema, ctx, progress: bool) -> Path:
     """The run itself, in a locked ``out``: resume or start, train, snapshot."""
     t = cfg.train
-    start = 0
+    start, before = 0, 0.0
     if resume:
         start = _resume(out, cfg, method, phases, ema)
+        before = training_seconds(ckpt.list_snapshots(out)[-1], out / "metrics.jsonl", start) or 0.0
     elif ckpt.list_snapshots(out):  # every rank checks, so none waits in a collective
         raise ResumeError(f"{out} already holds a training run: pass --resume or choose another --out")
     elif (out / ckpt.CONFIG).is_file():  # an imported teacher, a copy: nothing to resume, not ours to replace
@@ -239,7 +267,8 @@ def _run(cfg: RunConfig, out: Path, resume: bool, method, data, phases, ema, ctx
                 "teacher": cfg.teacher, "pairs": cfg.pairs, "init": cfg.init,
                 "generator": rule_dict(method.export()), "method": method.method_config(),
                 "data": data.info.to_dict(), "train": t.to_dict(), "sample": cfg.sample.to_dict(),
-                "step": step, "images_seen": step * t.batch_size, "params": params}
+                "step": step, "images_seen": step * t.batch_size, "params": params,
+                "train_seconds": round(before + time.perf_counter() - began, 1)}
 
     def save(step):
         if ctx.main:
@@ -257,6 +286,7 @@ def _run(cfg: RunConfig, out: Path, resume: bool, method, data, phases, ema, ctx
         bar = tqdm(total=t.steps, initial=start, desc=method.name, mininterval=1.0,
                    dynamic_ncols=True)
     tic, last = time.perf_counter(), start
+    began = tic
     try:
         for step in range(start, t.steps):
             for m in method.modules().values():
