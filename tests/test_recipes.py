@@ -139,6 +139,10 @@ def test_parallel_jobs_give_the_same_models(tmp_path, monkeypatch):
     # while the student trains); the run's own pass then reads the evaluation cache.
     for s in ("t", "gan"):
         assert f"[eval] {s} (in a worker)" in said and f"[reuse] evaluation of {s}" in said
+        # ...but its speed is measured alone, after all training, by the run's own pass.
+        assert said.index(f"[speed] {s}") > max(i for i, line in enumerate(said) if line.startswith("[done]"))
+        assert json.loads((tmp_path / "b" / s / "result.json").read_text())["speed_alone"] is True
+    assert all(row["samples_per_s"] for row in b["rows"] if not row.get("curve"))
     done_gan = next(i for i, line in enumerate(said) if line.startswith("[done] gan"))
     assert said.index("[eval] t (in a worker)") < done_gan
     # Workers and the parent may take different float paths: equal to rounding.

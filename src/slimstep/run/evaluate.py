@@ -4,7 +4,8 @@ teacher's also its Euler NFE curve), kept in ``DIR/<stage>/result.json``.
 **One protocol.** Every model is sampled from the same seeds (``eval.seeds``,
 ``eval.n`` samples from each) and scored by :func:`slimstep.eval.evaluate`; the
 table shows the mean over seeds (and their spread). Speed is measured after all
-training, one model at a time, at batch 256. An evaluation is kept under its stage's
+training, one model at a time, at batch 256 (a worker that scores a stage while others
+train leaves speed to the run's own pass: :func:`measure_speed`). An evaluation is kept under its stage's
 hash and the protocol's (:data:`~slimstep.run.recipe.PROTOCOL_VERSION`), so a killed
 run, rerun, redoes only what had not finished.
 """
@@ -130,24 +131,36 @@ def _cached(cache: Path, st: Stage, ev: dict) -> dict | None:
     return saved if saved.get("hash") == st.hash and saved.get("protocol") == _protocol(ev) else None
 
 
-def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, log=print) -> list[dict]:
+def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, log=print,
+                   speed: bool = True) -> list[dict]:
     """Rows for one stage: a teacher gives its reference sampler and its Euler
-    NFE curve; a student one row; screening one row. Reused when unchanged."""
+    NFE curve; a student one row; screening one row. Reused when unchanged.
+
+    ``speed``: also measure samples/s and latency (:func:`measure_speed`). A worker that
+    scores a stage while others train passes False: a speed taken beside training is the
+    load's, not the model's, so the run's own pass measures it after all training, one
+    model at a time, and keeps it in the same cache."""
     sdir = stage_dir(out, st)
     proto = _protocol(ev)
     cache = sdir / "result.json"
-    if cache.is_file():
-        saved = _cached(cache, st, ev)
-        if saved is not None:
-            log(f"[reuse] evaluation of {st.name}")
-            rows = saved["rows"]
-            for r in rows:  # kept files live in this stage's folder, wherever the run now is
-                if r.get("files"):
-                    r["files"] = {k: str(sdir / Path(v).name) for k, v in r["files"].items()}
-            if st.kind == "distill" and "init_check" not in rows[0]:  # a result from before the check
-                rows[0]["init_check"] = _init_check(out, st, by_name, ev, rows[0])
-                write_json(cache, {**saved, "rows": rows})
-            return rows
+    saved = _cached(cache, st, ev)
+    if saved is not None:
+        log(f"[reuse] evaluation of {st.name}")
+        rows = saved["rows"]
+        for r in rows:  # kept files live in this stage's folder, wherever the run now is
+            if r.get("files"):
+                r["files"] = {k: str(sdir / Path(v).name) for k, v in r["files"].items()}
+        changed = False
+        if st.kind == "distill" and "init_check" not in rows[0]:  # a result from before the check
+            rows[0]["init_check"] = _init_check(out, st, by_name, ev, rows[0])
+            changed = True
+        if speed and not saved.get("speed_alone"):  # scored in a worker, or before speed was kept apart
+            log(f"[speed] {st.name}")
+            measure_speed(out, st, by_name, ev, rows)
+            saved["speed_alone"], changed = True, True
+        if changed:
+            write_json(cache, {**saved, "rows": rows})
+        return rows
     log(f"[eval] {st.name}")
     rows = []
     if st.kind == "teacher":
@@ -159,23 +172,43 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
         s = gen.sampling
         r = score_samples(_generate(gen), st.spec, ev, f"{st.name} {s.solver}-{s.steps} (reference)", sdir,
                           _options(gen))
-        rows.append({**r, "reference": True, "nfe": gen.nfe, "params": gen.params, **_speed(gen, ev)})
-        for row in rows[:-1]:  # the curve's speed: same network, NFE-proportional
-            row["samples_per_s"] = None
-        one = next((row for row in rows if row.get("nfe") == 1), None)
-        if one is not None:
-            one.update(_speed(gen.with_sampling(solver="euler", steps=1), ev))
+        rows.append({**r, "reference": True, "nfe": gen.nfe, "params": gen.params, "macs": sample_macs(gen)})
     elif st.kind == "distill":
         gen = load(model_dir(out, st))
         r = score_samples(_generate(gen), st.spec, ev, st.name, sdir, _options(gen))
-        rows.append({**r, "nfe": gen.nfe, "params": gen.params, **_speed(gen, ev)})
+        rows.append({**r, "nfe": gen.nfe, "params": gen.params, "macs": sample_macs(gen)})
         rows[0]["init_check"] = _init_check(out, st, by_name, ev, rows[0])
     elif st.kind == "screen":
         rows.append(_evaluate_screen(out, st, by_name, ev, sdir))
     for row in rows:
         row.update(stage=st.name, kind=st.kind, method=st.cfg.method.name if st.cfg else st.kind)
-    write_json(cache, {"hash": st.hash, "protocol": proto, "rows": rows})
+    if speed:
+        measure_speed(out, st, by_name, ev, rows)
+    write_json(cache, {"hash": st.hash, "protocol": proto, "rows": rows, "speed_alone": speed})
     return rows
+
+
+def measure_speed(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, rows: list[dict]) -> None:
+    """Samples/s and latency of a stage's rows, in place, at ``ev["speed_batch"]``: a teacher's
+    reference sampler and its one-step Euler map (its other curve points: none, the same
+    network at proportional cost), a student's one-step map, a screened sample (every
+    candidate, the scorer and the final call, timed as one batch)."""
+    if st.kind == "teacher":
+        gen = load(model_dir(out, st))
+        for row in rows:
+            row["samples_per_s"] = None
+        rows[-1].update(_speed(gen, ev))
+        one = next((row for row in rows if row.get("nfe") == 1), None)
+        if one is not None:
+            one.update(_speed(gen.with_sampling(solver="euler", steps=1), ev))
+    elif st.kind == "distill":
+        rows[0].update(_speed(load(model_dir(out, st)), ev))
+    elif st.kind == "screen":
+        student, scr = _screening(out, st, by_name)
+        n = int(ev["speed_batch"])
+        samples.draw(student, n, 0, screening=scr)  # warm-up: first calls allocate
+        secs = samples.draw(student, n, 1, screening=scr).seconds
+        rows[0]["samples_per_s"] = round(n / secs, 1)
 
 
 def _init_check(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, row: dict) -> dict | None:
@@ -193,7 +226,8 @@ def _init_check(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, row: 
     return compare_to_init(x, x0, st.spec, row["floor"], name)
 
 
-def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, sdir: Path) -> dict:
+def _screening(out: Path, st: Stage, by_name: dict[str, Stage]):
+    """A screen stage's student and its :class:`~slimstep.run.samples.Screening`."""
     p = st.params
     student_dir = model_dir(out, by_name[st.deps["student"]])
     student = load(student_dir)
@@ -203,6 +237,13 @@ def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, 
     n_c, select = int(p["candidates"]), p.get("select", "argmax")  # defaults kept out of the hash
     scr = samples.Screening(n_c, make_scorer(p["scorer"], student, teacher, disc, student_dir), p["scorer"],
                             p["final"], teacher, select, p.get("temperature"))
+    return student, scr
+
+
+def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, sdir: Path) -> dict:
+    p = st.params
+    student, scr = _screening(out, st, by_name)
+    teacher, n_c, select = scr.teacher, scr.candidates, scr.select
     scorer, nfe, macs = scr.scorer, scr.nfe(student), scr.macs(student)
 
     def make(seed, n):
@@ -213,8 +254,7 @@ def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, 
     r = score_samples(make, st.spec, ev, name, sdir, _options(student))
     final = teacher if p["final"] == "teacher" else student
     params = student.params + (teacher.params if teacher is not None and p["final"] == "teacher" else 0)
-    secs_per_sample = r["sample_seconds"] / (r["n"] * len(ev["seeds"]))
     scoring = f" + {n_c * scorer.nfe} scorer" if getattr(scorer, "nfe", 0) else ""
     return {**r, "nfe": nfe, "nfe_note": f"{n_c * student.nfe} student{scoring} + "
             f"{'1 teacher' if p['final'] == 'teacher' else '0'} calls", "params": params,
-            "samples_per_s": round(1 / secs_per_sample, 1), "macs": macs, "final_params": final.params}
+            "macs": macs, "final_params": final.params}

@@ -70,7 +70,7 @@ def _results(out: Path, recipe: str | Path, ev: dict, stages: list[Stage], statu
         if not final and not (_made(st, status) and is_scored(out, st, ev)):
             continue
         try:
-            got = evaluate_stage(out, st, by_name, ev, log if final else _quiet)
+            got = evaluate_stage(out, st, by_name, ev, log if final else _quiet, speed=final)
         except EvalError as e:  # no seed scored (a NaN model): the stage has no row, the rest goes on
             if final:
                 status[st.name].update(status="failed", error=f"evaluation: {e}")
