@@ -7,8 +7,8 @@ protocol. Writes benchmarks/results/methods.md (+ methods.json, plots in methods
                                             # one other recipe -> results/slt-chain.md
 
 `slimstep run` reuses every stage that finished (by config hash), so a killed
-benchmark reruns only what is missing; the training seconds in the table are
-those of the invocation that trained each stage.
+benchmark reruns only what is missing; the training seconds in the table are each
+stage's training loop, summed over every invocation that resumed it.
 """
 
 from __future__ import annotations
