@@ -73,12 +73,13 @@ the first section, the first section's is the newer run of the current recipes
 (SLT's recipe changed in between: concat fusion and 6,000 steps with a cosine
 decay, against the suite's sum fusion and 1,200 constant-rate steps).
 
-**Teachers.** The sections run on 2026-12-01 (*Every method*, *SlimFlow, small
-student*, *MeanFlow*, *GDD-I vs GDD*) use the recipes' own teachers as `slimstep run
-configs/digits/all.yaml` trained them: the UNet teacher (`configs/digits/teacher.yaml`,
-Heun-16 FD 6.36) and the DiT teacher with the smooth time embedding
-(`configs/digits/dit-teacher.yaml`, `time_scale: 1`, Heun-16 FD 6.48); each names its
-checkpoint. **The digits teacher** of the older suites (*Teachers*, *SlimFlow*, *GDD /
+**Teachers.** *Every method* was retrained from scratch on 2026-12-06/07 with the
+current recipes: the UNet teacher (`configs/digits/teacher.yaml`, Heun-16 FD 6.46) and
+the DiT teacher with the smooth time embedding (`configs/digits/dit-teacher.yaml`,
+`time_scale: 1`, Heun-16 FD 6.46). The sections run on 2026-12-01 (*SlimFlow, small
+student*, *MeanFlow*, *GDD-I vs GDD*) use the same recipes' teachers as that day's
+`slimstep run configs/digits/all.yaml` trained them (Heun-16 FD 6.36 and 6.48); each
+names its checkpoint. **The digits teacher** of the older suites (*Teachers*, *SlimFlow*, *GDD /
 GDD-I*, *SLT*) is `runs/bench/digits-teacher-step2000`:
 the step-2,000 snapshot of
 `slimstep teacher --config configs/digits/teacher.yaml --out runs/bench/digits-teacher`
