@@ -127,6 +127,24 @@ def test_an_interim_report_shows_what_is_scored_while_the_run_goes_on(tmp_path, 
     assert "(interim)" not in (out / "report.md").read_text()
 
 
+def test_a_failing_interim_report_does_not_stop_the_run(tmp_path, monkeypatch):
+    from slimstep.run import results as run_results
+
+    monkeypatch.setattr(run_results, "INTERIM_GAP_S", 0.0)
+    real = run_results.write_reports
+
+    def broken(out, res):
+        if res.get("interim"):
+            raise RuntimeError("a report bug")
+        return real(out, res)
+
+    monkeypatch.setattr(run_results, "write_reports", broken)
+    said: list[str] = []
+    res = run(recipe(tmp_path, {"t": moons_stages()["t"]}), tmp_path / "out", jobs=1, log=said.append)
+    assert "[report] interim report not written: RuntimeError: a report bug" in said
+    assert res["failed"] == [] and (tmp_path / "out" / "report.md").is_file()
+
+
 def test_parallel_jobs_give_the_same_models(tmp_path, monkeypatch):
     stages = {k: v for k, v in moons_stages().items() if k in ("t", "gan")}
     a = run(recipe(tmp_path, stages), tmp_path / "a", jobs=1, log=lambda *_: None)

@@ -15,7 +15,7 @@ from slimstep.flags import compare_to_init, initialisation, row_flags
 from slimstep.palette import method_style
 from slimstep.report import console_table, write_reports
 from slimstep.report.notes import collapse_notes
-from slimstep.report.plots import plot_nfe, plot_speed
+from slimstep.report.plots import plot_losses, plot_nfe, plot_speed
 from slimstep.report.tables import summary_table
 from slimstep.run import score_samples
 from slimstep.spec.results import Note
@@ -137,6 +137,14 @@ def test_one_palette_in_both_plots(tmp_path):
     assert all(nfe[k] == speed[k] for k in both)
     assert nfe["a"] == method_style("gdd-i") and nfe["b"] == method_style("slimflow")
     assert len({nfe[k] for k in both}) == len(both)  # no two methods share a mark here
+
+
+def test_loss_plot_skips_a_torn_metrics_line(tmp_path):
+    """A stage still training (an interim report) or killed mid-write leaves a half line."""
+    f = tmp_path / "metrics.jsonl"
+    f.write_text('{"step": 0, "loss": 1.0}\n{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
+    assert plot_losses([("s", f)], tmp_path / "loss.png", "t")
+    assert (tmp_path / "loss.png").stat().st_size > 0
 
 
 def test_equals_init_is_no_move_within_the_floor():

@@ -175,13 +175,23 @@ def plot_strip(rows: list, path: Path, title: str, k: int = 8) -> bool:
     return True
 
 
+def _json_row(line: str) -> dict | None:
+    """A metrics line as a row; None for a blank or torn one (a run being written, or killed
+    mid-write)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and "step" in row else None
+
+
 def plot_losses(runs: list[tuple[str, Path]], path: Path, title: str) -> bool:
     """One panel per training run: every logged loss against the step."""
     series = []
     for name, f in runs:
         if not f.is_file():
             continue
-        recs = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        recs = [r for r in map(_json_row, f.read_text(errors="replace").splitlines()) if r is not None]
         keys = [k for k in (recs[0] if recs else {}) if k == "loss" or k.endswith("/loss")]
         if keys:
             series.append((name, recs, keys))

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from slimstep.config import CONFIGS
-from slimstep.errors import SlimstepError
 from slimstep.eval import EvalError
 from slimstep.files import write_json
 from slimstep.flags import row_flags
@@ -141,8 +140,8 @@ class _Interim:
             return
         try:
             _results(self.out, self.recipe, self.ev, self.stages, state, self.tic, self.log, final=False)
-        except (OSError, SlimstepError) as e:  # the run goes on; its final report says what is wrong
-            self.log(f"[report] interim report not written: {e}")
+        except Exception as e:  # noqa: BLE001 - training goes on; the final report runs the same code and raises
+            self.log(f"[report] interim report not written: {type(e).__name__}: {e}")
         self.seen, self.last = key, time.monotonic()
 
     def evaluated(self, status: dict[str, dict]) -> None:
