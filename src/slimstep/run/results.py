@@ -1,5 +1,6 @@
 """A whole run: train what is missing, evaluate every stage, add each row's ratios to
-its teacher and write ``results.json`` and the report (``slimstep run``, ``slimstep demo``).
+its teacher and write ``results.json`` and the report (``slimstep run``, ``slimstep demo``);
+while it goes on, an interim report of what is scored so far (:class:`_Interim`).
 """
 
 from __future__ import annotations

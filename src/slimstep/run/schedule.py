@@ -98,7 +98,9 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print, ev: dic
     """Train / make every stage not yet done, ``jobs`` at a time; with the protocol ``ev``
     and more than one job, evaluate each stage in a free worker once its models are ready
     (the module docstring). Returns
-    ``{stage: {"status": done|reused|failed|skipped, "seconds", "error"?}}``.
+    ``{stage: {"status": done|reused|failed|skipped, "seconds", "train_seconds"?, "error"?}}``
+    (``seconds``: this invocation's; ``train_seconds``: the training loop's over every
+    invocation that resumed it).
 
     ``on_progress(status, training, evaluating)``: called after every stage that ends and
     every evaluation that ends, and at least every :data:`PROGRESS_S` seconds while workers
