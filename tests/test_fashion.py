@@ -180,6 +180,45 @@ def test_summary_rows_and_paired_claims():
     assert c["anneal-flip"]["missing"]
 
 
+def test_inception_scores_each_row_against_the_floor_at_the_same_n(tmp_path, monkeypatch):
+    """benchmarks/fashion.py --inception: a row whose kept samples are the test images scores
+    exactly the floor; near-constant images score far above it; features are cached (a killed run resumes)."""
+    import sys
+
+    from slimstep.eval import protocol_split
+    from slimstep.files import write_npz
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from fashion import inception_scores, inception_table
+
+    monkeypatch.setenv("SLIMSTEP_CACHE", str(tmp_path / "cache"))
+    spec = f"fashion-mnist:{make_fashion(tmp_path / 'fm', n_train=30, n_test=12)}"
+
+    class FakeInception:  # Inception's interface: 16-d features, a weights key
+        key, name, dim, calls = "fake", "fake", 16, 0
+
+        def features(self, x):
+            FakeInception.calls += 1
+            x = torch.as_tensor(x, dtype=torch.float32).reshape(len(x), 16, -1)
+            return x.mean(-1).double()
+
+    test = protocol_split(spec, "test")[0]
+    noise = 0.9 + 0.01 * torch.rand(12, 1, 28, 28)  # the fixture's images are uniform noise: this is not
+    for name, x in (("copy", test), ("noise", noise)):
+        write_npz(tmp_path / f"{name}.npz", samples=x.numpy())
+    results = {"rows": [{"name": name, "data": spec, "files": {"samples": str(tmp_path / f"{name}.npz")}}
+                        for name in ("copy", "noise")]}
+    summ = {"rows": [{"name": "copy"}, {"name": "noise"}]}
+    inc = inception_scores(results, summ, 10, tmp_path / "inc", net=FakeInception(), log=lambda *a: None)
+    assert inc["rows"]["copy"] == inc["floor"]  # the same 10 test images: the same numbers
+    assert inc["rows"]["noise"]["fid"] > 5 * inc["floor"]["fid"] > 0
+    assert FakeInception.calls == 4  # reference, floor, two rows
+    again = inception_scores(results, summ, 10, tmp_path / "inc", net=FakeInception(), log=lambda *a: None)
+    assert again == inc and FakeInception.calls == 4  # every set's features read back from the cache
+    table = "\n".join(inception_table(inc))
+    assert "| copy | " in table and "1x |" in table
+
+
 @pytest.mark.slow
 def test_every_fashion_stage_kind_runs_end_to_end_on_tiny_data(tmp_path):
     """fashion/all's stage configs, shrunk to a few steps and tiny widths, through `slimstep run`
