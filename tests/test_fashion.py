@@ -206,15 +206,21 @@ def test_inception_scores_each_row_against_the_floor_at_the_same_n(tmp_path, mon
     noise = 0.9 + 0.01 * torch.rand(12, 1, 28, 28)  # the fixture's images are uniform noise: this is not
     for name, x in (("copy", test), ("noise", noise)):
         write_npz(tmp_path / f"{name}.npz", samples=x.numpy())
-    results = {"rows": [{"name": name, "data": spec, "files": {"samples": str(tmp_path / f"{name}.npz")}}
-                        for name in ("copy", "noise")]}
-    summ = {"rows": [{"name": "copy"}, {"name": "noise"}]}
+    write_npz(tmp_path / "short.npz", samples=noise[:5].numpy())
+    results = {"rows": [{"name": name, "stage": name, "data": spec,
+                         "files": {"samples": str(tmp_path / f"{name}.npz")}} for name in ("copy", "noise", "short")],
+               "stages": {name: {"hash": f"h-{name}"} for name in ("copy", "noise", "short")}}
+    summ = {"rows": [{"name": "copy"}, {"name": "noise"}, {"name": "short"}]}
     inc = inception_scores(results, summ, 10, tmp_path / "inc", net=FakeInception(), log=lambda *a: None)
     assert inc["rows"]["copy"] == inc["floor"]  # the same 10 test images: the same numbers
     assert inc["rows"]["noise"]["fid"] > 5 * inc["floor"]["fid"] > 0
     assert FakeInception.calls == 4  # reference, floor, two rows
+    assert inc["left_out"] == ["short (5)"] and "short" not in inc["rows"]  # fewer than N kept samples
     again = inception_scores(results, summ, 10, tmp_path / "inc", net=FakeInception(), log=lambda *a: None)
     assert again == inc and FakeInception.calls == 4  # every set's features read back from the cache
+    results["stages"]["noise"]["hash"] = "retrained"
+    inception_scores(results, summ, 10, tmp_path / "inc", net=FakeInception(), log=lambda *a: None)
+    assert FakeInception.calls == 5  # a retrained stage is scored again, not read from its old features
     table = "\n".join(inception_table(inc))
     assert "| copy | " in table and "1x |" in table
 

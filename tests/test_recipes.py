@@ -145,6 +145,27 @@ def test_a_failing_interim_report_does_not_stop_the_run(tmp_path, monkeypatch):
     assert res["failed"] == [] and (tmp_path / "out" / "report.md").is_file()
 
 
+def test_a_failed_speed_measurement_keeps_the_rows_and_is_tried_again(tmp_path, monkeypatch):
+    from slimstep.run import evaluate as run_evaluate
+
+    def broken(*_a):
+        raise RuntimeError("no timer")
+
+    monkeypatch.setattr(run_evaluate, "measure_speed", broken)
+    said: list[str] = []
+    r, out = recipe(tmp_path, {"t": moons_stages()["t"]}), tmp_path / "out"
+    res = run(r, out, jobs=1, log=said.append)
+    assert "[speed] t: not measured (RuntimeError: no timer)" in said
+    assert res["failed"] == [] and all(row["metrics"]["w2"] > 0 for row in res["rows"])
+    assert not any(row.get("samples_per_s") for row in res["rows"])
+    assert json.loads((out / "t" / "result.json").read_text())["speed_alone"] is False
+    monkeypatch.undo()
+    res2 = run(r, out, jobs=1, log=said.append)  # the next run times it, and scores nothing again
+    assert said.count("[eval] t") == 1 and "[speed] t" in said
+    assert res2["rows"][-1]["samples_per_s"] > 0
+    assert [row["metrics"] for row in res2["rows"]] == [row["metrics"] for row in res["rows"]]
+
+
 def test_parallel_jobs_give_the_same_models(tmp_path, monkeypatch):
     stages = {k: v for k, v in moons_stages().items() if k in ("t", "gan")}
     a = run(recipe(tmp_path, stages), tmp_path / "a", jobs=1, log=lambda *_: None)

@@ -55,7 +55,13 @@ def test_training_seconds_of_an_older_checkpoint_come_from_its_log(tmp_path):
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert training_seconds(d) == pytest.approx(6.0)
     assert training_seconds(d, step=25) == pytest.approx(2.0)
-    assert training_seconds(d, step=30) is None  # the log does not reach step 30's row
+    # A snapshot between two rows (ckpt_every not a multiple of log_every): its steps past
+    # the last row count at the next row's rate; past the log's end at the last rate.
+    assert training_seconds(d, step=30) == pytest.approx(2.0 + 5 * 32 / 200)
+    assert training_seconds(d, step=100) == pytest.approx(2.0 + 4.0 + 8.0 + 25 * 32 / 100)
+    with open(d / "metrics.jsonl", "a") as f:
+        f.write('{"step": 99, "lo')  # a killed run's torn line
+    assert training_seconds(d) == pytest.approx(6.0)
     (d / "config.json").write_text(json.dumps({"step": 50, "train": {"batch_size": 32}, "train_seconds": 7.5}))
     assert training_seconds(d) == 7.5  # recorded: the log is not read
 

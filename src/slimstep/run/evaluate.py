@@ -143,21 +143,18 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
     sdir = stage_dir(out, st)
     proto = _protocol(ev)
     cache = sdir / "result.json"
-    saved = _cached(cache, st, ev)
+    saved = cached_evaluation(out, st, ev)
     if saved is not None:
         log(f"[reuse] evaluation of {st.name}")
         rows = saved["rows"]
-        for r in rows:  # kept files live in this stage's folder, wherever the run now is
-            if r.get("files"):
-                r["files"] = {k: str(sdir / Path(v).name) for k, v in r["files"].items()}
         changed = False
         if st.kind == "distill" and "init_check" not in rows[0]:  # a result from before the check
             rows[0]["init_check"] = _init_check(out, st, by_name, ev, rows[0])
             changed = True
         if speed and not saved.get("speed_alone"):  # scored in a worker, or before speed was kept apart
             log(f"[speed] {st.name}")
-            measure_speed(out, st, by_name, ev, rows)
-            saved["speed_alone"], changed = True, True
+            saved["speed_alone"] = _timed(out, st, by_name, ev, rows, log)
+            changed = True
         if changed:
             write_json(cache, {**saved, "rows": rows})
         return rows
@@ -182,10 +179,33 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
         rows.append(_evaluate_screen(out, st, by_name, ev, sdir))
     for row in rows:
         row.update(stage=st.name, kind=st.kind, method=st.cfg.method.name if st.cfg else st.kind)
-    if speed:
-        measure_speed(out, st, by_name, ev, rows)
-    write_json(cache, {"hash": st.hash, "protocol": proto, "rows": rows, "speed_alone": speed})
+    alone = _timed(out, st, by_name, ev, rows, log) if speed else False
+    write_json(cache, {"hash": st.hash, "protocol": proto, "rows": rows, "speed_alone": alone})
     return rows
+
+
+def cached_evaluation(out: Path, st: Stage, ev: dict) -> dict | None:
+    """The stage's evaluation cache (``{"rows", "speed_alone", ...}``) when it holds this
+    model under this protocol, its kept files pointed into the stage's folder; else None.
+    Reads only: what an interim report may do while workers train."""
+    sdir = stage_dir(out, st)
+    saved = _cached(sdir / "result.json", st, ev)
+    if saved is not None:
+        for r in saved["rows"]:  # kept files live in this stage's folder, wherever the run now is
+            if r.get("files"):
+                r["files"] = {k: str(sdir / Path(v).name) for k, v in r["files"].items()}
+    return saved
+
+
+def _timed(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, rows: list[dict], log) -> bool:
+    """:func:`measure_speed`; a failure costs the speed columns, not the rows (nor, at the end
+    of a day-long run, its report): logged, and tried again by the next run."""
+    try:
+        measure_speed(out, st, by_name, ev, rows)
+        return True
+    except Exception as e:  # noqa: BLE001 - a measurement; the quality rows stand without it
+        log(f"[speed] {st.name}: not measured ({type(e).__name__}: {e})")
+        return False
 
 
 def measure_speed(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, rows: list[dict]) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from slimstep import checkpoint as ckpt
 from slimstep.data.pairs import read_manifest
+from slimstep.errors import SlimstepError
 from slimstep.files import write_json
 from slimstep.inputs import resolve_inputs
 from slimstep.pairs import generate_pairs
@@ -88,5 +89,8 @@ def execute(out: Path, st: Stage, deps: dict[str, Path], progress: bool = False)
 def stage_train_seconds(out: Path, st: Stage, secs: float | None = None) -> float | None:
     """A trained stage's training time over every invocation that resumed it
     (:func:`~slimstep.train.loop.training_seconds`); else ``secs``, this invocation's."""
-    got = training_seconds(model_dir(out, st)) if st.trains else None
+    try:
+        got = training_seconds(model_dir(out, st)) if st.trains else None
+    except (OSError, ValueError, SlimstepError):  # bookkeeping: a damaged file must not stop a run
+        got = None
     return got if got is not None else secs

@@ -18,7 +18,7 @@ from slimstep.files import write_json
 from slimstep.flags import row_flags
 from slimstep.outdir import output_dir
 from slimstep.report import write_reports
-from slimstep.run.evaluate import evaluate_stage, is_scored
+from slimstep.run.evaluate import cached_evaluation, evaluate_stage, is_scored
 from slimstep.run.execute import check_contained, model_dir, root_teacher
 from slimstep.run.recipe import EVAL_DEFAULTS, RecipeError, Stage, load_recipe
 from slimstep.run.schedule import run_stages
@@ -67,15 +67,18 @@ def _results(out: Path, recipe: str | Path, ev: dict, stages: list[Stage], statu
     for st in stages:
         if status[st.name]["status"] in ("failed", "skipped") or st.kind == "pairs":
             continue
-        if not final and not (_made(st, status) and is_scored(out, st, ev)):
-            continue
-        try:
-            got = evaluate_stage(out, st, by_name, ev, log if final else _quiet, speed=final)
-        except EvalError as e:  # no seed scored (a NaN model): the stage has no row, the rest goes on
-            if final:
+        if not final:  # an interim report reads the caches only: no model runs beside training
+            saved = cached_evaluation(out, st, ev) if _made(st, status) else None
+            if saved is None:
+                continue
+            got = saved["rows"]
+        else:
+            try:
+                got = evaluate_stage(out, st, by_name, ev, log)
+            except EvalError as e:  # no seed scored (a NaN model): the stage has no row, the rest goes on
                 status[st.name].update(status="failed", error=f"evaluation: {e}")
                 log(f"[failed] evaluation of {st.name}: {e}")
-            continue
+                continue
         if progress is not None:
             progress(status)
         for r in got:
@@ -114,10 +117,6 @@ def _made(st: Stage, status: dict[str, dict]) -> bool:
     return all(status.get(n, {}).get("status") in ("done", "reused") for n in names)
 
 
-def _quiet(*_args) -> None:
-    """An interim report's log: it only reads what was scored."""
-
-
 class _Interim:
     """The report while the run goes on: rewritten whenever a stage ends, an evaluation
     lands or the stages' states change, at most once every :data:`INTERIM_GAP_S` seconds
@@ -135,15 +134,15 @@ class _Interim:
                                                       "seconds": None}) for s in self.stages}
         for name in evaluating:
             state[name]["status"] = f"{state[name]['status']}, evaluating"
-        key = json.dumps([state, [is_scored(self.out, s, self.ev) for s in self.stages if s.kind != "pairs"]],
-                         sort_keys=True, default=str)
-        if key == self.seen or time.monotonic() - self.last < INTERIM_GAP_S:
-            return
         try:
+            key = json.dumps([state, [is_scored(self.out, s, self.ev) for s in self.stages if s.kind != "pairs"]],
+                             sort_keys=True, default=str)
+            if key == self.seen or time.monotonic() - self.last < INTERIM_GAP_S:
+                return
+            self.seen, self.last = key, time.monotonic()
             _results(self.out, self.recipe, self.ev, self.stages, state, self.tic, self.log, final=False)
         except Exception as e:  # noqa: BLE001 - training goes on; the final report runs the same code and raises
             self.log(f"[report] interim report not written: {type(e).__name__}: {e}")
-        self.seen, self.last = key, time.monotonic()
 
     def evaluated(self, status: dict[str, dict]) -> None:
         """After each evaluation of the final pass (``--jobs 1`` evaluates only there)."""

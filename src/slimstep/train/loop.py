@@ -95,9 +95,13 @@ def _row_step(line: str) -> float:
 def training_seconds(ckpt_dir: Path, log: Path | None = None, step: int | None = None) -> float | None:
     """Wall seconds the training loop ran to reach the checkpoint in ``ckpt_dir``, summed over
     every invocation that resumed it (``train_seconds`` in its config). A checkpoint written
-    before that key existed: the loop time its metrics log records (each row's
-    ``images_per_s`` is the images of the steps since the row before over their wall time),
-    up to ``step`` (default: the checkpoint's). None when neither says."""
+    before that key existed: the loop time its metrics log records, up to ``step`` (default:
+    the checkpoint's). Each row's ``images_per_s`` is the images of its interval over that
+    interval's wall time; the interval is taken as the steps since the row before (after a
+    resume from a snapshot between two rows it began at the snapshot, but the steps the
+    killed invocation made past its last row were trained too and are in no row, so the two
+    roughly cancel). Steps between the last row before ``step`` and ``step`` itself count at
+    the next row's rate (else the last one's). None when neither says."""
     cfg = ckpt.read_config(ckpt_dir) if (Path(ckpt_dir) / ckpt.CONFIG).is_file() else {}
     if isinstance(cfg.get("train_seconds"), (int, float)):
         return float(cfg["train_seconds"])
@@ -106,17 +110,22 @@ def training_seconds(ckpt_dir: Path, log: Path | None = None, step: int | None =
     batch = (cfg.get("train") or {}).get("batch_size")
     if not log.is_file() or not isinstance(step, int) or not batch:
         return None
-    total, prev = 0.0, -1
+    total, prev, rate = 0.0, -1, None
     for line in log.read_text(errors="replace").splitlines():
         at = _row_step(line)
-        if at >= step:
-            break
+        if at == math.inf:
+            continue  # a torn line
         ips = json.loads(line).get("images_per_s")
         if not isinstance(ips, (int, float)) or ips <= 0:
             return None
+        rate = ips
+        if at >= step:
+            break
         total += (at - prev) * batch / ips
         prev = at
-    return total if prev == step - 1 else None  # the log must reach the checkpoint's step
+    if rate is None:
+        return 0.0 if step == 0 else None
+    return total + (step - 1 - prev) * batch / rate
 
 
 class Logger:
@@ -247,7 +256,8 @@ def _run(cfg: RunConfig, out: Path, resume: bool, method, data, phases, ema, ctx
     start, before = 0, 0.0
     if resume:
         start = _resume(out, cfg, method, phases, ema)
-        before = training_seconds(ckpt.list_snapshots(out)[-1], out / "metrics.jsonl", start) or 0.0
+        # None (no time recorded or logged): leave train_seconds out, so it is read from the log later
+        before = training_seconds(ckpt.list_snapshots(out)[-1], out / "metrics.jsonl", start)
     elif ckpt.list_snapshots(out):  # every rank checks, so none waits in a collective
         raise ResumeError(f"{out} already holds a training run: pass --resume or choose another --out")
     elif (out / ckpt.CONFIG).is_file():  # an imported teacher, a copy: nothing to resume, not ours to replace
@@ -268,7 +278,7 @@ def _run(cfg: RunConfig, out: Path, resume: bool, method, data, phases, ema, ctx
                 "generator": rule_dict(method.export()), "method": method.method_config(),
                 "data": data.info.to_dict(), "train": t.to_dict(), "sample": cfg.sample.to_dict(),
                 "step": step, "images_seen": step * t.batch_size, "params": params,
-                "train_seconds": round(before + time.perf_counter() - began, 1)}
+                **({} if before is None else {"train_seconds": round(before + time.perf_counter() - began, 3)})}
 
     def save(step):
         if ctx.main:
