@@ -118,6 +118,7 @@ def test_an_interim_report_shows_what_is_scored_while_the_run_goes_on(tmp_path, 
     first, md = seen[0]
     assert first["rows"] == [] and first["stages"]["gan"]["status"] == "waiting"
     assert md.startswith("# tiny (interim)") and "waiting: gan" in md and "not yet scored: t" in md
+    assert "No model has been scored yet." in md
     # While the final pass scores: the teacher's rows, not the student's.
     part = next((r, m) for r, m in seen if r["rows"] and all(row["stage"] == "t" for row in r["rows"]))
     assert "| t heun-16 (reference) |" in part[1] and "not yet scored: gan" in part[1]

@@ -58,6 +58,7 @@ def blocks_for(out: Path, results: dict) -> list[tuple]:
         *([("p", _interim_line(results))] if interim else []),
         ("h2", "verdict"),
         *[("verdict", spec, verdict_lines(by_spec[spec])) for spec in specs],
+        *([] if specs else [("p", "No model has been scored yet.")]),
         ("p", f"One protocol for every row: samples from seeds {', '.join(str(s) for s in ev['seeds'])} "
               "(N per seed stated with each data set), scored by `slimstep eval`'s metrics; "
               "the table shows the mean over seeds. The floor is the same metric for real data against "
