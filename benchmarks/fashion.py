@@ -179,7 +179,8 @@ def inception_scores(results: dict, summ: dict, n: int, cache: Path, net=None, l
             short.append(f"{s['name']} ({len(x)})")
             continue
         what = stages.get(row.get("stage"), {}).get("hash") or kept
-        rows[s["name"]] = scores(features(s["name"], what, lambda x=x: torch.from_numpy(x).float()))
+        # clamped to [-1, 1] as the protocol clamps before any feature network (slimstep.eval)
+        rows[s["name"]] = scores(features(s["name"], what, lambda x=x: torch.from_numpy(x).float().clamp(-1, 1)))
     if short:
         log(f"[inception] fewer than {n:,} kept samples, left out: {', '.join(short)}")
     return {"n": n, "reference_n": INCEPTION_REF_N, "weights": net.key, "floor": floor, "rows": rows,
