@@ -81,8 +81,7 @@ def execute(out: Path, st: Stage, deps: dict[str, Path], progress: bool = False)
                                      init=deps.get("init"))
         train(cfg, d, resume=bool(ckpt.list_snapshots(d)), teacher=inputs.teacher, progress=progress)
     secs = time.perf_counter() - tic
-    write_json(d / "stage.json", {"stage": st.name, "kind": st.kind, "hash": st.hash, "seconds": secs,
-                                  "train_seconds": stage_train_seconds(out, st, secs)})
+    write_json(d / "stage.json", {"stage": st.name, "kind": st.kind, "hash": st.hash, "seconds": secs})
     return secs
 
 

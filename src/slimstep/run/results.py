@@ -49,7 +49,7 @@ def _run(recipe: str | Path, out: str | Path, jobs: int | None, log, data: str |
     log(f"{len(stages)} stages from {recipe}, {jobs} at a time -> {out}")
     interim = _Interim(out, recipe, ev, stages, tic, log)
     status = run_stages(out, stages, jobs, log, ev, on_progress=interim.update)
-    results = _results(out, recipe, ev, stages, status, tic, log, final=True, progress=interim.evaluated)
+    results = _results(out, recipe, ev, stages, status, tic, log, final=True, progress=interim.update)
     failed = [s.name for s in stages if status[s.name]["status"] in ("failed", "skipped")]
     results.update(failed=failed)
     return results
@@ -61,7 +61,7 @@ def _results(out: Path, recipe: str | Path, ev: dict, stages: list[Stage], statu
     over, so every stage not failed is evaluated (here, if no worker did it). Otherwise an
     interim report: only the rows already in the evaluation caches, and each stage's state
     (``training``, ``waiting``...) in the stage table. ``progress(status)`` is called after
-    each evaluation of the final pass."""
+    each evaluation of the final pass (``--jobs 1`` evaluates only there)."""
     by_name = {s.name: s for s in stages}
     rows = []
     for st in stages:
@@ -143,10 +143,6 @@ class _Interim:
             _results(self.out, self.recipe, self.ev, self.stages, state, self.tic, self.log, final=False)
         except Exception as e:  # noqa: BLE001 - training goes on; the final report runs the same code and raises
             self.log(f"[report] interim report not written: {type(e).__name__}: {e}")
-
-    def evaluated(self, status: dict[str, dict]) -> None:
-        """After each evaluation of the final pass (``--jobs 1`` evaluates only there)."""
-        self.update(status)
 
 
 def _add_ratios(rows: list[dict]) -> None:

@@ -138,12 +138,9 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print, ev: dic
                     continue
                 if is_done(out, st):
                     prev = model_dir(out, st) / "stage.json"
-                    saved = json.loads(prev.read_text()) if prev.is_file() else {}
-                    secs = saved.get("seconds", float("nan"))
-                    train_s = saved.get("train_seconds")
+                    secs = json.loads(prev.read_text())["seconds"] if prev.is_file() else float("nan")
                     status[st.name] = {"status": "reused", "seconds": secs,
-                                       "train_seconds": train_s if train_s is not None
-                                       else stage_train_seconds(out, st, secs)}
+                                       "train_seconds": stage_train_seconds(out, st, secs)}
                     pending.remove(st)
                     log(f"[reuse] {st.name} ({model_dir(out, st)})")
                     continue
