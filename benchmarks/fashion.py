@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Runner, machine  # noqa: E402
 
+from slimstep.files import write_bytes  # noqa: E402
 from slimstep.numbers import fmt_macs  # noqa: E402
 
 DEST = RESULTS / "fashion"
@@ -134,7 +135,7 @@ def inception_scores(results: dict, summ: dict, n: int, cache: Path, net=None, l
     from slimstep.eval import protocol_split
     from slimstep.eval.fd import feature_stats, frechet_distance, load_ref_features, load_stats, save_stats
     from slimstep.eval.kid import kid, kid_subset_size
-    from slimstep.files import read_samples, write_bytes
+    from slimstep.files import read_samples
 
     net = net or fid_.inception()
     spec = results["rows"][0]["data"]  # fashion-mnist, or fashion-mnist:DIR
@@ -331,7 +332,7 @@ def main() -> None:
               f"{m['date']}, {m['cores']} CPU cores, torch {m['torch']}. Reproduce: `python benchmarks/fashion.py "
               "--protocol`. FD in the shipped classifier's features against the 60,000 train images.", "",
               *protocol(), ""]
-        (DEST / "protocol.md").write_text("\n".join(md))
+        write_bytes(DEST / "protocol.md", "\n".join(md).encode())
         print(f"-> {DEST / 'protocol.md'}")
         return
     r = Runner(out)
@@ -340,7 +341,7 @@ def main() -> None:
         r.run(["run", "fashion/all", "--out", str(out), "--jobs", str(a.jobs)])
     results = json.loads((out / "results.json").read_text())
     summ = summary(results)
-    (DEST / "summary.json").write_text(json.dumps(summ, indent=1) + "\n")
+    write_bytes(DEST / "summary.json", (json.dumps(summ, indent=1) + "\n").encode())
     m = machine()
     md = ["# Fashion-MNIST: every method, one protocol", "",
           f"{m['date']}, {m['cores']} CPU cores ({a.jobs} stages at once, one thread each), torch {m['torch']}. "
@@ -352,7 +353,7 @@ def main() -> None:
           f"FD {summ['floor_fd']:.3g}.", "", *fashion_table(results, summ), "", *discrimination(summ, results), ""]
     if a.inception:
         inc = inception_scores(results, summ, a.inception, out / "inception")
-        (DEST / "inception.json").write_text(json.dumps(inc, indent=1) + "\n")
+        write_bytes(DEST / "inception.json", (json.dumps(inc, indent=1) + "\n").encode())
         md += [f"## Inception FID / KID (N = {a.inception:,}, sample seed 0)", "", *inception_table(inc), ""]
     if a.claims:
         cdir = out / "claims"
@@ -364,12 +365,13 @@ def main() -> None:
         screening = screening_claim(results)
         if screening is not None:
             c["claims"].append(screening)
-        (DEST / "claims.json").write_text(json.dumps(c, indent=1) + "\n")
-        (DEST / "claims.md").write_text("\n".join(["# Fashion-MNIST: the papers' claims", "", *claims_table(c), ""]))
+        write_bytes(DEST / "claims.json", (json.dumps(c, indent=1) + "\n").encode())
+        claims_md = ["# Fashion-MNIST: the papers' claims", "", *claims_table(c), ""]
+        write_bytes(DEST / "claims.md", "\n".join(claims_md).encode())
         md += ["## Claims (three training seeds per arm, paired)", "", *claims_table(c), ""]
     md += ["## Commands (wall seconds)", "", "```", *[f"{cmd}    # {r.times[cmd]:.0f} s" for cmd in r.commands()],
            "```", ""]
-    (DEST / "fashion.md").write_text("\n".join(md))
+    write_bytes(DEST / "fashion.md", "\n".join(md).encode())
     print(f"-> {DEST / 'fashion.md'}")
 
 

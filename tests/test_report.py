@@ -5,6 +5,8 @@ init" fires exactly when a student's samples did not move from its initialisatio
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -234,3 +236,30 @@ def test_rows_flags_and_notes_are_records_that_give_their_json_back(tmp_path):
     assert built.to_dict() == {"name": "x", "metrics": {"w2": 0.1}, "metrics_sd": {}, "floor": {},
                                "notes": [Note.clamped(0.01).to_dict()], "files": {}, "flags": []}
     assert Row.from_dict(built.to_dict()) == built
+
+
+def test_scored_seeds_are_kept_so_an_added_seed_scores_only_itself(tmp_path):
+    """A killed evaluation resumes at its seed, and a protocol with more seeds scores only
+    the new ones: each seed's result is kept under the model's key."""
+    drawn = []
+
+    def make(seed, n):
+        drawn.append(seed)
+        return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)), None, 0.5, {}
+
+    first = score_samples(make, "toy2d:moons", {"n": 200, "seeds": [0, 1]}, "m", tmp_path, model="hash-a")
+    assert drawn == [0, 1] and sorted(p.name for p in (tmp_path / "seeds").iterdir()) == ["0.json", "1.json"]
+    more = score_samples(make, "toy2d:moons", {"n": 200, "seeds": [0, 1, 2]}, "m", tmp_path, model="hash-a")
+    assert drawn == [0, 1, 2]  # seeds 0 and 1 reused, with their scores and sampling seconds
+    assert more["per_seed"][:2] == first["per_seed"] and more["sample_seconds"] == 1.5
+    (tmp_path / "samples.npz").unlink()  # the kept samples are redrawn, the score reused
+    again = score_samples(make, "toy2d:moons", {"n": 200, "seeds": [0, 1, 2]}, "m", tmp_path, model="hash-a")
+    assert drawn == [0, 1, 2, 0] and again["per_seed"] == more["per_seed"] and (tmp_path / "samples.npz").is_file()
+    score_samples(make, "toy2d:moons", {"n": 200, "seeds": [1, 2]}, "m", tmp_path, model="hash-a")
+    assert drawn[4:] == [1]  # the kept samples are seed 0's: the new first seed's are drawn to keep
+    score_samples(make, "toy2d:moons", {"n": 300, "seeds": [1]}, "m", tmp_path, model="hash-a")
+    score_samples(make, "toy2d:moons", {"n": 300, "seeds": [1]}, "m", tmp_path, model="hash-b")
+    assert drawn[5:] == [1, 1]  # another N, another model: scored again
+    (tmp_path / "seeds" / "2.json").write_text("{torn")  # not ours: scored again, replaced
+    score_samples(make, "toy2d:moons", {"n": 200, "seeds": [0, 2]}, "m", tmp_path, model="hash-a")
+    assert drawn[7:] == [0, 2] and json.loads((tmp_path / "seeds" / "2.json").read_text())["result"]

@@ -21,7 +21,7 @@ from slimstep.data import loader_options
 from slimstep.data.vae import as_images
 from slimstep.eval import EvalError, evaluate
 from slimstep.eval.speed import bench_generator, sample_macs
-from slimstep.files import read_samples, write_json
+from slimstep.files import FileFormatError, read_samples, write_json
 from slimstep.flags import compare_to_init, initialisation
 from slimstep.generator import load
 from slimstep.realism import realism_for_stage
@@ -43,27 +43,48 @@ def _mean_metrics(results: list[dict]) -> tuple[dict, dict]:
 
 
 def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None,
-                  data_options: dict | None = None) -> dict:
+                  data_options: dict | None = None, model: str | None = None) -> dict:
     """``make(seed, n) -> Drawn`` (:func:`slimstep.run.samples.draw`; or the tuple ``(x, y,
     seconds, extra arrays)``); score on every protocol seed, keep the first seed's samples
     (``samples.npz`` + ``samples.png``) under ``keep``. A seed whose samples cannot be
     scored (NaN, ...) is left out and listed in ``failed_seeds``; when every seed fails the
     row cannot exist and the evaluation error is raised. ``data_options``: the model's
-    image loader options (:func:`slimstep.data.loader_options`)."""
+    image loader options (:func:`slimstep.data.loader_options`).
+
+    ``model`` (with ``keep``): what was sampled (the stage's hash and the row), so that each
+    scored seed is kept in ``keep/seeds/<seed>.json`` and reused: a killed evaluation
+    resumes at the seed it was on, and adding protocol seeds scores only the new ones
+    (a teacher's Heun-16 seed at N = 10,000 is ~20 min of one thread on Fashion-MNIST)."""
     n = int(ev["n"] if ev["n"] is not None else default_n(spec))
     data_options = data_options or {}
     results, failed, secs = [], [], 0.0
     for i, seed in enumerate(ev["seeds"]):
-        drawn = _drawn(make(int(seed), n), int(seed))
+        seed = int(seed)
+        memo = _SeedMemo(keep / "seeds" / f"{seed}.json", model, spec, n, seed) if keep and model else None
+        got = memo.read() if memo is not None else None
+        first_missing = i == 0 and keep is not None and not _kept(keep / "samples.npz", seed, n)
+        if got is not None and not first_missing:
+            results.append(got)
+            secs += got["seconds"]
+            continue
+        drawn = _drawn(make(seed, n), seed)
         x, y = drawn.x, drawn.labels
         secs += drawn.seconds
         if i == 0 and keep is not None:  # kept before scoring: a broken model's samples are evidence too
             samples.save(keep / "samples.npz", samples.npz_fields(drawn, spec, data_options, temperature=False),
                          keep / "samples.png", picture=as_images(x[:100], spec), title=name)
+        if got is not None:  # only the kept samples were missing
+            results.append(got)
+            continue
         try:
-            results.append(evaluate(x, spec, labels=y, seed=int(seed), data_options=data_options))
+            r = evaluate(x, spec, labels=y, seed=seed, data_options=data_options)
         except EvalError as e:
-            failed.append({"seed": int(seed), "error": str(e)})
+            failed.append({"seed": seed, "error": str(e)})
+            continue
+        got = {"metrics": r["metrics"], "floor": r["floor"], "notes": r["notes"], "seconds": drawn.seconds}
+        if memo is not None:
+            memo.write(got)
+        results.append(got)
     if not results:
         raise EvalError(f"no seed could be scored ({failed[0]['error']})")
     mean, sd = _mean_metrics(results)
@@ -80,6 +101,35 @@ def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None,
             "failed_seeds": failed,
             "files": ({"samples": str(keep / "samples.npz"), "picture": str(keep / "samples.png")}
                       if keep is not None else {})}
+
+
+def _kept(path: Path, seed: int, n: int) -> bool:
+    """Does the kept samples file hold the ``n`` samples drawn from ``seed``?"""
+    try:
+        seeds = read_samples(path)["seeds"]
+    except (FileFormatError, KeyError, OSError, ValueError):
+        return False
+    return len(seeds) == n and int(seeds[0]) == seed
+
+
+class _SeedMemo:
+    """One scored protocol seed of one model, kept beside the row's samples. Keyed by the
+    model, data, N, seed and :data:`~slimstep.run.recipe.PROTOCOL_VERSION`: a file that
+    does not match (a retrained stage, another N) is scored again and replaced."""
+
+    def __init__(self, path: Path, model: str, spec: str, n: int, seed: int):
+        self.path = path
+        self.key = digest({"model": model, "data": spec, "n": n, "seed": seed, "version": PROTOCOL_VERSION})
+
+    def read(self) -> dict | None:
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # absent, or not ours: score the seed again
+            return None
+        return saved["result"] if isinstance(saved, dict) and saved.get("key") == self.key else None
+
+    def write(self, result: dict) -> None:
+        write_json(self.path, {"key": self.key, "result": result})
 
 
 def _drawn(got, seed: int) -> samples.Drawn:
@@ -164,15 +214,16 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
         gen = load(model_dir(out, st))
         for k in ev["teacher_nfes"]:
             g = gen.with_sampling(solver="euler", steps=int(k))
-            r = score_samples(_generate(g), st.spec, ev, f"{st.name} euler-{k}", sdir / f"euler-{k}", _options(gen))
+            r = score_samples(_generate(g), st.spec, ev, f"{st.name} euler-{k}", sdir / f"euler-{k}", _options(gen),
+                              f"{st.hash} euler-{k}")
             rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params, "macs": sample_macs(g)})
         s = gen.sampling
         r = score_samples(_generate(gen), st.spec, ev, f"{st.name} {s.solver}-{s.steps} (reference)", sdir,
-                          _options(gen))
+                          _options(gen), f"{st.hash} reference")
         rows.append({**r, "reference": True, "nfe": gen.nfe, "params": gen.params, "macs": sample_macs(gen)})
     elif st.kind == "distill":
         gen = load(model_dir(out, st))
-        r = score_samples(_generate(gen), st.spec, ev, st.name, sdir, _options(gen))
+        r = score_samples(_generate(gen), st.spec, ev, st.name, sdir, _options(gen), st.hash)
         rows.append({**r, "nfe": gen.nfe, "params": gen.params, "macs": sample_macs(gen)})
         rows[0]["init_check"] = _init_check(out, st, by_name, ev, rows[0])
     elif st.kind == "screen":
@@ -271,7 +322,7 @@ def _evaluate_screen(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, 
 
     how = p["scorer"] if select == "argmax" else f"{p['scorer']} resample T={p.get('temperature', 1.0):g}"
     name = f"{st.name} ({st.deps['student']} x{n_c}, {how}, final {p['final']})"
-    r = score_samples(make, st.spec, ev, name, sdir, _options(student))
+    r = score_samples(make, st.spec, ev, name, sdir, _options(student), st.hash)
     final = teacher if p["final"] == "teacher" else student
     params = student.params + (teacher.params if teacher is not None and p["final"] == "teacher" else 0)
     scoring = f" + {n_c * scorer.nfe} scorer" if getattr(scorer, "nfe", 0) else ""
