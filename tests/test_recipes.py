@@ -386,3 +386,12 @@ def test_generic_image_recipe_runs_on_a_small_folder(tmp_path, image_folder, cap
     assert main(["run", "images/run-16", "--out", str(tmp_path / "o2")]) == 2  # no --data: before training
     err = capsys.readouterr().err
     assert "folder:PATH does not exist" in err and "--data SPEC" in err and not (tmp_path / "o2").exists()
+
+
+def test_workers_score_the_longest_evaluations_first():
+    from slimstep.run.recipe import Stage
+    from slimstep.run.schedule import evaluation_order
+
+    stages = [Stage("t", "teacher", {}), Stage("p", "pairs", {}), Stage("gan", "distill", {}),
+              Stage("t2", "teacher", {}), Stage("scr", "screen", {}), Stage("sf", "distill", {})]
+    assert [s.name for s in evaluation_order(stages)] == ["t", "t2", "scr", "gan", "sf"]

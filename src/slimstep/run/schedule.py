@@ -8,7 +8,8 @@ a worker dies with its parent; a failed stage skips every stage that reads it.
 
 **Evaluation as stages finish.** Given the protocol (``ev``), a worker left free by
 training evaluates each stage whose models are ready, into the stage's evaluation cache
-(:func:`~slimstep.run.evaluate.evaluate_stage`); the run's own pass then reads the cache.
+(:func:`~slimstep.run.evaluate.evaluate_stage`), the longest first (:func:`evaluation_order`);
+the run's own pass then reads the cache.
 Fashion-MNIST's evaluations take hours of one thread: done at the end, one at a time,
 they would leave the second core idle, and an interrupted run would have scored nothing.
 """
@@ -121,7 +122,7 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print, ev: dic
                                 initializer=_worker_init, initargs=(threads, os.getpid())) if jobs > 1 else None)
     running: dict = {}
     evaluating: dict = {}
-    unscored = [s for s in stages if s.kind != "pairs"] if pool is not None and ev is not None else []
+    unscored = evaluation_order(stages) if pool is not None and ev is not None else []
     # Longest chain first: a stage that others wait on (or a long one) starts before a leaf.
     work = _chain_work(stages)
     try:
@@ -197,6 +198,15 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print, ev: dic
         if st.kind == "screen" and any(status[d]["status"] in ("failed", "skipped") for d in st.deps.values()):
             status[st.name] = {"status": "skipped", "seconds": 0.0, "error": "an upstream stage failed"}
     return status
+
+
+def evaluation_order(stages: list[Stage]) -> list[Stage]:
+    """The stages a free worker scores, longest evaluation first: a teacher's (its NFE curve
+    and its reference, ~60 calls a sample on Fashion-MNIST), a screened row's (every
+    candidate), then one-step students, each kind in recipe order. Scored in recipe order,
+    the teachers' hours could start last, beside a worker with nothing left to do."""
+    order = {"teacher": 0, "screen": 1}
+    return sorted((s for s in stages if s.kind != "pairs"), key=lambda s: order.get(s.kind, len(order)))
 
 
 def _chain_work(stages: list[Stage]) -> dict[str, float]:
