@@ -267,18 +267,36 @@ def claims_table(c: dict) -> list[str]:
 
 def link_finished(main_out: Path, claims_out: Path) -> None:
     """The claims recipe's stages that fashion/all already trained (same config hash: the
-    teacher, its pairs, the seed-0 arms) are linked in, so they are reused, not retrained."""
-    from slimstep.run import load_recipe, model_dir
+    teacher, its pairs, the seed-0 arms) are linked in, so they are reused, not retrained;
+    and their scored seeds are copied, so they are not scored again (the teacher's Heun-16
+    reference at N = 10,000 is ~1.5 h of one thread for its three seeds)."""
+    from slimstep.run import load_recipe, model_dir, stage_dir
 
     _, main_stages = load_recipe("fashion/all")
     _, claim_stages = load_recipe("fashion/claims")
-    done = {(s.kind, s.hash): model_dir(main_out, s) for s in main_stages}
+    done = {(s.kind, s.hash): s for s in main_stages}
     for s in claim_stages:
-        src = done.get((s.kind, s.hash))
+        main = done.get((s.kind, s.hash))
+        if main is None or not model_dir(main_out, main).is_dir():
+            continue
         dst = model_dir(claims_out, s)
-        if src is not None and src.is_dir() and not dst.exists():
+        if not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.symlink_to(src.resolve(), target_is_directory=True)
+            dst.symlink_to(model_dir(main_out, main).resolve(), target_is_directory=True)
+        copy_scored_seeds(stage_dir(main_out, main), stage_dir(claims_out, s))
+
+
+def copy_scored_seeds(src: Path, dst: Path) -> None:
+    """A stage's kept per-seed scores (``[euler-K/]seeds/<seed>.json``, keyed by the model's
+    hash, N and seed, so they hold wherever the stage is) and kept samples, into another
+    run's folder for the same model; what is there already is kept."""
+    for seeds in src.glob("**/seeds"):
+        row = seeds.parent
+        files = [*seeds.glob("*.json"), *(row / f for f in ("samples.npz", "samples.png") if (row / f).is_file())]
+        for f in files:
+            to = dst / f.relative_to(src)
+            if not to.exists():
+                write_bytes(to, f.read_bytes())  # atomic: a killed copy leaves nothing half-written
 
 
 def protocol() -> list[str]:

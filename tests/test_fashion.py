@@ -136,6 +136,46 @@ def test_fashion_recipes_load_and_share_their_teacher_with_the_claims():
     assert len({claim_h[f"reflow-noflip-s{s}"] for s in range(3)}) == 3  # the seeds train apart
 
 
+def test_the_claims_run_reuses_the_main_runs_models_and_scored_seeds(tmp_path):
+    """benchmarks/fashion.py --claims: the stages fashion/all trained are linked into the
+    claims run, and their scored seeds copied, so neither is trained or scored again."""
+    import sys
+
+    from slimstep.run import load_recipe, model_dir, score_samples, stage_dir
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fashion as bench
+
+    main_out, claims_out = tmp_path / "main", tmp_path / "claims"
+    _, stages = load_recipe("fashion/all")
+    by = {s.name: s for s in stages}
+    model_dir(main_out, by["teacher"]).mkdir(parents=True)
+    model_dir(main_out, by["annealing-reflow-16"]).mkdir(parents=True)
+    drawn = []
+
+    def make(seed, n):
+        drawn.append(seed)
+        return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)), None, 0.1, {}
+
+    ev = {"n": 100, "seeds": [0, 1]}
+    t = by["teacher"]
+    ref = score_samples(make, "toy2d:moons", ev, "ref", stage_dir(main_out, t), model=f"{t.hash} reference")
+    score_samples(make, "toy2d:moons", ev, "e1", stage_dir(main_out, t) / "euler-1", model=f"{t.hash} euler-1")
+    assert len(drawn) == 4
+    bench.link_finished(main_out, claims_out)
+    _, claims = load_recipe("fashion/claims")
+    cby = {s.name: s for s in claims}
+    assert model_dir(claims_out, cby["teacher"]).resolve() == model_dir(main_out, t).resolve()
+    assert model_dir(claims_out, cby["anneal-flip-s0"]).is_symlink()
+    assert not model_dir(claims_out, cby["anneal-flip-s1"]).exists()  # not trained by fashion/all
+    again = score_samples(make, "toy2d:moons", ev, "ref", stage_dir(claims_out, cby["teacher"]),
+                          model=f"{t.hash} reference")
+    score_samples(make, "toy2d:moons", ev, "e1", stage_dir(claims_out, cby["teacher"]) / "euler-1",
+                  model=f"{t.hash} euler-1")
+    assert len(drawn) == 4 and again["per_seed"] == ref["per_seed"]  # nothing drawn, nothing scored
+    bench.link_finished(main_out, claims_out)  # a rerun changes nothing and does not fail
+
+
 def test_summary_rows_and_paired_claims():
     import sys
 
