@@ -44,6 +44,19 @@ def rows_by_spec(results: dict) -> dict[str, list[Row]]:
     return {spec: [r for r in rows if r.data == spec] for spec in dict.fromkeys(r.data for r in rows)}
 
 
+def _training_time(results: dict) -> str:
+    """The trained stages' training loops, summed over every invocation that resumed them:
+    the run's training compute in stage-hours (two stages side by side count twice)."""
+    secs = [st.get("train_seconds") for st in results["stages"].values()
+            if st.get("kind") in ("teacher", "distill") and st.get("status") in ("done", "reused")]
+    known = [s for s in secs if isinstance(s, (int, float)) and s > 0]
+    if not known:
+        return ""
+    total = sum(known)
+    took = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.1f} min"
+    return f"; the {len(known)} trained stages' training loops took {took} together, over every resume"
+
+
 def blocks_for(out: Path, results: dict) -> list[tuple]:
     """The report of ``results`` (the dict of ``results.json``) whose pictures go in ``out``."""
     ev = results["eval"]
@@ -54,7 +67,7 @@ def blocks_for(out: Path, results: dict) -> list[tuple]:
         ("h1", results["title"] + (" (interim)" if interim else "")),
         ("p", f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')} · {machine()} · "
               f"{results['seconds'] / 60:.1f} min {'so far' if interim else 'in all'} "
-              "(training reused from earlier runs is not counted)"),
+              f"(training reused from earlier runs is not counted){_training_time(results)}"),
         *([("p", _interim_line(results))] if interim else []),
         ("h2", "verdict"),
         *[("verdict", spec, verdict_lines(by_spec[spec])) for spec in specs],
