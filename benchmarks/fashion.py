@@ -213,6 +213,62 @@ CLAIMS = [
 ]
 
 
+#: The capacity controls of fashion/claims: the small students' networks trained as the
+#: teacher is (flow matching on the data, 10,000 steps), each beside the main run's one-step
+#: students of that size. Its multi-step FD is what that size reaches with the teacher's
+#: own recipe and 32 calls: a one-step student far from the teacher but near this is
+#: limited by its size, not by its method.
+CONTROLS = [
+    ("capacity-4", "1/4 (nf 8)", ("annealing-reflow", "slimflow", "distill")),
+    ("capacity-16", "1/16 (nf 4)", ("annealing-reflow-16", "slimflow-16", "distill-16")),
+]
+
+
+def capacity(main: dict, controls: dict) -> list[dict]:
+    """Per control (:data:`CONTROLS`): its reference and one-step FD (from the claims run),
+    the UNet teacher's reference and the best one-step student of that size (from the main run)."""
+    teacher = next((r for r in main["rows"] if r["stage"] == "teacher" and r.get("reference")), None)
+    out = []
+    for stage, size, students in CONTROLS:
+        own = [r for r in controls["rows"] if r["stage"] == stage]
+        ref = next((r for r in own if r.get("reference")), None)
+        one = next((r for r in own if r.get("curve") and r.get("nfe") == 1), None)
+        rows = [r for r in main["rows"] if r["stage"] in students and not r.get("curve")]
+        best = min(rows, key=lambda r: r["metrics"]["fd"], default=None)
+        if ref is None:
+            out.append({"control": stage, "size": size, "missing": True})
+            continue
+        fd = ref["metrics"]["fd"]
+        out.append({"control": stage, "size": size, "params": ref.get("params"), "nfe": ref.get("nfe"),
+                    "fd": fd, "fd_sd": ref["metrics_sd"]["fd"],
+                    "fd_1step": one["metrics"]["fd"] if one is not None else None,
+                    "teacher_fd": teacher["metrics"]["fd"] if teacher is not None else None,
+                    "student": best["stage"] if best is not None else None,
+                    "student_fd": best["metrics"]["fd"] if best is not None else None})
+    return out
+
+
+def capacity_table(rows: list[dict]) -> list[str]:
+    md = ["| network | params | its own flow model: FD at the reference sampler (NFE) | at 1 step | "
+          "÷ teacher's reference | best one-step student of this size | its FD | ÷ this control |",
+          "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("missing"):
+            md.append(f"| {r['size']} | | not run | | | | | |")
+            continue
+
+        def num(v):
+            return "" if v is None else f"{v:.3g}"
+
+        def ratio(a, b):
+            return f"{a / b:.3g}x" if a is not None and b else ""
+
+        md.append(f"| {r['size']} | {r['params']:,} | {r['fd']:.3g} ± {r['fd_sd']:.2g} ({r['nfe']}) | "
+                  f"{num(r['fd_1step'])} | {ratio(r['fd'], r['teacher_fd'])} | {r['student'] or 'not run'} | "
+                  f"{num(r['student_fd'])} | {ratio(r['student_fd'], r['fd'])} |")
+    return md
+
+
 def paired(a: list[float], b: list[float]) -> dict:
     d = [x - y for x, y in zip(a, b, strict=True)]
     mean = sum(d) / len(d)
@@ -383,10 +439,17 @@ def main() -> None:
         screening = screening_claim(results)
         if screening is not None:
             c["claims"].append(screening)
+        c["capacity"] = capacity(results, cres)
         write_bytes(DEST / "claims.json", (json.dumps(c, indent=1) + "\n").encode())
-        claims_md = ["# Fashion-MNIST: the papers' claims", "", *claims_table(c), ""]
+        cap = ["The small students' networks trained as the teacher is (flow matching on the data, "
+               "one training seed; `capacity-*` in fashion/claims): what each size reaches with the "
+               "teacher's recipe and sampler, beside the best one-step student of that size.", "",
+               *capacity_table(c["capacity"])]
+        claims_md = ["# Fashion-MNIST: the papers' claims", "", *claims_table(c), "", "## Capacity controls", "",
+                     *cap, ""]
         write_bytes(DEST / "claims.md", "\n".join(claims_md).encode())
-        md += ["## Claims (three training seeds per arm, paired)", "", *claims_table(c), ""]
+        md += ["## Claims (three training seeds per arm, paired)", "", *claims_table(c), "",
+               "### Capacity controls", "", *cap, ""]
     md += ["## Commands (wall seconds)", "", "```", *[f"{cmd}    # {r.times[cmd]:.0f} s" for cmd in r.commands()],
            "```", ""]
     write_bytes(DEST / "fashion.md", "\n".join(md).encode())

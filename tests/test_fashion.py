@@ -220,6 +220,37 @@ def test_summary_rows_and_paired_claims():
     assert c["anneal-flip"]["missing"]
 
 
+def test_capacity_controls_stand_beside_the_students_of_their_size():
+    """fashion/claims' capacity controls: the small networks trained as the teacher is, each
+    beside the best one-step student of its size in the main run and the teacher's reference."""
+    import sys
+
+    from slimstep.run import load_recipe
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from fashion import capacity, capacity_table
+
+    _, claims = load_recipe("fashion/claims")
+    by = {s.name: s for s in claims}
+    assert by["capacity-16"].cfg.to_dict()["net"]["nf"] == 4 and by["capacity-4"].cfg.to_dict()["net"]["nf"] == 8
+    assert by["capacity-16"].kind == "teacher" and by["capacity-16"].cfg.train.steps == by["teacher"].cfg.train.steps
+
+    def row(stage, fd, **kw):
+        return {"stage": stage, "metrics": {"fd": fd}, "metrics_sd": {"fd": 0.1}, "params": 20_849, "nfe": 1, **kw}
+
+    main = {"rows": [row("teacher", 4.0, reference=True, nfe=32), row("teacher", 40.0, curve=True),
+                     row("annealing-reflow-16", 14.0), row("slimflow-16", 12.0), row("distill-16", 13.0)]}
+    controls = {"rows": [row("capacity-16", 40.0, curve=True), row("capacity-16", 10.0, reference=True, nfe=32)]}
+    c = {r["control"]: r for r in capacity(main, controls)}
+    assert c["capacity-4"]["missing"]
+    assert c["capacity-16"] == {"control": "capacity-16", "size": "1/16 (nf 4)", "params": 20_849, "nfe": 32,
+                                "fd": 10.0, "fd_sd": 0.1, "fd_1step": 40.0, "teacher_fd": 4.0,
+                                "student": "slimflow-16", "student_fd": 12.0}
+    table = "\n".join(capacity_table(list(c.values())))
+    assert "| 1/16 (nf 4) | 20,849 | 10 ± 0.1 (32) | 40 | 2.5x | slimflow-16 | 12 | 1.2x |" in table
+    assert "| 1/4 (nf 8) | | not run |" in table
+
+
 def test_inception_scores_each_row_against_the_floor_at_the_same_n(tmp_path, monkeypatch):
     """benchmarks/fashion.py --inception: a row whose kept samples are the test images scores
     exactly the floor; near-constant images score far above it; features are cached (a killed run resumes)."""
