@@ -232,22 +232,27 @@ def test_capacity_controls_stand_beside_the_students_of_their_size():
 
     _, claims = load_recipe("fashion/claims")
     by = {s.name: s for s in claims}
-    assert by["capacity-16"].cfg.to_dict()["net"]["nf"] == 4 and by["capacity-4"].cfg.to_dict()["net"]["nf"] == 8
-    assert by["capacity-16"].kind == "teacher" and by["capacity-16"].cfg.train.steps == by["teacher"].cfg.train.steps
+    _, main_stages = load_recipe("fashion/all")
+    main_by = {s.name: s for s in main_stages}
+    for control, student in (("capacity-4", "annealing-reflow"), ("capacity-16", "annealing-reflow-16")):
+        net = by[control].cfg.to_dict()["net"]
+        assert net.pop("dropout") == 0.0 and net == main_by[student].cfg.to_dict()["net"]  # the student's network
+        assert by[control].kind == "teacher"
+        assert by[control].cfg.to_dict()["train"] == by["teacher"].cfg.to_dict()["train"]  # the teacher's recipe
 
     def row(stage, fd, **kw):
-        return {"stage": stage, "metrics": {"fd": fd}, "metrics_sd": {"fd": 0.1}, "params": 20_849, "nfe": 1, **kw}
+        return {"stage": stage, "metrics": {"fd": fd}, "metrics_sd": {"fd": 0.1}, "params": 20_241, "nfe": 1, **kw}
 
     main = {"rows": [row("teacher", 4.0, reference=True, nfe=32), row("teacher", 40.0, curve=True),
                      row("annealing-reflow-16", 14.0), row("slimflow-16", 12.0), row("distill-16", 13.0)]}
     controls = {"rows": [row("capacity-16", 40.0, curve=True), row("capacity-16", 10.0, reference=True, nfe=32)]}
     c = {r["control"]: r for r in capacity(main, controls)}
     assert c["capacity-4"]["missing"]
-    assert c["capacity-16"] == {"control": "capacity-16", "size": "1/16 (nf 4)", "params": 20_849, "nfe": 32,
+    assert c["capacity-16"] == {"control": "capacity-16", "size": "1/16 (nf 4)", "params": 20_241, "nfe": 32,
                                 "fd": 10.0, "fd_sd": 0.1, "fd_1step": 40.0, "teacher_fd": 4.0,
                                 "student": "slimflow-16", "student_fd": 12.0}
     table = "\n".join(capacity_table(list(c.values())))
-    assert "| 1/16 (nf 4) | 20,849 | 10 ± 0.1 (32) | 40 | 2.5x | slimflow-16 | 12 | 1.2x |" in table
+    assert "| 1/16 (nf 4) | 20,241 | 10 ± 0.1 (32) | 40 | 2.5x | slimflow-16 | 12 | 1.2x |" in table
     assert "| 1/4 (nf 8) | | not run |" in table
 
 
