@@ -159,12 +159,17 @@ def test_the_claims_run_reuses_the_main_runs_models_and_scored_seeds(tmp_path):
 
     ev = {"n": 100, "seeds": [0, 1]}
     t = by["teacher"]
-    ref = score_samples(make, "toy2d:moons", ev, "ref", stage_dir(main_out, t), model=f"{t.hash} reference")
-    score_samples(make, "toy2d:moons", ev, "e1", stage_dir(main_out, t) / "euler-1", model=f"{t.hash} euler-1")
-    assert len(drawn) == 4
-    bench.link_finished(main_out, claims_out)
     _, claims = load_recipe("fashion/claims")
     cby = {s.name: s for s in claims}
+    # The claims folder holds scores and samples of an older teacher; the main folder, of the
+    # current one, and of another model (an old hash) in its euler-2 row.
+    score_samples(make, "toy2d:moons", ev, "old", stage_dir(claims_out, cby["teacher"]), model="old reference")
+    score_samples(make, "toy2d:moons", ev, "e2", stage_dir(main_out, t) / "euler-2", model="old euler-2")
+    ref = score_samples(make, "toy2d:moons", ev, "ref", stage_dir(main_out, t), model=f"{t.hash} reference")
+    score_samples(make, "toy2d:moons", ev, "e1", stage_dir(main_out, t) / "euler-1", model=f"{t.hash} euler-1")
+    del drawn[:]
+    bench.link_finished(main_out, claims_out)
+    assert not (stage_dir(claims_out, cby["teacher"]) / "euler-2").exists()  # another model's: not copied
     assert model_dir(claims_out, cby["teacher"]).resolve() == model_dir(main_out, t).resolve()
     assert model_dir(claims_out, cby["anneal-flip-s0"]).is_symlink()
     assert not model_dir(claims_out, cby["anneal-flip-s1"]).exists()  # not trained by fashion/all
@@ -172,7 +177,7 @@ def test_the_claims_run_reuses_the_main_runs_models_and_scored_seeds(tmp_path):
                           model=f"{t.hash} reference")
     score_samples(make, "toy2d:moons", ev, "e1", stage_dir(claims_out, cby["teacher"]) / "euler-1",
                   model=f"{t.hash} euler-1")
-    assert len(drawn) == 4 and again["per_seed"] == ref["per_seed"]  # nothing drawn, nothing scored
+    assert drawn == [] and again["per_seed"] == ref["per_seed"]  # nothing drawn, nothing scored
     bench.link_finished(main_out, claims_out)  # a rerun changes nothing and does not fail
 
 

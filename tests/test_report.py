@@ -263,3 +263,25 @@ def test_scored_seeds_are_kept_so_an_added_seed_scores_only_itself(tmp_path):
     (tmp_path / "seeds" / "2.json").write_text("{torn")  # not ours: scored again, replaced
     score_samples(make, "toy2d:moons", {"n": 200, "seeds": [0, 2]}, "m", tmp_path, model="hash-a")
     assert drawn[7:] == [0, 2] and json.loads((tmp_path / "seeds" / "2.json").read_text())["result"]
+    # Another model of the stage (a retrained stage, a killed evaluation) drew seed 0 at this N
+    # into the shared folder: hash-a's seed-0 score is reused, its samples drawn again to keep.
+    score_samples(make, "toy2d:moons", {"n": 200, "seeds": [0]}, "m", tmp_path, model="hash-c")
+    score_samples(make, "toy2d:moons", {"n": 200, "seeds": [0]}, "m", tmp_path, model="hash-a")
+    assert drawn[9:] == [0, 0]
+
+
+def test_a_seed_that_cannot_be_scored_is_kept_as_failed_and_not_drawn_again(tmp_path):
+    drawn = []
+
+    def make(seed, n):
+        drawn.append(seed)
+        x = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed))
+        if seed == 1:
+            x[0, 0] = float("nan")
+        return x, None, 0.5, {}
+
+    ev = {"n": 200, "seeds": [0, 1]}
+    a = score_samples(make, "toy2d:moons", ev, "m", tmp_path, model="hash-a")
+    b = score_samples(make, "toy2d:moons", ev, "m", tmp_path, model="hash-a")
+    assert drawn == [0, 1] and a["failed_seeds"] == b["failed_seeds"] and b["failed_seeds"][0]["seed"] == 1
+    assert b["per_seed"] == a["per_seed"] and b["sample_seconds"] == 1.0

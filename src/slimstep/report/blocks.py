@@ -45,16 +45,17 @@ def rows_by_spec(results: dict) -> dict[str, list[Row]]:
 
 
 def _training_time(results: dict) -> str:
-    """The trained stages' training loops, summed over every invocation that resumed them:
-    the run's training compute in stage-hours (two stages side by side count twice)."""
-    secs = [st.get("train_seconds") for st in results["stages"].values()
-            if st.get("kind") in ("teacher", "distill") and st.get("status") in ("done", "reused")]
+    """The trained stages' training loops, summed over every invocation that resumed them
+    (reused stages and stages whose evaluation failed included): the recipe's training
+    compute in stage-hours (two stages side by side count twice)."""
+    secs = [st.get("train_seconds") for st in results["stages"].values() if st.get("kind") in ("teacher", "distill")]
     known = [s for s in secs if isinstance(s, (int, float)) and s > 0]
     if not known:
         return ""
     total = sum(known)
     took = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.1f} min"
-    return f"; the {len(known)} trained stages' training loops took {took} together, over every resume"
+    return (f". The {len(known)} trained stages' training loops took {took} together, over every "
+            "resume and in earlier invocations too")
 
 
 def blocks_for(out: Path, results: dict) -> list[tuple]:
@@ -66,7 +67,7 @@ def blocks_for(out: Path, results: dict) -> list[tuple]:
     b: list[tuple] = [
         ("h1", results["title"] + (" (interim)" if interim else "")),
         ("p", f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')} · {machine()} · "
-              f"{results['seconds'] / 60:.1f} min {'so far' if interim else 'in all'} "
+              f"{results['seconds'] / 60:.1f} min {'so far' if interim else 'in all'} in this invocation "
               f"(training reused from earlier runs is not counted){_training_time(results)}"),
         *([("p", _interim_line(results))] if interim else []),
         ("h2", "verdict"),

@@ -52,10 +52,12 @@ def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None,
     image loader options (:func:`slimstep.data.loader_options`).
 
     ``model`` (with ``keep``): what was sampled (the stage's hash and the row), so that each
-    scored seed is kept in ``keep/seeds/<seed>.json`` and reused: a killed evaluation
-    resumes at the seed it was on, and adding protocol seeds scores only the new ones
-    (a Fashion-MNIST teacher's Euler curve and Heun-16 reference at N = 10,000 are 63 calls a
-    sample, ~1 h of one thread a seed: 6.7 ms a sample-call measured beside two training jobs)."""
+    scored seed (or its evaluation error) is kept in ``keep/seeds/<seed>.json`` and reused: a
+    killed evaluation resumes at the seed it was on, and adding protocol seeds scores only
+    the new ones (a Fashion-MNIST teacher's Euler curve and Heun-16 reference at N = 10,000
+    are 63 calls a sample, ~1 h of one thread a seed at the 5-7 ms a sample-call measured
+    beside two training jobs). The kept samples carry the first seed's key (``scored_as``):
+    samples another model left in the stage's folder are drawn again, not reused."""
     n = int(ev["n"] if ev["n"] is not None else default_n(spec))
     data_options = data_options or {}
     results, failed, secs = [], [], 0.0
@@ -63,29 +65,24 @@ def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None,
         seed = int(seed)
         memo = _SeedMemo(keep / "seeds" / f"{seed}.json", model, spec, n, seed) if keep and model else None
         got = memo.read() if memo is not None else None
-        first_missing = i == 0 and keep is not None and not _kept(keep / "samples.npz", seed, n)
-        if got is not None and not first_missing:
+        keeps = i == 0 and keep is not None  # the first seed's samples are kept, and must be this model's
+        if got is None or (keeps and not _kept(keep / "samples.npz", seed, n, memo.key if memo else None)):
+            drawn = _drawn(make(seed, n), seed)
+            if keeps:  # kept before scoring: a broken model's samples are evidence too
+                arrays = samples.npz_fields(drawn, spec, data_options, temperature=False)
+                if memo is not None:
+                    arrays["scored_as"] = memo.key
+                samples.save(keep / "samples.npz", arrays, keep / "samples.png",
+                             picture=as_images(drawn.x[:100], spec), title=name)
+            if got is None:
+                got = _score_seed(drawn, spec, seed, data_options)
+                if memo is not None:
+                    memo.write(got)
+        secs += got["seconds"]
+        if "error" in got:  # stored too: the same samples fail the same way
+            failed.append({"seed": seed, "error": got["error"]})
+        else:
             results.append(got)
-            secs += got["seconds"]
-            continue
-        drawn = _drawn(make(seed, n), seed)
-        x, y = drawn.x, drawn.labels
-        secs += drawn.seconds
-        if i == 0 and keep is not None:  # kept before scoring: a broken model's samples are evidence too
-            samples.save(keep / "samples.npz", samples.npz_fields(drawn, spec, data_options, temperature=False),
-                         keep / "samples.png", picture=as_images(x[:100], spec), title=name)
-        if got is not None:  # only the kept samples were missing
-            results.append(got)
-            continue
-        try:
-            r = evaluate(x, spec, labels=y, seed=seed, data_options=data_options)
-        except EvalError as e:
-            failed.append({"seed": seed, "error": str(e)})
-            continue
-        got = {"metrics": r["metrics"], "floor": r["floor"], "notes": r["notes"], "seconds": drawn.seconds}
-        if memo is not None:
-            memo.write(got)
-        results.append(got)
     if not results:
         raise EvalError(f"no seed could be scored ({failed[0]['error']})")
     mean, sd = _mean_metrics(results)
@@ -104,13 +101,26 @@ def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None,
                       if keep is not None else {})}
 
 
-def _kept(path: Path, seed: int, n: int) -> bool:
-    """Does the kept samples file hold the ``n`` samples drawn from ``seed``?"""
+def _score_seed(drawn: samples.Drawn, spec: str, seed: int, data_options: dict) -> dict:
+    """One seed's scores (what :class:`_SeedMemo` keeps), or its evaluation error."""
     try:
-        seeds = read_samples(path)["seeds"]
-    except (FileFormatError, KeyError, OSError, ValueError):
+        r = evaluate(drawn.x, spec, labels=drawn.labels, seed=seed, data_options=data_options)
+    except EvalError as e:
+        return {"error": str(e), "seconds": drawn.seconds}
+    return {"metrics": r["metrics"], "floor": r["floor"], "notes": r["notes"], "seconds": drawn.seconds}
+
+
+def _kept(path: Path, seed: int, n: int, key: str | None) -> bool:
+    """Does the kept samples file hold the ``n`` samples drawn from ``seed`` by this model
+    (``key``: the seed's memo key, written into the file with them)? The stage's folder is
+    shared by every model the stage has had."""
+    try:
+        d = read_samples(path)
+    except (FileFormatError, OSError, ValueError):
         return False
-    return len(seeds) == n and int(seeds[0]) == seed
+    seeds = d.get("seeds")
+    return (seeds is not None and len(seeds) == n and int(seeds[0]) == seed
+            and (key is None or str(d.get("scored_as", "")) == key))
 
 
 class _SeedMemo:
@@ -119,7 +129,7 @@ class _SeedMemo:
     does not match (a retrained stage, another N) is scored again and replaced."""
 
     def __init__(self, path: Path, model: str, spec: str, n: int, seed: int):
-        self.path = path
+        self.path, self.model = path, model
         self.key = digest({"model": model, "data": spec, "n": n, "seed": seed, "version": PROTOCOL_VERSION})
 
     def read(self) -> dict | None:
@@ -130,7 +140,7 @@ class _SeedMemo:
         return saved["result"] if isinstance(saved, dict) and saved.get("key") == self.key else None
 
     def write(self, result: dict) -> None:
-        write_json(self.path, {"key": self.key, "result": result})
+        write_json(self.path, {"key": self.key, "model": self.model, "result": result})
 
 
 def _drawn(got, seed: int) -> samples.Drawn:
