@@ -225,6 +225,30 @@ def test_summary_rows_and_paired_claims():
     assert c["anneal-flip"]["missing"]
 
 
+def test_a_failed_stage_still_gives_the_tables_a_bad_command_stops(tmp_path):
+    """benchmarks/fashion.py: `slimstep run` exiting 1 (a stage failed; results.json says
+    which) lets the tables be written; exit 2 (bad input) or no results stop the script."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from fashion import run_recipe
+
+    class Failing:
+        def __init__(self, code):
+            self.code = code
+
+        def run(self, args):
+            raise subprocess.CalledProcessError(self.code, args)
+
+    with pytest.raises(subprocess.CalledProcessError):
+        run_recipe(Failing(1), ["run", "fashion/all"], tmp_path)  # no results.json: nothing to table
+    (tmp_path / "results.json").write_text("{}")
+    run_recipe(Failing(1), ["run", "fashion/all"], tmp_path)
+    with pytest.raises(subprocess.CalledProcessError):
+        run_recipe(Failing(2), ["run", "fashion/all"], tmp_path)
+
+
 def test_capacity_controls_stand_beside_the_students_of_their_size():
     """fashion/claims' capacity controls: the small networks trained as the teacher is, each
     beside the best one-step student of its size in the main run and the teacher's reference."""
