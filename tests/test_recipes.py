@@ -185,7 +185,7 @@ def test_parallel_jobs_give_the_same_models(tmp_path, monkeypatch):
     assert all(row["samples_per_s"] for row in b["rows"] if not row.get("curve"))
     # The report's header sums the training loops' time (two side by side count twice).
     secs = sum(b["stages"][s]["train_seconds"] for s in ("t", "gan"))
-    header = f"The 2 trained stages' training loops took {secs / 60:.1f} min together"
+    header = f"The 2 trained stages' training loops took together {secs / 60:.1f} min"
     assert header in (tmp_path / "b" / "report.md").read_text()
     done_gan = next(i for i, line in enumerate(said) if line.startswith("[done] gan"))
     assert said.index("[eval] t (in a worker)") < done_gan

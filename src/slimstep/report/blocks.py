@@ -54,8 +54,9 @@ def _training_time(results: dict) -> str:
         return ""
     total = sum(known)
     took = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.1f} min"
-    return (f". The {len(known)} trained stages' training loops took {took} together, over every "
-            "resume and in earlier invocations too")
+    which = ("The trained stage's training loop took" if len(known) == 1
+             else f"The {len(known)} trained stages' training loops took together")
+    return f". {which} {took}, over every resume and in earlier invocations too"
 
 
 def blocks_for(out: Path, results: dict) -> list[tuple]:
