@@ -103,8 +103,10 @@ def discrimination(summ: dict, results: dict) -> list[str]:
                 and r["nfe"] == 1), None)
     floor_sd = results["rows"][0]["floor"].get("fd_sd")
     se = teacher["fd_sd"] / math.sqrt(k)
+    need = math.ceil((teacher["fd_sd"] / (0.02 * teacher["fd_mean"])) ** 2) if teacher["fd_mean"] else k
+    more = f"; at this spread {need} seeds would meet it" if need > k else ""
     lines = [f"- standard error of the teacher's reference FD over {k} seeds: {se:.3g} = "
-             f"{100 * se / teacher['fd_mean']:.2f} % of {teacher['fd_mean']:.4g} (target <= 2 %)",
+             f"{100 * se / teacher['fd_mean']:.2f} % of {teacher['fd_mean']:.4g} (target <= 2 %{more})",
              f"- teacher's reference FD {teacher['fd_mean']:.4g} vs floor {summ['floor_fd']:.4g}: "
              f"{(teacher['fd_mean'] - summ['floor_fd']) / max(teacher['fd_sd'], 1e-12):.1f} spreads above "
              "(target > 3)" + (f"; the floor's own spread {floor_sd:.3g}" if floor_sd is not None else "")]

@@ -185,7 +185,7 @@ def test_summary_rows_and_paired_claims():
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from fashion import claims, fashion_table, paired, summary
+    from fashion import claims, discrimination, fashion_table, paired, summary
 
     def row(stage, kind, method, fd, sd=0.1, **kw):
         return {"name": kw.pop("name", stage), "stage": stage, "kind": kind, "method": method, "n": 10000,
@@ -215,6 +215,11 @@ def test_summary_rows_and_paired_claims():
     rows[3]["macs"] = 2_500_000  # the table (fashion.md) shows each row's MACs beside its NFE
     table = fashion_table({"rows": rows, "stages": stages}, s)
     assert "MACs / sample" in table[0] and "| g | gdd | t | 1 | 2.5M | 100 |" in "\n".join(table)
+    checks = discrimination(s, {"rows": rows})
+    assert "0.0577 = 1.44 % of 4 (target <= 2 %)" in checks[0]  # 0.1 / sqrt(3)
+    assert "teacher at 1 step: FD 40 = 10.0x its reference" in checks[2]
+    wide = {**s, "rows": [{**r, "fd_sd": 0.2} if r["reference"] else r for r in s["rows"]]}
+    assert "at this spread 7 seeds would meet it" in discrimination(wide, {"rows": rows})[0]  # (0.2 / 0.08)^2 = 6.25
     p = paired([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
     assert p["diffs"] == [-1.0, -2.0, -3.0] and p["mean"] == -2.0 and p["se"] == pytest.approx(1 / 3 ** 0.5)
     assert p["verdict"] == "A better"
