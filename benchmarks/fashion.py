@@ -332,6 +332,7 @@ def link_finished(main_out: Path, claims_out: Path) -> None:
     and their scored seeds are copied, so they are not scored again (the teacher's Heun-16
     reference at N = 10,000 is ~1.5 h of one thread for its three seeds)."""
     from slimstep.run import load_recipe, model_dir, stage_dir
+    from slimstep.run.evaluate import copy_scored_seeds
 
     _, main_stages = load_recipe("fashion/all")
     _, claim_stages = load_recipe("fashion/claims")
@@ -345,49 +346,6 @@ def link_finished(main_out: Path, claims_out: Path) -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.symlink_to(model_dir(main_out, main).resolve(), target_is_directory=True)
         copy_scored_seeds(stage_dir(main_out, main), stage_dir(claims_out, s), s.hash)
-
-
-def copy_scored_seeds(src: Path, dst: Path, model: str) -> None:
-    """A stage's kept per-seed scores (``[euler-K/]seeds/<seed>.json``) and kept samples
-    into another run's folder for the same model (``model``: its stage hash): only those
-    scored from that model, replacing what the other folder holds from any other."""
-    for seeds in src.glob("**/seeds"):
-        row = seeds.parent
-        keys = set()
-        for f in seeds.glob("*.json"):
-            try:
-                memo = json.loads(f.read_text())
-            except (OSError, ValueError):
-                continue
-            if str(memo.get("model", "")).split(" ")[0] != model:
-                continue  # scored from another model the stage once had
-            keys.add(memo["key"])
-            to = dst / f.relative_to(src)
-            if _memo_key(to) != memo["key"]:
-                write_bytes(to, f.read_bytes())  # atomic: a killed copy leaves nothing half-written
-        kept = _scored_as(row / "samples.npz")
-        if kept in keys and _scored_as(dst / row.relative_to(src) / "samples.npz") != kept:
-            for name in ("samples.npz", "samples.png"):
-                if (row / name).is_file():
-                    write_bytes(dst / row.relative_to(src) / name, (row / name).read_bytes())
-
-
-def _memo_key(path: Path) -> str | None:
-    try:
-        return json.loads(path.read_text()).get("key")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _scored_as(path: Path) -> str | None:
-    """The memo key a kept samples file was drawn under (slimstep.run.evaluate)."""
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return str(z["scored_as"]) if "scored_as" in z.files else None
-    except (OSError, ValueError):
-        return None
 
 
 def protocol() -> list[str]:

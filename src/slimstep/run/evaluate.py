@@ -21,7 +21,7 @@ from slimstep.data import loader_options
 from slimstep.data.vae import as_images
 from slimstep.eval import EvalError, evaluate
 from slimstep.eval.speed import bench_generator, sample_macs
-from slimstep.files import FileFormatError, read_samples, write_json
+from slimstep.files import FileFormatError, read_samples, write_bytes, write_json
 from slimstep.flags import compare_to_init, initialisation
 from slimstep.generator import load
 from slimstep.realism import realism_for_stage
@@ -66,7 +66,7 @@ def score_samples(make, spec: str, ev: dict, name: str, keep: Path | None,
         memo = _SeedMemo(keep / "seeds" / f"{seed}.json", model, spec, n, seed) if keep and model else None
         got = memo.read() if memo is not None else None
         keeps = i == 0 and keep is not None  # the first seed's samples are kept, and must be this model's
-        if got is None or (keeps and not _kept(keep / "samples.npz", seed, n, memo.key if memo else None)):
+        if got is None or (keeps and _scored_as(keep / "samples.npz") != memo.key):
             drawn = _drawn(make(seed, n), seed)
             if keeps:  # kept before scoring: a broken model's samples are evidence too
                 arrays = samples.npz_fields(drawn, spec, data_options, temperature=False)
@@ -110,17 +110,23 @@ def _score_seed(drawn: samples.Drawn, spec: str, seed: int, data_options: dict) 
     return {"metrics": r["metrics"], "floor": r["floor"], "notes": r["notes"], "seconds": drawn.seconds}
 
 
-def _kept(path: Path, seed: int, n: int, key: str | None) -> bool:
-    """Does the kept samples file hold the ``n`` samples drawn from ``seed`` by this model
-    (``key``: the seed's memo key, written into the file with them)? The stage's folder is
-    shared by every model the stage has had."""
+def _scored_as(samples_file: Path) -> str | None:
+    """The memo key a kept samples file was drawn under (``scored_as``); the stage's folder
+    is shared by every model the stage has had, so kept samples are reused only under it."""
     try:
-        d = read_samples(path)
+        key = read_samples(samples_file).get("scored_as")
     except (FileFormatError, OSError, ValueError):
-        return False
-    seeds = d.get("seeds")
-    return (seeds is not None and len(seeds) == n and int(seeds[0]) == seed
-            and (key is None or str(d.get("scored_as", "")) == key))
+        return None
+    return None if key is None else str(key)
+
+
+def _memo(path: Path) -> dict:
+    """A kept seed's file (``{"key", "model", "result"}``); {} when absent, torn or not ours."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) and "key" in saved else {}
 
 
 class _SeedMemo:
@@ -133,14 +139,33 @@ class _SeedMemo:
         self.key = digest({"model": model, "data": spec, "n": n, "seed": seed, "version": PROTOCOL_VERSION})
 
     def read(self) -> dict | None:
-        try:
-            saved = json.loads(self.path.read_text())
-        except (OSError, ValueError):  # absent, or not ours: score the seed again
-            return None
-        return saved["result"] if isinstance(saved, dict) and saved.get("key") == self.key else None
+        saved = _memo(self.path)
+        return saved["result"] if saved.get("key") == self.key else None  # else: score the seed again
 
     def write(self, result: dict) -> None:
         write_json(self.path, {"key": self.key, "model": self.model, "result": result})
+
+
+def copy_scored_seeds(src: Path, dst: Path, model: str) -> None:
+    """A stage folder's kept per-seed scores (``[euler-K/]seeds/<seed>.json``) and kept
+    samples into another run's folder for the same model (``model``: its stage hash): only
+    those scored from that model, replacing what ``dst`` holds from any other. Another run
+    of the same stage (a claims recipe reusing a main run's teacher) then scores nothing again."""
+    for seeds in src.glob("**/seeds"):
+        row, to_row = seeds.parent, dst / seeds.parent.relative_to(src)
+        keys = set()
+        for f in seeds.glob("*.json"):
+            saved = _memo(f)
+            if str(saved.get("model", "")).split(" ")[0] != model:
+                continue  # scored from another model the stage once had
+            keys.add(saved["key"])
+            if _memo(to_row / "seeds" / f.name).get("key") != saved["key"]:
+                write_bytes(to_row / "seeds" / f.name, f.read_bytes())
+        kept = _scored_as(row / "samples.npz")
+        if kept in keys and _scored_as(to_row / "samples.npz") != kept:
+            for name in ("samples.npz", "samples.png"):
+                if (row / name).is_file():
+                    write_bytes(to_row / name, (row / name).read_bytes())
 
 
 def _drawn(got, seed: int) -> samples.Drawn:
