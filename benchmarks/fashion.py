@@ -385,6 +385,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/fashion")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--claims", action="store_true", help="also the claims recipe (fashion/claims)")
+    ap.add_argument("--compile", action="store_true",
+                    help="slimstep run --compile: the teachers' evaluation samples through torch.compile")
     ap.add_argument("--no-run", action="store_true", help="tables from results.json as it stands")
     ap.add_argument("--protocol", action="store_true", help="only the protocol's own numbers -> protocol.md")
     ap.add_argument("--inception", type=int, default=0, metavar="N",
@@ -404,8 +406,9 @@ def main() -> None:
         return
     r = Runner(out)
     argv = shlex.join(sys.argv[1:])
+    opts = ["--jobs", str(a.jobs), *(["--compile"] if a.compile else [])]
     if not a.no_run:
-        run_recipe(r, ["run", "fashion/all", "--out", str(out), "--jobs", str(a.jobs)], out)
+        run_recipe(r, ["run", "fashion/all", "--out", str(out), *opts], out)
     results = json.loads((out / "results.json").read_text())
     summ = summary(results)
     write_bytes(DEST / "summary.json", (json.dumps(summ, indent=1) + "\n").encode())
@@ -423,7 +426,7 @@ def main() -> None:
         cdir = out / "claims"
         if not a.no_run:
             link_finished(out, cdir)
-            run_recipe(r, ["run", "fashion/claims", "--out", str(cdir), "--jobs", str(a.jobs)], cdir)
+            run_recipe(r, ["run", "fashion/claims", "--out", str(cdir), *opts], cdir)
         cres = json.loads((cdir / "results.json").read_text())
         c = claims(cres)
         screening = screening_claim(results)

@@ -399,3 +399,43 @@ def test_workers_score_the_longest_evaluations_first():
     stages = [Stage("t", "teacher", {}), Stage("p", "pairs", {}), Stage("gan", "distill", {}),
               Stage("t2", "teacher", {}), Stage("scr", "screen", {}), Stage("sf", "distill", {})]
     assert [s.name for s in evaluation_order(stages)] == ["t", "t2", "scr", "gan", "sf"]
+
+
+def test_compile_draws_the_teachers_samples_compiled_and_scores_them_alike(tmp_path, monkeypatch):
+    """--compile: a teacher's curve and reference samples come through the compiled network
+    (here an identity stand-in for torch.compile: the real one costs minutes); the rows, MACs
+    and speed are the plain run's, and the protocol key is unchanged (results are reused)."""
+    import torch
+
+    compiled: list = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.inner, self.calls = net, 0
+            compiled.append(self)
+
+        def forward(self, *a, **kw):
+            self.calls += 1
+            return self.inner(*a, **kw)
+
+    stages = {k: v for k, v in moons_stages().items() if k == "t"}
+    plain = run(recipe(tmp_path, stages), tmp_path / "plain", jobs=1, log=lambda *_: None)
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: Counting(net))
+    res = run(recipe(tmp_path, stages), tmp_path / "compiled", jobs=1, log=lambda *_: None, compile=True)
+    draws = [m for m in compiled if not isinstance(m.inner, torch.nn.Linear)]  # not compile_problem's probe
+    # euler-1 + euler-2 + heun-16 calls per batch, two seeds: every draw went through it
+    assert len(draws) == 1 and draws[0].calls == 2 * (1 + 2 + 32)
+    key = ("name", "metrics", "per_seed", "nfe", "macs", "params")
+    assert [{k: r[k] for k in key} for r in res["rows"]] == [{k: r[k] for k in key} for r in plain["rows"]]
+
+
+def test_compile_where_it_cannot_build_is_one_line_and_makes_nothing(tmp_path, capsys, monkeypatch):
+    import slimstep.run.results as results
+
+    monkeypatch.setattr(results, "compile_problem", lambda: "CppCompileError: no C++ compiler")
+    r = recipe(tmp_path, {k: v for k, v in moons_stages().items() if k == "t"})
+    assert main(["run", str(r), "--out", str(tmp_path / "o"), "--compile"]) == 2
+    assert capsys.readouterr().err.strip() == ("slimstep: error: --compile: torch.compile cannot build kernels "
+                                               "here (CppCompileError: no C++ compiler)")
+    assert not (tmp_path / "o").exists()

@@ -109,6 +109,17 @@ class Generator(nn.Module):
                                   f"got {v!r}") from None
         return Generator(self.net, self.info, dataclasses.replace(self.sampling, **given), self.config)
 
+    def compiled(self) -> Generator:
+        """The same model with its network under ``torch.compile`` (static shapes: a
+        protocol draws full batches and one remainder, so two compilations), for long
+        multi-call sampling: a Fashion-MNIST teacher's Heun-16 ran 1.4-1.6x faster on one CPU
+        thread after ~1.5 min of compiling per batch shape. Outputs differ from the plain
+        network's by float summation order only (~5e-6 here). MACs and speed are measured on
+        the plain network (:func:`slimstep.eval.speed.sample_macs` traces it)."""
+        gen = Generator(torch.compile(self.net, dynamic=False), self.info, self.sampling, self.config)
+        gen.source = self.source
+        return gen
+
     @torch.no_grad()
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.num_classes and y is None:
@@ -199,6 +210,18 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise ckpt.CheckpointError(f"{p} is a stage folder with {len(models)} models "
                                    f"({', '.join(m.name for m in models)}): name one")
     return p  # load_net says what is missing
+
+
+def compile_problem() -> str | None:
+    """Why ``torch.compile`` cannot build kernels on this machine (no C++ compiler, an
+    unsupported platform), or None when it can: asked once before a run that compiles, so
+    a missing compiler is one error line, not a failure hours in."""
+    try:
+        with torch.no_grad():
+            torch.compile(nn.Linear(2, 2), dynamic=False)(torch.zeros(1, 2))
+    except Exception as e:  # noqa: BLE001 - inductor raises many kinds; the line names it
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return None
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Generator:

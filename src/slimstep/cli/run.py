@@ -18,7 +18,7 @@ def _finish_run(res: dict) -> None:
 
 
 def cmd_run(a) -> None:
-    _finish_run(run(a.recipe, a.out, jobs=a.jobs, data=a.data))
+    _finish_run(run(a.recipe, a.out, jobs=a.jobs, data=a.data, compile=a.compile))
 
 
 def cmd_demo(a) -> None:

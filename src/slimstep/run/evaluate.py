@@ -218,14 +218,19 @@ def _cached(cache: Path, st: Stage, ev: dict) -> dict | None:
 
 
 def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, log=print,
-                   speed: bool = True) -> list[dict]:
+                   speed: bool = True, compile: bool = False) -> list[dict]:
     """Rows for one stage: a teacher gives its reference sampler and its Euler
     NFE curve; a student one row; screening one row. Reused when unchanged.
 
     ``speed``: also measure samples/s and latency (:func:`measure_speed`). A worker that
     scores a stage while others train passes False: a speed taken beside training is the
     load's, not the model's, so the run's own pass measures it after all training, one
-    model at a time, and keeps it in the same cache."""
+    model at a time, and keeps it in the same cache.
+
+    ``compile``: draw a teacher's samples (its Euler curve and reference sampler, 63 calls a
+    sample on Fashion-MNIST) through :meth:`~slimstep.generator.Generator.compiled`; the
+    one-call rows gain less than the compiling costs. Not part of the protocol's key: the
+    samples differ by float summation order only."""
     sdir = stage_dir(out, st)
     proto = _protocol(ev)
     cache = sdir / "result.json"
@@ -248,13 +253,14 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
     rows = []
     if st.kind == "teacher":
         gen = load(model_dir(out, st))
+        drawer = gen.compiled() if compile else gen
         for k in ev["teacher_nfes"]:
             g = gen.with_sampling(solver="euler", steps=int(k))
-            r = score_samples(_generate(g), st.spec, ev, f"{st.name} euler-{k}", sdir / f"euler-{k}", _options(gen),
-                              f"{st.hash} euler-{k}")
+            r = score_samples(_generate(drawer.with_sampling(solver="euler", steps=int(k))), st.spec, ev,
+                              f"{st.name} euler-{k}", sdir / f"euler-{k}", _options(gen), f"{st.hash} euler-{k}")
             rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params, "macs": sample_macs(g)})
         s = gen.sampling
-        r = score_samples(_generate(gen), st.spec, ev, f"{st.name} {s.solver}-{s.steps} (reference)", sdir,
+        r = score_samples(_generate(drawer), st.spec, ev, f"{st.name} {s.solver}-{s.steps} (reference)", sdir,
                           _options(gen), f"{st.hash} reference")
         rows.append({**r, "reference": True, "nfe": gen.nfe, "params": gen.params, "macs": sample_macs(gen)})
     elif st.kind == "distill":

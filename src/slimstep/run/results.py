@@ -16,6 +16,7 @@ from slimstep.config import CONFIGS
 from slimstep.eval import EvalError
 from slimstep.files import write_json
 from slimstep.flags import row_flags
+from slimstep.generator import compile_problem
 from slimstep.outdir import output_dir
 from slimstep.report import write_reports
 from slimstep.run.evaluate import cached_evaluation, evaluate_stage, is_scored
@@ -28,16 +29,22 @@ from slimstep.verdict import HEADLINES
 INTERIM_GAP_S = 30.0
 
 
-def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print, data: str | None = None) -> dict:
+def run(recipe: str | Path, out: str | Path, jobs: int | None = None, log=print, data: str | None = None,
+        compile: bool = False) -> dict:
     """Train what is missing, evaluate everything with one protocol, write the
     report. Returns the results (also in ``DIR/results.json``). One run at a time
     per ``out`` (its lock); a recipe that fails to load leaves no folder. ``data``: the
-    data spec of every teacher stage (:func:`~slimstep.run.recipe.load_recipe`)."""
+    data spec of every teacher stage (:func:`~slimstep.run.recipe.load_recipe`).
+    ``compile``: draw the teachers' evaluation samples through ``torch.compile``
+    (:func:`~slimstep.run.evaluate.evaluate_stage`); refused at once where it cannot build."""
+    if compile and (why := compile_problem()) is not None:
+        raise RecipeError(f"--compile: torch.compile cannot build kernels here ({why})")
     with output_dir(out, expect="run"):
-        return _run(recipe, out, jobs, log, data)
+        return _run(recipe, out, jobs, log, data, compile)
 
 
-def _run(recipe: str | Path, out: str | Path, jobs: int | None, log, data: str | None = None) -> dict:
+def _run(recipe: str | Path, out: str | Path, jobs: int | None, log, data: str | None = None,
+         compile: bool = False) -> dict:
     tic = time.perf_counter()
     out = Path(out)
     ev, stages = load_recipe(recipe, data)
@@ -48,15 +55,16 @@ def _run(recipe: str | Path, out: str | Path, jobs: int | None, log, data: str |
         raise RecipeError(f"--jobs must be at least 1, not {jobs}")
     log(f"{len(stages)} stages from {recipe}, {jobs} at a time -> {out}")
     interim = _Interim(out, recipe, ev, stages, tic, log)
-    status = run_stages(out, stages, jobs, log, ev, on_progress=interim.update)
-    results = _results(out, recipe, ev, stages, status, tic, log, final=True, progress=interim.update)
+    status = run_stages(out, stages, jobs, log, ev, on_progress=interim.update, compile=compile)
+    results = _results(out, recipe, ev, stages, status, tic, log, final=True, progress=interim.update,
+                       compile=compile)
     failed = [s.name for s in stages if status[s.name]["status"] in ("failed", "skipped")]
     results.update(failed=failed)
     return results
 
 
 def _results(out: Path, recipe: str | Path, ev: dict, stages: list[Stage], status: dict[str, dict],
-             tic: float, log, final: bool, progress=None) -> dict:
+             tic: float, log, final: bool, progress=None, compile: bool = False) -> dict:
     """Score the stages and write ``results.json`` and the report. ``final``: the run is
     over, so every stage not failed is evaluated (here, if no worker did it). Otherwise an
     interim report: only the rows already in the evaluation caches, and each stage's state
@@ -74,7 +82,7 @@ def _results(out: Path, recipe: str | Path, ev: dict, stages: list[Stage], statu
             got = saved["rows"]
         else:
             try:
-                got = evaluate_stage(out, st, by_name, ev, log)
+                got = evaluate_stage(out, st, by_name, ev, log, compile=compile)
             except EvalError as e:  # no seed scored (a NaN model): the stage has no row, the rest goes on
                 status[st.name].update(status="failed", error=f"evaluation: {e}")
                 log(f"[failed] evaluation of {st.name}: {e}")

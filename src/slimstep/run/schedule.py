@@ -84,18 +84,18 @@ def _quiet(*_args) -> None:
     """A worker's evaluation log: the parent says what it hands out."""
 
 
-def _evaluator(out: str, st: Stage, by_name: dict[str, Stage], ev: dict) -> None:
+def _evaluator(out: str, st: Stage, by_name: dict[str, Stage], ev: dict, compile: bool = False) -> None:
     """Entry point of an evaluation in a worker: fills the stage's evaluation cache, never
     raises (a failure is met again, and reported, by the run's own pass)."""
-    try:
-        evaluate_stage(Path(out), st, by_name, ev, _quiet, speed=False)  # speed: alone, at the end
+    try:  # speed: alone, at the end
+        evaluate_stage(Path(out), st, by_name, ev, _quiet, speed=False, compile=compile)
     except Exception:  # noqa: BLE001 - the run's own pass re-evaluates and reports it
         pass
 
 
 def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print, ev: dict | None = None,
-               on_progress: Callable[[dict[str, dict], set[str], set[str]], None] | None = None
-               ) -> dict[str, dict]:
+               on_progress: Callable[[dict[str, dict], set[str], set[str]], None] | None = None,
+               compile: bool = False) -> dict[str, dict]:
     """Train / make every stage not yet done, ``jobs`` at a time; with the protocol ``ev``
     and more than one job, evaluate each stage in a free worker once its models are ready
     (the module docstring). Returns
@@ -105,7 +105,8 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print, ev: dic
 
     ``on_progress(status, training, evaluating)``: called after every stage that ends and
     every evaluation that ends, and at least every :data:`PROGRESS_S` seconds while workers
-    run (the run's interim report; it decides itself whether anything changed)."""
+    run (the run's interim report; it decides itself whether anything changed). ``compile``:
+    the workers' evaluations draw teachers' samples compiled (``evaluate_stage``)."""
     by_name = {s.name: s for s in stages}
     status: dict[str, dict] = {}
     pending = [s for s in stages if s.kind != "screen"]
@@ -164,7 +165,7 @@ def run_stages(out: Path, stages: list[Stage], jobs: int = 1, log=print, ev: dic
                     unscored.remove(st)
                 elif made and len(running) + len(evaluating) < jobs:
                     log(f"[eval] {st.name} (in a worker)")
-                    evaluating[pool.submit(_evaluator, str(out), st, by_name, ev)] = st
+                    evaluating[pool.submit(_evaluator, str(out), st, by_name, ev, compile)] = st
                     unscored.remove(st)
             if on_progress is not None:
                 on_progress(status, {s.name for s in running.values()}, {s.name for s in evaluating.values()})
