@@ -63,17 +63,20 @@ reproduced every quality number exactly while its samples/s moved by up to
 4× with the load. Compare speeds within one table only.
 Regenerate with `python benchmarks/run.py` (see `benchmarks/collect.py`).
 
-The first section, *Every method, one protocol*, is `slimstep run` on the
-digits and moons recipes (`configs/digits/all.yaml`, `configs/toy2d/all.yaml`):
-every method trained from its teacher with the recipe's budget and scored on
-the same seeds (three of them, mean and spread shown) and the same N. The
+The first three sections are Fashion-MNIST: *every method, one protocol* (`slimstep run
+fashion/all`, N = 10,000 per seed, three sample seeds, the real/real floor beside it), *the
+papers' claims* (`fashion/claims`, three training seeds per compared arm, paired
+differences) and the protocol's own numbers. The digits section *Every method, one protocol*
+is `slimstep run` on the digits and moons recipes (`configs/digits/all.yaml`,
+`configs/toy2d/all.yaml`): every method trained from its teacher with the recipe's budget and
+scored on the same seeds (three of them, mean and spread shown) and the same N. The
 sections after it are the per-method suites with their ablations, run
 earlier against their own teachers; where a number differs between a suite and
-the first section, the first section's is the newer run of the current recipes
+the digits *Every method* section, that section's is the newer run of the current recipes
 (SLT's recipe changed in between: concat fusion and 6,000 steps with a cosine
 decay, against the suite's sum fusion and 1,200 constant-rate steps).
 
-**Teachers.** *Every method* was retrained from scratch on 2026-12-06/07 with the
+**Digits teachers.** The digits *Every method* was retrained from scratch on 2026-12-06/07 with the
 current recipes: the UNet teacher (`configs/digits/teacher.yaml`, Heun-16 FD 6.46) and
 the DiT teacher with the smooth time embedding (`configs/digits/dit-teacher.yaml`,
 `time_scale: 1`, Heun-16 FD 6.46). The sections run on 2026-12-01 (*SlimFlow, small
