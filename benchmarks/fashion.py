@@ -2,7 +2,7 @@
 
     python benchmarks/fashion.py                 # slimstep run fashion/all -> results/fashion/
     python benchmarks/fashion.py --claims        # + fashion/claims (three training seeds per arm)
-    python benchmarks/fashion.py --claims --inception 1000   # the whole benchmark, in that order
+    python benchmarks/fashion.py --claims --inception 1000 --compile   # the whole benchmark, in that order
     python benchmarks/fashion.py --no-run        # tables from the runs as they stand
     python benchmarks/fashion.py --no-run --inception 1000   # + Inception FID / KID (hours)
     python benchmarks/fashion.py --protocol      # the floor, a copier and noise, before any model
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -445,6 +446,10 @@ def main() -> None:
                "### Capacity controls", "", *cap, ""]
         write_page(md, r)
     if a.inception:  # after the claims: one process, where the claims run keeps both cores busy
+        import torch
+
+        # nothing else runs by now: every core (OMP_NUM_THREADS=1, which the runs want, would leave one idle)
+        torch.set_num_threads(os.cpu_count() or 1)
         inc = inception_scores(results, summ, a.inception, out / "inception")
         write_bytes(DEST / "inception.json", (json.dumps(inc, indent=1) + "\n").encode())
         md += [f"## Inception FID / KID (N = {a.inception:,}, sample seed 0)", "", *inception_table(inc), ""]
