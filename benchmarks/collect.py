@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 SUITES = [("fashion/fashion.md", "Fashion-MNIST: every method, one protocol"),
           ("fashion/claims.md", "Fashion-MNIST: the papers' claims"),
           ("fashion/protocol.md", "Fashion-MNIST protocol"),
+          ("fashion/time-error.md", "Data-prediction error along the path (fashion-mnist)"),
           ("methods.md", "Every method, one protocol"), ("core.md", "Teachers"),
           ("slimflow.md", "SlimFlow"), ("slimflow-small.md", "SlimFlow, small student"),
           ("meanflow.md", "MeanFlow"), ("gdd.md", "GDD / GDD-I"), ("gdd-ablate.md", "GDD-I vs GDD ablation"),

@@ -396,3 +396,25 @@ def test_classifier_and_density_scorers_use_the_fashion_classifier(tmp_path):
     assert (dens(noise, None, None) < -1e-2).all()
     with pytest.raises(ScreenError, match="evaluation classifier of digits or fashion-mnist"):
         classifier_scorer("toy2d:moons")
+
+
+def test_time_error_is_the_data_prediction_error_on_shared_draws():
+    """benchmarks/time_error.py: a zero velocity predicts x_t itself, so its error in a bin is
+    ((1 - t)(x - z))^2 on the very noises and times every model gets; two copies agree."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from time_error import time_error
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, t, y=None):
+            return torch.zeros_like(x)
+
+    x1 = torch.rand(40, 1, 4, 4) * 2 - 1
+    rows = time_error({"a": Zero(), "b": Zero()}, x1, None, seed=3, edges=(0.0, 0.5, 1.0), batch=16)
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(x1.shape, generator=g)
+    for r, (lo, hi) in zip(rows, ((0.0, 0.5), (0.5, 1.0)), strict=True):
+        t = lo + (hi - lo) * torch.rand(len(x1), generator=g)
+        want = float((((1 - t).view(-1, 1, 1, 1) * (x1 - z)) ** 2).mean())
+        assert r["bin"] == (lo, hi) and r["mse"]["a"] == pytest.approx(want) == r["mse"]["b"]
