@@ -418,3 +418,31 @@ def test_time_error_is_the_data_prediction_error_on_shared_draws():
         t = lo + (hi - lo) * torch.rand(len(x1), generator=g)
         want = float((((1 - t).view(-1, 1, 1, 1) * (x1 - z)) ** 2).mean())
         assert r["bin"] == (lo, hi) and r["mse"]["a"] == pytest.approx(want) == r["mse"]["b"]
+
+
+def test_flowmap_error_is_zero_for_a_straight_flow_and_its_exact_map():
+    """benchmarks/flowmap_error.py: under a constant velocity field the ODE is a straight line,
+    so the teacher's Euler step and a map returning that velocity are exact; a map off by e
+    per pixel is off by δ·e at δ."""
+    import sys
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from flowmap_error import flowmap_error
+
+    class Const(torch.nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c = c
+
+        def forward(self, x, t, y=None, s=None):
+            return torch.full_like(x, self.c)
+
+    info = SimpleNamespace(shape=(1, 4, 4))
+    teacher = SimpleNamespace(net=Const(0.3), info=info, num_classes=0)
+    exact = SimpleNamespace(net=Const(0.3), info=info, num_classes=0, sampling=SimpleNamespace(s=1.0))
+    off = SimpleNamespace(net=Const(0.5), info=info, num_classes=0, sampling=SimpleNamespace(s=1.0))
+    for r in flowmap_error(exact, teacher, n=8, deltas=(0.5, 1.0)):
+        assert r["map"] == pytest.approx(0, abs=1e-6) and r["euler"] == pytest.approx(0, abs=1e-6)
+        assert r["move"] == pytest.approx(0.3 * r["delta"])
+    assert [r["map"] for r in flowmap_error(off, teacher, n=8, deltas=(0.5, 1.0))] == pytest.approx([0.1, 0.2], rel=1e-5)
