@@ -32,7 +32,7 @@ SUITES = [("fashion/fashion.md", "Fashion-MNIST: every method, one protocol"),
           ("fashion/claims.md", "Fashion-MNIST: the papers' claims"),
           ("fashion/protocol.md", "Fashion-MNIST protocol"),
           ("fashion/time-error.md", "Data-prediction error along the path (fashion-mnist)"),
-          ("fashion/flowmap-error.md", "A flow map against its teacher's ODE"),
+          ("fashion/flowmap-error.md", "A flow map against its teacher's ODE (fashion-mnist)"),
           ("methods.md", "Every method, one protocol"), ("core.md", "Teachers"),
           ("slimflow.md", "SlimFlow"), ("slimflow-small.md", "SlimFlow, small student"),
           ("meanflow.md", "MeanFlow"), ("gdd.md", "GDD / GDD-I"), ("gdd-ablate.md", "GDD-I vs GDD ablation"),
@@ -65,10 +65,11 @@ reproduced every quality number exactly while its samples/s moved by up to
 4× with the load. Compare speeds within one table only.
 Regenerate with `python benchmarks/run.py` (see `benchmarks/collect.py`).
 
-The first three sections are Fashion-MNIST: *every method, one protocol* (`slimstep run
+The first sections are Fashion-MNIST: *every method, one protocol* (`slimstep run
 fashion/all`, N = 10,000 per seed, three sample seeds, the real/real floor beside it), *the
 papers' claims* (`fashion/claims`, three training seeds per compared arm, paired
-differences) and the protocol's own numbers. The digits section *Every method, one protocol*
+differences), the protocol's own numbers, and two diagnostics of its teachers and flow map
+(error along the path, a flow map against its teacher's ODE). The digits section *Every method, one protocol*
 is `slimstep run` on the digits and moons recipes (`configs/digits/all.yaml`,
 `configs/toy2d/all.yaml`): every method trained from its teacher with the recipe's budget and
 scored on the same seeds (three of them, mean and spread shown) and the same N. The

@@ -56,9 +56,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="also write the table here (markdown)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    rows = flowmap_error(load(a.flowmap), load(a.teacher), a.n)
+    flowmap, teacher = load(a.flowmap), load(a.teacher)
+    if getattr(flowmap.sampling, "kind", None) != "flowmap":
+        ap.error(f"--flowmap {a.flowmap}: a {getattr(flowmap.sampling, 'kind', 'velocity')} checkpoint, not a flow map "
+                 "(its s means something else)")
+    if getattr(teacher.sampling, "kind", None) != "velocity":
+        ap.error(f"--teacher {a.teacher}: not a velocity model")
+    rows = flowmap_error(flowmap, teacher, a.n)  # unguided: Fashion's flowmap was trained at cfg_scale 1
     m = machine()
-    md = ["# A flow map against its teacher's ODE", "",
+    md = [f"# A flow map against its teacher's ODE ({flowmap.info.spec})", "",
           f"{m['date']}, {a.n} noises: `python benchmarks/flowmap_error.py {' '.join(sys.argv[1:])}`", "",
           "| δ | RMS(map - ODE) | RMS(teacher Euler - ODE) | map / Euler | RMS(ODE - z) |", "|---|---|---|---|---|",
           *[f"| {r['delta']:g} | {r['map']:.4f} | {r['euler']:.4f} | {r['map'] / r['euler']:.2f}x | {r['move']:.4f} |"

@@ -81,7 +81,7 @@ def main() -> None:
             ap.error(f"--ckpt {spec!r}: expected NAME=PATH")
         nets[name] = load_net(path)[0].eval()
     x1, y = protocol_split(a.data, "test")
-    rows = time_error(nets, x1[:a.n], y[:a.n], a.seed)
+    rows = time_error(nets, x1[:a.n], y[:a.n] if y is not None else None, a.seed)
     m = machine()
     md = [f"# Data-prediction error along the path ({a.data})", "",
           f"{m['date']}, {a.data} test split, the first {a.n:,} images per bin, seed {a.seed}: "

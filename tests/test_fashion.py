@@ -399,31 +399,37 @@ def test_classifier_and_density_scorers_use_the_fashion_classifier(tmp_path):
 
 
 def test_time_error_is_the_data_prediction_error_on_shared_draws():
-    """benchmarks/time_error.py: a zero velocity predicts x_t itself, so its error in a bin is
-    ((1 - t)(x - z))^2 on the very noises and times every model gets; two copies agree."""
+    """benchmarks/time_error.py: a constant velocity c predicts x_t + (1 - t) c, so its error
+    in a bin is ((1 - t)(c - (x - z)))^2 on the very noises and times every model gets."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from time_error import time_error
 
-    class Zero(torch.nn.Module):
+    class Const(torch.nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c = c
+
         def forward(self, x, t, y=None):
-            return torch.zeros_like(x)
+            return torch.full_like(x, self.c)
 
     x1 = torch.rand(40, 1, 4, 4) * 2 - 1
-    rows = time_error({"a": Zero(), "b": Zero()}, x1, None, seed=3, edges=(0.0, 0.5, 1.0), batch=16)
+    rows = time_error({"a": Const(0.3), "b": Const(0.0)}, x1, None, seed=3, edges=(0.0, 0.5, 1.0), batch=16)
     g = torch.Generator().manual_seed(3)
     z = torch.randn(x1.shape, generator=g)
     for r, (lo, hi) in zip(rows, ((0.0, 0.5), (0.5, 1.0)), strict=True):
         t = lo + (hi - lo) * torch.rand(len(x1), generator=g)
-        want = float((((1 - t).view(-1, 1, 1, 1) * (x1 - z)) ** 2).mean())
-        assert r["bin"] == (lo, hi) and r["mse"]["a"] == pytest.approx(want) == r["mse"]["b"]
+        tb = (1 - t).view(-1, 1, 1, 1)
+        assert r["bin"] == (lo, hi)
+        assert r["mse"]["a"] == pytest.approx(float(((tb * (0.3 - (x1 - z))) ** 2).mean()))
+        assert r["mse"]["b"] == pytest.approx(float(((tb * (x1 - z)) ** 2).mean()))
 
 
 def test_flowmap_error_is_zero_for_a_straight_flow_and_its_exact_map():
     """benchmarks/flowmap_error.py: under a constant velocity field the ODE is a straight line,
     so the teacher's Euler step and a map returning that velocity are exact; a map off by e
-    per pixel is off by δ·e at δ."""
+    per pixel is off by δ·e at δ; the map is called at t = 0 and s = κδ (κ: its rule's s)."""
     import sys
     from types import SimpleNamespace
 
@@ -445,4 +451,15 @@ def test_flowmap_error_is_zero_for_a_straight_flow_and_its_exact_map():
     for r in flowmap_error(exact, teacher, n=8, deltas=(0.5, 1.0)):
         assert r["map"] == pytest.approx(0, abs=1e-6) and r["euler"] == pytest.approx(0, abs=1e-6)
         assert r["move"] == pytest.approx(0.3 * r["delta"])
-    assert [r["map"] for r in flowmap_error(off, teacher, n=8, deltas=(0.5, 1.0))] == pytest.approx([0.1, 0.2], rel=1e-5)
+    off_by = [r["map"] for r in flowmap_error(off, teacher, n=8, deltas=(0.5, 1.0))]
+    assert off_by == pytest.approx([0.1, 0.2], rel=1e-5)
+
+    class Gap(torch.nn.Module):  # F = 0.3 + s, exact only where s = 0: reads back t and s
+        def forward(self, x, t, y=None, s=None):
+            assert (t == 0).all()
+            return 0.3 + s.view(-1, 1, 1, 1).expand_as(x)
+
+    gap = SimpleNamespace(net=Gap(), info=info, num_classes=0, sampling=SimpleNamespace(s=2.0))
+    # f - ODE = δ · κδ = 2 δ²
+    gap_by = [r["map"] for r in flowmap_error(gap, teacher, n=8, deltas=(0.5, 1.0))]
+    assert gap_by == pytest.approx([0.5, 2.0], rel=1e-5)

@@ -403,31 +403,51 @@ def test_workers_score_the_longest_evaluations_first():
 
 def test_compile_draws_the_teachers_samples_compiled_and_scores_them_alike(tmp_path, monkeypatch):
     """--compile: a teacher's curve and reference samples come through the compiled network
-    (here an identity stand-in for torch.compile: the real one costs minutes); the rows, MACs
-    and speed are the plain run's, and the protocol key is unchanged (results are reused)."""
+    (here a counting stand-in for torch.compile: the real one costs minutes); the rows, MACs
+    and speed are the plain run's, the protocol key is unchanged (a plain run's scores are
+    reused), and a network that fails to compile is drawn plain, said in the log."""
     import torch
+    from torch._dynamo.exc import TorchDynamoException
 
-    compiled: list = []
+    made: list = []
 
     class Counting(torch.nn.Module):
+        fail = False
+
         def __init__(self, net):
             super().__init__()
             self.inner, self.calls = net, 0
-            compiled.append(self)
+            made.append(self)
 
         def forward(self, *a, **kw):
+            if Counting.fail and isinstance(self.inner, torch.nn.Module):  # the start-up probe builds
+                raise TorchDynamoException("inductor: no kernel for this op")
             self.calls += 1
             return self.inner(*a, **kw)
 
+    def calls() -> int:  # not compile_problem's probe (a lambda)
+        return sum(m.calls for m in made if isinstance(m.inner, torch.nn.Module))
+
     stages = {k: v for k, v in moons_stages().items() if k == "t"}
-    plain = run(recipe(tmp_path, stages), tmp_path / "plain", jobs=1, log=lambda *_: None)
+    quiet = lambda *_: None  # noqa: E731
+    plain = run(recipe(tmp_path, stages), tmp_path / "plain", jobs=1, log=quiet)
     monkeypatch.setattr(torch, "compile", lambda net, **kw: Counting(net))
-    res = run(recipe(tmp_path, stages), tmp_path / "compiled", jobs=1, log=lambda *_: None, compile=True)
-    draws = [m for m in compiled if not isinstance(m.inner, torch.nn.Linear)]  # not compile_problem's probe
-    # euler-1 + euler-2 + heun-16 calls per batch, two seeds: every draw went through it
-    assert len(draws) == 1 and draws[0].calls == 2 * (1 + 2 + 32)
+    res = run(recipe(tmp_path, stages), tmp_path / "compiled", jobs=1, log=quiet, compile=True)
+    # euler-1 + euler-2 + heun-16 calls, one batch per seed, two seeds: every draw went through it
+    assert calls() == 2 * (1 + 2 + 32)
     key = ("name", "metrics", "per_seed", "nfe", "macs", "params")
     assert [{k: r[k] for k in key} for r in res["rows"]] == [{k: r[k] for k in key} for r in plain["rows"]]
+
+    before = calls()
+    again = run(recipe(tmp_path, stages), tmp_path / "plain", jobs=1, log=quiet, compile=True)
+    assert calls() == before and again["rows"][0]["metrics"] == plain["rows"][0]["metrics"]
+
+    Counting.fail = True
+    log: list[str] = []
+    fell = run(recipe(tmp_path, stages), tmp_path / "fallback", jobs=1, log=log.append, compile=True)
+    assert [line for line in log if "torch.compile failed" in line] == [
+        "[eval] t: torch.compile failed (inductor: no kernel for this op); drawing plain"]
+    assert [r["metrics"] for r in fell["rows"]] == [r["metrics"] for r in plain["rows"]]
 
 
 def test_compile_where_it_cannot_build_is_one_line_and_makes_nothing(tmp_path, capsys, monkeypatch):

@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="SPEC", help="the data set of every teacher stage, e.g. folder:PATH "
                                                   "for a generic recipe such as images/run-16 (docs/data.md)")
     p.add_argument("--compile", action="store_true",
-                   help="draw the teachers' evaluation samples through torch.compile (1.4-1.6x faster "
+                   help="draw the teachers' evaluation samples through torch.compile (1.35-1.6x faster "
                         "on CPU after a few minutes of compiling; float-order differences only: docs/run.md)")
     p.set_defaults(fn=_command("run:cmd_run"))
 

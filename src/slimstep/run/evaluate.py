@@ -201,6 +201,37 @@ def _generate(gen):
     return lambda seed, n: samples.draw(gen, n, seed)
 
 
+class _TeacherDraws:
+    """A teacher's samplers for :func:`score_samples`: through ``torch.compile`` when asked
+    (:meth:`~slimstep.generator.Generator.compiled`), and plain from the first compile failure
+    on — a run's start-up probe shows only that kernels can be built, not that every network
+    compiles (an unsupported op, an inductor bug) — said once in the log, never fatal."""
+
+    def __init__(self, gen, compile: bool, name: str, log):
+        self.plain, self.name, self.log = gen, name, log
+        self.compiled = gen.compiled() if compile else None
+        self.nfe = 0  # the latest draw's NFE per sample
+
+    def of(self, **sampling):
+        def make(seed: int, n: int) -> samples.Drawn:
+            if self.compiled is not None:
+                from torch._dynamo.exc import TorchDynamoException  # only where compiling: a slow import
+
+                try:
+                    drawn = samples.draw(self.compiled.with_sampling(**sampling), n, seed)
+                    self.nfe = drawn.nfe or 0
+                    return drawn
+                except TorchDynamoException as e:
+                    why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    self.log(f"[eval] {self.name}: torch.compile failed ({why}); drawing plain")
+                    self.compiled = None
+            drawn = samples.draw(self.plain.with_sampling(**sampling), n, seed)
+            self.nfe = drawn.nfe or 0
+            return drawn
+
+        return make
+
+
 def _protocol(ev: dict) -> str:
     return digest({**{k: ev[k] for k in ("n", "seeds", "teacher_nfes", "speed_batch")}, "version": PROTOCOL_VERSION})
 
@@ -253,16 +284,18 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
     rows = []
     if st.kind == "teacher":
         gen = load(model_dir(out, st))
-        drawer = gen.compiled() if compile else gen
+        draws = _TeacherDraws(gen, compile, st.name, log)
         for k in ev["teacher_nfes"]:
             g = gen.with_sampling(solver="euler", steps=int(k))
-            r = score_samples(_generate(drawer.with_sampling(solver="euler", steps=int(k))), st.spec, ev,
-                              f"{st.name} euler-{k}", sdir / f"euler-{k}", _options(gen), f"{st.hash} euler-{k}")
+            r = score_samples(draws.of(solver="euler", steps=int(k)), st.spec, ev, f"{st.name} euler-{k}",
+                              sdir / f"euler-{k}", _options(gen), f"{st.hash} euler-{k}")
             rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params, "macs": sample_macs(g)})
         s = gen.sampling
-        r = score_samples(_generate(drawer), st.spec, ev, f"{st.name} {s.solver}-{s.steps} (reference)", sdir,
+        r = score_samples(draws.of(), st.spec, ev, f"{st.name} {s.solver}-{s.steps} (reference)", sdir,
                           _options(gen), f"{st.hash} reference")
-        rows.append({**r, "reference": True, "nfe": gen.nfe, "params": gen.params, "macs": sample_macs(gen)})
+        # an adaptive (dopri5) reference knows its NFE only from a draw; MACs: the plain network
+        rows.append({**r, "reference": True, "nfe": draws.nfe or gen.nfe, "params": gen.params,
+                     "macs": sample_macs(gen)})
     elif st.kind == "distill":
         gen = load(model_dir(out, st))
         r = score_samples(_generate(gen), st.spec, ev, st.name, sdir, _options(gen), st.hash)

@@ -87,8 +87,9 @@ def _quiet(*_args) -> None:
 def _evaluator(out: str, st: Stage, by_name: dict[str, Stage], ev: dict, compile: bool = False) -> None:
     """Entry point of an evaluation in a worker: fills the stage's evaluation cache, never
     raises (a failure is met again, and reported, by the run's own pass)."""
-    try:  # speed: alone, at the end
-        evaluate_stage(Path(out), st, by_name, ev, _quiet, speed=False, compile=compile)
+    try:
+        evaluate_stage(Path(out), st, by_name, ev, _quiet, speed=False,  # speed: alone, at the end
+                       compile=compile)
     except Exception:  # noqa: BLE001 - the run's own pass re-evaluates and reports it
         pass
 
