@@ -424,6 +424,16 @@ def test_time_error_is_the_data_prediction_error_on_shared_draws():
         assert r["bin"] == (lo, hi)
         assert r["mse"]["a"] == pytest.approx(float(((tb * (0.3 - (x1 - z))) ** 2).mean()))
         assert r["mse"]["b"] == pytest.approx(float(((tb * (x1 - z)) ** 2).mean()))
+    # --patch 2: the error's 2x2 block means carry part of it, and the same draws are made
+    split = time_error({"a": Const(0.3)}, x1, None, seed=3, edges=(0.0, 0.5, 1.0), batch=16, patch=2)
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(x1.shape, generator=g)
+    for r, s in zip(split, rows, strict=True):
+        t = r["bin"][0] + 0.5 * torch.rand(len(x1), generator=g)
+        err = (1 - t).view(-1, 1, 1, 1) * (0.3 - (x1 - z))
+        means = torch.nn.functional.avg_pool2d(err, 2)
+        assert r["mse"]["a"] == pytest.approx(s["mse"]["a"])
+        assert r["coarse"]["a"] == pytest.approx(float((means ** 2).mean())) and r["coarse"]["a"] < r["mse"]["a"]
 
 
 def test_flowmap_error_is_zero_for_a_straight_flow_and_its_exact_map():
