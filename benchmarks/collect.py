@@ -12,7 +12,8 @@
     python benchmarks/meanflow.py --dit-teacher T
     python benchmarks/collect.py        # -> BENCHMARKS.md
 
-Every number in BENCHMARKS.md is copied from benchmarks/results/*.md, which
+It also writes the README's Fashion-MNIST headline (benchmarks/results/fashion/headline.md)
+between the README's markers. Every number in BENCHMARKS.md is copied from benchmarks/results/*.md, which
 the scripts write from their own runs; nothing here computes or edits a number.
 """
 
@@ -26,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS  # noqa: E402
+
+from slimstep.files import write_bytes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SUITES = [("fashion/fashion.md", "Fashion-MNIST: every method, one protocol"),
@@ -99,10 +102,30 @@ other jobs.
 """
 
 
+#: The README's Fashion-MNIST headline lives between these lines (benchmarks/results/fashion/headline.md).
+HEADLINE = ("<!-- fashion-headline: written by benchmarks/collect.py -->", "<!-- /fashion-headline -->")
+
+
+def fill_headline(readme: str, results: Path) -> str:
+    """``readme`` with the text between the :data:`HEADLINE` markers replaced by the Fashion-MNIST
+    headline, or by a line saying it is not measured yet; a README without them is refused."""
+    start, end = HEADLINE
+    if readme.count(start) != 1 or readme.count(end) != 1 or readme.index(start) > readme.index(end):
+        raise SystemExit(f"README.md must hold the lines {start} and {end} once each, in that order")
+    f = results / "fashion" / "headline.md"
+    body = (f.read_text().strip() if f.exists() else
+            "The Fashion-MNIST benchmark has not finished yet: no numbers here until it has "
+            "(`benchmarks/results/fashion/headline.md` is missing).")
+    head, _, rest = readme.partition(start)
+    _, _, tail = rest.partition(end)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=RESULTS, help="the suites' results folder")
     ap.add_argument("--out", type=Path, default=HERE.parent / "BENCHMARKS.md")
+    ap.add_argument("--readme", type=Path, default=HERE.parent / "README.md", help="whose headline to fill")
     a = ap.parse_args()
     parts = [INTRO]
     for name, title in SUITES:
@@ -118,8 +141,10 @@ def main() -> None:
             body[0] = "#" + body[0]
         parts.append("\n".join(line if not line.startswith("## ") or line is body[0] else "#" + line
                                for line in body) + "\n")
-    a.out.write_text("\n".join(parts))
+    write_bytes(a.out, "\n".join(parts).encode())  # atomic: a killed run leaves the old file
     print(f"wrote {a.out}")
+    write_bytes(a.readme, fill_headline(a.readme.read_text(), a.results).encode())
+    print(f"wrote {a.readme} (its Fashion-MNIST headline)")
 
 
 if __name__ == "__main__":

