@@ -96,12 +96,17 @@ def fashion_table(results: dict, summ: dict) -> list[str]:
     return md
 
 
+def teacher_one_step(rows: list[dict], teacher: str) -> dict | None:
+    """The summary row of ``teacher`` sampled at one Euler step (not its reference), if scored."""
+    return next((r for r in rows if r["method"] == "teacher" and r["teacher"] == teacher and r["nfe"] == 1
+                 and not r["reference"]), None)
+
+
 def discrimination(summ: dict, results: dict) -> list[str]:
     """The issue's three checks that the benchmark can tell methods apart."""
     k = len(summ["seeds"])
     teacher = next(r for r in summ["rows"] if r["reference"] and r["method"] == "teacher")
-    one = next((r for r in summ["rows"] if r["method"] == "teacher" and r["teacher"] == teacher["teacher"]
-                and r["nfe"] == 1), None)
+    one = teacher_one_step(summ["rows"], teacher["teacher"])
     floor_sd = results["rows"][0]["floor"].get("fd_sd")
     se = teacher["fd_sd"] / math.sqrt(k)
     need = math.ceil((teacher["fd_sd"] / (0.02 * teacher["fd_mean"])) ** 2) if teacher["fd_mean"] else k
@@ -138,8 +143,7 @@ def headline(summ: dict, results: dict) -> list[str]:
         md += ["**Interim**: the run had not finished; stages not yet scored are missing.", ""]
     for ref in (r for r in rows if r["reference"] and r["method"] == "teacher"):
         t = ref["teacher"]
-        one = next((r for r in rows if r["method"] == "teacher" and r["teacher"] == t and r["nfe"] == 1
-                    and not r["reference"]), None)
+        one = teacher_one_step(rows, t)
         students = [r for r in rows if r["method"] != "teacher" and r["teacher"] == t and r["nfe"] == 1]
         line = (f"- **{t}** ({ref['params']:,} parameters) at its reference sampler, {ref['nfe']} NFE: "
                 f"FD {ref['fd_mean']:.3g} ± {ref['fd_sd']:.2g}")
