@@ -192,10 +192,13 @@ def test_summary_rows_and_paired_claims():
                 "seeds": [0, 1000, 2000], "metrics": {"fd": fd}, "metrics_sd": {"fd": sd},
                 "floor": {"fd": 0.3}, "params": 100, "nfe": 1, "teacher": kw.pop("teacher", None), **kw}
 
-    stages = {"t": {"kind": "teacher", "deps": {}}, "g": {"kind": "distill", "deps": {"teacher": "t"}},
-              "d": {"kind": "teacher", "deps": {}}, "fm": {"kind": "distill", "deps": {"teacher": "d"}},
-              "slt": {"kind": "distill", "deps": {"teacher": "fm"}},
-              "scr": {"kind": "screen", "deps": {"student": "slt"}}}
+    def stage(kind, method=None, **deps):
+        return {"kind": kind, "deps": deps, "hash": f"h-{method}", "config": {"method": {"name": method}} if method
+                else None}
+
+    stages = {"t": stage("teacher", "flow_matching"), "g": stage("distill", "gdd", teacher="t"),
+              "d": stage("teacher", "flow_matching"), "fm": stage("distill", "flowmap", teacher="d"),
+              "slt": stage("distill", "slt", teacher="fm"), "scr": stage("screen", student="slt")}
     rows = [row("t", "teacher", "flow_matching", 40.0, name="t euler-1", curve=True, teacher="t"),
             row("t", "teacher", "flow_matching", 20.0, name="t euler-2", curve=True, nfe=2, teacher="t"),
             row("t", "teacher", "flow_matching", 4.0, name="t heun-16 (reference)", reference=True, nfe=32,
@@ -215,6 +218,11 @@ def test_summary_rows_and_paired_claims():
     rows[3]["macs"] = 2_500_000  # the table (fashion.md) shows each row's MACs beside its NFE
     table = fashion_table({"rows": rows, "stages": stages}, s)
     assert "MACs / sample" in table[0] and "| g | gdd | t | 1 | 2.5M | 100 |" in "\n".join(table)
+    ratio = {line.split(" | ")[0][2:]: line.split(" | ")[9:11] for line in table[2:]}
+    assert ratio["g"] == ["0.875x", "yes"] and ratio["t euler-1"] == ["10x", ""]
+    # the flow map is the DiT teacher's student and SLT's reference: each is compared with its own
+    assert ratio["fm"] == ["1.2x", "yes"] and ratio["slt"] == ["1.17x", "yes"] and ratio["scr"] == ["1.08x", "yes"]
+    assert ratio["d heun-16 (reference)"] == ["", ""] and ratio["t heun-16 (reference)"] == ["", ""]
     rows[2]["samples_per_s"], rows[3]["samples_per_s"] = 10.0, 250.0
     head = headline(s, {"rows": rows})
     assert "N = 10,000 samples per seed, mean ± sd over 3 sample seeds" in head[0] and "scores 0.3." in head[0]
@@ -223,19 +231,94 @@ def test_summary_rows_and_paired_claims():
         "student: g (gdd), FD 3.5 ± 0.1 = 0.88× the teacher's, with 1× its parameters, 25× its samples/s.",
         "- **d** (100 parameters) at its reference sampler, 1 NFE: FD 5 ± 0.1. Best one-step student: fm "
         "(flowmap), FD 6 ± 0.1 = 1.20× the teacher's, with 1× its parameters."]
-    checks = discrimination(s, {"rows": rows})
-    assert "0.0577 = 1.44 % of 4 (target <= 2 %)" in checks[0]  # 0.1 / sqrt(3)
-    assert "teacher at 1 step: FD 40 = 10.0x its reference" in checks[2]
+    checks = discrimination(s, {"rows": rows}, teacher="t")
+    assert "0.0577 = 1.44 % of 4 (target <= 2 %): **met**" in checks[0]  # 0.1 / sqrt(3)
+    assert "37.0 spreads above (target > 3): **met**" in checks[1]  # (4 - 0.3) / 0.1
+    assert "teacher at 1 step: FD 40 = 10.0x its reference (target >= 5x): **met**" in checks[2]
     wide = {**s, "rows": [{**r, "fd_sd": 0.2} if r["reference"] else r for r in s["rows"]]}
-    assert "at this spread 7 seeds would meet it" in discrimination(wide, {"rows": rows})[0]  # (0.2 / 0.08)^2 = 6.25
+    assert "at this spread 7 seeds would meet it): **not met**" in discrimination(wide, {"rows": rows}, "t")[0]
+    assert "not scored yet" in discrimination(s, {"rows": rows})[0]  # no stage named "teacher" here
+    # a row scored on one seed has no spread (null), not a spread of 0
+    rows[2]["failed_seeds"] = [{"seed": 1000, "error": "x"}, {"seed": 2000, "error": "x"}]
+    one = summary({"rows": rows, "stages": stages})
+    assert next(r for r in one["rows"] if r["reference"] and r["teacher"] == "t")["fd_sd"] is None
+    assert "one seed only" in discrimination(one, {"rows": rows}, "t")[0]
+    assert "FD 4 (one seed)" in headline(one, {"rows": rows})[2]
+    del rows[2]["failed_seeds"]
+    assert summary({"rows": [], "stages": {}, "eval": {"n": 10, "seeds": [0]}})["floor_fd"] is None
     p = paired([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
     assert p["diffs"] == [-1.0, -2.0, -3.0] and p["mean"] == -2.0 and p["se"] == pytest.approx(1 / 3 ** 0.5)
     assert p["verdict"] == "A better"
-    fd_rows = [{"stage": f"{arm}-s{k}", "metrics": {"fd": fd + k}} for arm, fd in (("gdd-i", 3.0), ("gdd", 3.1))
-               for k in range(3)]
+    def arm(stage, fds, failed=()):
+        seeds = [0, 1000, 2000]
+        return {"stage": stage, "seeds": seeds, "failed_seeds": [{"seed": x, "error": "nan"} for x in failed],
+                "per_seed": [{"fd": f, "recall": 0.5} for x, f in zip(seeds, fds, strict=True) if x not in failed],
+                "metrics": {"fd": 0.0}}
+
+    fd_rows = [arm(f"{a}-s{k}", [fd + k] * 3) for a, fd in (("gdd-i", 3.0), ("gdd", 3.1)) for k in range(3)]
     c = {r["a"]: r for r in claims({"rows": fd_rows})["claims"]}
     assert c["gdd-i"]["mean"] == pytest.approx(-0.1) and c["gdd-i"]["verdict"] == "A better"  # sd 0: exact
+    assert c["gdd-i"]["pairs_over"] == "training seeds" and c["gdd-i"]["sample_seeds"] == [[0, 1000, 2000]]
     assert c["anneal-flip"]["missing"]
+    # an arm that failed a sample seed: both arms of that pair are scored on the seeds they share
+    fd_rows[3] = arm("gdd-s0", [3.1, 99.0, 3.1], failed=(1000,))
+    fd_rows[0] = arm("gdd-i-s0", [3.0, 50.0, 3.0])
+    c = {r["a"]: r for r in claims({"rows": fd_rows})["claims"]}
+    assert c["gdd-i"]["fd_a"][0] == 3.0 and c["gdd-i"]["mean"] == pytest.approx(-0.1)
+    assert c["gdd-i"]["sample_seeds"] == [[0, 1000, 2000], [0, 2000]]
+
+
+def test_best_student_and_screening_claims_pair_on_one_protocol():
+    """The best one-step student vs its teacher's reference: over the claims run's training
+    seeds where its recipe has arms there (matched by hash), else over sample seeds; realism
+    screening vs unscreened SLT over the sample seeds both scored, with the time ratio of 128
+    candidates to two samples of the flow map SLT re-distils."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from fashion import best_vs_teacher, claims_table, screening_claim
+
+    seeds = [0, 1000, 2000]
+
+    def row(stage, fds, failed=(), **kw):
+        kept = [f for x, f in zip(seeds, fds, strict=True) if x not in failed]
+        return {"name": kw.pop("name", stage), "stage": stage, "method": kw.pop("method", "gdd"), "nfe": 1,
+                "n": 10000, "seeds": seeds, "params": 10, "teacher": "teacher", "floor": {"fd": 0.5},
+                "failed_seeds": [{"seed": x, "error": "nan"} for x in failed],
+                "per_seed": [{"fd": f, "recall": r} for f, r in kept],
+                "metrics": {"fd": sum(f for f, _ in kept) / len(kept)},
+                "metrics_sd": {"fd": 0.1}, **kw}
+
+    def st(kind, method, h, **deps):
+        return {"kind": kind, "hash": h, "deps": deps, "config": {"method": {"name": method}}, "params": {}}
+
+    ref = row("teacher", [(10.0, 0.8)] * 3, method="flow_matching", reference=True, nfe=32)
+    main = {"stages": {"teacher": st("teacher", "flow_matching", "ht"), "gdd": st("distill", "gdd", "hg"),
+                       "dmd2": st("distill", "dmd2", "hd")},
+            "rows": [ref, row("gdd", [(9.0, 0.8)] * 3), row("dmd2", [(12.0, 0.8)] * 3, method="dmd2")]}
+    alone = best_vs_teacher(main, None)  # no claims run: the one trained student, over sample seeds
+    assert alone["a"] == "gdd" and alone["pairs_over"] == "sample seeds" and alone["diffs"] == [-1.0] * 3
+    cres = {"stages": {"teacher": st("teacher", "flow_matching", "ht"), **{
+                f"gdd-s{k}": st("distill", "gdd", "hg" if k == 0 else f"hg{k}") for k in range(3)}},
+            "rows": [ref, *(row(f"gdd-s{k}", [(9.0 + k, 0.8)] * 3) for k in range(3))]}
+    arms = best_vs_teacher(main, cres)
+    assert arms["a"] == "gdd" and arms["b"] == "teacher" and arms["pairs_over"] == "training seeds"
+    assert arms["seeds"] == [0, 1, 2] and arms["diffs"] == [-1.0, 0.0, 1.0] and arms["verdict"] == "within noise"
+    # screening: the two rows failed different seeds; the pairs are over the one both scored
+    dit = {"stages": {"fm": st("distill", "flowmap", "hf", teacher="d"),
+                      "slt": st("distill", "slt", "hs", teacher="fm"),
+                      "scr": {"kind": "screen", "hash": "hx", "deps": {"student": "slt"}, "config": None,
+                              "params": {"candidates": 16}}},
+           "rows": [row("fm", [(6.0, 0.6)] * 3, method="flowmap", samples_per_s=100.0),
+                    row("slt", [(8.0, 0.4), (8.5, 0.4), (9.0, 0.4)], failed=(2000,), method="slt"),
+                    row("scr", [(7.0, 0.6), (7.5, 0.6), (99.0, 0.6)], failed=(1000,), method="screen",
+                        samples_per_s=20.0)]}
+    c = screening_claim(dit, screen="scr", student="slt")
+    assert c["seeds"] == [0] and c["diffs"] == [-1.0] and c["pairs_over"] == "sample seeds"
+    assert c["recall_ratio"] == pytest.approx(1.5)
+    assert c["time_ratio_128_vs_2"] == pytest.approx((128 / 16 / 20.0) / (2 / 100.0))  # 20x
+    table = "\n".join(claims_table({"claims": [arms, c]}))
+    assert "| training seeds | [0, 1, 2] |" in table and "take 20x the time of two samples" in table
 
 
 def test_a_failed_stage_still_gives_the_tables_a_bad_command_stops(tmp_path):
