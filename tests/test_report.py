@@ -16,7 +16,7 @@ from slimstep.files import write_npz
 from slimstep.flags import compare_to_init, initialisation, row_flags
 from slimstep.palette import method_style
 from slimstep.report import console_table, write_reports
-from slimstep.report.notes import collapse_notes
+from slimstep.report.notes import collapse_notes, spike_notes
 from slimstep.report.plots import plot_losses, plot_nfe, plot_speed
 from slimstep.report.tables import summary_table
 from slimstep.run import score_samples
@@ -285,3 +285,26 @@ def test_a_seed_that_cannot_be_scored_is_kept_as_failed_and_not_drawn_again(tmp_
     b = score_samples(make, "toy2d:moons", ev, "m", tmp_path, model="hash-a")
     assert drawn == [0, 1] and a["failed_seeds"] == b["failed_seeds"] and b["failed_seeds"][0]["seed"] == 1
     assert b["per_seed"] == a["per_seed"] and b["sample_seconds"] == 1.0
+
+
+def test_a_gradient_spike_is_noted_with_whether_it_was_clipped(tmp_path):
+    """The report notes a run whose logged gradient norm (before clipping) spiked: how GDD's
+    unclipped Fashion-MNIST runs blew up. Steady runs, and torn lines, give no note."""
+
+    def run(name, norms, torn=False):
+        f = tmp_path / f"{name}.jsonl"
+        lines = [json.dumps({"step": 50 * i + 49, "gen/grad_norm": g, "disc/grad_norm": 0.3, "loss": 1.0})
+                 for i, g in enumerate(norms)]
+        f.write_text("\n".join(lines) + ("\n{\"step\": 9" if torn else "\n"))
+        return f
+
+    spiky = run("gan", [0.5, 0.4, 0.6, 27490.0, 0.5, 0.4], torn=True)
+    steady = run("ok", [2.0, 1.5, 1.0, 0.8, 0.9, 1.1])
+    small = run("small", [0.01, 0.01, 0.01, 5.0, 0.01])  # 500x the median, but under SPIKE_MIN
+    notes = spike_notes([("gdd", spiky, 0.0), ("teacher", steady, 0.0), ("tiny", small, 0.0),
+                         ("gone", tmp_path / "missing.jsonl", 0.0)])
+    assert len(notes) == 1 and notes[0].startswith("gdd: gen/grad_norm reached 2.75e+04 at step 200, 54980x its "
+                                                   "median 0.5, not clipped")
+    clipped = spike_notes([("gdd", spiky, 1.0)])
+    assert clipped == ["gdd: gen/grad_norm reached 2.75e+04 at step 200, 54980x its median 0.5, "
+                       "clipped to 1 before each step"]

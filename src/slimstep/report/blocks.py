@@ -16,7 +16,7 @@ import torch
 
 from slimstep.flags import stage_flag
 from slimstep.numbers import fmt
-from slimstep.report.notes import collapse_notes, flag_notes
+from slimstep.report.notes import collapse_notes, flag_notes, spike_notes
 from slimstep.report.plots import plot_losses, plot_nfe, plot_speed, plot_strip
 from slimstep.report.tables import Failed, group_rows, summary_table
 from slimstep.spec.results import Row
@@ -123,7 +123,9 @@ def blocks_for(out: Path, results: dict) -> list[tuple]:
                 if s.get("metrics_file") and s["spec"] == spec]
         if plot_losses(runs, out / f"{slug}-loss.png", f"{spec}: training losses"):
             b += [("h3", "training losses"), ("img", f"{slug}-loss.png", "training losses")]
-        notes = collapse_notes(rows)
+        notes = collapse_notes(rows) + spike_notes(
+            [(n, Path(s["metrics_file"]), ((s.get("config") or {}).get("train") or {}).get("grad_clip") or 0.0)
+             for n, s in stages.items() if s.get("metrics_file") and s["spec"] == spec])
         if notes:
             b += [("h3", "notes"), ("list", notes)]
     b.append(("h2", "stages"))

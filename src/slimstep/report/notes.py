@@ -4,6 +4,10 @@ models that carry it, and the evaluation's notes with each repeated note said on
 
 from __future__ import annotations
 
+import json
+import statistics
+from pathlib import Path
+
 from slimstep.flags import FLAGS
 from slimstep.report.tables import Failed
 from slimstep.spec.results import Flag, Note, Row
@@ -41,4 +45,45 @@ def collapse_notes(rows: list) -> list[str]:
             out.append(f"{who[0][0]}: {note}")
         else:
             out.append(f"{note} ({', '.join(n for n, _ in who)})")
+    return out
+
+
+def metrics_rows(path: Path) -> list[dict]:
+    """A training run's ``metrics.jsonl`` as rows; blank or torn lines (a run being written, or
+    killed mid-write) are skipped."""
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
+#: A logged gradient norm this many times its run's median, and above SPIKE_MIN, is a spike.
+SPIKE_RATIO, SPIKE_MIN = 50.0, 10.0
+
+
+def spike_notes(runs: list[tuple[str, Path, float]]) -> list[str]:
+    """One line per training run whose logged gradient norm (the loop logs it before clipping)
+    spiked: ``SPIKE_RATIO`` times its median and above ``SPIKE_MIN``. ``runs``: (stage,
+    metrics file, train.grad_clip). An unclipped spike is how GDD's Fashion-MNIST runs blew up
+    (docs/fashion.md): the final checkpoint can then be worse than an earlier snapshot."""
+    out = []
+    for name, path, clip in runs:
+        rows = metrics_rows(path) if path.is_file() else []
+        for key in sorted({k for r in rows for k in r if k == "grad_norm" or k.endswith("/grad_norm")}):
+            vals = [(float(r[key]), r["step"]) for r in rows if isinstance(r.get(key), (int, float))]
+            if len(vals) < 3:
+                continue
+            med = statistics.median(v for v, _ in vals)
+            top, step = max(vals)
+            if top > SPIKE_MIN and top > SPIKE_RATIO * med:
+                what = (f"clipped to {clip:g} before each step" if clip and clip > 0 else
+                        "not clipped: the samples after it can be worse than an earlier snapshot's "
+                        "(slimstep eval --ckpt DIR/checkpoints/step-N); train.grad_clip caps such spikes")
+                out.append(f"{name}: {key} reached {top:.3g} at step {step + 1}, {top / med:.0f}x its median "
+                           f"{med:.2g}, {what}")
     return out

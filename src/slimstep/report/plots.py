@@ -4,7 +4,6 @@ seeds through every model) and the training-loss panels. Each writes one PNG."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import numpy as np
 from slimstep.files import atomic_write, read_samples
 from slimstep.numbers import fmt
 from slimstep.palette import row_style, teacher_style
+from slimstep.report.notes import metrics_rows
 from slimstep.spec.results import Row
 
 
@@ -175,23 +175,13 @@ def plot_strip(rows: list, path: Path, title: str, k: int = 8) -> bool:
     return True
 
 
-def _json_row(line: str) -> dict | None:
-    """A metrics line as a row; None for a blank or torn one (a run being written, or killed
-    mid-write)."""
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return None
-    return row if isinstance(row, dict) and "step" in row else None
-
-
 def plot_losses(runs: list[tuple[str, Path]], path: Path, title: str) -> bool:
     """One panel per training run: every logged loss against the step."""
     series = []
     for name, f in runs:
         if not f.is_file():
             continue
-        recs = [r for r in map(_json_row, f.read_text(errors="replace").splitlines()) if r is not None]
+        recs = metrics_rows(f)
         keys = [k for k in (recs[0] if recs else {}) if k == "loss" or k.endswith("/loss")]
         if keys:
             series.append((name, recs, keys))
