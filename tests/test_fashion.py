@@ -466,6 +466,22 @@ def test_every_fashion_stage_kind_runs_end_to_end_on_tiny_data(tmp_path):
     assert names == {"teacher", "reflow", "slimflow", "gdd-i", "dmd2", "ect", "dit", "scd", "flowmap", "slt",
                      "screen"}
     assert all("fd" in r["metrics"] and r["floor"]["fd"] >= 0 for r in res["rows"])
+    # the benchmark's tables read this results layout (one seed: no spreads)
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from fashion import best_vs_teacher, discrimination, fashion_table, headline, screening_claim, summary
+
+    summ = summary(res)
+    name = {r["stage"]: r["name"] for r in res["rows"] if not r.get("curve")}
+    by = {r["name"]: r for r in summ["rows"]}
+    assert by[name["slt"]]["teacher"] == "flowmap" and by[name["flowmap"]]["reference"]
+    assert by[name["screen"]]["teacher"] == "flowmap"
+    assert all(r["fd_sd"] is None for r in summ["rows"])
+    assert len(fashion_table(res, summ)) == 2 + len(summ["rows"])
+    assert "one seed only" in discrimination(summ, res)[0] and headline(summ, res)[2].startswith("- **teacher**")
+    assert best_vs_teacher(res, None)["pairs_over"] == "sample seeds"
+    assert screening_claim(res, screen="screen")["seeds"] == [0]
 
 
 def test_classifier_and_density_scorers_use_the_fashion_classifier(tmp_path):
