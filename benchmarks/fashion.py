@@ -73,11 +73,16 @@ def by_seed(row: dict) -> dict[int, dict]:
     return dict(zip(scored_seeds(row), row["per_seed"], strict=True))
 
 
-def common_fd(a: dict, b: dict) -> tuple[float, float, list[int]] | None:
-    """Two rows' mean FD over the sample seeds both were scored on (the same draws: a claim is
-    paired on one protocol); None when they share none."""
+def shared(a: dict, b: dict) -> tuple[dict[int, dict], dict[int, dict], list[int]]:
+    """Two rows' metrics per sample seed, and the seeds both were scored on (the same draws:
+    whatever pairs them is on one protocol)."""
     sa, sb = by_seed(a), by_seed(b)
-    common = [x for x in sa if x in sb]
+    return sa, sb, [x for x in sa if x in sb]
+
+
+def common_fd(a: dict, b: dict) -> tuple[float, float, list[int]] | None:
+    """Two rows' mean FD over the sample seeds both were scored on; None when they share none."""
+    sa, sb, common = shared(a, b)
     if not common:
         return None
     return (sum(sa[x]["fd"] for x in common) / len(common), sum(sb[x]["fd"] for x in common) / len(common),
@@ -425,8 +430,7 @@ def claims(results: dict, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
 def over_sample_seeds(claim: str, a: dict, b: dict, **extra) -> dict | None:
     """A claim about one trained model of each arm: pairs over the sample seeds both rows were
     scored on (the same draws), not over training seeds."""
-    sa, sb = by_seed(a), by_seed(b)
-    common = [x for x in sa if x in sb]
+    sa, sb, common = shared(a, b)
     if not common:
         return None
     fa, fb = [sa[x]["fd"] for x in common], [sb[x]["fd"] for x in common]
@@ -445,8 +449,7 @@ def screening_claim(results: dict, screen: str = "screen-realism", student: str 
     st = results["stages"]
     n_c = (st.get(screen) or {}).get("params", {}).get("candidates")
     extra = {}
-    sa, sb = by_seed(by[screen]), by_seed(by[student])
-    common = [x for x in sa if x in sb]
+    sa, sb, common = shared(by[screen], by[student])
     rb = sum(sb[x]["recall"] for x in common) / len(common) if common else 0.0
     if rb > 0:
         extra["recall_ratio"] = (sum(sa[x]["recall"] for x in common) / len(common)) / rb

@@ -214,18 +214,18 @@ class _TeacherDraws:
 
     def of(self, **sampling):
         def make(seed: int, n: int) -> samples.Drawn:
+            drawn = None
             if self.compiled is not None:
                 from torch._dynamo.exc import TorchDynamoException  # only where compiling: a slow import
 
                 try:
                     drawn = samples.draw(self.compiled.with_sampling(**sampling), n, seed)
-                    self.nfe = drawn.nfe or 0
-                    return drawn
                 except TorchDynamoException as e:
                     why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     self.log(f"[eval] {self.name}: torch.compile failed ({why}); drawing plain")
                     self.compiled = None
-            drawn = samples.draw(self.plain.with_sampling(**sampling), n, seed)
+            if drawn is None:
+                drawn = samples.draw(self.plain.with_sampling(**sampling), n, seed)
             self.nfe = drawn.nfe or 0
             return drawn
 
