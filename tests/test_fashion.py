@@ -3,6 +3,7 @@ protocol. The files are written here (tiny); the real ones are used where instal
 
 import gzip
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,15 @@ from slimstep.data import DataError, load_data
 from slimstep.data.fashion import DEFAULT_DIR, read_idx
 from slimstep.eval import evaluate
 
+
+def _benchmark():
+    """benchmarks/fashion.py, imported as the module ``fashion`` (it is a script, not a package)."""
+    where = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if where not in sys.path:
+        sys.path.insert(0, where)
+    import fashion
+
+    return fashion
 
 def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
     """An idx file as LeCun's format defines it: magic (0, 0, 0x08 = uint8, ndim), sizes, data."""
@@ -139,12 +149,10 @@ def test_fashion_recipes_load_and_share_their_teacher_with_the_claims():
 def test_the_claims_run_reuses_the_main_runs_models_and_scored_seeds(tmp_path):
     """benchmarks/fashion.py --claims: the stages fashion/all trained are linked into the
     claims run, and their scored seeds copied, so neither is trained or scored again."""
-    import sys
 
     from slimstep.run import load_recipe, model_dir, score_samples, stage_dir
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import fashion as bench
+    bench = _benchmark()
 
     main_out, claims_out = tmp_path / "main", tmp_path / "claims"
     _, stages = load_recipe("fashion/all")
@@ -182,9 +190,7 @@ def test_the_claims_run_reuses_the_main_runs_models_and_scored_seeds(tmp_path):
 
 
 def test_summary_rows_and_paired_claims():
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    _benchmark()
     from fashion import claims, discrimination, fashion_table, headline, paired, summary
 
     def row(stage, kind, method, fd, sd=0.1, **kw):
@@ -273,9 +279,7 @@ def test_best_student_and_screening_claims_pair_on_one_protocol():
     seeds where its recipe has arms there (matched by hash), else over sample seeds; realism
     screening vs unscreened SLT over the sample seeds both scored, with the time ratio of 128
     candidates to two samples of the flow map SLT re-distils."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    _benchmark()
     from fashion import best_vs_teacher, claims_table, screening_claim
 
     seeds = [0, 1000, 2000]
@@ -325,9 +329,7 @@ def test_a_failed_stage_still_gives_the_tables_a_bad_command_stops(tmp_path):
     """benchmarks/fashion.py: `slimstep run` exiting 1 (a stage failed; results.json says
     which) lets the tables be written; exit 2 (bad input) or no results stop the script."""
     import subprocess
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    _benchmark()
     from fashion import run_recipe
 
     class Failing:
@@ -348,11 +350,10 @@ def test_a_failed_stage_still_gives_the_tables_a_bad_command_stops(tmp_path):
 def test_capacity_controls_stand_beside_the_students_of_their_size():
     """fashion/claims' capacity controls: the small networks trained as the teacher is, each
     beside the best one-step student of its size in the main run and the teacher's reference."""
-    import sys
 
     from slimstep.run import load_recipe
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    _benchmark()
     from fashion import capacity, capacity_table
 
     _, claims = load_recipe("fashion/claims")
@@ -384,12 +385,11 @@ def test_capacity_controls_stand_beside_the_students_of_their_size():
 def test_inception_scores_each_row_against_the_floor_at_the_same_n(tmp_path, monkeypatch):
     """benchmarks/fashion.py --inception: a row whose kept samples are the test images scores
     exactly the floor; near-constant images score far above it; features are cached (a killed run resumes)."""
-    import sys
 
     from slimstep.eval import protocol_split
     from slimstep.files import write_npz
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    _benchmark()
     from fashion import inception_scores, inception_table
 
     monkeypatch.setenv("SLIMSTEP_CACHE", str(tmp_path / "cache"))
@@ -467,9 +467,7 @@ def test_every_fashion_stage_kind_runs_end_to_end_on_tiny_data(tmp_path):
                      "screen"}
     assert all("fd" in r["metrics"] and r["floor"]["fd"] >= 0 for r in res["rows"])
     # the benchmark's tables read this results layout (one seed: no spreads)
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    _benchmark()
     from fashion import best_vs_teacher, discrimination, fashion_table, headline, screening_claim, summary
 
     summ = summary(res)
@@ -508,9 +506,7 @@ def test_classifier_and_density_scorers_use_the_fashion_classifier(tmp_path):
 def test_time_error_is_the_data_prediction_error_on_shared_draws():
     """benchmarks/time_error.py: a constant velocity c predicts x_t + (1 - t) c, so its error
     in a bin is ((1 - t)(c - (x - z)))^2 on the very noises and times every model gets."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    _benchmark()
     from time_error import time_error
 
     class Const(torch.nn.Module):
@@ -583,9 +579,7 @@ def test_flowmap_error_is_zero_for_a_straight_flow_and_its_exact_map():
 
 
 def test_the_readme_headline_is_filled_between_its_markers(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    _benchmark()
     from collect import HEADLINE, fill_headline
 
     start, end = HEADLINE
