@@ -100,9 +100,13 @@ def summary(results: dict) -> dict:
         if is_teacher and r.get("curve") and r.get("nfe") != 1:
             continue  # the NFE curve's other points are in fashion.md, not the summary
         reference = bool(r.get("reference")) or (not is_teacher and r["stage"] in slt_teachers)
+        st = stages[r["stage"]]
+        method = "teacher" if is_teacher else r["method"]
+        if st["kind"] == "screen":  # its student's samples from screened noises: the student's method
+            method = method_of(stages, st["deps"].get("student")) or method
         out.append({
             "name": r["name"],
-            "method": "teacher" if is_teacher else r["method"],
+            "method": method,
             "teacher": r["stage"] if is_teacher else direct_teacher(r, stages),
             "nfe": r.get("nfe"),
             "params": r.get("params"),

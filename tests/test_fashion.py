@@ -221,6 +221,7 @@ def test_summary_rows_and_paired_claims():
                                "fd_mean": 40.0, "fd_sd": 0.1, "reference": False}
     assert by["t heun-16 (reference)"]["reference"] and by["g"]["teacher"] == "t" and by["g"]["method"] == "gdd"
     assert by["slt"]["teacher"] == "fm" and by["fm"]["reference"] and by["scr"]["teacher"] == "fm"
+    assert by["scr"]["method"] == "slt"  # a screening row's method is its student's registry name
     rows[3]["macs"] = 2_500_000  # the table (fashion.md) shows each row's MACs beside its NFE
     table = fashion_table({"rows": rows, "stages": stages}, s)
     assert "MACs / sample" in table[0] and "| g | gdd | t | 1 | 2.5M | 100 |" in "\n".join(table)
