@@ -28,6 +28,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -547,8 +548,6 @@ def link_finished(main_out: Path, claims_out: Path) -> None:
 
 def protocol() -> list[str]:
     """The protocol's own numbers, before any model: the classifier, the floor, a copier, noise."""
-    import time
-
     import torch
 
     from slimstep.data.fashion import load_fashion_split
@@ -577,6 +576,52 @@ def protocol() -> list[str]:
             "the copy radius and the floor, which later calls reuse)."]
 
 
+def teacher_results(rows: list[dict], st) -> dict:
+    """A results-shaped record (``{"rows", "stages"}``, as ``results.json`` holds them) of one
+    teacher stage's rows scored outside a full run, for :func:`summary` and :func:`discrimination`."""
+    for row in rows:
+        row.update(stage=st.name, kind="teacher", method=st.cfg.method.name)
+    return {"rows": rows, "stages": {st.name: {"kind": "teacher", "hash": st.hash, "deps": {}, "config": None}}}
+
+
+def discrimination_check(out: Path) -> list[str]:
+    """``--discrimination``: fashion/all's UNet teacher stage trained alone with every core (or
+    reused), its 1-step and reference rows scored on the recipe's protocol, and the issue's three
+    checks. The cheap first question (~1.1 h of training, ~1 h of scoring on this machine)
+    before the whole benchmark (~24 h): can this protocol tell the teacher from the floor and
+    from its own one step? Each seed is kept under the run's key: the full run reuses them."""
+    import torch
+
+    from slimstep.run import load_recipe, model_dir, run_stages, teacher_rows
+
+    torch.set_num_threads(os.cpu_count() or 1)  # one stage alone: every core
+    ev, stages = load_recipe("fashion/all")
+    st = next(s for s in stages if s.name == UNET_TEACHER)
+    tic = time.perf_counter()
+    status = run_stages(out, [st], jobs=1)[st.name]
+    if status["status"] not in ("done", "reused"):
+        raise SystemExit(f"{UNET_TEACHER} stage {status['status']}: {status.get('error')}")
+    trained = time.perf_counter() - tic
+    tic = time.perf_counter()
+    results = teacher_results(teacher_rows(out, st, ev, [1], compile=True), st)
+    scored = time.perf_counter() - tic
+    summ = summary(results)
+    m = machine()
+    rows = ["| row | NFE | FD per seed | FD mean ± sd | precision | recall |", "|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        per = ", ".join(f"{p['fd']:.4g}" for p in r["per_seed"])
+        mm, sd = r["metrics"], r["metrics_sd"]
+        rows.append(f"| {r['name']} | {r['nfe']} | {per} | {mm['fd']:.4g} ± {sd['fd']:.2g} | "
+                    f"{mm['precision']:.3f} | {mm['recall']:.3f} |")
+    return [f"{m['date']}, {m['cores']} CPU cores, torch {m['torch']}. Reproduce: `python benchmarks/fashion.py "
+            f"--discrimination --out {out}`: the `{UNET_TEACHER}` stage of fashion/all "
+            f"(`{model_dir(out, st)}`) trained alone ({status['status']}; {trained:,.0f} s of this invocation), "
+            f"its rows scored in {scored:,.0f} s (teachers' samples through torch.compile). "
+            f"N = {summ['n']:,} per seed, seeds {summ['seeds']}; the floor (the 10,000 test images "
+            f"against the train split) FD {summ['floor_fd']:.3g}.", "",
+            *rows, "", *discrimination(summ, results), ""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/fashion")
@@ -586,6 +631,9 @@ def main() -> None:
                     help="slimstep run --compile: the teachers' evaluation samples through torch.compile")
     ap.add_argument("--no-run", action="store_true", help="tables from results.json as it stands")
     ap.add_argument("--protocol", action="store_true", help="only the protocol's own numbers -> protocol.md")
+    ap.add_argument("--discrimination", action="store_true",
+                    help="only the UNet teacher (trained alone, or reused) at 1 step and its reference sampler, "
+                         "and the three discrimination checks -> discrimination.md")
     ap.add_argument("--inception", type=int, default=0, metavar="N",
                     help="also Inception FID / KID of each row's first N samples (the benchmark: 1000; "
                          "~0.3 s an image, ~2.5 h at 1000 the first time)")
@@ -600,6 +648,13 @@ def main() -> None:
               *protocol(), ""]
         write_bytes(DEST / "protocol.md", "\n".join(md).encode())
         print(f"-> {DEST / 'protocol.md'}")
+        return
+    if a.discrimination:
+        md = ["# Fashion-MNIST: can the protocol tell methods apart? (the UNet teacher alone)", "",
+              *discrimination_check(out)]
+        write_bytes(DEST / "discrimination.md", "\n".join(md).encode())
+        print("\n".join(md))
+        print(f"-> {DEST / 'discrimination.md'}")
         return
     r = Runner(out)
     argv = shlex.join(sys.argv[1:])

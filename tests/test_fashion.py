@@ -428,7 +428,7 @@ def test_inception_scores_each_row_against_the_floor_at_the_same_n(tmp_path, mon
 
 
 @pytest.mark.slow
-def test_every_fashion_stage_kind_runs_end_to_end_on_tiny_data(tmp_path):
+def test_every_fashion_stage_kind_runs_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     """fashion/all's stage configs, shrunk to a few steps and tiny widths, through `slimstep run`
     on idx files written here: teacher -> pairs -> annealing reflow -> slimflow, GDD-I, the DiT
     teacher -> flowmap -> SLT -> realism screening, the DMD2 / ECT / sCD baselines; each row
@@ -481,6 +481,23 @@ def test_every_fashion_stage_kind_runs_end_to_end_on_tiny_data(tmp_path):
     assert "one seed only" in discrimination(summ, res)[0] and headline(summ, res)[2].startswith("- **teacher**")
     assert best_vs_teacher(res, None)["pairs_over"] == "sample seeds"
     assert screening_claim(res, screen="screen")["seeds"] == [0]
+    # `fashion.py --discrimination` scores the teacher under the run's own keys: the seeds the run
+    # kept are read back, nothing is drawn again (and a full run after it reuses what it scored)
+    from fashion import teacher_results
+
+    import slimstep.run.evaluate as evaluate
+    from slimstep.run import load_recipe, teacher_rows
+
+    def no_draw(*a, **k):
+        raise AssertionError("a kept seed was drawn again")
+
+    monkeypatch.setattr(evaluate.samples, "draw", no_draw)
+    ev, recipe = load_recipe(tmp_path / "r.yaml", data=f"fashion-mnist:{root}")
+    st = next(s for s in recipe if s.name == "teacher")
+    again = teacher_results(teacher_rows(tmp_path / "out", st, ev, [1]), st)
+    ran = [r for r in res["rows"] if r["stage"] == "teacher"]
+    assert [(r["name"], r["metrics"]) for r in again["rows"]] == [(r["name"], r["metrics"]) for r in ran]
+    assert "one seed only" in discrimination(summary(again), again)[0]
 
 
 def test_classifier_and_density_scorers_use_the_fashion_classifier(tmp_path):

@@ -11,7 +11,7 @@ A trained model lives in ``DIR/<stage>/model-<hash>`` and its evaluation in
 ``DIR/<stage>/result.json``: a killed run, rerun, redoes only what had not finished.
 """
 
-from slimstep.run.evaluate import evaluate_stage, score, score_samples
+from slimstep.run.evaluate import evaluate_stage, score, score_samples, teacher_rows
 from slimstep.run.execute import is_done, model_dir, root_teacher, stage_dir
 from slimstep.run.recipe import PROTOCOL_VERSION, RecipeError, Stage, config_hash, default_n, load_recipe
 from slimstep.run.results import demo, run
@@ -19,4 +19,4 @@ from slimstep.run.schedule import run_stages
 
 __all__ = ["PROTOCOL_VERSION", "RecipeError", "Stage", "config_hash", "default_n", "demo", "evaluate_stage",
            "is_done", "load_recipe", "model_dir", "root_teacher", "run", "run_stages", "score",
-           "score_samples", "stage_dir"]
+           "score_samples", "stage_dir", "teacher_rows"]

@@ -248,6 +248,28 @@ def _cached(cache: Path, st: Stage, ev: dict) -> dict | None:
     return saved if saved.get("hash") == st.hash and saved.get("protocol") == _protocol(ev) else None
 
 
+def teacher_rows(out: Path, st: Stage, ev: dict, nfes, log=print, compile: bool = False) -> list[dict]:
+    """A teacher stage's rows: one Euler row per NFE in ``nfes`` (``curve``), then its reference
+    sampler (``reference``). Each seed is kept under the run's own key, so a later
+    :func:`evaluate_stage` (``nfes`` = the protocol's ``teacher_nfes``) reuses what this scored."""
+    sdir = stage_dir(out, st)
+    gen = load(model_dir(out, st))
+    draws = _TeacherDraws(gen, compile, st.name, log)
+    rows = []
+    for k in nfes:
+        g = gen.with_sampling(solver="euler", steps=int(k))
+        r = score_samples(draws.of(solver="euler", steps=int(k)), st.spec, ev, f"{st.name} euler-{k}",
+                          sdir / f"euler-{k}", _options(gen), f"{st.hash} euler-{k}")
+        rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params, "macs": sample_macs(g)})
+    s = gen.sampling
+    r = score_samples(draws.of(), st.spec, ev, f"{st.name} {s.solver}-{s.steps} (reference)", sdir,
+                      _options(gen), f"{st.hash} reference")
+    # an adaptive (dopri5) reference knows its NFE only from a draw; MACs: the plain network
+    rows.append({**r, "reference": True, "nfe": draws.nfe or gen.nfe, "params": gen.params,
+                 "macs": sample_macs(gen)})
+    return rows
+
+
 def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, log=print,
                    speed: bool = True, compile: bool = False) -> list[dict]:
     """Rows for one stage: a teacher gives its reference sampler and its Euler
@@ -283,19 +305,7 @@ def evaluate_stage(out: Path, st: Stage, by_name: dict[str, Stage], ev: dict, lo
     log(f"[eval] {st.name}")
     rows = []
     if st.kind == "teacher":
-        gen = load(model_dir(out, st))
-        draws = _TeacherDraws(gen, compile, st.name, log)
-        for k in ev["teacher_nfes"]:
-            g = gen.with_sampling(solver="euler", steps=int(k))
-            r = score_samples(draws.of(solver="euler", steps=int(k)), st.spec, ev, f"{st.name} euler-{k}",
-                              sdir / f"euler-{k}", _options(gen), f"{st.hash} euler-{k}")
-            rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params, "macs": sample_macs(g)})
-        s = gen.sampling
-        r = score_samples(draws.of(), st.spec, ev, f"{st.name} {s.solver}-{s.steps} (reference)", sdir,
-                          _options(gen), f"{st.hash} reference")
-        # an adaptive (dopri5) reference knows its NFE only from a draw; MACs: the plain network
-        rows.append({**r, "reference": True, "nfe": draws.nfe or gen.nfe, "params": gen.params,
-                     "macs": sample_macs(gen)})
+        rows = teacher_rows(out, st, ev, ev["teacher_nfes"], log, compile)
     elif st.kind == "distill":
         gen = load(model_dir(out, st))
         r = score_samples(_generate(gen), st.spec, ev, st.name, sdir, _options(gen), st.hash)
