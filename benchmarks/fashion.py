@@ -615,7 +615,8 @@ def discrimination_check(out: Path) -> list[str]:
                     f"{mm['precision']:.3f} | {mm['recall']:.3f} |")
     return [f"{m['date']}, {m['cores']} CPU cores, torch {m['torch']}. Reproduce: `python benchmarks/fashion.py "
             f"--discrimination --out {out}`: the `{UNET_TEACHER}` stage of fashion/all "
-            f"(`{model_dir(out, st)}`) trained alone ({status['status']}; {trained:,.0f} s of this invocation), "
+            f"(`{model_dir(out, st)}`) trained alone ({status['status']}: {status['train_seconds']:,.0f} s of "
+            f"training loop over its invocations, {trained:,.0f} s in this one), "
             f"its rows scored in {scored:,.0f} s (teachers' samples through torch.compile). "
             f"N = {summ['n']:,} per seed, seeds {summ['seeds']}; the floor (the 10,000 test images "
             f"against the train split) FD {summ['floor_fd']:.3g}.", "",
