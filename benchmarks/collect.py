@@ -33,6 +33,7 @@ from slimstep.files import write_bytes  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SUITES = [("fashion/fashion.md", "Fashion-MNIST: every method, one protocol"),
           ("fashion/claims.md", "Fashion-MNIST: the papers' claims"),
+          ("fashion/discrimination.md", "Fashion-MNIST: can the protocol tell methods apart?"),
           ("fashion/protocol.md", "Fashion-MNIST protocol"),
           ("fashion/time-error.md", "Data-prediction error along the path (fashion-mnist)"),
           ("fashion/flowmap-error.md", "A flow map against its teacher's ODE (fashion-mnist)"),
@@ -71,7 +72,9 @@ Regenerate with `python benchmarks/run.py` (see `benchmarks/collect.py`).
 The first sections are Fashion-MNIST: *every method, one protocol* (`slimstep run
 fashion/all`, N = 10,000 per seed, three sample seeds, the real/real floor beside it), *the
 papers' claims* (`fashion/claims`, three training seeds per compared arm, paired
-differences), the protocol's own numbers, and two diagnostics of its teachers and flow map
+differences), whether the protocol can tell methods apart (the UNet teacher alone, at its
+reference sampler and at one step: `python benchmarks/fashion.py --discrimination`), the
+protocol's own numbers, and two diagnostics of its teachers and flow map
 (error along the path, a flow map against its teacher's ODE). The digits section *Every method, one protocol*
 is `slimstep run` on the digits and moons recipes (`configs/digits/all.yaml`,
 `configs/toy2d/all.yaml`): every method trained from its teacher with the recipe's budget and

@@ -586,8 +586,8 @@ def teacher_results(rows: list[dict], st) -> dict:
 
 def discrimination_check(out: Path) -> list[str]:
     """``--discrimination``: fashion/all's UNet teacher stage trained alone with every core (or
-    reused), its 1-step and reference rows scored on the recipe's protocol, and the issue's three
-    checks. The cheap first question (~1.1 h of training, ~1 h of scoring on this machine)
+    reused), its Euler curve (1 step included) and reference rows scored on the recipe's protocol,
+    and the issue's three checks. The cheap first question (~1.3 h of training, ~0.6 h of scoring here)
     before the whole benchmark (~24 h): can this protocol tell the teacher from the floor and
     from its own one step? Each seed is kept under the run's key: the full run reuses them."""
     import torch
@@ -603,21 +603,23 @@ def discrimination_check(out: Path) -> list[str]:
         raise SystemExit(f"{UNET_TEACHER} stage {status['status']}: {status.get('error')}")
     trained = time.perf_counter() - tic
     tic = time.perf_counter()
-    results = teacher_results(teacher_rows(out, st, ev, [1], compile=True), st)
+    results = teacher_results(teacher_rows(out, st, ev, ev["teacher_nfes"], compile=True), st)
     scored = time.perf_counter() - tic
     summ = summary(results)
     m = machine()
-    rows = ["| row | NFE | FD per seed | FD mean ± sd | precision | recall |", "|---|---|---|---|---|---|"]
+    rows = ["| row | NFE | FD per seed | FD mean ± sd | precision | recall | sampling s |",
+            "|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         per = ", ".join(f"{p['fd']:.4g}" for p in r["per_seed"])
         mm, sd = r["metrics"], r["metrics_sd"]
         rows.append(f"| {r['name']} | {r['nfe']} | {per} | {mm['fd']:.4g} ± {sd['fd']:.2g} | "
-                    f"{mm['precision']:.3f} | {mm['recall']:.3f} |")
+                    f"{mm['precision']:.3f} | {mm['recall']:.3f} | {r['sample_seconds']:,.0f} |")
     return [f"{m['date']}, {m['cores']} CPU cores, torch {m['torch']}. Reproduce: `python benchmarks/fashion.py "
             f"--discrimination --out {out}`: the `{UNET_TEACHER}` stage of fashion/all "
             f"(`{model_dir(out, st)}`) trained alone ({status['status']}: {status['train_seconds']:,.0f} s of "
             f"training loop over its invocations, {trained:,.0f} s in this one), "
-            f"its rows scored in {scored:,.0f} s (teachers' samples through torch.compile). "
+            f"its rows scored in {scored:,.0f} s of this invocation (kept seeds are reused; the last column is "
+            "each row's sampling time over its seeds, as first drawn, through torch.compile). "
             f"N = {summ['n']:,} per seed, seeds {summ['seeds']}; the floor (the 10,000 test images "
             f"against the train split) FD {summ['floor_fd']:.3g}.", "",
             *rows, "", *discrimination(summ, results), ""]
@@ -633,8 +635,8 @@ def main() -> None:
     ap.add_argument("--no-run", action="store_true", help="tables from results.json as it stands")
     ap.add_argument("--protocol", action="store_true", help="only the protocol's own numbers -> protocol.md")
     ap.add_argument("--discrimination", action="store_true",
-                    help="only the UNet teacher (trained alone, or reused) at 1 step and its reference sampler, "
-                         "and the three discrimination checks -> discrimination.md")
+                    help="only the UNet teacher (trained alone, or reused): its Euler curve and reference sampler "
+                         "on the protocol, and the three discrimination checks -> discrimination.md (~2 h)")
     ap.add_argument("--inception", type=int, default=0, metavar="N",
                     help="also Inception FID / KID of each row's first N samples (the benchmark: 1000; "
                          "~0.3 s an image, ~2.5 h at 1000 the first time)")

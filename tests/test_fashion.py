@@ -3,6 +3,7 @@ protocol. The files are written here (tiny); the real ones are used where instal
 
 import gzip
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -491,12 +492,17 @@ def test_every_fashion_stage_kind_runs_end_to_end_on_tiny_data(tmp_path, monkeyp
     def no_draw(*a, **k):
         raise AssertionError("a kept seed was drawn again")
 
-    monkeypatch.setattr(evaluate.samples, "draw", no_draw)
     ev, recipe = load_recipe(tmp_path / "r.yaml", data=f"fashion-mnist:{root}")
     st = next(s for s in recipe if s.name == "teacher")
-    again = teacher_results(teacher_rows(tmp_path / "out", st, ev, [1]), st)
     ran = [r for r in res["rows"] if r["stage"] == "teacher"]
-    assert [(r["name"], r["metrics"]) for r in again["rows"]] == [(r["name"], r["metrics"]) for r in ran]
+    # a curve row drawn again beside a reference read back: each row keeps its own NFE
+    shutil.rmtree(tmp_path / "out" / "teacher" / "euler-1" / "seeds")
+    redrawn = teacher_rows(tmp_path / "out", st, ev, [1])
+    assert [r["nfe"] for r in redrawn] == [r["nfe"] for r in ran] and ran[-1]["nfe"] > 1
+    monkeypatch.setattr(evaluate.samples, "draw", no_draw)
+    again = teacher_results(teacher_rows(tmp_path / "out", st, ev, [1]), st)
+    assert [(r["name"], r["metrics"], r["nfe"]) for r in again["rows"]] == [(r["name"], r["metrics"], r["nfe"])
+                                                                             for r in ran]
     assert "one seed only" in discrimination(summary(again), again)[0]
 
 

@@ -262,6 +262,7 @@ def teacher_rows(out: Path, st: Stage, ev: dict, nfes, log=print, compile: bool 
                           sdir / f"euler-{k}", _options(gen), f"{st.hash} euler-{k}")
         rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params, "macs": sample_macs(g)})
     s = gen.sampling
+    draws.nfe = 0  # else a reference read back from kept seeds would carry the last curve draw's NFE
     r = score_samples(draws.of(), st.spec, ev, f"{st.name} {s.solver}-{s.steps} (reference)", sdir,
                       _options(gen), f"{st.hash} reference")
     # an adaptive (dopri5) reference knows its NFE only from a draw; MACs: the plain network
