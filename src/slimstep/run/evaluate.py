@@ -210,9 +210,12 @@ class _TeacherDraws:
     def __init__(self, gen, compile: bool, name: str, log):
         self.plain, self.name, self.log = gen, name, log
         self.compiled = gen.compiled() if compile else None
-        self.nfe = 0  # the latest draw's NFE per sample
+        self.nfe = 0  # NFE per sample of the latest sampler's draws (0 until it draws)
 
     def of(self, **sampling):
+        # a new sampler (a new row): a row whose seeds are all read back has no NFE of its own,
+        # not the previous row's
+        self.nfe = 0
         def make(seed: int, n: int) -> samples.Drawn:
             drawn = None
             if self.compiled is not None:
@@ -262,7 +265,6 @@ def teacher_rows(out: Path, st: Stage, ev: dict, nfes, log=print, compile: bool 
                           sdir / f"euler-{k}", _options(gen), f"{st.hash} euler-{k}")
         rows.append({**r, "curve": True, "nfe": g.nfe, "params": g.params, "macs": sample_macs(g)})
     s = gen.sampling
-    draws.nfe = 0  # else a reference read back from kept seeds would carry the last curve draw's NFE
     r = score_samples(draws.of(), st.spec, ev, f"{st.name} {s.solver}-{s.steps} (reference)", sdir,
                       _options(gen), f"{st.hash} reference")
     # an adaptive (dopri5) reference knows its NFE only from a draw; MACs: the plain network
